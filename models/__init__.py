@@ -1,0 +1,8 @@
+"""Keras segmentation architectures, the name -> builder registry, loading and training.
+
+Importing this package registers every architecture (one module per family) and the custom
+layers that saved models need.
+"""
+
+from models.registry import create_model, get_spec, list_models, register_model  # noqa: F401
+from models import layers, tiny_fcn  # noqa: F401  (registers the architecture)

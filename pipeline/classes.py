@@ -1,0 +1,28 @@
+"""Class-name presets for ``--class_names``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+PRESETS = {
+    # SegNet's CamVid split; id 11 ("void") is the ignore index.
+    "camvid": ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence",
+               "car", "pedestrian", "bicyclist"],
+    "voc": ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+            "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+            "sheep", "sofa", "train", "tvmonitor"],
+}
+
+
+def resolve_class_names(spec: Optional[str], num_classes: int) -> list[str]:
+    """``spec`` is a preset name, a comma-separated list, or None (``class_0`` ...)."""
+    if not spec:
+        return [f"class_{i}" for i in range(num_classes)]
+    names = PRESETS.get(spec.strip().lower()) or [n.strip() for n in spec.split(",")]
+    if len(names) != num_classes:
+        raise ValueError(f"--class_names gives {len(names)} names but --num_classes is "
+                         f"{num_classes}; give one name per class (or a preset: "
+                         f"{', '.join(PRESETS)})")
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"--class_names must be distinct and non-empty; received {names}")
+    return names

@@ -1,0 +1,176 @@
+"""``segbeam run`` options: a ``PipelineOptions`` subclass, so Beam's own flags (``--runner``,
+``--direct_num_workers``, Dataflow's ...) pass through unchanged; and the validated settings
+that the graph is built from."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NamedTuple, Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.classes import resolve_class_names
+from transforms.crf import CrfParams
+from transforms.decode import DEFAULT_MAX_PIXELS
+from transforms.geometry import RESIZE_MODES
+
+INPUT_FORMATS = ("auto", "images", "tfrecord")
+
+
+def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"256"`` -> (256, 256); ``"360x480"`` or ``"360,480"`` -> (360, 480) (height, width)."""
+    if text is None or text == "":
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"--input_size must be N or HxW with positive integers; received "
+                         f"{text!r}")
+    return values
+
+
+class SegmentationOptions(PipelineOptions):
+    """The flags of ``segbeam run``."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        io = parser.add_argument_group("inputs and outputs")
+        io.add_argument("--input", default=None,
+                        help="Glob of image files (any Beam filesystem: local, gs://, ...) or of "
+                             "TFRecord shards. Without --input, a demo runs on generated data.")
+        io.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
+                        help="How to read --input; auto: TFRecord when the glob names "
+                             ".tfrecord/.tfrec files, else image files.")
+        io.add_argument("--masks", default=None,
+                        help="Folder or glob of ground-truth masks (class ids as pixel values), "
+                             "paired to images by file stem. Optional; any image may lack one.")
+        io.add_argument("--output", default="segbeam-demo",
+                        help="Output root: masks/, metrics/, summary.json, summary.parquet, "
+                             "dead_letters/, manifest.json.")
+        io.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="Images with more pixels are dead-lettered (decompression bombs).")
+        io.add_argument("--fail_on_errors", action="store_true", default=False,
+                        help="Exit non-zero when any input became a dead letter.")
+        model = parser.add_argument_group("model and inference")
+        model.add_argument("--model", default=None,
+                           help="A saved .keras model (any Beam filesystem), or a registry name "
+                                "(see `segbeam models`) with --weights.")
+        model.add_argument("--weights", default=None,
+                           help="Weights file (.weights.h5) for a registry model.")
+        model.add_argument("--num_classes", type=int, default=None,
+                           help="Number of classes the model predicts (required).")
+        model.add_argument("--input_size", default=None,
+                           help="Model input as N or HxW; default: the model's fixed input.")
+        model.add_argument("--resize_mode", default="resize", choices=RESIZE_MODES,
+                           help="resize: stretch to the input; letterbox: keep the aspect "
+                                "ratio and pad; pad: no scaling (models that take any size).")
+        model.add_argument("--size_multiple", type=int, default=32,
+                           help="With --resize_mode pad: round the batch canvas up to this.")
+        model.add_argument("--preprocess", default="none",
+                           choices=("none", "scale_0_1", "scale_-1_1", "caffe", "torch"),
+                           help="Normalisation the model expects; none: raw RGB in [0, 255] "
+                                "(this project's models normalise inside their graph).")
+        model.add_argument("--model_output", default="auto",
+                           choices=("auto", "logits", "probabilities"),
+                           help="What the model emits; auto detects per batch.")
+        model.add_argument("--batch_size", type=int, default=8,
+                           help="Largest inference batch.")
+        model.add_argument("--min_batch_size", type=int, default=1,
+                           help="Smallest inference batch Beam waits to form.")
+        model.add_argument("--large_model", action="store_true", default=False,
+                           help="Share one model per machine across SDK processes (Beam's "
+                                "large_model): one copy per GPU instead of one per process.")
+        model.add_argument("--model_copies", type=int, default=None,
+                           help="With --large_model: copies per machine (e.g. one per GPU).")
+        model.add_argument("--seed", type=int, default=0,
+                           help="Initialisation seed of a registry model without --weights.")
+        crf = parser.add_argument_group("dense CRF (defaults: DeepLab v2)")
+        crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                         help="Refine predictions with a dense CRF (--no-crf to skip).")
+        defaults = CrfParams()
+        crf.add_argument("--crf_iterations", type=int, default=defaults.iterations,
+                         help="Mean-field iterations.")
+        crf.add_argument("--crf_pos_w", type=float, default=defaults.pos_w,
+                         help="Weight of the Gaussian (smoothness) term.")
+        crf.add_argument("--crf_pos_xy_std", type=float, default=defaults.pos_xy_std,
+                         help="Spatial std (pixels) of the Gaussian term.")
+        crf.add_argument("--crf_bi_w", type=float, default=defaults.bi_w,
+                         help="Weight of the bilateral (appearance) term.")
+        crf.add_argument("--crf_bi_xy_std", type=float, default=defaults.bi_xy_std,
+                         help="Spatial std (pixels) of the bilateral term.")
+        crf.add_argument("--crf_bi_rgb_std", type=float, default=defaults.bi_rgb_std,
+                         help="Colour std (intensity levels) of the bilateral term.")
+        evaluation = parser.add_argument_group("evaluation")
+        evaluation.add_argument("--ignore_index", type=int, default=255,
+                                help="Mask value excluded from metrics (CamVid: 11, VOC: 255); "
+                                     "-1 for none.")
+        evaluation.add_argument("--class_names", default=None,
+                                help="Comma-separated names, or a preset: camvid, voc.")
+
+
+class Settings(NamedTuple):
+    """Validated, typed settings for one run."""
+
+    input: str
+    input_format: str
+    masks: Optional[str]
+    output: str
+    max_image_pixels: int
+    model: str
+    weights: Optional[str]
+    num_classes: int
+    input_size: Optional[tuple[int, int]]
+    resize_mode: str
+    size_multiple: int
+    preprocess: str
+    model_output: str
+    batch_size: int
+    min_batch_size: int
+    large_model: bool
+    model_copies: Optional[int]
+    seed: int
+    crf: Optional[CrfParams]
+    ignore_index: Optional[int]
+    class_names: list
+    fail_on_errors: bool
+
+
+def settings_from(options: SegmentationOptions) -> Settings:
+    """Checks the flags together and returns typed settings; errors say what to change."""
+    o = options
+    if not o.input:
+        raise ValueError("--input is required (a glob of images or TFRecord shards)")
+    if not o.model:
+        raise ValueError("--model is required: a .keras file or a registry name "
+                         "(see `segbeam models`)")
+    if o.num_classes is None or o.num_classes < 2:
+        raise ValueError(f"--num_classes must be at least 2; received {o.num_classes}")
+    if o.batch_size < 1 or not 1 <= o.min_batch_size <= o.batch_size:
+        raise ValueError(f"need 1 <= --min_batch_size ({o.min_batch_size}) <= --batch_size "
+                         f"({o.batch_size})")
+    input_format = o.input_format
+    if input_format == "auto":
+        input_format = "tfrecord" if any(s in o.input.lower() for s in (".tfrecord", ".tfrec")) \
+            else "images"
+    if input_format == "tfrecord" and o.masks:
+        raise ValueError("--masks applies to image files; TFRecord shards carry their masks "
+                         "in image/segmentation/class/encoded")
+    crf = None
+    if o.crf:
+        crf = CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
+                        o.crf_bi_xy_std, o.crf_bi_rgb_std).validate()
+    return Settings(
+        input=o.input, input_format=input_format, masks=o.masks, output=o.output.rstrip("/"),
+        max_image_pixels=o.max_image_pixels, model=o.model, weights=o.weights,
+        num_classes=o.num_classes, input_size=parse_size(o.input_size),
+        resize_mode=o.resize_mode, size_multiple=o.size_multiple, preprocess=o.preprocess,
+        model_output=o.model_output, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
+        large_model=o.large_model, model_copies=o.model_copies, seed=o.seed, crf=crf,
+        ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
+        class_names=resolve_class_names(o.class_names, o.num_classes),
+        fail_on_errors=o.fail_on_errors)

@@ -1,0 +1,66 @@
+"""``segbeam shard``: packs image files (and masks paired by stem) into TFRecord shards of
+DeepLab-convention Examples, with a Beam pipeline so that it scales like the main job."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from PIL import Image
+
+from transforms.example_proto import encode_example
+from transforms.read import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages, \
+    _read_bytes
+from transforms.records import ImageRef
+from transforms.safe_map import SafeMap
+from transforms.write import WriteDeadLetters
+
+
+def example_for(ref: ImageRef) -> bytes:
+    """Reads an image (and mask) file into a serialised Example. Sizes are read from the
+    headers only; the pipeline decodes and validates fully when it reads the shards."""
+    image = _read_bytes(ref.source)
+    with Image.open(io.BytesIO(image)) as header:
+        width, height, image_format = header.width, header.height, (header.format or "").lower()
+    extension = ref.source.rsplit(".", 1)[-1] if "." in ref.source.rsplit("/", 1)[-1] else ""
+    features = {
+        IMAGE_FEATURE: [image],
+        FILENAME_FEATURE: [f"{ref.key}.{extension}".encode() if extension else ref.key.encode()],
+        "image/format": [image_format.encode()],
+        "image/height": [height],
+        "image/width": [width],
+    }
+    if ref.mask_source:
+        features[MASK_FEATURE] = [_read_bytes(ref.mask_source)]
+        features["image/segmentation/class/format"] = [b"png"]
+    return encode_example(features)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segbeam shard",
+        description="Pack images (+ masks paired by file stem) into TFRecord shards "
+                    "(image/encoded, image/filename, image/segmentation/class/encoded). "
+                    "Beam's own options (--runner, ...) pass through.")
+    parser.add_argument("--input", required=True, help="Glob of image files.")
+    parser.add_argument("--masks", default=None, help="Folder or glob of masks (optional).")
+    parser.add_argument("--output", required=True,
+                        help="Shard path prefix, e.g. out/train (gives out/train-00000-of-00004"
+                             ".tfrecord, ...); unreadable files go to <prefix>_dead_letters/.")
+    parser.add_argument("--num_shards", type=int, default=0,
+                        help="Number of shards; 0 lets the runner choose.")
+    return parser
+
+
+def shard(argv: Optional[Sequence[str]] = None) -> None:
+    args, beam_args = build_parser().parse_known_args(argv)
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
+        refs, unpaired = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
+        examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)
+        _ = examples | "WriteShards" >> beam.io.WriteToTFRecord(
+            args.output, file_name_suffix=".tfrecord", num_shards=args.num_shards)
+        _ = ((unpaired, unreadable) | "DeadLetters" >> beam.Flatten()
+             | "WriteDeadLetters" >> WriteDeadLetters(args.output + "_dead_letters"))

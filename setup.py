@@ -1,0 +1,31 @@
+"""Packaging for segbeam; also what Dataflow workers install through --setup_file."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="segbeam",
+    version="0.1.0",
+    description="Batch semantic segmentation at scale: Apache Beam, Keras and a dense CRF.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*",
+                                    "models", "models.*"]),
+    install_requires=[
+        "apache-beam[gcp]>=2.60,<3",
+        "keras>=3.3,<4",
+        "numpy>=1.24",
+        "pillow>=10",
+        "pyarrow>=14",
+        "pydensecrf2>=1.1",
+    ],
+    extras_require={
+        # The default Keras backend. Workers with a GPU install `tensorflow[and-cuda]` instead.
+        "tensorflow": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'",
+                       "tensorflow>=2.16; platform_machine!='x86_64'"],
+        "jax": ["jax>=0.4.30"],
+        "test": ["pytest>=8", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
+                 "tensorflow>=2.16; platform_machine!='x86_64'"],
+    },
+    entry_points={"console_scripts": ["segbeam=pipeline.cli:main"]},
+)

@@ -1,0 +1,129 @@
+"""Dataset-level evaluation: confusion matrices summed with a CombineFn, then figures derived
+from the sums (never from the mean of per-image figures), and the run summary."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from transforms.metrics import nan_to_none, summarise_confusion
+from transforms.records import SegmentationRecord
+
+VARIANTS = ("raw", "crf")
+
+
+class ConfusionSum(beam.CombineFn):
+    """Sums per-image confusion matrices (raw and CRF) and counts images."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self._num_classes = num_classes
+
+    def create_accumulator(self):
+        zeros = np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
+        return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
+                "crf_images": 0}
+
+    def add_input(self, accumulator, record: SegmentationRecord):
+        accumulator["images"] += 1
+        if record.confusion_raw is not None:
+            accumulator["images_with_mask"] += 1
+            accumulator["raw"] += record.confusion_raw
+        if record.confusion_crf is not None:
+            accumulator["crf_images"] += 1
+            accumulator["crf"] += record.confusion_crf
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for other in accumulators:
+            for name, value in other.items():
+                merged[name] = merged[name] + value
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
+    figures = summarise_confusion(confusion)
+    per_class = [
+        {"class_id": i, "name": class_names[i], "iou": iou, "accuracy": accuracy, "dice": dice,
+         "truth_pixels": int(figures["truth_pixels"][i]),
+         "predicted_pixels": int(figures["predicted_pixels"][i])}
+        for i, (iou, accuracy, dice) in enumerate(zip(
+            nan_to_none(figures["iou"]), nan_to_none(figures["class_accuracy"]),
+            nan_to_none(figures["dice"])))]
+    overall = dict(zip(
+        ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice"),
+        nan_to_none([figures[k] for k in ("pixel_accuracy", "mean_class_accuracy", "miou",
+                                          "fwiou", "mean_dice")])))
+    return {**overall, "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
+            "confusion": confusion.tolist()}
+
+
+def build_summary(_, totals: dict, inputs: int, outputs: int, dead_by_stage: list,
+                  class_names: list[str], ignore_index: Optional[int]) -> dict:
+    """The run summary: counts (which must add up) and evaluation for raw and CRF labels."""
+    dead = dict(sorted(dead_by_stage))
+    dead_total = sum(dead.values())
+    summary = {
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "ignore_index": ignore_index,
+        "counts": {
+            "inputs": inputs, "outputs": outputs, "dead_letters": dead_total,
+            "dead_letters_by_stage": dead, "images_with_mask": totals["images_with_mask"],
+            "accounted_for": inputs == outputs + dead_total,
+        },
+        "evaluation": {},
+    }
+    if totals["images_with_mask"]:
+        summary["evaluation"]["raw"] = _variant_summary(totals["raw"], class_names)
+        if totals["crf_images"]:
+            summary["evaluation"]["crf"] = _variant_summary(totals["crf"], class_names)
+    return summary
+
+
+def summary_schema(class_names: list[str]) -> pa.Schema:
+    values = pa.list_(pa.float64())
+    return pa.schema([
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("labelled_pixels", pa.int64()),
+        pa.field("pixel_accuracy", pa.float64()),
+        pa.field("mean_class_accuracy", pa.float64()),
+        pa.field("miou", pa.float64()),
+        pa.field("fwiou", pa.float64()),
+        pa.field("mean_dice", pa.float64()),
+        pa.field("iou", values),
+        pa.field("class_accuracy", values),
+        pa.field("dice", values),
+        pa.field("truth_pixels", pa.list_(pa.int64())),
+        pa.field("predicted_pixels", pa.list_(pa.int64())),
+    ], metadata={"class_names": json.dumps(class_names)})
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    """One Parquet row per evaluated variant (raw, crf); per-class lists indexed by class id."""
+    rows = []
+    for variant in VARIANTS:
+        figures = summary["evaluation"].get(variant)
+        if figures is None:
+            continue
+        per_class = figures["per_class"]
+        rows.append({
+            "variant": variant,
+            **{k: figures[k] for k in ("labelled_pixels", "pixel_accuracy",
+                                       "mean_class_accuracy", "miou", "fwiou", "mean_dice")},
+            "iou": [c["iou"] for c in per_class],
+            "class_accuracy": [c["accuracy"] for c in per_class],
+            "dice": [c["dice"] for c in per_class],
+            "truth_pixels": [c["truth_pixels"] for c in per_class],
+            "predicted_pixels": [c["predicted_pixels"] for c in per_class],
+        })
+    return rows

@@ -1,0 +1,137 @@
+"""Decoding encoded images and masks into arrays: pure functions, no Beam.
+
+Images become HxWx3 uint8 RGB whatever their mode (grayscale, 16-bit, palette, RGBA, CMYK), with
+the EXIF orientation applied. Masks become HxW uint8 class ids. Anything unusable raises
+``InvalidInputError`` with a message that says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class InvalidInputError(ValueError):
+    """An input that cannot be used; it becomes a dead letter, the run goes on."""
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidInputError(f"{what} is empty (0 bytes); re-export or remove the file")
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below is the one that applies; Pillow's warning is noise here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise InvalidInputError(f"{what} is too large to decode safely: {error}") from error
+    except Image.UnidentifiedImageError as error:
+        raise InvalidInputError(
+            f"{what} is not in an image format Pillow can identify ({len(data)} bytes, "
+            f"starting {data[:8]!r}); check that the file is a JPEG or PNG") from error
+    except Exception as error:  # Pillow raises several types for broken headers
+        raise InvalidInputError(f"{what} has an unreadable header ({len(data)} bytes; "
+                                f"{type(error).__name__}: {error})") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidInputError(
+            f"{what} has {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (a possible decompression bomb); raise --max_image_pixels if the "
+            f"image is genuine")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Exception as error:
+        raise InvalidInputError(
+            f"{what} is corrupt or truncated ({type(error).__name__}: {error})") from error
+    return image
+
+
+def _oriented(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not cost us a readable image
+        return image
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or wider) grayscale: scale its range to 8 bits rather than clipping.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels are composited over black, the usual zero padding value.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 what: str = "image") -> np.ndarray:
+    """Decodes JPEG/PNG (or anything Pillow reads) bytes into an HxWx3 uint8 RGB array."""
+    image = _oriented(_open(data, what, max_pixels))
+    array = np.array(_to_rgb(image), dtype=np.uint8, order="C")  # owned and writable
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidInputError(f"{what} decoded to an unusable shape {array.shape}")
+    return array
+
+
+def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                what: str = "mask") -> np.ndarray:
+    """Decodes a class-id mask into HxW uint8.
+
+    Palette ('P') and grayscale ('L') masks are read as stored values (for a palette PNG the
+    palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
+    fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
+    class map: convert them to class ids first.
+    """
+    image = _oriented(_open(data, what, max_pixels))
+    mode = image.mode
+    if mode in ("P", "L", "1"):
+        values = np.asarray(image if mode != "1" else image.convert("L"))
+    elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.int64)
+        if values.min() < 0 or values.max() > 255:
+            raise InvalidInputError(
+                f"{what} holds values {values.min()}..{values.max()}; class ids must fit in "
+                f"0..255")
+    elif mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"))
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1])
+                and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise InvalidInputError(
+                f"{what} is a colour ({mode}) image, not class ids; convert it to a "
+                f"single-channel PNG whose pixel values are class ids")
+        values = rgb[..., 0]
+    elif mode == "LA":
+        values = np.asarray(image)[..., 0]
+    else:
+        raise InvalidInputError(f"{what} has image mode {mode!r}; expected a class-id PNG "
+                                f"(mode L or P)")
+    return np.array(values, dtype=np.uint8, order="C")
+
+
+def decode_pair(image_bytes: bytes, mask_bytes: Optional[bytes],
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Decodes an image and its optional mask and checks that their sizes agree."""
+    image = decode_image(image_bytes, max_pixels)
+    if mask_bytes is None:
+        return image, None
+    mask = decode_mask(mask_bytes, max_pixels)
+    if mask.shape != image.shape[:2]:
+        raise InvalidInputError(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height); a mask must match its image "
+            f"pixel for pixel")
+    return image, mask

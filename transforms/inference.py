@@ -1,0 +1,221 @@
+"""Batched inference: a Beam ``ModelHandler`` that holds a Keras segmentation model.
+
+Beam's ``RunInference`` batches records (``batch_elements_kwargs``), loads the model once per
+worker and shares it across threads (or processes, with ``large_model``), and reports
+metrics. The handler fits each image of a batch to one canvas (images of mixed sizes batch
+together), runs the model, and maps class probabilities back to each image's own size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from typing import Any, Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from transforms.crf import labels_from_probabilities
+from transforms.geometry import RESIZE_MODES, plan_batch, place_image, resize_bilinear, \
+    restore_probabilities
+from transforms.records import DeadLetter, SegmentationRecord
+
+LOG = logging.getLogger(__name__)
+MODEL_OUTPUTS = ("auto", "logits", "probabilities")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
+    return shifted
+
+
+def looks_like_probabilities(values: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """True when every pixel's values are non-negative and sum to one."""
+    if values.min() < -tolerance or values.max() > 1 + tolerance:
+        return False
+    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < tolerance * values.shape[-1]))
+
+
+def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
+    """Model outputs (logits or probabilities, as ``kind`` says or as detected) as float32
+    probabilities."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if kind == "probabilities" or (kind == "auto" and looks_like_probabilities(outputs)):
+        return outputs
+    if kind not in MODEL_OUTPUTS:
+        raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
+    return softmax(outputs.copy())
+
+
+class SegmentationPredictor:
+    """A loaded Keras model behind methods only, so that Beam can also serve it through a
+    multiprocessing proxy (``large_model``), where attributes are not reachable."""
+
+    def __init__(self, model):
+        self._model = model
+        self._lock = threading.Lock()  # Keras builds its predict function lazily; not re-entrant
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self._model.predict_on_batch(batch))
+
+    def fixed_input_size(self) -> Optional[tuple[int, int]]:
+        _, height, width, _ = self._model.input_shape
+        return (int(height), int(width)) if height and width else None
+
+    def num_classes(self) -> int:
+        return int(self._model.output_shape[-1])
+
+
+_DEVICE_COUNTER = itertools.count()
+
+
+def _configure_accelerators():
+    """TensorFlow: memory growth on every GPU (several model copies or processes can share a
+    card), and the next GPU in turn for this model copy. Returns a device scope or None."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised by an earlier copy in this process
+            pass
+    if not gpus:
+        return None
+    index = next(_DEVICE_COUNTER) % len(gpus)
+    LOG.info("placing a model copy on GPU %d of %d", index, len(gpus))
+    return tf.device(f"/GPU:{index}")
+
+
+class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationRecord,
+                                            SegmentationPredictor]):
+    """Runs a Keras segmentation model on batches of ``SegmentationRecord``.
+
+    Args:
+      model: the path of a saved ``.keras`` model, or a registry name.
+      weights: a weights file for a registry model.
+      num_classes: the number of classes the model predicts (checked on load).
+      input_size: (height, width) of the canvas; defaults to the model's fixed input size.
+      resize_mode: ``resize``, ``letterbox`` or ``pad`` (see ``transforms.geometry``).
+      preprocessing: the normalisation applied to raw RGB (see ``models.preprocessing``).
+      model_output: ``logits``, ``probabilities`` or ``auto`` (detected per batch).
+      size_multiple: what ``pad`` rounds the canvas up to (the model's total stride).
+      seed: the random-initialisation seed for a registry model without weights.
+      min_batch_size / max_batch_size: Beam's batching bounds.
+      large_model / model_copies: Beam's sharing of one model across processes.
+    """
+
+    def __init__(self, model: str, *, weights: Optional[str] = None,
+                 num_classes: Optional[int] = None,
+                 input_size: Optional[tuple[int, int]] = None, resize_mode: str = "resize",
+                 preprocessing: str = "none", model_output: str = "auto",
+                 size_multiple: int = 32, seed: int = 0, min_batch_size: int = 1,
+                 max_batch_size: int = 8, large_model: bool = False,
+                 model_copies: Optional[int] = None):
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; received "
+                             f"{resize_mode!r}")
+        if model_output not in MODEL_OUTPUTS:
+            raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}; received "
+                             f"{model_output!r}")
+        from models.preprocessing import PREPROCESSORS
+
+        if preprocessing not in PREPROCESSORS:
+            raise ValueError(f"preprocessing must be one of {list(PREPROCESSORS)}; received "
+                             f"{preprocessing!r}")
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(f"batch sizes must satisfy 1 <= min ({min_batch_size}) <= max "
+                             f"({max_batch_size})")
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         large_model=large_model, model_copies=model_copies)
+        self._model_spec = model
+        self._weights = weights
+        self._num_classes = num_classes
+        self._input_size = tuple(input_size) if input_size else None
+        self._resize_mode = resize_mode
+        self._preprocessing = preprocessing
+        self._model_output = model_output
+        self._size_multiple = size_multiple
+        self._seed = seed
+
+    def load_model(self) -> SegmentationPredictor:
+        from models.io import load_model
+
+        device = _configure_accelerators()
+        if device is None:
+            model = load_model(self._model_spec, self._num_classes, self._input_size,
+                               self._weights, self._seed)
+        else:
+            with device:
+                model = load_model(self._model_spec, self._num_classes, self._input_size,
+                                   self._weights, self._seed)
+        predictor = SegmentationPredictor(model)
+        fixed = predictor.fixed_input_size()
+        if fixed and self._input_size and fixed != self._input_size:
+            raise ValueError(f"model {self._model_spec} takes {fixed[0]}x{fixed[1]} input but "
+                             f"--input_size is {self._input_size[0]}x{self._input_size[1]}; "
+                             f"drop --input_size or make them agree")
+        return predictor
+
+    def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
+                      inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[SegmentationRecord]:
+        from models.preprocessing import preprocess
+
+        input_size = self._input_size or model.fixed_input_size()
+        canvas, placements = plan_batch([r.image.shape[:2] for r in batch], self._resize_mode,
+                                        input_size, self._size_multiple)
+        stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
+        outputs = model.predict(preprocess(stacked.astype(np.float32), self._preprocessing))
+        if outputs.ndim != 4 or outputs.shape[0] != len(batch):
+            raise ValueError(f"the model returned shape {outputs.shape} for a batch of "
+                             f"{stacked.shape}; expected (N, H, W, C)")
+        probabilities = to_probabilities(outputs, self._model_output)
+        results = []
+        for record, placement, probs in zip(batch, placements, probabilities):
+            if probs.shape[:2] != canvas:  # models that predict at a stride
+                probs = resize_bilinear(probs, *canvas)
+            full = restore_probabilities(probs, placement)
+            results.append(record.replace(probabilities=full.astype(np.float16),
+                                          raw_labels=labels_from_probabilities(full)))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[SegmentationRecord]) -> int:
+        return sum(record.image.nbytes for record in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "segbeam"
+
+
+def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
+    batch, error = failure
+    for record in batch:
+        yield DeadLetter(record.key, record.source, "inference",
+                         f"{type(error).__name__}: {error}")
+
+
+class RunSegmentationInference(beam.PTransform):
+    """records -> (records with probabilities and raw labels, dead letters).
+
+    A batch whose inference raises is not dropped: each of its records becomes a dead letter.
+    """
+
+    def __init__(self, handler: KerasSegmentationHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, records):
+        predicted, failures = records | "RunInference" >> RunInference(
+            self._handler).with_exception_handling()
+        dead = failures.failed_inferences | "BatchFailuresToDeadLetters" >> beam.FlatMap(
+            _dead_letters_of_batch)
+        return predicted, dead

@@ -1,0 +1,73 @@
+"""Key derivation and sanitising: a key names output files, so no input may steer a write
+outside the output root."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
+_MAX_COMPONENT = 120
+_MAX_COMPONENTS = 8
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                     *(f"lpt{i}" for i in range(10))}
+
+
+def sanitise_key(raw: str) -> str:
+    """Returns a relative POSIX path made of safe components that stays inside any root.
+
+    Separators (``/`` and ``\\``) split components; empty, ``.`` and ``..`` components are
+    dropped; characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``;
+    leading dots are removed (no hidden files). When anything had to change, a short hash of the
+    original is appended so that two different raw keys never collapse into one.
+    """
+    if not isinstance(raw, str):
+        raise TypeError(f"A key must be a string; received {type(raw).__name__}: {raw!r}")
+    parts = []
+    for part in re.split(r"[\\/]+", raw):
+        if part in ("", ".", ".."):
+            continue
+        part = _SAFE_CHARS.sub("_", part).lstrip(".")
+        part = part[:_MAX_COMPONENT]
+        if part.split(".")[0].lower() in _WINDOWS_RESERVED:
+            part = "_" + part
+        if part:
+            parts.append(part)
+    parts = parts[-_MAX_COMPONENTS:]
+    key = "/".join(parts)
+    if key != raw:
+        digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        key = f"{key}-{digest}" if key else f"_-{digest}"
+    return key
+
+
+def strip_extension(path: str) -> str:
+    """``dir/name.png`` -> ``dir/name`` (only the last extension goes)."""
+    root, _ = posixpath.splitext(path)
+    return root
+
+
+def file_stem(path: str) -> str:
+    """The base name without its extension, for pairing images with masks: ``a/b/x.png`` -> ``x``."""
+    return strip_extension(posixpath.basename(path.replace("\\", "/")))
+
+
+def glob_base(pattern: str) -> str:
+    """The directory prefix of a glob before its first wildcard: ``gs://b/x/*/y*.png`` ->
+    ``gs://b/x/``. Keys are paths relative to it, so that files in different sub-folders keep
+    different keys."""
+    cut = len(pattern)
+    for wildcard in "*?[{":
+        index = pattern.find(wildcard)
+        if index != -1:
+            cut = min(cut, index)
+    head = pattern[:cut]
+    slash = head.rfind("/")
+    return head[: slash + 1] if slash != -1 else ""
+
+
+def key_for_path(path: str, base: str) -> str:
+    """The sanitised key of a matched file: its path below ``base`` without the extension."""
+    relative = path[len(base):] if base and path.startswith(base) else posixpath.basename(path)
+    return sanitise_key(strip_extension(relative))

@@ -1,0 +1,104 @@
+"""Segmentation metrics, accumulate-then-derive: a per-image confusion matrix, summed over the
+dataset, and figures derived from a (summed) matrix. Pure numpy, no I/O.
+
+Conventions: rows are ground truth, columns are prediction. Pixels whose ground truth equals
+``ignore_index`` or lies outside ``0..num_classes-1`` are excluded. A class that appears neither
+in the ground truth nor in the prediction has no IoU (NaN in arrays, null in outputs); it is
+left out of means rather than counted as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+
+def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
+                     ignore_index: Optional[int] = None) -> np.ndarray:
+    """Counts (truth, prediction) pairs over the labelled pixels: a CxC int64 matrix."""
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from ground-truth shape "
+                         f"{truth.shape}")
+    truth = truth.astype(np.int64, copy=False).ravel()
+    prediction = prediction.astype(np.int64, copy=False).ravel()
+    valid = (truth >= 0) & (truth < num_classes)
+    if ignore_index is not None:
+        valid &= truth != ignore_index
+    # Predictions outside the class range would alias other cells; the model cannot emit them,
+    # but a foreign label map might.
+    valid &= (prediction >= 0) & (prediction < num_classes)
+    flat = truth[valid] * num_classes + prediction[valid]
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def per_class_iou(confusion: np.ndarray) -> np.ndarray:
+    """IoU per class, NaN for classes absent from both truth and prediction."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - intersection
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, intersection / union, np.nan)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Recall per class (correct / ground-truth pixels), NaN for classes absent from truth."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    truth_pixels = confusion.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(truth_pixels > 0, np.diag(confusion) / truth_pixels, np.nan)
+
+
+def per_class_dice(confusion: np.ndarray) -> np.ndarray:
+    """Dice / F1 per class, NaN for classes absent from both truth and prediction."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(confusion)
+    total = confusion.sum(axis=0) + confusion.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, 2 * intersection / total, np.nan)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else math.nan
+
+
+def summarise_confusion(confusion: np.ndarray) -> dict:
+    """Dataset (or image) figures from one confusion matrix.
+
+    pixel_accuracy: correct / labelled pixels. mean_class_accuracy: mean recall over classes in
+    the ground truth. miou: mean IoU over classes present in truth or prediction.
+    fwiou: IoU weighted by each class's share of ground-truth pixels. All NaN when no pixel is
+    labelled.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    total = int(confusion.sum())
+    iou = per_class_iou(confusion)
+    truth_pixels = confusion.sum(axis=1)
+    if total:
+        frequency = truth_pixels / total
+        present = truth_pixels > 0
+        fwiou = float(np.sum(frequency[present] * np.nan_to_num(iou[present])))
+        pixel_accuracy = float(np.trace(confusion) / total)
+    else:
+        fwiou = pixel_accuracy = math.nan
+    return {
+        "labelled_pixels": total,
+        "pixel_accuracy": pixel_accuracy,
+        "mean_class_accuracy": _nanmean(per_class_accuracy(confusion)),
+        "miou": _nanmean(iou),
+        "fwiou": fwiou,
+        "mean_dice": _nanmean(per_class_dice(confusion)),
+        "iou": iou,
+        "class_accuracy": per_class_accuracy(confusion),
+        "dice": per_class_dice(confusion),
+        "truth_pixels": truth_pixels,
+        "predicted_pixels": confusion.sum(axis=0),
+    }
+
+
+def nan_to_none(values) -> list:
+    """A float sequence as a list with None where a value is NaN (null in Parquet and JSON)."""
+    return [None if math.isnan(v) else v for v in map(float, values)]

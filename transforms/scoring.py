@@ -1,0 +1,89 @@
+"""Per-image scoring against the ground-truth mask, and the per-image metrics row."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from transforms.metrics import confusion_matrix, nan_to_none, summarise_confusion
+from transforms.records import SegmentationRecord
+from transforms.safe_map import SafeMap
+
+
+def score_record(record: SegmentationRecord, num_classes: int,
+                 ignore_index: Optional[int]) -> SegmentationRecord:
+    """Adds confusion matrices (raw, and CRF where it ran) for images that have a mask, and
+    drops the arrays no later stage needs (image, mask, probabilities)."""
+    confusion_raw = confusion_crf = None
+    if record.mask is not None:
+        confusion_raw = confusion_matrix(record.raw_labels, record.mask, num_classes,
+                                         ignore_index)
+        if record.crf_labels is not None:
+            confusion_crf = confusion_matrix(record.crf_labels, record.mask, num_classes,
+                                             ignore_index)
+    return record.replace(confusion_raw=confusion_raw, confusion_crf=confusion_crf,
+                          image=None, mask=None, probabilities=None)
+
+
+def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
+    """The per-image Parquet schema. Per-class IoU lists are indexed by class id; the class
+    names travel in the schema's metadata."""
+    iou = pa.list_(pa.float64())
+    fields = [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("mask_source", pa.string()),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("has_mask", pa.bool_(), nullable=False),
+        pa.field("crf_applied", pa.bool_(), nullable=False),
+        pa.field("labelled_pixels", pa.int64()),
+        pa.field("pixel_accuracy_raw", pa.float64()),
+        pa.field("miou_raw", pa.float64()),
+        pa.field("iou_raw", iou),
+        pa.field("pixel_accuracy_crf", pa.float64()),
+        pa.field("miou_crf", pa.float64()),
+        pa.field("iou_crf", iou),
+        pa.field("mask_path", pa.string(), nullable=False),
+    ]
+    metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
+    return pa.schema(fields, metadata=metadata)
+
+
+def _figures(confusion: Optional[np.ndarray]) -> tuple:
+    if confusion is None:
+        return None, None, None, None
+    summary = summarise_confusion(confusion)
+    none_if_nan = nan_to_none([summary["pixel_accuracy"], summary["miou"]])
+    return (summary["labelled_pixels"], none_if_nan[0], none_if_nan[1],
+            nan_to_none(summary["iou"]))
+
+
+def metrics_row(record: SegmentationRecord) -> dict:
+    """The per-image Parquet row of a scored record whose mask PNG has been written."""
+    labelled, accuracy_raw, miou_raw, iou_raw = _figures(record.confusion_raw)
+    _, accuracy_crf, miou_crf, iou_crf = _figures(record.confusion_crf)
+    return {
+        "key": record.key, "source": record.source, "mask_source": record.mask_source,
+        "height": record.height, "width": record.width, "has_mask": record.has_mask,
+        "crf_applied": record.crf_applied,
+        "labelled_pixels": labelled,
+        "pixel_accuracy_raw": accuracy_raw, "miou_raw": miou_raw, "iou_raw": iou_raw,
+        "pixel_accuracy_crf": accuracy_crf, "miou_crf": miou_crf, "iou_crf": iou_crf,
+        "mask_path": record.mask_path,
+    }
+
+
+class ScoreImages(beam.PTransform):
+    """records with labels -> (scored records, dead letters)."""
+
+    def __init__(self, num_classes: int, ignore_index: Optional[int]):
+        super().__init__()
+        self._num_classes, self._ignore_index = num_classes, ignore_index
+
+    def expand(self, records):
+        return records | "Score" >> SafeMap("metrics", score_record, self._num_classes,
+                                            self._ignore_index)

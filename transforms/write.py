@@ -1,0 +1,90 @@
+"""Sinks: mask PNGs, per-image metrics Parquet, the summary (JSON and Parquet), dead letters.
+
+Every path is built from the output root and a sanitised key, so no input can write outside
+the root. Mask PNGs are written under a temporary name and renamed, and Beam's file sinks
+finalise their shards the same way, so an interrupted run leaves no half-written file under
+a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.masks_png import encode_label_png
+from transforms.records import SegmentationRecord
+from transforms.safe_map import SafeMap
+
+MASKS_DIR = "masks"
+METRICS_DIR = "metrics"
+DEAD_LETTERS_DIR = "dead_letters"
+SUMMARY_JSON = "summary.json"
+SUMMARY_PARQUET = "summary.parquet"
+MANIFEST_JSON = "manifest.json"
+
+
+def output_path(root: str, *parts: str) -> str:
+    return FileSystems.join(root.rstrip("/"), *parts)
+
+
+def mask_png_path(root: str, key: str) -> str:
+    if key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"key {key!r} is not sanitised; refusing to write outside {root}")
+    return output_path(root, MASKS_DIR, key + ".png")
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as handle:
+        handle.write(data)
+    FileSystems.rename([temporary], [path])
+
+
+def write_label_png(record: SegmentationRecord, root: str) -> SegmentationRecord:
+    """Writes the final label map as ``<root>/masks/<key>.png``; drops the label arrays."""
+    path = mask_png_path(root, record.key)
+    write_bytes_atomically(path, encode_label_png(record.final_labels))
+    return record.replace(mask_path=path, raw_labels=None, crf_labels=None)
+
+
+class WriteLabelMasks(beam.PTransform):
+    """scored records -> (records with mask_path, dead letters)."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, records):
+        return records | "WritePNG" >> SafeMap("write", write_label_png, self._root)
+
+
+class WriteJson(beam.PTransform):
+    """Writes each element of a one-element PCollection as ``<root>/<name>`` (pretty JSON)."""
+
+    def __init__(self, root: str, name: str):
+        super().__init__()
+        self._root, self._name = root, name
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "ToJson" >> beam.Map(lambda value: json.dumps(value, indent=2, sort_keys=True))
+                | "Write" >> beam.io.WriteToText(output_path(self._root, self._name),
+                                                 num_shards=1, shard_name_template=""))
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead letters as JSON lines under ``<root>/dead_letters/``."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, dead_letters):
+        return (dead_letters
+                | "ToJson" >> beam.Map(lambda dead: dead.to_json())
+                | "Write" >> beam.io.WriteToText(
+                    output_path(self._root, DEAD_LETTERS_DIR, "dead_letters"),
+                    file_name_suffix=".jsonl"))
