@@ -36,7 +36,7 @@ def sanitise_key(raw: str) -> str:
             parts.append(part)
     parts = parts[-_MAX_COMPONENTS:]
     key = "/".join(parts)
-    if key != raw:
+    if key != raw or not key:
         digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         key = f"{key}-{digest}" if key else f"_-{digest}"
     return key

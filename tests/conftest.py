@@ -1,0 +1,60 @@
+"""Shared test helpers: encoded images made on the fly, and small saved models."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CAMVID = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "camvid")
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, **save_kwargs) -> bytes:
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **save_kwargs)
+    return buffer.getvalue()
+
+
+def jpeg_bytes(array: np.ndarray, **save_kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95, **save_kwargs)
+    return buffer.getvalue()
+
+
+def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """An untrained 3-class tiny_fcn saved as .keras (random but fixed weights)."""
+    import keras
+
+    import models
+
+    keras.utils.set_random_seed(7)
+    model = models.create_model("tiny_fcn", num_classes=3)
+    path = str(tmp_path_factory.mktemp("models") / "tiny3.keras")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_model_path(tmp_path_factory) -> str:
+    """tiny_fcn trained briefly on generated scenes (the demo's recipe, fewer steps)."""
+    from pipeline.demo import train_demo_model
+
+    path = str(tmp_path_factory.mktemp("models") / "demo.keras")
+    train_demo_model(path, samples=96, epochs=8)
+    return path

@@ -1,0 +1,114 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import jpeg_bytes, png_bytes, random_image
+from transforms.decode import InvalidInputError, decode_image, decode_mask, decode_pair
+
+
+def test_rgb_png_round_trips(rng):
+    image = random_image(rng, 5, 7)
+    decoded = decode_image(png_bytes(image))
+    assert decoded.dtype == np.uint8 and decoded.flags.writeable
+    np.testing.assert_array_equal(decoded, image)
+
+
+def test_jpeg_decodes_close_to_its_source(rng):
+    image = np.full((16, 16, 3), (200, 30, 90), dtype=np.uint8)
+    decoded = decode_image(jpeg_bytes(image))
+    assert decoded.shape == (16, 16, 3)
+    assert np.abs(decoded.astype(int) - image).max() < 8
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    decoded = decode_image(png_bytes(gray))
+    assert decoded.shape == (3, 4, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[..., channel], gray)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue())
+    np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255])
+
+
+def test_rgba_is_composited_over_black():
+    rgba = np.zeros((1, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (200, 100, 50, 255)  # opaque
+    rgba[0, 1] = (200, 100, 50, 0)  # fully transparent
+    decoded = decode_image(png_bytes(rgba))
+    np.testing.assert_array_equal(decoded[0], [[200, 100, 50], [0, 0, 0]])
+
+
+def test_palette_image_is_expanded_to_its_colours():
+    palette_image = Image.new("P", (2, 1))
+    palette_image.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    palette_image.putpixel((1, 0), 1)
+    buffer = io.BytesIO()
+    palette_image.save(buffer, format="PNG")
+    np.testing.assert_array_equal(decode_image(buffer.getvalue())[0], [[0, 0, 0], [10, 20, 30]])
+
+
+def test_exif_orientation_is_applied():
+    image = np.zeros((2, 4, 3), dtype=np.uint8)  # 4 wide, 2 high
+    image[0, 0] = 255  # top-left marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", exif=exif)
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.shape == (4, 2, 3)  # displayed as 2 wide, 4 high
+    assert decoded[0, 1].tolist() == [255, 255, 255]  # the marker is now top-right
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b"", "empty"),
+    (b"hello, not an image", "not in an image format"),
+])
+def test_unusable_bytes_are_rejected_with_a_reason(data, fragment):
+    with pytest.raises(InvalidInputError, match=fragment):
+        decode_image(data)
+
+
+def test_truncated_png_is_rejected(rng):
+    data = png_bytes(random_image(rng, 64, 64))
+    with pytest.raises(InvalidInputError, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    data = png_bytes(np.zeros((100, 100, 3), dtype=np.uint8))
+    with pytest.raises(InvalidInputError, match="over the limit of 9,999"):
+        decode_image(data, max_pixels=9_999)
+    assert decode_image(data, max_pixels=10_000).shape == (100, 100, 3)
+
+
+def test_masks_keep_their_class_ids():
+    mask = np.array([[0, 1, 11], [255, 3, 3]], dtype=np.uint8)
+    np.testing.assert_array_equal(decode_mask(png_bytes(mask)), mask)  # mode L
+    palette_mask = Image.frombytes("P", (3, 2), mask.tobytes())
+    palette_mask.putpalette(list(range(256)) * 3)  # VOC-style: palette index = class id
+    buffer = io.BytesIO()
+    palette_mask.save(buffer, format="PNG")
+    np.testing.assert_array_equal(decode_mask(buffer.getvalue()), mask)
+
+
+def test_colour_mask_is_refused():
+    colour = np.zeros((2, 2, 3), dtype=np.uint8)
+    colour[0, 0] = (128, 0, 0)
+    with pytest.raises(InvalidInputError, match="colour"):
+        decode_mask(png_bytes(colour))
+
+
+def test_mask_size_must_match_image(rng):
+    image = png_bytes(random_image(rng, 4, 6))
+    with pytest.raises(InvalidInputError, match="mask is 5x4 but its image is 6x4"):
+        decode_pair(image, png_bytes(np.zeros((4, 5), dtype=np.uint8)))
+    decoded, mask = decode_pair(image, png_bytes(np.ones((4, 6), dtype=np.uint8)))
+    assert decoded.shape == (4, 6, 3) and mask.shape == (4, 6)

@@ -1,0 +1,141 @@
+"""Each transform inside a TestPipeline, asserting on what comes out."""
+
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from tests.conftest import random_image
+from transforms.aggregate import ConfusionSum
+from transforms.crf import CrfParams
+from transforms.inference import KerasSegmentationHandler, RunSegmentationInference
+from transforms.read import MatchImages, ReadFiles
+from transforms.records import SegmentationRecord
+from transforms.refine import RefineWithCRF
+from transforms.scoring import ScoreImages
+from transforms.write import WriteLabelMasks
+
+
+def _save(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def image_tree(tmp_path, rng):
+    """images: a.png, b.jpg, sub/c.png, d.png + d.jpg (same key), bad.png (corrupt);
+    masks: a.png, c.png."""
+    root = tmp_path / "images"
+    for name in ("a.png", "b.jpg", "sub/c.png", "d.png", "d.jpg"):
+        _save(str(root / name), random_image(rng, 8, 10))
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    for name in ("a.png", "c.png"):
+        _save(str(tmp_path / "masks" / name), np.ones((8, 10), np.uint8))
+    return tmp_path
+
+
+def test_match_images_pairs_masks_by_stem_and_rejects_duplicate_keys(image_tree):
+    root = str(image_tree / "images")
+    with TestPipeline() as p:
+        refs, dead = p | MatchImages(root + "/**", str(image_tree / "masks"))
+        assert_that(refs | beam.Map(lambda r: (r.key, os.path.basename(r.mask_source or ""))),
+                    equal_to([("a", "a.png"), ("b", ""), ("sub/c", "c.png"), ("d", ""),
+                              ("bad", "")]),
+                    label="refs")
+        assert_that(dead | beam.Map(lambda d: (d.key, d.stage, os.path.basename(d.source),
+                                               "duplicate key" in d.reason)),
+                    equal_to([("d", "pair", "d.png", True)]), label="dead")
+
+
+def test_read_files_decodes_and_dead_letters_the_corrupt_file(image_tree):
+    root = str(image_tree / "images")
+    with TestPipeline() as p:
+        records, dead, inputs = p | ReadFiles(root + "/*.png", str(image_tree / "masks"),
+                                              max_pixels=10_000)
+        assert_that(records | beam.Map(lambda r: (r.key, r.image.shape, r.has_mask)),
+                    equal_to([("a", (8, 10, 3), True), ("d", (8, 10, 3), False)]),
+                    label="records")
+        assert_that(dead | beam.Map(lambda d: (d.key, d.stage)), equal_to([("bad", "decode")]),
+                    label="dead")
+        assert_that(inputs, equal_to([3]), label="inputs")
+
+
+def _record(key, rng, height, width, **fields):
+    return SegmentationRecord(key, f"mem://{key}", image=random_image(rng, height, width),
+                              height=height, width=width, **fields)
+
+
+def test_inference_batches_mixed_sizes_and_maps_back(tiny_model_path, rng):
+    records = [_record("a", rng, 30, 50), _record("b", rng, 64, 64), _record("c", rng, 17, 90)]
+    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),
+                                       min_batch_size=3, max_batch_size=3)
+    with TestPipeline() as p:
+        predicted, dead = p | beam.Create(records) | RunSegmentationInference(handler)
+        assert_that(predicted | beam.Map(lambda r: (
+            r.key, r.probabilities.shape, r.probabilities.dtype.name, r.raw_labels.shape,
+            bool(np.allclose(r.probabilities.astype(np.float32).sum(-1), 1, atol=1e-2)))),
+            equal_to([("a", (30, 50, 3), "float16", (30, 50), True),
+                      ("b", (64, 64, 3), "float16", (64, 64), True),
+                      ("c", (17, 90, 3), "float16", (17, 90), True)]), label="predicted")
+        assert_that(dead, equal_to([]), label="dead")
+
+
+def test_inference_failures_become_dead_letters(tiny_model_path, rng):
+    broken = SegmentationRecord("broken", "mem://broken", image=np.zeros((4, 4), np.uint8))
+    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),
+                                       max_batch_size=1)
+    with TestPipeline() as p:
+        predicted, dead = (p | beam.Create([_record("ok", rng, 20, 20), broken])
+                           | RunSegmentationInference(handler))
+        assert_that(predicted | beam.Map(lambda r: r.key), equal_to(["ok"]), label="ok")
+        assert_that(dead | beam.Map(lambda d: (d.key, d.stage)),
+                    equal_to([("broken", "inference")]), label="dead")
+
+
+def test_refine_with_crf_adds_labels_and_dead_letters_mismatches(rng):
+    good = _record("good", rng, 12, 16, probabilities=np.full((12, 16, 2), 0.5, np.float16))
+    bad = _record("bad", rng, 12, 16, probabilities=np.full((5, 5, 2), 0.5, np.float16))
+    with TestPipeline() as p:
+        refined, dead = p | beam.Create([good, bad]) | RefineWithCRF(CrfParams(iterations=2))
+        assert_that(refined | beam.Map(lambda r: (r.key, r.crf_labels.shape, r.crf_applied,
+                                                  r.probabilities is None)),
+                    equal_to([("good", (12, 16), True, True)]), label="refined")
+        assert_that(dead | beam.Map(lambda d: (d.key, d.stage)), equal_to([("bad", "crf")]),
+                    label="dead")
+
+
+def test_scoring_and_aggregation_sum_confusion_matrices():
+    mask = np.array([[0, 1], [1, 1]], np.uint8)
+    raw = np.array([[0, 1], [0, 1]], np.uint8)
+    records = [
+        SegmentationRecord("m", "s", mask=mask, raw_labels=raw, crf_labels=mask,
+                           height=2, width=2, has_mask=True, crf_applied=True),
+        SegmentationRecord("n", "s", raw_labels=raw, height=2, width=2),  # no mask
+    ]
+    with TestPipeline() as p:
+        scored, dead = p | beam.Create(records) | ScoreImages(num_classes=2, ignore_index=None)
+        totals = scored | beam.CombineGlobally(ConfusionSum(2))
+        assert_that(totals | beam.Map(lambda t: (t["images"], t["images_with_mask"],
+                                                 t["raw"].tolist(), t["crf"].tolist())),
+                    equal_to([(2, 1, [[1, 0], [1, 2]], [[1, 0], [0, 3]])]), label="totals")
+        assert_that(dead, equal_to([]), label="dead")
+
+
+def test_write_masks_refuses_unsanitised_keys(tmp_path):
+    labels = np.array([[0, 2]], np.uint8)
+    safe = SegmentationRecord("dir/safe", "s", raw_labels=labels, height=1, width=2)
+    unsafe = SegmentationRecord("../escape", "s", raw_labels=labels, height=1, width=2)
+    root = str(tmp_path / "out")
+    with TestPipeline() as p:
+        written, dead = p | beam.Create([safe, unsafe]) | WriteLabelMasks(root)
+        assert_that(written | beam.Map(lambda r: os.path.relpath(r.mask_path, root)),
+                    equal_to(["masks/dir/safe.png"]), label="written")
+        assert_that(dead | beam.Map(lambda d: (d.key, d.stage)),
+                    equal_to([("../escape", "write")]), label="dead")
+    np.testing.assert_array_equal(np.asarray(Image.open(f"{root}/masks/dir/safe.png")), labels)
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert os.listdir(f"{root}/masks/dir") == ["safe.png"]  # no temporary file left behind
