@@ -12,8 +12,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from transforms.example_proto import encode_example
-from transforms.read import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages, \
-    _read_bytes
+from transforms.read import (FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages,
+                             read_bytes)
 from transforms.records import ImageRef
 from transforms.safe_map import SafeMap
 from transforms.write import WriteDeadLetters
@@ -22,7 +22,7 @@ from transforms.write import WriteDeadLetters
 def example_for(ref: ImageRef) -> bytes:
     """Reads an image (and mask) file into a serialised Example. Sizes are read from the
     headers only; the pipeline decodes and validates fully when it reads the shards."""
-    image = _read_bytes(ref.source)
+    image = read_bytes(ref.source)
     with Image.open(io.BytesIO(image)) as header:
         width, height, image_format = header.width, header.height, (header.format or "").lower()
     extension = ref.source.rsplit(".", 1)[-1] if "." in ref.source.rsplit("/", 1)[-1] else ""
@@ -34,7 +34,7 @@ def example_for(ref: ImageRef) -> bytes:
         "image/width": [width],
     }
     if ref.mask_source:
-        features[MASK_FEATURE] = [_read_bytes(ref.mask_source)]
+        features[MASK_FEATURE] = [read_bytes(ref.mask_source)]
         features["image/segmentation/class/format"] = [b"png"]
     return encode_example(features)
 

@@ -103,15 +103,15 @@ class MatchImages(beam.PTransform):
         return paired.refs, paired[DEAD]
 
 
-def _read_bytes(path: str) -> bytes:
+def read_bytes(path: str) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read()
 
 
 def load_image_ref(ref: ImageRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentationRecord:
     """Reads and decodes an image file and its mask file."""
-    mask_bytes = _read_bytes(ref.mask_source) if ref.mask_source else None
-    return decode_encoded(EncodedImage(ref.key, ref.source, _read_bytes(ref.source), mask_bytes,
+    mask_bytes = read_bytes(ref.mask_source) if ref.mask_source else None
+    return decode_encoded(EncodedImage(ref.key, ref.source, read_bytes(ref.source), mask_bytes,
                                        ref.mask_source), max_pixels)
 
 
