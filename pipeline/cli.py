@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -96,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segbeam: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # TensorFlow's start-up chatter (CPU features, oneDNN) is not for users; set it to 0 to see.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return command(argv[1:])
 
 
