@@ -24,7 +24,8 @@ setup(
         "tensorflow": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                        "tensorflow>=2.16; platform_machine!='x86_64'"],
         "jax": ["jax>=0.4.30"],
-        "test": ["pytest>=8", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
+        # Tests run every architecture under TensorFlow and JAX (CPU wheels).
+        "test": ["pytest>=8", "jax>=0.4.30", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                  "tensorflow>=2.16; platform_machine!='x86_64'"],
     },
     entry_points={"console_scripts": ["segbeam=pipeline.cli:main"]},

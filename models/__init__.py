@@ -5,4 +5,4 @@ layers that saved models need.
 """
 
 from models.registry import create_model, get_spec, list_models, register_model  # noqa: F401
-from models import layers, tiny_fcn  # noqa: F401  (registers the architecture)
+from models import deeplabv3plus, fcn, layers, segnet, tiny_fcn, unet  # noqa: F401  (registers them)
