@@ -1,20 +1,238 @@
-"""Training on in-memory arrays: the minimal loop the demo uses.
+"""Training a registered architecture on image/mask pairs (``segbeam train``), and the minimal
+in-memory loop the demo uses.
 
-Feeding is plain numpy, not tf.data, so it runs under any Keras backend.
+Feeding is a ``keras.utils.PyDataset`` of numpy arrays, not ``tf.data``, so training runs under
+any Keras backend (TensorFlow, JAX on a GPU, PyTorch). Loss: softmax cross-entropy on logits,
+pixels weighted by class weights, the ignore index skipped. mIoU is reported every epoch on the
+training batches and, when there is a validation set, on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import os
+import time
 from typing import Optional
 
 import numpy as np
+
+LOG = logging.getLogger(__name__)
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """What ``segbeam train`` needs; each field is one of its flags."""
+
+    model: str
+    num_classes: int
+    output: str
+    input_size: tuple[int, int]
+    images: Optional[str] = None
+    masks: Optional[str] = None
+    shards: Optional[str] = None
+    val_images: Optional[str] = None
+    val_masks: Optional[str] = None
+    val_split: float = 0.0
+    backbone_weights: Optional[str] = None
+    batch_size: int = 8
+    epochs: int = 10
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    class_weights: str = "none"  # "none", "median_frequency" or comma-separated numbers
+    ignore_index: Optional[int] = None
+    augment: bool = True
+    flip: bool = True
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    max_minutes: Optional[float] = None
+    workers: int = 2
+    seed: int = 0
+    verbose: int = 2
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    model_path: str
+    best_path: Optional[str]
+    history: dict[str, list[float]]
+    class_weights: Optional[list[float]]
+    train_items: int
+    val_items: int
+    seconds: float
+    stopped_early: bool
+
+
+class _TimeBudget:
+    """Stops training after the epoch in which ``minutes`` of wall time have passed."""
+
+    def __init__(self, minutes: Optional[float]):
+        import keras
+
+        class Budget(keras.callbacks.Callback):
+            def __init__(inner):
+                super().__init__()
+                inner.start = time.monotonic()
+                inner.stopped = False
+
+            def on_epoch_end(inner, epoch, logs=None):
+                if minutes is not None and time.monotonic() - inner.start > minutes * 60:
+                    inner.stopped = True
+                    inner.model.stop_training = True
+
+        self.callback = Budget()
+
+
+def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:
+    """``none`` -> None; ``median_frequency`` -> computed later; else C comma-separated
+    numbers."""
+    if spec in ("none", "median_frequency"):
+        return None
+    try:
+        values = np.array([float(v) for v in spec.split(",")], dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"--class_weights must be 'none', 'median_frequency' or {num_classes} "
+                         f"comma-separated numbers; received {spec!r}") from None
+    if len(values) != num_classes or (values < 0).any():
+        raise ValueError(f"--class_weights needs {num_classes} non-negative numbers, one per "
+                         f"class; received {len(values)}: {spec!r}")
+    return values
+
+
+def _items(images, masks, shards):
+    from models.data import find_file_pairs, find_shard_entries
+
+    if shards:
+        return find_shard_entries(shards)
+    if not images or not masks:
+        raise ValueError("training needs --images and --masks (folders or globs), or --shards")
+    return find_file_pairs(images, masks)
+
+
+def _usable(items, num_classes: int):
+    """Decodes every pair once: drops (with a warning naming each) those that fail, and counts
+    class pixels for the weights and the log."""
+    from models.data import class_statistics, describe, load_item
+
+    kept, masks, dropped = [], [], []
+    for item in items:
+        try:
+            _, mask = load_item(item)
+        except (OSError, ValueError) as error:
+            dropped.append(f"{describe(item)}: {error}")
+            continue
+        kept.append(item)
+        masks.append(mask)
+    for reason in dropped:
+        LOG.warning("training pair skipped: %s", reason)
+    if not kept:
+        raise ValueError(f"none of the {len(items)} training pairs could be read; first "
+                         f"problem: {dropped[0] if dropped else 'none found'}")
+    return kept, class_statistics(masks, num_classes), len(dropped)
+
+
+def _optimizer(config: TrainingConfig):
+    import keras
+
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.learning_rate)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    raise ValueError(f"--optimizer must be one of {OPTIMIZERS}; received {config.optimizer!r}")
+
+
+def train(config: TrainingConfig) -> TrainingResult:
+    """Trains ``config.model`` and writes, under ``config.output``: ``model.keras`` (the final
+    model), ``best.keras`` (best validation mIoU, when there is validation data),
+    ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
+    import keras
+
+    import models
+    from models.data import SegmentationDataset, find_file_pairs, median_frequency_weights
+
+    explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
+    _optimizer(config)  # flag errors before any data is read
+    items, (pixels, present_in), dropped = _usable(
+        _items(config.images, config.masks, config.shards), config.num_classes)
+    if config.val_images:
+        if not config.val_masks:
+            raise ValueError("--val_images needs --val_masks")
+        val_items, _, _ = _usable(find_file_pairs(config.val_images, config.val_masks),
+                                  config.num_classes)
+    elif config.val_split > 0:
+        if not 0 < config.val_split < 1:
+            raise ValueError(f"--val_split must be in (0, 1); received {config.val_split}")
+        order = np.random.default_rng(config.seed).permutation(len(items))
+        count = max(1, round(len(items) * config.val_split))
+        val_items = [items[i] for i in sorted(order[:count])]
+        items = [items[i] for i in sorted(order[count:])]
+    else:
+        val_items = []
+    if config.class_weights == "median_frequency":
+        class_weights = median_frequency_weights(pixels, present_in)
+    else:
+        class_weights = explicit_weights
+    LOG.info("training on %d pairs (%d unreadable skipped), validating on %d; class weights %s",
+             len(items), dropped, len(val_items), class_weights)
+
+    keras.utils.set_random_seed(config.seed)
+    model = models.create_model(config.model, num_classes=config.num_classes,
+                                input_size=None, backbone_weights=config.backbone_weights)
+    common = dict(size=config.input_size, num_classes=config.num_classes,
+                  ignore_index=config.ignore_index, workers=config.workers,
+                  use_multiprocessing=False)
+    train_data = SegmentationDataset(
+        items, config.batch_size, class_weights=class_weights, augment=config.augment,
+        scale_range=(config.scale_min, config.scale_max), flip=config.flip, shuffle=True,
+        seed=config.seed, **common)
+    val_data = SegmentationDataset(val_items, config.batch_size, **common) if val_items \
+        else None
+
+    ignore = config.ignore_index
+    model.compile(
+        optimizer=_optimizer(config),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore),
+        metrics=[keras.metrics.MeanIoU(config.num_classes, name="miou", ignore_class=ignore,
+                                       sparse_y_true=True, sparse_y_pred=False)])
+    os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
+    budget = _TimeBudget(config.max_minutes)
+    best_path = os.path.join(config.output, "best.keras") if val_data else None
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(os.path.join(config.output, "checkpoints",
+                                                     "last.keras")),
+        keras.callbacks.CSVLogger(os.path.join(config.output, "history.csv")),
+        budget.callback,
+    ]
+    if best_path:
+        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_miou",
+                                                         mode="max", save_best_only=True))
+    start = time.monotonic()
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                        callbacks=callbacks, verbose=config.verbose)
+    seconds = time.monotonic() - start
+    model_path = os.path.join(config.output, "model.keras")
+    model.save(model_path)
+    result = TrainingResult(
+        model_path=model_path, best_path=best_path,
+        history={k: [float(v) for v in values] for k, values in history.history.items()},
+        class_weights=None if class_weights is None else [float(w) for w in class_weights],
+        train_items=len(items), val_items=len(val_items), seconds=round(seconds, 1),
+        stopped_early=budget.callback.stopped)
+    with open(os.path.join(config.output, "training.json"), "w") as handle:
+        json.dump({"config": dataclasses.asdict(config), "result": dataclasses.asdict(result),
+                   "backend": keras.backend.backend(), "keras": keras.__version__}, handle,
+                  indent=2)
+    return result
 
 
 def fit_on_arrays(model, images: np.ndarray, masks: np.ndarray, *, epochs: int = 10,
                   batch_size: int = 16, learning_rate: float = 1e-2,
                   ignore_index: Optional[int] = None, verbose: int = 0) -> list[float]:
-    """Trains a logits model with softmax cross-entropy; pixels equal to ``ignore_index``
-    carry no weight. Returns the loss after each epoch."""
+    """Trains a logits model on in-memory arrays with softmax cross-entropy; pixels equal to
+    ``ignore_index`` carry no weight. Returns the loss after each epoch."""
     import keras
 
     if images.shape[:3] != masks.shape:

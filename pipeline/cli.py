@@ -1,5 +1,5 @@
 """The ``segbeam`` command: ``run`` (the segmentation job), ``shard`` (pack TFRecord shards),
-``models`` (list the architectures).
+``train`` (train an architecture), ``models`` (list the architectures).
 
 Example::
 
@@ -22,7 +22,8 @@ commands:
            masks, and write masks, metrics and a summary; without --input, a demo on
            generated data
   shard    pack images (+ masks) into TFRecord shards
-  models   list the registered architectures
+  train    train an architecture on images + masks; saves a .keras model for `run`
+  models   list the registered architectures with parameter counts and preprocessing
 
 `segbeam COMMAND --help` describes each command's flags."""
 
@@ -68,12 +69,22 @@ def run_command(argv: Sequence[str]) -> int:
 
 
 def models_command(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(prog="segbeam models",
-                            description="List the registered architectures.").parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="segbeam models",
+        description="List the registered architectures with their parameter counts (built "
+                    "for --num_classes) and the preprocessing built into them.")
+    parser.add_argument("--num_classes", type=int, default=21,
+                        help="class count to build each model for (default: 21, PASCAL VOC)")
+    parser.add_argument("--no_counts", action="store_true",
+                        help="skip building the models (faster; no parameter counts)")
+    args = parser.parse_args(argv)
     import models
 
+    print(f"{'name':15s} {'parameters':>12s}  preprocessing / description")
     for spec in models.list_models():
-        print(f"{spec.name:16s} {spec.description}  [preprocessing: {spec.preprocessing}]")
+        count = "-" if args.no_counts else \
+            f"{models.create_model(spec.name, num_classes=args.num_classes).count_params():,}"
+        print(f"{spec.name:15s} {count:>12s}  {spec.preprocessing}\n{'':29s}{spec.description}")
     return 0
 
 
@@ -84,7 +95,14 @@ def shard_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "shard": shard_command, "models": models_command}
+def train_command(argv: Sequence[str]) -> int:
+    from pipeline.train import train_command as train
+
+    return train(argv)
+
+
+COMMANDS = {"run": run_command, "shard": shard_command, "train": train_command,
+            "models": models_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

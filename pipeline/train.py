@@ -1,0 +1,114 @@
+"""``segbeam train``: train a registered architecture on images + masks and save a ``.keras``
+model that ``segbeam run --model`` loads.
+
+Example (SegNet-Basic on CamVid at half resolution, SegNet's class weights)::
+
+    segbeam train --model segnet_basic --images camvid/train --masks camvid/trainannot \\
+        --val_images camvid/val --val_masks camvid/valannot --num_classes 11 \\
+        --ignore_index 11 --input_size 180x240 --class_weights median_frequency \\
+        --epochs 30 --output runs/segnet_basic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Optional, Sequence
+
+from models.training import OPTIMIZERS, TrainingConfig
+
+DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segbeam train",
+        description="Train a registered segmentation architecture on image/mask pairs and "
+                    "save a .keras model for `segbeam run --model`.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", help="training images: a folder or a glob")
+    data.add_argument("--masks", help="training masks (class-id PNGs, paired with images by "
+                                      "file stem): a folder or a glob")
+    data.add_argument("--shards", help="instead of --images/--masks: a glob of TFRecord "
+                                       "shards as `segbeam shard` writes them")
+    data.add_argument("--val_images", help="validation images (folder or glob)")
+    data.add_argument("--val_masks", help="validation masks (folder or glob)")
+    data.add_argument("--val_split", type=float, default=DEFAULTS.val_split,
+                      help="without --val_images: hold out this fraction of the training "
+                           "pairs for validation (default: none)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", required=True, help="architecture name (see `segbeam "
+                                                      "models`)")
+    model.add_argument("--num_classes", type=int, required=True)
+    model.add_argument("--input_size", required=True,
+                       help="training crop size, HxW or N (e.g. 180x240)")
+    model.add_argument("--backbone_weights", default=None,
+                       help="'imagenet' (downloads on first use) or a local weights file for "
+                            "the backbone; default: random initialisation")
+    fit = parser.add_argument_group("optimisation")
+    fit.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size)
+    fit.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    fit.add_argument("--max_minutes", type=float, default=None,
+                     help="stop after the epoch in which this much wall time has passed")
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer,
+                     help="adam, or sgd with --momentum")
+    fit.add_argument("--learning_rate", type=float, default=DEFAULTS.learning_rate)
+    fit.add_argument("--momentum", type=float, default=DEFAULTS.momentum)
+    fit.add_argument("--class_weights", default=DEFAULTS.class_weights,
+                     help="'none', 'median_frequency' (SegNet's balancing, computed from the "
+                          "training masks) or one comma-separated weight per class")
+    fit.add_argument("--ignore_index", type=int, default=None,
+                     help="mask value that carries no loss and is left out of mIoU (e.g. 11 "
+                          "for CamVid's void, 255 for VOC)")
+    fit.add_argument("--no_augment", dest="augment", action="store_false",
+                     help="resize every pair to --input_size instead of random scale/crop/flip")
+    fit.add_argument("--no_flip", dest="flip", action="store_false",
+                     help="no random left-right flips")
+    fit.add_argument("--scale_min", type=float, default=DEFAULTS.scale_min,
+                     help="smallest random scale before cropping")
+    fit.add_argument("--scale_max", type=float, default=DEFAULTS.scale_max,
+                     help="largest random scale before cropping")
+    fit.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                     help="threads that load and augment batches")
+    fit.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--output", required=True,
+                        help="folder for model.keras, best.keras, checkpoints/, history.csv "
+                             "and training.json")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    return parser
+
+
+def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
+    from pipeline.options import parse_size
+
+    args = build_parser().parse_args(argv)
+    if args.num_classes < 2:
+        raise ValueError(f"--num_classes must be at least 2; received {args.num_classes}")
+    if not 0 < args.scale_min <= args.scale_max:
+        raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
+                         f"{args.scale_max}")
+    values = vars(args)
+    values["input_size"] = parse_size(args.input_size)
+    values["verbose"] = 0 if values.pop("quiet") else 2
+    return TrainingConfig(**values)
+
+
+def train_command(argv: Sequence[str]) -> int:
+    import sys
+
+    from models.training import train
+
+    try:
+        config = config_from(argv)
+        logging.getLogger("models").setLevel(logging.INFO)
+        result = train(config)
+    except ValueError as error:
+        print(f"segbeam train: error: {error}", file=sys.stderr)
+        return 2
+    last = {k: v[-1] for k, v in result.history.items()}
+    print(json.dumps({"model": result.model_path, "best": result.best_path,
+                      "epochs": len(result.history.get("loss", [])), "seconds": result.seconds,
+                      "final": {k: round(v, 4) for k, v in last.items()},
+                      "stopped_by_time_budget": result.stopped_early}, indent=2))
+    return 0

@@ -1,0 +1,185 @@
+"""Training data (pairs, shards, augmentation, class weights), the trainer, and `segbeam
+train` feeding `segbeam run`."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.data import (FilePair, SegmentationDataset, augment_pair, class_statistics,
+                         find_file_pairs, find_shard_entries, load_item,
+                         median_frequency_weights, resize_pair, weight_table)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_pairs(folder, count, height=40, width=48, seed=0, stem="scene"):
+    from pipeline.demo import synthetic_scene
+
+    rng = np.random.default_rng(seed)
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, mask = synthetic_scene(rng, height, width)
+        Image.fromarray(image).save(images / f"{stem}{i:03d}.png")
+        Image.fromarray(mask).save(masks / f"{stem}{i:03d}.png")
+    return str(images), str(masks)
+
+
+def test_median_frequency_weights_match_a_hand_computation():
+    masks = [np.array([[0, 0], [0, 1]], np.uint8), np.array([[0, 2], [2, 2]], np.uint8)]
+    pixels, present_in = class_statistics(masks, 4)
+    assert pixels.tolist() == [4, 1, 3, 0] and present_in.tolist() == [8, 4, 4, 0]
+    # freq = 4/8, 1/4, 3/4; median 0.5; class 3 never appears
+    np.testing.assert_allclose(median_frequency_weights(pixels, present_in),
+                               [1.0, 2.0, 0.5 / 0.75, 0.0])
+
+
+def test_weight_table_zeroes_the_ignore_index_and_non_classes():
+    table = weight_table(np.array([0.5, 2.0, 1.0]), 3, ignore_index=255)
+    assert table[:3].tolist() == [0.5, 2.0, 1.0]
+    assert table[3] == 0 and table[255] == 0
+    assert weight_table(None, 3, ignore_index=1)[:3].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_resize_pair_keeps_mask_values_and_augment_keeps_image_and_mask_aligned():
+    mask = np.zeros((10, 12), np.uint8)
+    mask[:, :5] = 1
+    mask[7:, 8:] = 3
+    image = np.stack([mask * 60] * 3, axis=-1).astype(np.uint8)
+    _, small = resize_pair(image, mask, (7, 9))
+    assert set(np.unique(small)) <= {0, 1, 3}
+    rng = np.random.default_rng(0)
+    flipped_seen = False
+    for _ in range(8):
+        out_image, out_mask = augment_pair(image, mask, (10, 12), rng)
+        np.testing.assert_array_equal(out_image[..., 0], out_mask * 60)
+        flipped_seen |= bool(out_mask[0, -1] == 1)
+    assert flipped_seen
+    # Zoomed out: the view is padded with black and the fill label.
+    out_image, out_mask = augment_pair(image, mask, (10, 12), rng, scale_range=(0.5, 0.5),
+                                       flip=False, fill_label=255)
+    assert (out_mask == 255).sum() == 10 * 12 - 5 * 6
+    assert not out_image[out_mask == 255].any()
+    # Zoomed in: a crop of a 2x enlargement, still class ids only.
+    _, out_mask = augment_pair(image, mask, (10, 12), rng, scale_range=(2.0, 2.0))
+    assert out_mask.shape == (10, 12) and set(np.unique(out_mask)) <= {0, 1, 3}
+
+
+def test_dataset_batches_weights_and_ignored_pixels(tmp_path):
+    images, masks = _write_pairs(tmp_path, 5)
+    items = find_file_pairs(images, masks)
+    assert len(items) == 5 and all(isinstance(item, FilePair) for item in items)
+    dataset = SegmentationDataset(items, batch_size=2, size=(32, 32), num_classes=3,
+                                  ignore_index=2, class_weights=np.array([1.0, 3.0, 5.0]))
+    assert len(dataset) == 3
+    x, y, w = dataset[0]
+    assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32 and x.max() > 1
+    assert y.shape == (2, 32, 32) and y.dtype == np.int32
+    assert set(np.unique(w[y == 0])) == {1.0} and set(np.unique(w[y == 1])) <= {3.0}
+    assert (y == 2).any() and not w[y == 2].any()
+    assert dataset[2][0].shape[0] == 1  # the last, partial batch
+
+
+def test_images_without_masks_are_left_out_and_none_matching_is_an_error(tmp_path):
+    images, masks = _write_pairs(tmp_path, 3)
+    os.remove(os.path.join(masks, "scene001.png"))
+    assert [os.path.basename(p.image) for p in find_file_pairs(images, masks)] == [
+        "scene000.png", "scene002.png"]
+    with pytest.raises(ValueError, match="no images match"):
+        find_file_pairs(str(tmp_path / "nothing" / "*.png"), masks)
+    empty = tmp_path / "empty_masks"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="none of the 3 images"):
+        find_file_pairs(images, str(empty))
+
+
+def test_shards_from_segbeam_shard_feed_training(tmp_path):
+    from pipeline.shard import shard
+
+    images, masks = _write_pairs(tmp_path, 4)
+    shard(["--input", os.path.join(images, "*.png"), "--masks", masks,
+           "--output", str(tmp_path / "shards" / "train"), "--num_shards", "2"])
+    entries = find_shard_entries(str(tmp_path / "shards" / "train-*"))
+    assert len(entries) == 4
+    loaded = sorted((load_item(entry) for entry in entries), key=lambda pair: pair[0].sum())
+    expected = sorted((load_item(pair) for pair in find_file_pairs(images, masks)),
+                      key=lambda pair: pair[0].sum())
+    for (image, mask), (want_image, want_mask) in zip(loaded, expected):
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(mask, want_mask)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
+    from models.io import load_model
+    from models.training import TrainingConfig, train
+
+    images, masks = _write_pairs(tmp_path, 24, height=32, width=32)
+    config = TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path / "run"),
+                            input_size=(32, 32), images=images, masks=masks, val_split=0.25,
+                            batch_size=6, epochs=5, learning_rate=3e-3, augment=False,
+                            class_weights="median_frequency", verbose=0)
+    result = train(config)
+    losses = result.history["loss"]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert len(result.history["val_miou"]) == 5 and (result.train_items, result.val_items) == \
+        (18, 6)
+    assert len(result.class_weights) == 3 and min(result.class_weights) > 0
+    for name in ("model.keras", "best.keras", "checkpoints/last.keras", "history.csv",
+                 "training.json"):
+        assert os.path.exists(os.path.join(config.output, name)), name
+    model = load_model(result.model_path, num_classes=3)
+    assert model.output_shape == (None, None, None, 3)
+
+
+def test_bad_training_flags_are_refused_before_any_work(tmp_path):
+    from models.training import TrainingConfig, parse_class_weights, train
+
+    with pytest.raises(ValueError, match="needs 3 non-negative numbers"):
+        parse_class_weights("1,2", 3)
+    with pytest.raises(ValueError, match="'none', 'median_frequency' or 3"):
+        parse_class_weights("balanced", 3)
+    with pytest.raises(ValueError, match="--optimizer must be one of"):
+        train(TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path),
+                             input_size=(32, 32), images="x", masks="y", optimizer="rmsprop"))
+
+
+def _segbeam(args, env=None, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_segbeam_train_under_jax_produces_a_model_that_segbeam_run_uses(tmp_path):
+    """Training feeds numpy through a PyDataset, so it runs under JAX too; the .keras file it
+    writes is then served by the pipeline under the default backend."""
+    backend = "jax" if importlib.util.find_spec("jax") else "tensorflow"
+    images, masks = _write_pairs(tmp_path / "train", 64, height=48, width=48)
+    trained = _segbeam(["train", "--model", "tiny_fcn", "--images", images, "--masks",
+                        masks, "--num_classes", "3", "--input_size", "48", "--epochs", "8",
+                        "--batch_size", "8", "--learning_rate", "1e-2", "--no_augment",
+                        "--output", str(tmp_path / "model"), "--quiet"],
+                       env={"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = json.loads(trained.stdout)
+    with open(tmp_path / "model" / "training.json") as handle:
+        assert json.load(handle)["backend"] == backend
+    assert report["epochs"] == 8 and report["final"]["loss"] > 0
+
+    val_images, val_masks = _write_pairs(tmp_path / "val", 6, height=40, width=56, seed=9,
+                                         stem="val")
+    ran = _segbeam(["run", "--input", os.path.join(val_images, "*.png"), "--masks", val_masks,
+                    "--model", report["model"], "--num_classes", "3", "--output",
+                    str(tmp_path / "out"), "--resize_mode", "pad"])
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    with open(tmp_path / "out" / "summary.json") as handle:
+        summary = json.load(handle)
+    assert summary["counts"]["outputs"] == 6 and summary["counts"]["dead_letters"] == 0
+    # Trained for a few epochs on the same kind of scenes: far better than chance (1/3).
+    assert summary["evaluation"]["raw"]["miou"] > 0.4, summary["evaluation"]["raw"]
