@@ -15,6 +15,7 @@ import os
 import struct
 from typing import NamedTuple, Optional, Sequence, Union
 
+import keras
 import numpy as np
 from PIL import Image
 
@@ -201,13 +202,7 @@ def weight_table(class_weights: Optional[np.ndarray], num_classes: int,
     return table
 
 
-def _keras_dataset_base():
-    import keras
-
-    return keras.utils.PyDataset
-
-
-class SegmentationDataset(_keras_dataset_base()):
+class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (raw RGB float32 NxHxWx3, labels int32 NxHxW, pixel weights float32 NxHxW).
 
     Labels outside 0..C-1 (the ignore index, crop padding) get weight 0 and are mapped to the

@@ -32,9 +32,7 @@ _VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 def _conv_bn(x, filters: int, kernel: int, name: str, relu: bool = True):
     x = layers.Conv2D(filters, kernel, padding="same", name=name)(x)
-    # SegNet recomputes batch-norm statistics over the training set after training; a short
-    # moving-average horizon (0.9, not Keras's 0.99) gets the same effect within an epoch.
-    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 

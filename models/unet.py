@@ -8,6 +8,11 @@ Decoder: per stage a 3x3 stride-2 transposed convolution, batch norm, optional d
 ReLU (pix2pix's ``upsample``), concatenated with the matching encoder map; a final stride-2
 transposed convolution gives logits at input size.
 
+``bn_momentum`` sets the encoder's batch-norm moving-average momentum. ``keras.applications``
+uses 0.999, which suits fine-tuning from ImageNet statistics but leaves a model trained from
+scratch with its initial statistics for thousands of steps (its validation predictions are
+then constant); Keras's usual 0.99 is the default here.
+
 Any input size works (maps are aligned at the top-left where sizes differ by a pixel); sizes
 that are a multiple of 32 need no alignment. Preprocessing: [-1, 1], built in.
 """
@@ -42,11 +47,14 @@ def _pix2pix_upsample(x, filters: int, dropout: float, name: str):
                 "skip concatenation", preprocessing="built in: [-1, 1] (MobileNetV2)")
 def unet(num_classes: int, input_size: Optional[tuple[int, int]] = None,
          backbone_weights: Optional[str] = None, freeze_encoder: bool = False,
-         dropout: float = 0.0, alpha: float = 1.0) -> keras.Model:
+         dropout: float = 0.0, alpha: float = 1.0, bn_momentum: float = 0.99) -> keras.Model:
     check_backbone_weights(backbone_weights, "unet")
     height, width = input_size if input_size else (None, None)
     base = keras.applications.MobileNetV2(input_shape=(height, width, 3), include_top=False,
                                           weights=backbone_weights, alpha=alpha)
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = bn_momentum
     encoder = keras.Model(base.input, [base.get_layer(n).output for n in SKIP_LAYERS],
                           name="mobilenetv2_encoder")
     encoder.trainable = not freeze_encoder

@@ -1,6 +1,8 @@
 """Structure of each architecture family (under the default backend; ``test_backends`` runs
 every one under TensorFlow and JAX), backbone weights from local files, and saving."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,9 @@ def test_unet_taps_mobilenetv2_at_the_documented_strides():
     encoder = model.get_layer("mobilenetv2_encoder")
     sizes = [tuple(encoder.get_layer(n).output.shape[1:3]) for n in SKIP_LAYERS]
     assert sizes == [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]
+    momenta = {layer.momentum for layer in encoder.layers
+               if layer.__class__.__name__ == "BatchNormalization"}
+    assert momenta == {0.99}  # not keras.applications' 0.999: see models/unet.py
     frozen = models.create_model("unet", num_classes=4, freeze_encoder=True, dropout=0.5)
     assert not frozen.get_layer("mobilenetv2_encoder").trainable
     assert "decoder1_dropout" in _layer_names(frozen)
@@ -161,3 +166,20 @@ def test_segbeam_models_lists_every_architecture_with_its_parameter_count(capsys
     assert listed["segnet_basic"] == f"{models.create_model('segnet_basic', num_classes=11).count_params():,}"
     assert all(int(count.replace(",", "")) > 0 for count in listed.values())
     assert any("caffe" in line for line in lines) and any("[-1, 1]" in line for line in lines)
+
+
+def test_a_saved_segnet_loads_in_a_fresh_interpreter_through_the_pipeline_loader(tmp_path):
+    """The custom layers (index pooling, unpooling, normalisation) register themselves when
+    the loader is imported; the user imports nothing."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "segnet_basic.keras")
+    models.create_model("segnet_basic", num_classes=5).save(path)
+    code = ("import numpy as np; from models.io import load_model; "
+            f"m = load_model({path!r}); "
+            "print(m.predict(np.zeros((1, 37, 53, 3), 'float32'), verbose=0).shape)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=root, timeout=300)
+    assert result.stdout.strip().endswith("(1, 37, 53, 5)"), result.stderr[-2000:]
