@@ -16,6 +16,7 @@ import os
 import time
 from typing import Optional
 
+import keras
 import numpy as np
 
 LOG = logging.getLogger(__name__)
@@ -66,24 +67,19 @@ class TrainingResult:
     stopped_early: bool
 
 
-class _TimeBudget:
+class WallTimeBudget(keras.callbacks.Callback):
     """Stops training after the epoch in which ``minutes`` of wall time have passed."""
 
     def __init__(self, minutes: Optional[float]):
-        import keras
+        super().__init__()
+        self.minutes = minutes
+        self.start = time.monotonic()
+        self.stopped = False
 
-        class Budget(keras.callbacks.Callback):
-            def __init__(inner):
-                super().__init__()
-                inner.start = time.monotonic()
-                inner.stopped = False
-
-            def on_epoch_end(inner, epoch, logs=None):
-                if minutes is not None and time.monotonic() - inner.start > minutes * 60:
-                    inner.stopped = True
-                    inner.model.stop_training = True
-
-        self.callback = Budget()
+    def on_epoch_end(self, epoch, logs=None):
+        if self.minutes is not None and time.monotonic() - self.start > self.minutes * 60:
+            self.stopped = True
+            self.model.stop_training = True
 
 
 def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:
@@ -135,8 +131,6 @@ def _usable(items, num_classes: int):
 
 
 def _optimizer(config: TrainingConfig):
-    import keras
-
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
     if config.optimizer == "sgd":
@@ -148,8 +142,6 @@ def train(config: TrainingConfig) -> TrainingResult:
     """Trains ``config.model`` and writes, under ``config.output``: ``model.keras`` (the final
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
-    import keras
-
     import models
     from models.data import SegmentationDataset, find_file_pairs, median_frequency_weights
 
@@ -198,13 +190,13 @@ def train(config: TrainingConfig) -> TrainingResult:
         metrics=[keras.metrics.MeanIoU(config.num_classes, name="miou", ignore_class=ignore,
                                        sparse_y_true=True, sparse_y_pred=False)])
     os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
-    budget = _TimeBudget(config.max_minutes)
+    budget = WallTimeBudget(config.max_minutes)
     best_path = os.path.join(config.output, "best.keras") if val_data else None
     callbacks = [
         keras.callbacks.ModelCheckpoint(os.path.join(config.output, "checkpoints",
                                                      "last.keras")),
         keras.callbacks.CSVLogger(os.path.join(config.output, "history.csv")),
-        budget.callback,
+        budget,
     ]
     if best_path:
         callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_miou",
@@ -220,7 +212,7 @@ def train(config: TrainingConfig) -> TrainingResult:
         history={k: [float(v) for v in values] for k, values in history.history.items()},
         class_weights=None if class_weights is None else [float(w) for w in class_weights],
         train_items=len(items), val_items=len(val_items), seconds=round(seconds, 1),
-        stopped_early=budget.callback.stopped)
+        stopped_early=budget.stopped)
     with open(os.path.join(config.output, "training.json"), "w") as handle:
         json.dump({"config": dataclasses.asdict(config), "result": dataclasses.asdict(result),
                    "backend": keras.backend.backend(), "keras": keras.__version__}, handle,
@@ -233,8 +225,6 @@ def fit_on_arrays(model, images: np.ndarray, masks: np.ndarray, *, epochs: int =
                   ignore_index: Optional[int] = None, verbose: int = 0) -> list[float]:
     """Trains a logits model on in-memory arrays with softmax cross-entropy; pixels equal to
     ``ignore_index`` carry no weight. Returns the loss after each epoch."""
-    import keras
-
     if images.shape[:3] != masks.shape:
         raise ValueError(f"images {images.shape} and masks {masks.shape} disagree")
     weights = np.ones(masks.shape, dtype=np.float32)
