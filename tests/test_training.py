@@ -183,3 +183,14 @@ def test_segbeam_train_under_jax_produces_a_model_that_segbeam_run_uses(tmp_path
     assert summary["counts"]["outputs"] == 6 and summary["counts"]["dead_letters"] == 0
     # Trained for a few epochs on the same kind of scenes: far better than chance (1/3).
     assert summary["evaluation"]["raw"]["miou"] > 0.4, summary["evaluation"]["raw"]
+
+
+def test_the_wall_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
+    from models.training import TrainingConfig, train
+
+    images, masks = _write_pairs(tmp_path, 8, height=32, width=32)
+    result = train(TrainingConfig(model="tiny_fcn", num_classes=3, output=str(tmp_path / "run"),
+                                  input_size=(32, 32), images=images, masks=masks,
+                                  batch_size=4, epochs=5, max_minutes=0.0, verbose=0))
+    assert result.stopped_early and len(result.history["loss"]) == 1
+    assert result.best_path is None and os.path.exists(result.model_path)
