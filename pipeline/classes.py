@@ -26,3 +26,21 @@ def resolve_class_names(spec: Optional[str], num_classes: int) -> list[str]:
     if len(set(names)) != len(names) or not all(names):
         raise ValueError(f"--class_names must be distinct and non-empty; received {names}")
     return names
+
+
+# The SegNet tutorial's CamVid colours, ids 0..10; void (11) is black.
+CAMVID_COLOURS = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+                  (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+                  (0, 128, 192)]
+
+
+def class_colours(class_names: list[str]) -> list[tuple[int, int, int]]:
+    """Display colours per class id: CamVid's own for the CamVid classes, otherwise PASCAL
+    VOC's bit-interleaved colour map (VOC's own for its 21 classes; deterministic for any
+    other list)."""
+    if class_names == PRESETS["camvid"]:
+        return list(CAMVID_COLOURS)
+    from transforms.masks_png import voc_palette
+
+    return [tuple(int(v) for v in colour) for colour in voc_palette(max(len(class_names),
+                                                                          1))]

@@ -1,5 +1,6 @@
 """The ``segbeam`` command: ``run`` (the segmentation job), ``shard`` (pack TFRecord shards),
-``train`` (train an architecture), ``models`` (list the architectures).
+``train`` (train an architecture), ``report`` (evaluation reports), ``models`` (list the
+architectures).
 
 Example::
 
@@ -23,6 +24,8 @@ commands:
            generated data
   shard    pack images (+ masks) into TFRecord shards
   train    train an architecture on images + masks; saves a .keras model for `run`
+  report   build an evaluation report (HTML, Markdown, JSON) over a run's output, optionally
+           compared with an earlier run
   models   list the registered architectures with parameter counts and preprocessing
 
 `segbeam COMMAND --help` describes each command's flags."""
@@ -60,6 +63,11 @@ def run_command(argv: Sequence[str]) -> int:
         print(f"segbeam run: error: {error}", file=sys.stderr)
         return 2
     print(format_report(outcome))
+    if known.report:
+        from pipeline.report import write_report
+
+        _, folder = write_report(outcome.settings.output)
+        print(f"segbeam run: report written to {folder}/report.html")
     if outcome.exit_code == 1:
         print("segbeam run: dead letters present and --fail_on_errors set", file=sys.stderr)
     elif outcome.exit_code == 3:
@@ -101,8 +109,14 @@ def train_command(argv: Sequence[str]) -> int:
     return train(argv)
 
 
+def report_command(argv: Sequence[str]) -> int:
+    from pipeline.report import report_command as report
+
+    return report(argv)
+
+
 COMMANDS = {"run": run_command, "shard": shard_command, "train": train_command,
-            "models": models_command}
+            "report": report_command, "models": models_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

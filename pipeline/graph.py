@@ -82,7 +82,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> PipelineOutpu
     s = settings
     records, read_failed, inputs = pipeline | "Read" >> ReadInputs(s)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
-    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(s.output)
+    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(s.output, s.write_raw_masks)
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
     rows = written | "MetricsRows" >> beam.Map(metrics_row)

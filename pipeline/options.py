@@ -56,6 +56,12 @@ class SegmentationOptions(PipelineOptions):
                         help="Images with more pixels are dead-lettered (decompression bombs).")
         io.add_argument("--fail_on_errors", action="store_true", default=False,
                         help="Exit non-zero when any input became a dead letter.")
+        io.add_argument("--write_raw_masks", action="store_true", default=False,
+                        help="Also write the model's labels before the CRF as "
+                             "masks_raw/<key>.png (the report's gallery then shows both).")
+        io.add_argument("--report", action="store_true", default=False,
+                        help="Also write the evaluation report (OUTPUT/report/report.html, "
+                             ".md, .json) at the end of the run; see `segbeam report`.")
         model = parser.add_argument_group("model and inference")
         model.add_argument("--model", default=None,
                            help="A saved .keras model (any Beam filesystem), or a registry name "
@@ -138,6 +144,7 @@ class Settings(NamedTuple):
     ignore_index: Optional[int]
     class_names: list
     fail_on_errors: bool
+    write_raw_masks: bool = False
 
 
 def settings_from(options: SegmentationOptions) -> Settings:
@@ -173,4 +180,4 @@ def settings_from(options: SegmentationOptions) -> Settings:
         large_model=o.large_model, model_copies=o.model_copies, seed=o.seed, crf=crf,
         ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
         class_names=resolve_class_names(o.class_names, o.num_classes),
-        fail_on_errors=o.fail_on_errors)
+        fail_on_errors=o.fail_on_errors, write_raw_masks=o.write_raw_masks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -82,6 +83,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
         "started_utc": started.isoformat(),
         "wall_time_seconds": round(wall, 3),
         "argv": list(argv or []),
+        # Relative input paths in the metrics resolve against this (e.g. for reports).
+        "working_directory": os.getcwd(),
         "settings": {k: v for k, v in settings._asdict().items() if k != "crf"},
         "crf": settings.crf._asdict() if settings.crf else None,
         "beam_options": options.get_all_options(drop_default=True, retain_unknown_options=True),

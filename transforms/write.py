@@ -19,6 +19,7 @@ from transforms.records import SegmentationRecord
 from transforms.safe_map import SafeMap
 
 MASKS_DIR = "masks"
+RAW_MASKS_DIR = "masks_raw"
 METRICS_DIR = "metrics"
 DEAD_LETTERS_DIR = "dead_letters"
 SUMMARY_JSON = "summary.json"
@@ -30,10 +31,10 @@ def output_path(root: str, *parts: str) -> str:
     return FileSystems.join(root.rstrip("/"), *parts)
 
 
-def mask_png_path(root: str, key: str) -> str:
+def mask_png_path(root: str, key: str, folder: str = MASKS_DIR) -> str:
     if key.startswith("/") or ".." in key.split("/"):
         raise ValueError(f"key {key!r} is not sanitised; refusing to write outside {root}")
-    return output_path(root, MASKS_DIR, key + ".png")
+    return output_path(root, folder, key + ".png")
 
 
 def write_bytes_atomically(path: str, data: bytes) -> None:
@@ -43,22 +44,28 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     FileSystems.rename([temporary], [path])
 
 
-def write_label_png(record: SegmentationRecord, root: str) -> SegmentationRecord:
-    """Writes the final label map as ``<root>/masks/<key>.png``; drops the label arrays."""
+def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = False
+                    ) -> SegmentationRecord:
+    """Writes the final label map as ``<root>/masks/<key>.png`` (and, with ``write_raw``, the
+    labels before the CRF as ``<root>/masks_raw/<key>.png``); drops the label arrays."""
     path = mask_png_path(root, record.key)
     write_bytes_atomically(path, encode_label_png(record.final_labels))
+    if write_raw and record.raw_labels is not None:
+        write_bytes_atomically(mask_png_path(root, record.key, RAW_MASKS_DIR),
+                               encode_label_png(record.raw_labels))
     return record.replace(mask_path=path, raw_labels=None, crf_labels=None)
 
 
 class WriteLabelMasks(beam.PTransform):
     """scored records -> (records with mask_path, dead letters)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, write_raw: bool = False):
         super().__init__()
-        self._root = root
+        self._root, self._write_raw = root, write_raw
 
     def expand(self, records):
-        return records | "WritePNG" >> SafeMap("write", write_label_png, self._root)
+        return records | "WritePNG" >> SafeMap("write", write_label_png, self._root,
+                                               self._write_raw)
 
 
 class WriteJson(beam.PTransform):

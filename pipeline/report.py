@@ -1,0 +1,295 @@
+"""Evaluation reports over a run's output: the figures (this module) and their renderings
+(``pipeline/report_render.py``: JSON, Markdown, one self-contained HTML file).
+
+A report reads only what ``segbeam run`` wrote under ``--output`` (``summary.json``,
+``manifest.json``, ``metrics/*.parquet``, ``dead_letters/*.jsonl``, ``masks/``), through Beam's
+FileSystems, so it works on local and ``gs://`` outputs alike. Figures are plain dicts of
+numbers, so the JSON rendering is the figures themselves and tests can check them directly.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import posixpath
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+AGGREGATE_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
+METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_class_accuracy":
+                 "mean class accuracy", "miou": "mIoU", "fwiou": "frequency-weighted IoU",
+                 "mean_dice": "mean Dice / F1"}
+
+
+class RunOutputs(NamedTuple):
+    root: str
+    summary: dict
+    manifest: dict
+    rows: list[dict]
+    dead_letters: list[dict]
+
+
+def _join(root: str, *parts: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(root, *parts)
+
+
+def _read_text(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        return handle.read().decode("utf-8")
+
+
+def _glob(pattern: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
+
+
+def load_run(root: str) -> RunOutputs:
+    """Reads a run's outputs; a folder without ``summary.json`` is refused with the reason."""
+    import pyarrow.parquet as pq
+
+    from apache_beam.io.filesystems import FileSystems
+
+    summary_path = _join(root, "summary.json")
+    if not FileSystems.exists(summary_path):
+        raise ValueError(f"{root} holds no summary.json: pass the --output folder of a "
+                         f"finished `segbeam run`")
+    summary = json.loads(_read_text(summary_path))
+    manifest_path = _join(root, "manifest.json")
+    manifest = json.loads(_read_text(manifest_path)) if FileSystems.exists(manifest_path) \
+        else {}
+    rows = []
+    for path in _glob(_join(root, "metrics", "*.parquet")):
+        with FileSystems.open(path) as handle:
+            rows.extend(pq.read_table(handle).to_pylist())
+    dead = [json.loads(line) for path in _glob(_join(root, "dead_letters", "*.jsonl"))
+            for line in _read_text(path).splitlines() if line.strip()]
+    return RunOutputs(root, summary, manifest, rows, dead)
+
+
+def histogram(values: list[float], bins: int, low: float, high: float) -> dict:
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins,
+                                 range=(low, high))
+    return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+
+
+def normalised_confusion(confusion: list[list[int]]) -> list[list[Optional[float]]]:
+    """Rows (ground truth) scaled to sum to one; rows of classes absent from the masks are
+    null."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = matrix / totals
+    return [[None if totals[i, 0] == 0 else round(float(v), 6) for v in row]
+            for i, row in enumerate(scaled)]
+
+
+def _delta(after: Optional[float], before: Optional[float]) -> Optional[float]:
+    return None if after is None or before is None else after - before
+
+
+def _reason_group(reason: str) -> str:
+    """Dead-letter reasons grouped by their first clause (file-specific tails dropped)."""
+    return reason.split(";")[0].split(" (")[0][:160]
+
+
+def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
+                       working_directory: Optional[str] = None,
+                       root: Optional[str] = None) -> Optional[dict]:
+    evaluation = summary.get("evaluation") or {}
+    raw = evaluation.get("raw")
+    if not raw:
+        return None
+    crf = evaluation.get("crf")
+    names = summary["class_names"]
+    aggregate = {metric: {"raw": raw.get(metric), "crf": crf.get(metric) if crf else None,
+                          "delta": _delta(crf.get(metric), raw.get(metric)) if crf else None}
+                 for metric in AGGREGATE_METRICS}
+    truth = np.asarray(raw["confusion"], dtype=np.int64).sum(axis=1)
+    labelled = max(int(truth.sum()), 1)
+    per_class = []
+    for index, name in enumerate(names):
+        iou_raw = raw["per_class"][index]["iou"]
+        iou_crf = crf["per_class"][index]["iou"] if crf else None
+        per_class.append({"class_id": index, "class": name, "iou_raw": iou_raw,
+                          "iou_crf": iou_crf, "delta": _delta(iou_crf, iou_raw),
+                          "pixel_share": float(truth[index]) / labelled})
+    final = crf or raw
+    scored = [r for r in rows if r.get("has_mask") and r.get("miou_raw") is not None]
+    final_miou = lambda r: r["miou_crf"] if r.get("miou_crf") is not None else r["miou_raw"]  # noqa: E731
+    gains = [r["miou_crf"] - r["miou_raw"] for r in scored if r.get("miou_crf") is not None]
+    ranked = sorted(scored, key=lambda r: (final_miou(r), r["key"]))
+    worst = ranked[:gallery_size]
+    best = list(reversed(ranked[-gallery_size:])) if len(ranked) > gallery_size else []
+    span = max([abs(g) for g in gains] + [0.01])
+    return {
+        "aggregate": aggregate,
+        "per_class": per_class,
+        "confusion_variant": "crf" if crf else "raw",
+        "confusion_normalised": normalised_confusion(final["confusion"]),
+        "labelled_pixels": raw.get("labelled_pixels"),
+        "images_scored": len(scored),
+        "per_image_miou": histogram([final_miou(r) for r in scored], 10, 0.0, 1.0),
+        "crf_gain": histogram(gains, 10, -span, span) if gains else None,
+        "crf_gain_mean": float(np.mean(gains)) if gains else None,
+        "worst": [_gallery_entry(r, working_directory, root) for r in worst],
+        "best": [_gallery_entry(r, working_directory, root) for r in best],
+    }
+
+
+def resolve(path: Optional[str], working_directory: Optional[str]) -> Optional[str]:
+    """A run's relative local paths, made absolute against the run's working directory so
+    that the report can read them from anywhere."""
+    if not path or not working_directory or "://" in path or posixpath.isabs(path):
+        return path
+    return posixpath.normpath(posixpath.join(working_directory, path))
+
+
+def _gallery_entry(row: dict, working_directory: Optional[str] = None,
+                   root: Optional[str] = None) -> dict:
+    from apache_beam.io.filesystems import FileSystems
+
+    raw = _join(root, "masks_raw", row["key"] + ".png") if root else None
+    return {"key": row["key"], "source": resolve(row["source"], working_directory),
+            "mask_source": resolve(row.get("mask_source"), working_directory),
+            "mask_path": resolve(row["mask_path"], working_directory),
+            "raw_mask_path": raw if raw and FileSystems.exists(raw) else None,
+            "crf_applied": row.get("crf_applied"),
+            "miou_raw": row.get("miou_raw"), "miou_crf": row.get("miou_crf"),
+            "height": row["height"], "width": row["width"]}
+
+
+def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
+    """The report's figures for one run."""
+    summary, manifest, settings = run.summary, run.manifest, run.manifest.get("settings", {})
+    reasons = collections.Counter((d.get("stage", "?"), _reason_group(d.get("reason", "")))
+                                  for d in run.dead_letters)
+    unmasked = [r for r in run.rows if not r.get("has_mask")]
+    cwd = manifest.get("working_directory")
+    return {
+        "run": {
+            "output": run.root,
+            "model": settings.get("model"),
+            "model_fingerprint": manifest.get("model_fingerprint"),
+            "input": settings.get("input"),
+            "masks": settings.get("masks"),
+            "started_utc": manifest.get("started_utc"),
+            "wall_time_seconds": manifest.get("wall_time_seconds"),
+            "versions": manifest.get("versions", {}),
+            "counts": summary.get("counts", {}),
+            "dead_letters_by_reason": [
+                {"stage": stage, "reason": reason, "count": count}
+                for (stage, reason), count in sorted(reasons.items(), key=lambda i: -i[1])],
+        },
+        "class_names": summary["class_names"],
+        "ignore_index": summary.get("ignore_index"),
+        "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
+        "without_masks": {"count": len(unmasked),
+                          "examples": [_gallery_entry(r, cwd, run.root) for r in
+                                       sorted(unmasked, key=lambda r: r["key"])[:gallery_size]]},
+    }
+
+
+def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
+    """Per-class and overall deltas against an earlier run's report. A regression is a drop of
+    more than ``threshold`` (a fraction: 0.01 = one point) in an aggregate metric or a class
+    IoU, on the final (CRF where it ran) predictions."""
+    if current["class_names"] != previous["class_names"]:
+        raise ValueError(f"cannot compare runs with different classes: "
+                         f"{current['class_names']} vs {previous['class_names']}")
+    now, before = current["evaluation"], previous["evaluation"]
+    if not now or not before:
+        return {"previous": previous["run"]["output"], "comparable": False,
+                "aggregate": {}, "per_class": [], "regressions": []}
+    pick = lambda figures: figures["crf"] if figures["crf"] is not None else figures["raw"]  # noqa: E731
+    regressions, aggregate, per_class = [], {}, []
+    for metric in AGGREGATE_METRICS:
+        a, b = pick(now["aggregate"][metric]), pick(before["aggregate"][metric])
+        delta = _delta(a, b)
+        aggregate[metric] = {"current": a, "previous": b, "delta": delta}
+        if delta is not None and delta < -threshold:
+            regressions.append({"what": METRIC_LABELS[metric], "delta": delta})
+    for mine, theirs in zip(now["per_class"], before["per_class"]):
+        a = mine["iou_crf"] if mine["iou_crf"] is not None else mine["iou_raw"]
+        b = theirs["iou_crf"] if theirs["iou_crf"] is not None else theirs["iou_raw"]
+        delta = _delta(a, b)
+        regressed = delta is not None and delta < -threshold
+        per_class.append({"class": mine["class"], "current": a, "previous": b, "delta": delta,
+                          "regression": regressed})
+        if regressed:
+            regressions.append({"what": f"IoU of {mine['class']}", "delta": delta})
+    return {"previous": previous["run"]["output"], "comparable": True, "threshold": threshold,
+            "aggregate": aggregate, "per_class": per_class, "regressions": regressions}
+
+
+REGRESSION_EXIT_CODE = 4
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="segbeam report",
+        description="Build an evaluation report (one self-contained HTML file, plus Markdown "
+                    "and JSON) over the --output folder of a finished `segbeam run`.")
+    parser.add_argument("run", help="the run's output folder (local or gs://)")
+    parser.add_argument("--output", default=None,
+                        help="where to write report.html, report.md and report.json "
+                             "(default: RUN/report)")
+    parser.add_argument("--compare", default=None, metavar="PREVIOUS_RUN",
+                        help="an earlier run's output folder: show deltas per class and "
+                             "overall, and flag regressions")
+    parser.add_argument("--regression_threshold", type=float, default=1.0,
+                        help="a drop of more than this many points (of 100) in an aggregate "
+                             "metric or a class IoU is a regression (default: 1.0)")
+    parser.add_argument("--fail_on_regression", action="store_true",
+                        help=f"exit {REGRESSION_EXIT_CODE} when --compare finds a regression")
+    parser.add_argument("--gallery_size", type=int, default=6,
+                        help="how many worst and best images the gallery shows (default: 6)")
+    return parser
+
+
+def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
+                 regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
+    """Builds and writes the report; returns (figures, output folder)."""
+    from pipeline.report_render import render_html, render_json, render_markdown
+    from transforms.write import write_bytes_atomically
+
+    report = build_report(load_run(run_dir), gallery_size)
+    if compare:
+        report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
+                                               regression_threshold / 100.0)
+    folder = output or _join(run_dir, "report")
+    for name, text in (("report.json", render_json(report)),
+                       ("report.md", render_markdown(report)),
+                       ("report.html", render_html(report))):
+        write_bytes_atomically(_join(folder, name), text.encode("utf-8"))
+    return report, folder
+
+
+def report_command(argv) -> int:
+    import sys
+
+    args = build_parser().parse_args(argv)
+    if args.fail_on_regression and not args.compare:
+        print("segbeam report: error: --fail_on_regression needs --compare PREVIOUS_RUN",
+              file=sys.stderr)
+        return 2
+    try:
+        report, folder = write_report(args.run, args.output, args.compare,
+                                      args.regression_threshold, args.gallery_size)
+    except ValueError as error:
+        print(f"segbeam report: error: {error}", file=sys.stderr)
+        return 2
+    print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
+    regressions = (report.get("comparison") or {}).get("regressions", [])
+    for regression in regressions:
+        print(f"  regression: {regression['what']} {regression['delta'] * 100:+.2f} points")
+    if regressions and args.fail_on_regression:
+        return REGRESSION_EXIT_CODE
+    return 0

@@ -1,0 +1,385 @@
+"""Renderings of a report's figures: JSON (for bots), Markdown (for chat and pull requests)
+and one self-contained HTML file (charts as inline SVG, gallery images embedded as JPEG data
+URIs; it opens offline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from pipeline.classes import class_colours
+from pipeline.report import AGGREGATE_METRICS, METRIC_LABELS
+
+RAW_COLOUR, CRF_COLOUR = "#8da0cb", "#e78ac3"
+PANEL_WIDTH = 240
+
+
+def _clean(value):
+    """NaN and infinities as null, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def render_json(report: dict) -> str:
+    return json.dumps(_clean(report), indent=2, allow_nan=False)
+
+
+def _pct(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
+
+
+def _comparison_rows(comparison: dict):
+    """(label, figures, is a regression) for each aggregate metric, then each class."""
+    regressed = {r["what"] for r in comparison["regressions"]}
+    for metric, figures in comparison["aggregate"].items():
+        yield METRIC_LABELS[metric], figures, METRIC_LABELS[metric] in regressed
+    for row in comparison["per_class"]:
+        yield f"IoU {row['class']}", row, row["regression"]
+
+
+def render_markdown(report: dict) -> str:
+    run, evaluation = report["run"], report["evaluation"]
+    counts = run["counts"]
+    lines = [f"# Segmentation report: {run['output']}", "",
+             f"- model: `{run['model']}` ({run['model_fingerprint']})",
+             f"- data: `{run['input']}`, masks `{run['masks']}`",
+             f"- started {run['started_utc']}, wall time {run['wall_time_seconds']} s",
+             f"- {counts.get('inputs')} inputs -> {counts.get('outputs')} outputs + "
+             f"{counts.get('dead_letters')} dead letters; {counts.get('images_with_mask')} "
+             f"with masks; counts add up: {counts.get('accounted_for')}"]
+    for dead in run["dead_letters_by_reason"]:
+        lines.append(f"  - dead letters at {dead['stage']}: {dead['count']} x {dead['reason']}")
+    if evaluation is None:
+        lines += ["", "No ground-truth masks in this run: predictions only, no evaluation."]
+    else:
+        lines += ["", "## Aggregate (%)", "", "| metric | raw | CRF | CRF - raw |",
+                  "| --- | ---: | ---: | ---: |"]
+        for metric in AGGREGATE_METRICS:
+            figures = evaluation["aggregate"][metric]
+            lines.append(f"| {METRIC_LABELS[metric]} | {_pct(figures['raw'])} | "
+                         f"{_pct(figures['crf'])} | {_pct(figures['delta'], True)} |")
+        lines += ["", "## Per class (%)", "", "| class | IoU raw | IoU CRF | CRF - raw | "
+                  "pixel share |", "| --- | ---: | ---: | ---: | ---: |"]
+        for row in evaluation["per_class"]:
+            lines.append(f"| {row['class']} | {_pct(row['iou_raw'])} | {_pct(row['iou_crf'])} "
+                         f"| {_pct(row['delta'], True)} | {_pct(row['pixel_share'])} |")
+        lines += ["", "## Worst images", ""]
+        lines += [f"- `{e['key']}`: mIoU raw {_pct(e['miou_raw'])}, CRF {_pct(e['miou_crf'])}"
+                  for e in evaluation["worst"]]
+    comparison = report.get("comparison")
+    if comparison:
+        lines += ["", f"## Compared with {comparison['previous']}", ""]
+        if not comparison["comparable"]:
+            lines.append("One of the runs has no evaluation; nothing to compare.")
+        else:
+            lines += ["| what | current | previous | delta |", "| --- | ---: | ---: | ---: |"]
+            for label, row, regressed in _comparison_rows(comparison):
+                flag = " **regression**" if regressed else ""
+                lines.append(f"| {label} | {_pct(row['current'])} | {_pct(row['previous'])} | "
+                             f"{_pct(row['delta'], True)}{flag} |")
+            regressions = comparison["regressions"]
+            lines += ["", f"Regressions beyond {comparison['threshold'] * 100:.2f} points: "
+                      + (", ".join(f"{r['what']} ({_pct(r['delta'], True)})"
+                                   for r in regressions) if regressions else "none")]
+    return "\n".join(lines) + "\n"
+
+
+# ---- HTML -------------------------------------------------------------------------------
+
+def _svg_bars(labels: list[str], series: list[tuple[str, str, list[Optional[float]]]],
+              height: int = 220) -> str:
+    """A grouped bar chart of values in [0, 1], one group per label."""
+    group = 14 * len(series) + 10
+    width = 40 + group * len(labels) + 60  # room for the last rotated label
+    parts = [f'<svg class="chart" width="{width}" height="{height + 90}" role="img">',
+             f'<line x1="36" y1="{height}" x2="{width}" y2="{height}" stroke="#555"/>']
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        y = height - tick * (height - 10)
+        parts.append(f'<text x="32" y="{y + 4:.1f}" text-anchor="end">{tick * 100:.0f}</text>'
+                     f'<line x1="36" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="#eee"/>')
+    for g, label in enumerate(labels):
+        x0 = 40 + g * group
+        for s, (name, colour, values) in enumerate(series):
+            value = values[g]
+            if value is None:
+                continue
+            bar = value * (height - 10)
+            parts.append(f'<rect x="{x0 + s * 14}" y="{height - bar:.1f}" width="12" '
+                         f'height="{bar:.1f}" fill="{colour}"><title>{html.escape(label)} '
+                         f'{name}: {value * 100:.2f}</title></rect>')
+        parts.append(f'<text transform="translate({x0 + group / 2 - 4},{height + 8}) '
+                     f'rotate(60)">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_histogram(hist: dict, colour: str, label: Callable[[float], str]) -> str:
+    counts, edges = hist["counts"], hist["edges"]
+    top = max(counts + [1])
+    width, height = 30 * len(counts) + 70, 160
+    parts = [f'<svg class="chart" width="{width}" height="{height + 40}" role="img">']
+    for i, count in enumerate(counts):
+        bar = count / top * (height - 20)
+        parts.append(f'<rect x="{30 + i * 30}" y="{height - bar:.1f}" width="28" '
+                     f'height="{bar:.1f}" fill="{colour}"><title>{label(edges[i])} to '
+                     f'{label(edges[i + 1])}: {count}</title></rect>'
+                     f'<text x="{44 + i * 30}" y="{height - bar - 3:.1f}" '
+                     f'text-anchor="middle">{count}</text>')
+    for i in (0, len(counts) // 2, len(counts)):
+        parts.append(f'<text x="{30 + i * 30}" y="{height + 16}" text-anchor="middle">'
+                     f'{label(edges[i])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _svg_heatmap(matrix: list[list[Optional[float]]], names: list[str]) -> str:
+    cell, margin = 30, 110
+    size = margin + cell * len(names)
+    parts = [f'<svg class="chart" width="{size + 10}" height="{size + 10}" role="img">']
+    for i, name in enumerate(names):
+        parts.append(f'<text x="{margin - 4}" y="{margin + i * cell + 19}" text-anchor="end">'
+                     f'{html.escape(name)}</text>'
+                     f'<text transform="translate({margin + i * cell + 19},{margin - 4}) '
+                     f'rotate(-60)">{html.escape(name)}</text>')
+        for j, value in enumerate(matrix[i]):
+            shade = "#f4f4f4" if value is None else \
+                f"rgb({255 - int(value * 220)},{255 - int(value * 160)},255)"
+            text = "" if value is None or value < 0.005 else f"{value * 100:.0f}"
+            parts.append(f'<rect x="{margin + j * cell}" y="{margin + i * cell}" width="{cell}" '
+                         f'height="{cell}" fill="{shade}" stroke="#fff"><title>truth '
+                         f'{html.escape(name)}, predicted {html.escape(names[j])}: '
+                         f'{"-" if value is None else f"{value * 100:.1f}%"}</title></rect>'
+                         f'<text x="{margin + j * cell + 15}" y="{margin + i * cell + 19}" '
+                         f'text-anchor="middle" class="{"light" if (value or 0) > 0.6 else ""}">'
+                         f'{text}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _jpeg_data_uri(array: np.ndarray) -> str:
+    """Panels are photographs with overlays: JPEG keeps a report of dozens of them small."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _panel_size(height: int, width: int) -> tuple[int, int]:
+    scale = min(1.0, PANEL_WIDTH / width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def colourise(labels: np.ndarray, colours: np.ndarray, image: Optional[np.ndarray],
+              valid: int) -> np.ndarray:
+    """Labels as colours, blended half-and-half over ``image`` when there is one; ids at or
+    above ``valid`` (the ignore index, unknown ids) stay black (or show the image dimmed)."""
+    known = labels < valid
+    coloured = np.zeros((*labels.shape, 3), np.uint8)
+    coloured[known] = colours[labels[known]]
+    if image is None:
+        return coloured
+    blended = (image.astype(np.float32) * 0.5 + coloured * 0.5)
+    blended[~known] = image[~known] * 0.3
+    return blended.astype(np.uint8)
+
+
+def _read_optional(reader: Callable[[], np.ndarray]) -> Optional[np.ndarray]:
+    try:
+        return reader()
+    except Exception:  # noqa: BLE001 - a panel that cannot be read is shown as missing
+        return None
+
+
+def _gallery_panels(entry: dict, colours: np.ndarray) -> list[tuple[str, Optional[str]]]:
+    from transforms.decode import decode_image, decode_mask
+    from transforms.read import read_bytes
+
+    size = _panel_size(entry["height"], entry["width"])
+    resize = lambda array, mode: np.asarray(Image.fromarray(array).resize(  # noqa: E731
+        size[::-1], mode))
+    image = _read_optional(lambda: resize(decode_image(read_bytes(entry["source"])),
+                                          Image.BILINEAR))
+    truth = _read_optional(lambda: resize(decode_mask(read_bytes(entry["mask_source"])),
+                                          Image.NEAREST)) if entry.get("mask_source") else None
+    prediction = _read_optional(lambda: resize(decode_mask(read_bytes(entry["mask_path"])),
+                                               Image.NEAREST))
+    valid = len(colours)
+    panels = [("image", None if image is None else _jpeg_data_uri(image))]
+    if entry.get("mask_source"):
+        panels.append(("ground truth", None if truth is None else
+                       _jpeg_data_uri(colourise(truth, colours, image, valid))))
+    if entry.get("raw_mask_path"):
+        raw = _read_optional(lambda: resize(decode_mask(read_bytes(entry["raw_mask_path"])),
+                                            Image.NEAREST))
+        panels.append(("prediction", None if raw is None else
+                       _jpeg_data_uri(colourise(raw, colours, image, valid))))
+    title = "CRF" if entry.get("raw_mask_path") else \
+        "prediction (CRF-refined)" if entry.get("crf_applied") else "prediction"
+    panels.append((title, None if prediction is None else
+                   _jpeg_data_uri(colourise(prediction, colours, image, valid))))
+    return panels
+
+
+def _gallery(entries: list[dict], colours: np.ndarray) -> str:
+    rows = []
+    for entry in entries:
+        cells = []
+        for title, uri in _gallery_panels(entry, colours):
+            body = f'<img src="{uri}" alt="{title}">' if uri else \
+                '<div class="missing">not readable from here</div>'
+            cells.append(f"<figure>{body}<figcaption>{title}</figcaption></figure>")
+        score = "" if entry.get("miou_raw") is None else \
+            f" - mIoU raw {_pct(entry['miou_raw'])}, CRF {_pct(entry['miou_crf'])}"
+        rows.append(f'<div class="sample"><h4>{html.escape(entry["key"])}{score}</h4>'
+                    f'<div class="panels">{"".join(cells)}</div></div>')
+    return "".join(rows)
+
+
+def _legend(names: list[str], colours: np.ndarray) -> str:
+    return '<div class="legend">' + "".join(
+        f'<span><i style="background:rgb{tuple(int(c) for c in colours[i])}"></i>'
+        f'{html.escape(name)}</span>' for i, name in enumerate(names)) + "</div>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.5em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0} td,th{padding:.25em .7em;border-bottom:1px solid
+#eee;text-align:right} td:first-child,th:first-child{text-align:left}
+.pos{color:#1a7f37}.neg{color:#c62828} .chart text{font-size:11px;fill:#333}
+.chart text.light{fill:#fff} .panels{display:flex;gap:8px;flex-wrap:wrap}
+figure{margin:0} figcaption{font-size:12px;color:#555;text-align:center}
+.missing{width:240px;height:60px;background:#f4f4f4;display:flex;align-items:center;
+justify-content:center;font-size:12px;color:#888} .legend span{margin-right:1em;
+font-size:13px;white-space:nowrap} .legend i{display:inline-block;width:12px;height:12px;
+margin-right:4px;vertical-align:middle;border:1px solid #999} .regression{background:#fde8e8}
+.note{color:#555;font-size:14px} #run td{text-align:left} .flex{display:flex;gap:3em;flex-wrap:wrap}
+"""
+
+
+def _whole_pct(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def _signed_cell(value: Optional[float]) -> str:
+    css = "" if value is None or abs(value) < 5e-5 else ("pos" if value > 0 else "neg")
+    return f'<td class="{css}">{_pct(value, True)}</td>'
+
+
+def render_html(report: dict) -> str:
+    run, evaluation, names = report["run"], report["evaluation"], report["class_names"]
+    colours = np.asarray(class_colours(names), dtype=np.uint8)
+    counts = run["counts"]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Segmentation report "
+           f"- {html.escape(str(run['output']))}</title><style>{_CSS}</style></head><body>",
+           "<h1>Segmentation report</h1>", '<section id="run"><h2>Run</h2><table>']
+    for label, value in [("output", run["output"]), ("model", run["model"]),
+                         ("model fingerprint", run["model_fingerprint"]),
+                         ("data", run["input"]), ("masks", run["masks"]),
+                         ("started (UTC)", run["started_utc"]),
+                         ("wall time (s)", run["wall_time_seconds"]),
+                         ("inputs / outputs / dead letters",
+                          f"{counts.get('inputs')} / {counts.get('outputs')} / "
+                          f"{counts.get('dead_letters')}"),
+                         ("images with masks", counts.get("images_with_mask")),
+                         ("counts add up", counts.get("accounted_for"))]:
+        out.append(f"<tr><th>{label}</th><td>{html.escape(str(value))}</td></tr>")
+    out.append("</table>")
+    if run["dead_letters_by_reason"]:
+        out.append("<h3>Dead letters by reason</h3><table><tr><th>stage</th><th>reason</th>"
+                   "<th>count</th></tr>")
+        out += [f"<tr><td>{html.escape(d['stage'])}</td><td>{html.escape(d['reason'])}</td>"
+                f"<td>{d['count']}</td></tr>" for d in run["dead_letters_by_reason"]]
+        out.append("</table>")
+    out.append("</section>")
+    if evaluation is None:
+        out.append('<section id="no-evaluation"><h2>Evaluation</h2><p class="note">No '
+                   "ground-truth masks in this run, so there is nothing to evaluate; the "
+                   "predictions are shown below.</p></section>")
+    else:
+        out.append(_evaluation_html(evaluation, names, colours))
+    unmasked = report["without_masks"]
+    if unmasked["count"]:
+        out.append(f'<section id="without-masks"><h2>Images without masks '
+                   f'({unmasked["count"]})</h2>{_legend(names, colours)}'
+                   f'{_gallery(unmasked["examples"], colours)}</section>')
+    if report.get("comparison"):
+        out.append(_comparison_html(report["comparison"]))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _evaluation_html(evaluation: dict, names: list[str], colours: np.ndarray) -> str:
+    out = ['<section id="aggregate"><h2>Aggregate</h2><table><tr><th>metric (%)</th>'
+           "<th>raw</th><th>CRF</th><th>CRF - raw</th></tr>"]
+    for metric in AGGREGATE_METRICS:
+        figures = evaluation["aggregate"][metric]
+        out.append(f"<tr><td>{METRIC_LABELS[metric]}</td><td>{_pct(figures['raw'])}</td>"
+                   f"<td>{_pct(figures['crf'])}</td>{_signed_cell(figures['delta'])}</tr>")
+    out.append(f"</table><p class='note'>{evaluation['images_scored']} images scored, "
+               f"{evaluation['labelled_pixels']:,} labelled pixels. Dataset figures come from "
+               "the summed confusion matrix.</p></section>")
+    per_class = evaluation["per_class"]
+    out.append('<section id="per-class"><h2>Per-class IoU</h2>')
+    out.append(_svg_bars([r["class"] for r in per_class],
+                         [("raw", RAW_COLOUR, [r["iou_raw"] for r in per_class]),
+                          ("CRF", CRF_COLOUR, [r["iou_crf"] for r in per_class])]))
+    out.append(f'<div class="legend"><span><i style="background:{RAW_COLOUR}"></i>raw</span>'
+               f'<span><i style="background:{CRF_COLOUR}"></i>CRF</span></div>')
+    out.append("<table><tr><th>class</th><th>IoU raw</th><th>IoU CRF</th><th>CRF - raw</th>"
+               "<th>pixel share</th></tr>")
+    out += [f"<tr><td>{html.escape(r['class'])}</td><td>{_pct(r['iou_raw'])}</td>"
+            f"<td>{_pct(r['iou_crf'])}</td>{_signed_cell(r['delta'])}"
+            f"<td>{_pct(r['pixel_share'])}</td></tr>" for r in per_class]
+    out.append("</table></section>")
+    out.append(f'<section id="confusion"><h2>Confusion matrix ({evaluation["confusion_variant"]}'
+               f', rows = ground truth, % of each row)</h2>'
+               f'{_svg_heatmap(evaluation["confusion_normalised"], names)}</section>')
+    out.append('<section id="distributions"><h2>Per-image distributions</h2><div class="flex">'
+               f'<div><h3>per-image mIoU (final)</h3>'
+               f'{_svg_histogram(evaluation["per_image_miou"], CRF_COLOUR, _whole_pct)}</div>')
+    if evaluation["crf_gain"]:
+        out.append(f'<div><h3>CRF gain in per-image mIoU (points; mean '
+                   f'{_pct(evaluation["crf_gain_mean"], True)})</h3>'
+                   f'{_svg_histogram(evaluation["crf_gain"], RAW_COLOUR, lambda v: _pct(v, True))}'
+                   "</div>")
+    out.append("</div></section>")
+    out.append(f'<section id="gallery"><h2>Worst images</h2>{_legend(names, colours)}'
+               f'{_gallery(evaluation["worst"], colours)}')
+    if evaluation["best"]:
+        out.append(f'<h2>Best images</h2>{_gallery(evaluation["best"], colours)}')
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _comparison_html(comparison: dict) -> str:
+    out = [f'<section id="comparison"><h2>Compared with '
+           f'{html.escape(str(comparison["previous"]))}</h2>']
+    if not comparison["comparable"]:
+        out.append("<p class='note'>One of the runs has no evaluation; nothing to compare."
+                   "</p></section>")
+        return "\n".join(out)
+    regressions = comparison["regressions"]
+    out.append(f"<p><b>{len(regressions)} regression(s)</b> beyond "
+               f"{comparison['threshold'] * 100:.2f} points.</p>")
+    out.append("<table><tr><th>what (%)</th><th>current</th><th>previous</th><th>delta</th>"
+               "</tr>")
+    for label, row, regressed in _comparison_rows(comparison):
+        css = ' class="regression"' if regressed else ""
+        out.append(f"<tr{css}><td>{html.escape(label)}</td><td>{_pct(row['current'])}</td>"
+                   f"<td>{_pct(row['previous'])}</td>{_signed_cell(row['delta'])}</tr>")
+    out.append("</table></section>")
+    return "\n".join(out)

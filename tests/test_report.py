@@ -1,0 +1,183 @@
+"""`segbeam report`: figures, renderings, comparison, and the HTML as Chromium shows it."""
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.demo import DEMO_CLASSES, write_demo_inputs
+from pipeline.report import build_report, compare_reports, load_run, normalised_confusion
+from pipeline.report_render import colourise, render_html, render_json, render_markdown
+
+SECTIONS_WITH_MASKS = ("run", "aggregate", "per-class", "confusion", "distributions",
+                       "gallery", "without-masks")
+
+
+def _run(output, images, masks, model, extra=()):
+    args = ["run", "--input", images, "--output", str(output), "--model", model,
+            "--num_classes", "3", "--class_names", ",".join(DEMO_CLASSES), "--input_size",
+            "64", "--ignore_index", "-1", *extra]
+    assert main(args + (["--masks", masks] if masks else [])) == 0
+    return str(output)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, demo_model_path):
+    """A demo run with masks (plus an unmasked image and a corrupt file), and one without."""
+    root = tmp_path_factory.mktemp("report_runs")
+    images, masks = write_demo_inputs(str(root / "inputs"), count=10, seed=4)
+    with_masks = _run(root / "with_masks", images, masks, demo_model_path,
+                      ["--report", "--write_raw_masks"])
+    without = _run(root / "without_masks", images, None, demo_model_path)
+    return {"with_masks": with_masks, "without_masks": without}
+
+
+def test_figures_agree_with_the_run_summary(runs):
+    # `segbeam run --report` wrote the report at the end of the run
+    with open(os.path.join(runs["with_masks"], "report", "report.json")) as handle:
+        assert json.load(handle)["run"]["counts"]["outputs"] == 10
+    run = load_run(runs["with_masks"])
+    report = build_report(run, gallery_size=3)
+    evaluation = report["evaluation"]
+    summary = run.summary["evaluation"]
+    for metric in ("miou", "pixel_accuracy", "mean_dice"):
+        assert evaluation["aggregate"][metric]["raw"] == summary["raw"][metric]
+        assert evaluation["aggregate"][metric]["delta"] == pytest.approx(
+            summary["crf"][metric] - summary["raw"][metric])
+    assert sum(r["pixel_share"] for r in evaluation["per_class"]) == pytest.approx(1.0)
+    for row in evaluation["confusion_normalised"]:
+        assert row[0] is None or sum(row) == pytest.approx(1.0)
+    scored = [r for r in run.rows if r["has_mask"]]
+    assert sum(evaluation["per_image_miou"]["counts"]) == len(scored) == 9
+    worst = [e["miou_crf"] for e in evaluation["worst"]]
+    assert worst == sorted(worst) and len(worst) == 3
+    assert min(r["miou_crf"] for r in scored) == worst[0]
+    assert report["without_masks"]["count"] == 1
+    assert report["run"]["counts"]["dead_letters"] == 1
+    assert [d["stage"] for d in report["run"]["dead_letters_by_reason"]] == ["decode"]
+
+
+def test_renderings_hold_every_section(runs):
+    report = build_report(load_run(runs["with_masks"]), gallery_size=3)
+    page = render_html(report)
+    for section in SECTIONS_WITH_MASKS:
+        assert f'id="{section}"' in page, section
+    # worst and best 3: image | ground truth | prediction | CRF; the unmasked one: 3 panels
+    assert all(entry["raw_mask_path"] for entry in report["evaluation"]["worst"])
+    assert page.count("data:image/jpeg;base64,") == 6 * 4 + 3
+    assert page.count("<figcaption>CRF</figcaption>") == 7
+    assert "http://" not in page and "https://" not in page  # opens offline
+    markdown = render_markdown(report)
+    assert "| mIoU |" in markdown and "| disc |" in markdown
+    assert json.loads(render_json(report))["evaluation"]["per_class"][1]["class"] == "disc"
+
+
+def test_a_run_without_masks_gets_a_report_without_evaluation(runs):
+    report = build_report(load_run(runs["without_masks"]))
+    assert report["evaluation"] is None and report["without_masks"]["count"] == 10
+    page = render_html(report)
+    assert 'id="no-evaluation"' in page and 'id="without-masks"' in page
+    assert 'id="confusion"' not in page
+    assert "predictions only" in render_markdown(report)
+
+
+def test_comparison_flags_only_drops_beyond_the_threshold(runs):
+    current = build_report(load_run(runs["with_masks"]))
+    same = compare_reports(current, current, 0.01)
+    assert same["regressions"] == [] and all(r["delta"] == 0 for r in same["per_class"])
+    better = copy.deepcopy(current)
+    better["evaluation"]["per_class"][2]["iou_crf"] += 0.05  # the earlier run did 5 points better
+    better["evaluation"]["per_class"][1]["iou_crf"] += 0.005  # within the threshold
+    result = compare_reports(current, better, 0.01)
+    assert [r["what"] for r in result["regressions"]] == ["IoU of box"]
+    assert result["per_class"][2]["delta"] == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="different classes"):
+        other = copy.deepcopy(current)
+        other["class_names"] = ["a", "b", "c"]
+        compare_reports(current, other, 0.01)
+
+
+def test_fail_on_regression_exits_non_zero_against_a_better_run(runs, tmp_path, capsys):
+    previous = tmp_path / "previous"
+    shutil.copytree(runs["with_masks"], previous)
+    with open(previous / "summary.json") as handle:
+        summary = json.load(handle)
+    summary["evaluation"]["crf"]["miou"] += 0.03
+    with open(previous / "summary.json", "w") as handle:
+        json.dump(summary, handle)
+    out = tmp_path / "report"
+    assert main(["report", runs["with_masks"], "--compare", str(previous), "--output",
+                 str(out)]) == 0
+    assert main(["report", runs["with_masks"], "--compare", str(previous), "--output",
+                 str(out), "--fail_on_regression"]) == 4
+    assert "regression: mIoU -3.00 points" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", "report.json"}
+    markdown = (out / "report.md").read_text()
+    assert [line for line in markdown.splitlines() if "**regression**" in line] == [
+        line for line in markdown.splitlines() if line.startswith("| mIoU |") and "-3.00" in line]
+    assert 'class="regression"' in (out / "report.html").read_text()
+    assert main(["report", runs["with_masks"], "--compare", runs["with_masks"], "--output",
+                 str(out), "--fail_on_regression"]) == 0
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_colourise_uses_class_colours_and_dims_ignored_pixels():
+    colours = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)
+    labels = np.array([[0, 1], [1, 7]], np.uint8)
+    image = np.full((2, 2, 3), 100, np.uint8)
+    plain = colourise(labels, colours, None, valid=2)
+    assert plain[0, 1].tolist() == [255, 0, 0] and plain[1, 1].tolist() == [0, 0, 0]
+    blended = colourise(labels, colours, image, valid=2)
+    assert blended[0, 1].tolist() == [177, 50, 50] and blended[1, 1].tolist() == [30, 30, 30]
+
+
+def test_normalised_confusion_leaves_absent_classes_null():
+    assert normalised_confusion([[3, 1], [0, 0]]) == [[0.75, 0.25], [None, None]]
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed; .ci/run installs "
+                    "Debian's chromium package where it runs as root with apt-get")
+@pytest.mark.parametrize("which", ["with_masks", "without_masks"])
+def test_chromium_renders_the_report(runs, tmp_path, which):
+    out = tmp_path / "report"
+    assert main(["report", runs[which], "--output", str(out)]) == 0
+    page = f"file://{out / 'report.html'}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--allow-file-access-from-files", "--user-data-dir=" + str(tmp_path / "profile")]
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1280,2400",
+                    page], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (2400, 1280)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # not blank: text, charts
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", page], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    expected = SECTIONS_WITH_MASKS if which == "with_masks" else ("run", "no-evaluation",
+                                                                  "without-masks")
+    for section in expected:
+        assert f'id="{section}"' in dom, section
+    images = dom.count("<img ")
+    assert images >= (3 if which == "without_masks" else 6)
+
+
+def test_relative_paths_of_a_run_resolve_against_its_working_directory():
+    from pipeline.report import resolve
+
+    assert resolve("../data/a.png", "/work/main") == "/work/data/a.png"
+    assert resolve("/abs/a.png", "/work/main") == "/abs/a.png"
+    assert resolve("gs://bucket/a.png", "/work/main") == "gs://bucket/a.png"
+    assert resolve("a.png", None) == "a.png"
