@@ -9,12 +9,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from models.preprocessing import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
+
 _PACKAGE = "segbeam"
 
-# What each normalisation does to raw RGB in [0, 255]; see ``ImageNormalization``.
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("caffe", "torch", "symmetric", "unit")
 
 
@@ -38,10 +36,10 @@ class ImageNormalization(layers.Layer):
     def call(self, inputs):
         x = ops.cast(inputs, self.compute_dtype)
         if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, x.dtype)
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(CAFFE_BGR_MEAN, x.dtype)
         if self.mode == "torch":
-            mean = ops.convert_to_tensor(_IMAGENET_MEAN, x.dtype)
-            std = ops.convert_to_tensor(_IMAGENET_STD, x.dtype)
+            mean = ops.convert_to_tensor(IMAGENET_MEAN, x.dtype)
+            std = ops.convert_to_tensor(IMAGENET_STD, x.dtype)
             return (x / 255.0 - mean) / std
         if self.mode == "symmetric":
             return x / 127.5 - 1.0

@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+# Shared with the in-model ``ImageNormalization`` layer (models/layers.py).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
 def _none(batch: np.ndarray) -> np.ndarray:
@@ -28,11 +29,11 @@ def _symmetric(batch: np.ndarray) -> np.ndarray:
 
 
 def _caffe(batch: np.ndarray) -> np.ndarray:
-    return batch[..., ::-1] - _CAFFE_BGR_MEAN
+    return batch[..., ::-1] - CAFFE_BGR_MEAN
 
 
 def _torch(batch: np.ndarray) -> np.ndarray:
-    return (batch / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
+    return (batch / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 PREPROCESSORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -16,6 +16,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from transforms.write import DEAD_LETTERS_DIR, MANIFEST_JSON, METRICS_DIR, RAW_MASKS_DIR, \
+    SUMMARY_JSON, mask_png_path, output_path, write_bytes_atomically
+
 AGGREGATE_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
 METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_class_accuracy":
                  "mean class accuracy", "miou": "mIoU", "fwiou": "frequency-weighted IoU",
@@ -30,19 +33,6 @@ class RunOutputs(NamedTuple):
     dead_letters: list[dict]
 
 
-def _join(root: str, *parts: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(root, *parts)
-
-
-def _read_text(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as handle:
-        return handle.read().decode("utf-8")
-
-
 def _glob(pattern: str) -> list[str]:
     from apache_beam.io.filesystems import FileSystems
 
@@ -55,21 +45,22 @@ def load_run(root: str) -> RunOutputs:
 
     from apache_beam.io.filesystems import FileSystems
 
-    summary_path = _join(root, "summary.json")
+    from pipeline.run import read_json
+    from transforms.read import read_bytes
+
+    summary_path = output_path(root, SUMMARY_JSON)
     if not FileSystems.exists(summary_path):
-        raise ValueError(f"{root} holds no summary.json: pass the --output folder of a "
+        raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
                          f"finished `segbeam run`")
-    summary = json.loads(_read_text(summary_path))
-    manifest_path = _join(root, "manifest.json")
-    manifest = json.loads(_read_text(manifest_path)) if FileSystems.exists(manifest_path) \
-        else {}
+    manifest_path = output_path(root, MANIFEST_JSON)
+    manifest = read_json(manifest_path) if FileSystems.exists(manifest_path) else {}
     rows = []
-    for path in _glob(_join(root, "metrics", "*.parquet")):
+    for path in _glob(output_path(root, METRICS_DIR, "*.parquet")):
         with FileSystems.open(path) as handle:
             rows.extend(pq.read_table(handle).to_pylist())
-    dead = [json.loads(line) for path in _glob(_join(root, "dead_letters", "*.jsonl"))
-            for line in _read_text(path).splitlines() if line.strip()]
-    return RunOutputs(root, summary, manifest, rows, dead)
+    dead = [json.loads(line) for path in _glob(output_path(root, DEAD_LETTERS_DIR, "*.jsonl"))
+            for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+    return RunOutputs(root, read_json(summary_path), manifest, rows, dead)
 
 
 def histogram(values: list[float], bins: int, low: float, high: float) -> dict:
@@ -154,7 +145,7 @@ def _gallery_entry(row: dict, working_directory: Optional[str] = None,
                    root: Optional[str] = None) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
-    raw = _join(root, "masks_raw", row["key"] + ".png") if root else None
+    raw = mask_png_path(root, row["key"], RAW_MASKS_DIR) if root else None
     return {"key": row["key"], "source": resolve(row["source"], working_directory),
             "mask_source": resolve(row.get("mask_source"), working_directory),
             "mask_path": resolve(row["mask_path"], working_directory),
@@ -258,17 +249,16 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
                  regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
     """Builds and writes the report; returns (figures, output folder)."""
     from pipeline.report_render import render_html, render_json, render_markdown
-    from transforms.write import write_bytes_atomically
 
     report = build_report(load_run(run_dir), gallery_size)
     if compare:
         report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
                                                regression_threshold / 100.0)
-    folder = output or _join(run_dir, "report")
+    folder = output or output_path(run_dir, "report")
     for name, text in (("report.json", render_json(report)),
                        ("report.md", render_markdown(report)),
                        ("report.html", render_html(report))):
-        write_bytes_atomically(_join(folder, name), text.encode("utf-8"))
+        write_bytes_atomically(output_path(folder, name), text.encode("utf-8"))
     return report, folder
 
 
