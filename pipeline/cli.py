@@ -39,9 +39,11 @@ def _run_parser() -> argparse.ArgumentParser:
         description="Segment images in batch with a Keras model, refine with a dense CRF, "
                     "and score against ground-truth masks where they exist.",
         epilog="Beam's own options pass through: --runner (DirectRunner by default; "
-               "DataflowRunner, ...), --direct_num_workers N, --direct_running_mode "
-               "multi_processing, --temp_location, ... Without --input, `segbeam run` "
-               "generates demo data, trains a small model and runs on it.")
+               "DataflowRunner, DaskRunner with --dask_client_address, ...), "
+               "--direct_num_workers N, --direct_running_mode multi_processing, "
+               "--temp_location, --dry_run=True (build the graph, run nothing), ... Without "
+               "--input, `segbeam run` generates demo data, trains a small model and runs on "
+               "it.")
     SegmentationOptions._add_argparse_args(parser)
     return parser
 
@@ -63,10 +65,10 @@ def run_command(argv: Sequence[str]) -> int:
         print(f"segbeam run: error: {error}", file=sys.stderr)
         return 2
     print(format_report(outcome))
-    if known.report:
+    if known.report and outcome.summary is not None:
         from pipeline.report import write_report
 
-        _, folder = write_report(outcome.settings.output)
+        _, folder = write_report(outcome.settings.run_dir)
         print(f"segbeam run: report written to {folder}/report.html")
     if outcome.exit_code == 1:
         print("segbeam run: dead letters present and --fail_on_errors set", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The job graph: read -> decode -> batched inference -> (Reshuffle) -> dense CRF -> metrics
--> masks, metrics, summary; every stage's rejects -> dead letters."""
+"""The job graph: read -> (skip what is unchanged) -> decode -> batched inference ->
+(Reshuffle) -> dense CRF -> metrics -> masks, metrics, summary; every stage's rejects -> dead
+letters."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import apache_beam as beam
 from pipeline.options import Settings
 from transforms.aggregate import ConfusionSum, build_summary, summary_rows, summary_schema
 from transforms.inference import KerasSegmentationHandler, RunSegmentationInference
-from transforms.read import ReadFiles, ReadShards
+from transforms.read import FindFiles, ReadAndDecode, ReadShardRecords
 from transforms.refine import RefineWithCRF, drop_probabilities
 from transforms.scoring import ScoreImages, metrics_row, metrics_schema
-from transforms.write import (METRICS_DIR, SUMMARY_JSON, SUMMARY_PARQUET,
-                              WriteDeadLetters, WriteJson, WriteLabelMasks, output_path)
+from transforms.skip import SkipUnchanged
+from transforms.write import (DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX,
+                              SUMMARY_JSON, SUMMARY_PARQUET, RemoveStaleShards, WriteDeadLetters,
+                              WriteJson, WriteLabelMasks, output_path, shard_pattern)
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
@@ -28,24 +31,43 @@ def handler_for(settings: Settings) -> KerasSegmentationHandler:
 
 
 class ReadInputs(beam.PTransform):
-    """pipeline -> (records, dead letters, number of inputs), from files or shards."""
+    """pipeline -> (decoded records to segment, dead letters, number of inputs, metrics rows
+    reused from this run's directory, keys skipped), from files or shards.
 
-    def __init__(self, settings: Settings):
+    With ``--skip_existing``, inputs whose result stands (same bytes, same configuration) are
+    not decoded: their rows are reused, or they are skipped when the result lives in an
+    earlier date partition.
+    """
+
+    def __init__(self, settings: Settings, fingerprint: str):
         super().__init__()
-        self._settings = settings
+        self._settings, self._fingerprint = settings, fingerprint
 
     def expand(self, pbegin):
         s = self._settings
         if s.input_format == "tfrecord":
-            return pbegin | "ReadShards" >> ReadShards(s.input, s.max_image_pixels)
-        return pbegin | "ReadFiles" >> ReadFiles(s.input, s.masks, s.max_image_pixels)
+            items, unusable, count = pbegin | "ReadShards" >> ReadShardRecords(s.input)
+        else:
+            items, unusable, count = pbegin | "FindFiles" >> FindFiles(s.input, s.masks)
+        if s.skip_existing:
+            items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
+                s.history_glob, self._fingerprint, s.run_dir, s.run_date)
+            unusable = (unusable, unreadable) | "Unusable" >> beam.Flatten()
+        else:
+            reused = pbegin | "NothingReused" >> beam.Create([])
+            skipped = pbegin | "NothingSkipped" >> beam.Create([])
+        records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels)
+        dead = (unusable, undecodable) | "DeadLetters" >> beam.Flatten()
+        return records, dead, count, reused, skipped
 
 
 class SegmentAndScore(beam.PTransform):
     """decoded records -> (scored records with final labels, dead letters).
 
-    The Reshuffle separates the inference stage from the CPU stages, so that a runner can fuse
-    and scale them apart (GPU workers for inference, many CPU workers for the CRF).
+    With ``settings.reshuffle``, a Reshuffle separates the inference stage from the CPU stages,
+    so that a distributed runner scales them apart (GPU workers for inference, many CPU workers
+    for the CRF: the stages' resource hints differ). On the local runner the stages stay fused,
+    since a shuffle there holds every image and its probabilities in memory at once.
     """
 
     def __init__(self, settings: Settings):
@@ -54,14 +76,20 @@ class SegmentAndScore(beam.PTransform):
 
     def expand(self, records):
         s = self._settings
-        predicted, inference_failed = records | "Infer" >> RunSegmentationInference(
-            handler_for(s))
-        on_cpu = predicted | "ToCpuStage" >> beam.Reshuffle()
+        infer = RunSegmentationInference(handler_for(s))
+        if s.inference_hints:
+            infer = infer.with_resource_hints(**s.inference_hints)
+        predicted, inference_failed = records | "Infer" >> infer
+        if s.reshuffle:
+            predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
-            refined, crf_failed = on_cpu | "Refine" >> RefineWithCRF(s.crf)
+            refine = RefineWithCRF(s.crf)
+            if s.crf_hints:
+                refine = refine.with_resource_hints(**s.crf_hints)
+            refined, crf_failed = predicted | "Refine" >> refine
         else:
-            refined = on_cpu | "DropProbabilities" >> beam.Map(drop_probabilities)
-            crf_failed = on_cpu.pipeline | "NoCrfFailures" >> beam.Create([])
+            refined = predicted | "DropProbabilities" >> beam.Map(drop_probabilities)
+            crf_failed = predicted.pipeline | "NoCrfFailures" >> beam.Create([])
         scored, scoring_failed = refined | "Score" >> ScoreImages(s.num_classes, s.ignore_index)
         dead = ((inference_failed, crf_failed, scoring_failed)
                 | "StageFailures" >> beam.Flatten())
@@ -77,22 +105,32 @@ class PipelineOutputs(NamedTuple):
     summary: beam.PCollection
 
 
-def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> PipelineOutputs:
-    """Adds the whole segmentation job to ``pipeline``."""
-    s = settings
-    records, read_failed, inputs = pipeline | "Read" >> ReadInputs(s)
+def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
+                   fingerprint: str) -> PipelineOutputs:
+    """Adds the whole segmentation job to ``pipeline``; everything is written under
+    ``settings.run_dir``. ``fingerprint`` is the run's ``config_fingerprint``."""
+    s, run_dir = settings, settings.run_dir
+    records, read_failed, inputs, reused_rows, skipped = pipeline | "Read" >> ReadInputs(
+        s, fingerprint)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
-    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(s.output, s.write_raw_masks)
+    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(run_dir, s.write_raw_masks)
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
-    rows = written | "MetricsRows" >> beam.Map(metrics_row)
-    _ = rows | "WriteMetrics" >> beam.io.WriteToParquet(
-        output_path(s.output, METRICS_DIR, "metrics"),
+    new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint)
+    rows = (new_rows, reused_rows) | "AllRows" >> beam.Flatten()
+    metrics_files = rows | "WriteMetrics" >> beam.io.WriteToParquet(
+        output_path(run_dir, METRICS_DIR, METRICS_PREFIX),
         schema=metrics_schema(s.num_classes, s.class_names), file_name_suffix=".parquet")
-    _ = dead | "WriteDeadLetters" >> WriteDeadLetters(s.output)
+    _ = metrics_files | "RemoveStaleMetrics" >> RemoveStaleShards(
+        shard_pattern(run_dir, METRICS_DIR, METRICS_PREFIX, ".parquet"))
+    dead_files = dead | "WriteDeadLetters" >> WriteDeadLetters(run_dir)
+    _ = dead_files | "RemoveStaleDeadLetters" >> RemoveStaleShards(
+        shard_pattern(run_dir, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, ".jsonl"))
 
-    totals = written | "Aggregate" >> beam.CombineGlobally(ConfusionSum(s.num_classes))
-    outputs = written | "CountOutputs" >> beam.combiners.Count.Globally()
+    totals = rows | "Aggregate" >> beam.CombineGlobally(ConfusionSum(s.num_classes))
+    segmented = new_rows | "CountSegmented" >> beam.combiners.Count.Globally()
+    reused = reused_rows | "CountReused" >> beam.combiners.Count.Globally()
+    skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
     dead_by_stage = (dead | "Stage" >> beam.Map(lambda d: d.stage)
                      | "CountByStage" >> beam.combiners.Count.PerElement())
     summary = (pipeline
@@ -100,14 +138,16 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> PipelineOutpu
                | "Summarise" >> beam.Map(
                    build_summary, totals=beam.pvalue.AsSingleton(totals),
                    inputs=beam.pvalue.AsSingleton(inputs),
-                   outputs=beam.pvalue.AsSingleton(outputs),
+                   segmented=beam.pvalue.AsSingleton(segmented),
+                   reused=beam.pvalue.AsSingleton(reused),
+                   skipped=beam.pvalue.AsSingleton(skipped_count),
                    dead_by_stage=beam.pvalue.AsList(dead_by_stage),
-                   class_names=s.class_names, ignore_index=s.ignore_index))
-    _ = summary | "WriteSummaryJson" >> WriteJson(s.output, SUMMARY_JSON)
+                   class_names=s.class_names, ignore_index=s.ignore_index,
+                   config_fingerprint=fingerprint))
+    _ = summary | "WriteSummaryJson" >> WriteJson(run_dir, SUMMARY_JSON)
     _ = (summary
          | "SummaryRows" >> beam.FlatMap(summary_rows)
          | "WriteSummaryParquet" >> beam.io.WriteToParquet(
-             output_path(s.output, SUMMARY_PARQUET), schema=summary_schema(s.class_names),
+             output_path(run_dir, SUMMARY_PARQUET), schema=summary_schema(s.class_names),
              num_shards=1, shard_name_template=""))
     return PipelineOutputs(written, rows, dead, summary)
-

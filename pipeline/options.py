@@ -5,6 +5,8 @@ that the graph is built from."""
 from __future__ import annotations
 
 import argparse
+import os
+import re
 from typing import NamedTuple, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -13,8 +15,14 @@ from pipeline.classes import resolve_class_names
 from transforms.crf import CrfParams
 from transforms.decode import DEFAULT_MAX_PIXELS
 from transforms.geometry import RESIZE_MODES
+from transforms.incremental import parse_run_date, run_directory
 
 INPUT_FORMATS = ("auto", "images", "tfrecord")
+STAGE_SPLITS = ("auto", "reshuffle", "fused")
+# Runners that execute in this process (or its worker subprocesses) and hold every element that
+# crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner",
+                 "BundleBasedDirectRunner", "TestDirectRunner")
 
 
 def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -62,6 +70,17 @@ class SegmentationOptions(PipelineOptions):
         io.add_argument("--report", action="store_true", default=False,
                         help="Also write the evaluation report (OUTPUT/report/report.html, "
                              ".md, .json) at the end of the run; see `segbeam report`.")
+        nightly = parser.add_argument_group("incremental (nightly) runs")
+        nightly.add_argument("--run_date", default=None,
+                             help="Write this run under OUTPUT/date=YYYY-MM-DD/ (Hive-style "
+                                  "partition), so that nightly results accumulate side by side; "
+                                  "YYYY-MM-DD or 'today' (UTC).")
+        nightly.add_argument("--skip_existing", action="store_true", default=False,
+                             help="Process only inputs that are new or changed: an input whose "
+                                  "bytes (image and mask) and configuration (model file, "
+                                  "settings) match an earlier result under OUTPUT is not "
+                                  "segmented again. With --run_date, earlier date partitions "
+                                  "count; a re-run of the same directory keeps its rows.")
         model = parser.add_argument_group("model and inference")
         model.add_argument("--model", default=None,
                            help="A saved .keras model (any Beam filesystem), or a registry name "
@@ -95,6 +114,22 @@ class SegmentationOptions(PipelineOptions):
                            help="With --large_model: copies per machine (e.g. one per GPU).")
         model.add_argument("--seed", type=int, default=0,
                            help="Initialisation seed of a registry model without --weights.")
+        scale = parser.add_argument_group("distributed runs (Dataflow, Dask)")
+        scale.add_argument("--stage_split", default="auto", choices=STAGE_SPLITS,
+                           help="reshuffle: a shuffle between inference and the CRF, so that "
+                                "a runner scales the GPU and CPU stages apart; fused: one "
+                                "stage, no image crosses a shuffle (bounded memory on the "
+                                "local runner); auto: fused on the local runner, reshuffle "
+                                "elsewhere.")
+        scale.add_argument("--inference_accelerator", default=None,
+                           help="Resource hint for the inference stage, in Dataflow's syntax, "
+                                "e.g. 'type:nvidia-l4;count:1;install-nvidia-driver'. Only "
+                                "that stage asks for GPU workers (Dataflow right fitting).")
+        scale.add_argument("--inference_min_ram", default=None,
+                           help="Resource hint: memory per worker for the inference stage, "
+                                "e.g. 16GB.")
+        scale.add_argument("--crf_min_ram", default=None,
+                           help="Resource hint: memory per worker for the CRF stage, e.g. 8GB.")
         crf = parser.add_argument_group("dense CRF (defaults: DeepLab v2)")
         crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                          help="Refine predictions with a dense CRF (--no-crf to skip).")
@@ -145,10 +180,55 @@ class Settings(NamedTuple):
     class_names: list
     fail_on_errors: bool
     write_raw_masks: bool = False
+    run_date: Optional[str] = None
+    run_dir: str = ""
+    skip_existing: bool = False
+    reshuffle: bool = True
+    inference_hints: dict = {}
+    crf_hints: dict = {}
+
+    @property
+    def history_glob(self) -> str:
+        """The metrics of earlier runs that --skip_existing looks at."""
+        if self.run_date:
+            return f"{self.output}/date=*/metrics/*.parquet"
+        return f"{self.run_dir}/metrics/*.parquet"
+
+    def output_affecting(self) -> dict:
+        """The settings (beside the model file) that change a mask or a metrics row; their hash
+        is part of ``config_fingerprint``."""
+        return {"num_classes": self.num_classes, "input_size": self.input_size,
+                "resize_mode": self.resize_mode, "size_multiple": self.size_multiple,
+                "preprocess": self.preprocess, "model_output": self.model_output,
+                "crf": self.crf._asdict() if self.crf else None,
+                "ignore_index": self.ignore_index, "write_raw_masks": self.write_raw_masks}
 
 
-def settings_from(options: SegmentationOptions) -> Settings:
-    """Checks the flags together and returns typed settings; errors say what to change."""
+def absolute_local(path: Optional[str]) -> Optional[str]:
+    """A local path or glob made absolute against this directory: the workers of a distributed
+    runner may run elsewhere, in another working directory. URLs (``gs://``) stay as they are."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(path)
+
+
+def _accelerator_count(accelerator: Optional[str]) -> Optional[int]:
+    match = re.search(r"(?:^|;)count:(\d+)", accelerator or "")
+    return int(match.group(1)) if match else None
+
+
+def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
+    """Whether the graph puts a Reshuffle between inference and the CRF."""
+    if choice != "auto":
+        return choice == "reshuffle"
+    name = (runner or "DirectRunner").rsplit(".", 1)[-1]
+    return name not in LOCAL_RUNNERS
+
+
+def settings_from(options: SegmentationOptions, runner: Optional[str] = None) -> Settings:
+    """Checks the flags together and returns typed settings; errors say what to change.
+
+    ``runner`` is Beam's ``--runner`` (it decides ``--stage_split auto``)."""
     o = options
     if not o.input:
         raise ValueError("--input is required (a glob of images or TFRecord shards)")
@@ -171,13 +251,29 @@ def settings_from(options: SegmentationOptions) -> Settings:
     if o.crf:
         crf = CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
                         o.crf_bi_xy_std, o.crf_bi_rgb_std).validate()
+    run_date = parse_run_date(o.run_date)
+    output = absolute_local(o.output.rstrip("/") or "/")
+    inference_hints = {name: value for name, value in (
+        ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram)) if value}
+    crf_hints = {"min_ram": o.crf_min_ram} if o.crf_min_ram else {}
+    model_copies = o.model_copies
+    if o.large_model and model_copies is None:
+        model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
+    from models.io import is_saved_model
+
     return Settings(
-        input=o.input, input_format=input_format, masks=o.masks, output=o.output.rstrip("/"),
-        max_image_pixels=o.max_image_pixels, model=o.model, weights=o.weights,
+        input=absolute_local(o.input), input_format=input_format,
+        masks=absolute_local(o.masks), output=output,
+        max_image_pixels=o.max_image_pixels,
+        model=absolute_local(o.model) if is_saved_model(o.model) else o.model,
+        weights=absolute_local(o.weights),
         num_classes=o.num_classes, input_size=parse_size(o.input_size),
         resize_mode=o.resize_mode, size_multiple=o.size_multiple, preprocess=o.preprocess,
         model_output=o.model_output, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
-        large_model=o.large_model, model_copies=o.model_copies, seed=o.seed, crf=crf,
+        large_model=o.large_model, model_copies=model_copies, seed=o.seed, crf=crf,
         ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
         class_names=resolve_class_names(o.class_names, o.num_classes),
-        fail_on_errors=o.fail_on_errors, write_raw_masks=o.write_raw_masks)
+        fail_on_errors=o.fail_on_errors, write_raw_masks=o.write_raw_masks,
+        run_date=run_date, run_dir=run_directory(output, run_date),
+        skip_existing=o.skip_existing, reshuffle=stage_split_reshuffles(o.stage_split, runner),
+        inference_hints=inference_hints, crf_hints=crf_hints)

@@ -1,4 +1,7 @@
-"""Running the job: build the graph, run it, read back the summary, write the run manifest."""
+"""Running the job: build the graph, run it, read back the summary, write the run manifest.
+
+With Beam's ``--dry_run=True`` the graph is built (and, on Dataflow, translated into a job with
+its staged packages) but nothing runs and nothing is written."""
 
 from __future__ import annotations
 
@@ -14,25 +17,31 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
+                                                  StandardOptions, TestOptions)
 
 from models.io import model_fingerprint
 from pipeline.graph import build_pipeline
 from pipeline.options import SegmentationOptions, Settings, settings_from
+from transforms.incremental import config_fingerprint
 from transforms.write import MANIFEST_JSON, SUMMARY_JSON, output_path, write_bytes_atomically
 
 LOG = logging.getLogger(__name__)
 _PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
-             "numpy", "pillow", "pyarrow", "pydensecrf2")
+             "numpy", "pillow", "pyarrow", "pydensecrf2", "dask", "distributed")
+DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+_STOCK_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 class RunOutcome(NamedTuple):
     settings: Settings
-    summary: dict
+    summary: Optional[dict]  # None after a dry run
     manifest: dict
 
     @property
     def exit_code(self) -> int:
+        if self.summary is None:
+            return 0
         counts = self.summary["counts"]
         if not counts["accounted_for"]:
             return 3
@@ -56,6 +65,20 @@ def read_json(path: str) -> dict:
         return json.loads(handle.read().decode("utf-8"))
 
 
+def beam_counters(result) -> Optional[dict]:
+    """Beam's counters of a finished run (e.g. RunInference's ``num_inferences``), summed over
+    steps; None where the runner reports no metrics."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except (NotImplementedError, AttributeError, KeyError):
+        return None
+    totals: dict[str, int] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(counter.committed or 0)
+    return dict(sorted(totals.items()))
+
+
 def _check_inputs_exist(settings: Settings) -> None:
     """Fails before the pipeline starts when the input glob matches nothing: a clearer message
     than the runner's, and no empty outputs."""
@@ -65,47 +88,111 @@ def _check_inputs_exist(settings: Settings) -> None:
                          f"quote the glob so that the shell does not expand it")
 
 
+def resolve_runner(options: PipelineOptions) -> Optional[str]:
+    """``--runner DaskRunner`` (or ``dask``) selects segbeam's Dask runner; Beam's own Dask
+    runner is refused, because it loses elements (see ``pipeline.dask_runner``)."""
+    standard = options.view_as(StandardOptions)
+    if standard.runner in ("DaskRunner", "dask", DASK_RUNNER):
+        standard.runner = DASK_RUNNER
+    elif standard.runner == _STOCK_DASK_RUNNER:
+        raise ValueError(f"--runner {_STOCK_DASK_RUNNER} drops elements in this Beam version "
+                         f"(outputs of finish_bundle, tagged outputs, all but one sink); use "
+                         f"--runner DaskRunner, segbeam's corrected translation")
+    return standard.runner
+
+
+def _job_description(pipeline: beam.Pipeline, result, options: PipelineOptions) -> dict:
+    """What a dry run built: the portable graph's size and its environments' resource hints;
+    for Dataflow, the job (also written to ``--dataflow_job_file`` when given)."""
+    proto = getattr(getattr(result, "job", None), "proto_pipeline", None) or \
+        pipeline.to_runner_api()
+    description = {
+        "transforms": len(proto.components.transforms),
+        "environments": {name: {urn.rsplit(":", 2)[-2]: value.decode()
+                                for urn, value in env.resource_hints.items()}
+                         for name, env in proto.components.environments.items()},
+    }
+    job = getattr(getattr(result, "job", None), "proto", None)
+    job_file = options.view_as(DebugOptions).dataflow_job_file
+    if job is not None and job_file:
+        with FileSystems.create(job_file) as handle:
+            handle.write(type(job).to_json(job).encode("utf-8"))
+        description["dataflow_job_file"] = job_file
+    return description
+
+
 def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipeline] = None
         ) -> RunOutcome:
     """Runs ``segbeam run`` with ``argv`` (its flags plus Beam's) and returns the outcome."""
     options = PipelineOptions(list(argv or []))
-    settings = settings_from(options.view_as(SegmentationOptions))
+    runner = resolve_runner(options)
+    FileSystems.set_options(options)  # e.g. --no_auth, before the launcher touches gs://
+    settings = settings_from(options.view_as(SegmentationOptions), runner)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
     _check_inputs_exist(settings)
+    model_id = model_fingerprint(settings.model, settings.weights, settings.num_classes,
+                                 settings.input_size, settings.seed)
+    fingerprint = config_fingerprint({"model": model_id, **settings.output_affecting()})
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build_pipeline(pipeline, settings)
-    result = pipeline.run()
-    result.wait_until_finish()
-    wall = time.perf_counter() - clock
-    summary = read_json(output_path(settings.output, SUMMARY_JSON))
+    build_pipeline(pipeline, settings, fingerprint)
     manifest = {
         "started_utc": started.isoformat(),
-        "wall_time_seconds": round(wall, 3),
         "argv": list(argv or []),
         # Relative input paths in the metrics resolve against this (e.g. for reports).
         "working_directory": os.getcwd(),
         "settings": {k: v for k, v in settings._asdict().items() if k != "crf"},
         "crf": settings.crf._asdict() if settings.crf else None,
         "beam_options": options.get_all_options(drop_default=True, retain_unknown_options=True),
-        "model_fingerprint": model_fingerprint(settings.model, settings.weights,
-                                               settings.num_classes, settings.input_size,
-                                               settings.seed),
-        "counts": summary["counts"],
+        "model_fingerprint": model_id,
+        "config_fingerprint": fingerprint,
         "versions": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
-    write_bytes_atomically(output_path(settings.output, MANIFEST_JSON),
+    if dry_run:
+        # Beam's DataflowRunner honours --dry_run (translate and stage, do not submit); the
+        # local runners would run, so for them the graph is only translated.
+        dataflow = (runner or "").rsplit(".", 1)[-1] == "DataflowRunner"
+        result = pipeline.run() if dataflow else None
+        manifest["dry_run"] = _job_description(pipeline, result, options)
+        return RunOutcome(settings, None, manifest)
+    result = pipeline.run()
+    result.wait_until_finish()
+    manifest["wall_time_seconds"] = round(time.perf_counter() - clock, 3)
+    manifest["beam_counters"] = beam_counters(result)
+    summary = read_json(output_path(settings.run_dir, SUMMARY_JSON))
+    manifest["counts"] = summary["counts"]
+    write_bytes_atomically(output_path(settings.run_dir, MANIFEST_JSON),
                            json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return RunOutcome(settings, summary, manifest)
+
+
+def format_dry_run(outcome: RunOutcome) -> str:
+    described = outcome.manifest["dry_run"]
+    lines = [f"segbeam: dry run; the job graph was built ({described['transforms']} transforms) "
+             f"and not run; it would write under {outcome.settings.run_dir}/"]
+    for name, hints in sorted(described["environments"].items()):
+        if hints:
+            lines.append(f"  environment {name}: " + ", ".join(
+                f"{hint}={value}" for hint, value in sorted(hints.items())))
+    if "dataflow_job_file" in described:
+        lines.append(f"  Dataflow job written to {described['dataflow_job_file']}")
+    return "\n".join(lines)
 
 
 def format_report(outcome: RunOutcome) -> str:
     """A short human-readable account of a run for the terminal."""
     summary, settings = outcome.summary, outcome.settings
+    if summary is None:
+        return format_dry_run(outcome)
     counts = summary["counts"]
-    lines = [f"segbeam: {counts['inputs']} inputs -> {counts['outputs']} segmented, "
+    unchanged = ""
+    if counts["reused"] or counts["skipped"]:
+        unchanged = (f", {counts['reused'] + counts['skipped']} unchanged (not segmented again: "
+                     f"{counts['reused']} kept here, {counts['skipped']} in earlier partitions)")
+    lines = [f"segbeam: {counts['inputs']} inputs -> {counts['segmented']} segmented{unchanged}, "
              f"{counts['dead_letters']} dead letters "
              f"({'counts add up' if counts['accounted_for'] else 'COUNTS DO NOT ADD UP'}); "
              f"{counts['images_with_mask']} with masks; "
@@ -124,6 +211,6 @@ def format_report(outcome: RunOutcome) -> str:
         for index, name in enumerate(summary["class_names"]):
             lines.append(f"    {name:20s}" + "".join(
                 f"  {fmt(evaluation[v]['per_class'][index]['iou'])}" for v in variants))
-    lines.append(f"  outputs under {settings.output}/ (masks/, metrics/, summary.json, "
+    lines.append(f"  outputs under {settings.run_dir}/ (masks/, metrics/, summary.json, "
                  f"summary.parquet, dead_letters/, manifest.json)")
     return "\n".join(lines)

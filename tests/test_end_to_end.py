@@ -66,7 +66,8 @@ def test_cli_run_on_files_with_bad_inputs(tmp_path, demo_model_path):
     assert sorted((d["key"], d["stage"]) for d in dead) == [
         ("corrupt", "decode"), ("empty", "decode"), ("small", "decode")]
     assert "must match its image" in next(d["reason"] for d in dead if d["key"] == "small")
-    assert summary["counts"] == {"inputs": 7, "outputs": 4, "dead_letters": 3,
+    assert summary["counts"] == {"inputs": 7, "outputs": 4, "segmented": 4, "reused": 0,
+                                 "skipped": 0, "dead_letters": 3,
                                  "dead_letters_by_stage": {"decode": 3},
                                  "images_with_mask": 3, "accounted_for": True}
     assert manifest["counts"] == summary["counts"]

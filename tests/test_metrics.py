@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from transforms.metrics import confusion_matrix, per_class_iou, summarise_confusion
+from transforms.metrics import (confusion_matrix, dense_confusion, per_class_iou,
+                                sparse_confusion, summarise_confusion)
 
 
 def test_confusion_matrix_by_hand():
@@ -73,3 +74,13 @@ def test_miou_agrees_with_keras_meaniou_on_random_data(seed):
     metric = keras.metrics.MeanIoU(num_classes=classes, ignore_class=255)
     metric.update_state(truth.ravel(), prediction.ravel())
     assert ours == pytest.approx(float(metric.result()), abs=1e-6)
+
+
+def test_sparse_confusion_round_trips_and_rejects_foreign_cells(rng):
+    confusion = confusion_matrix(rng.integers(0, 4, (20, 30)), rng.integers(0, 4, (20, 30)), 5)
+    cells = sparse_confusion(confusion)
+    assert len(cells) == np.count_nonzero(confusion)  # class 4 never occurs: no cells for it
+    np.testing.assert_array_equal(dense_confusion(cells, 5), confusion)
+    assert dense_confusion([], 5).sum() == 0
+    with pytest.raises(ValueError, match="outside 3 classes"):
+        dense_confusion(cells, 3)

@@ -16,7 +16,7 @@ from transforms.inference import KerasSegmentationHandler, RunSegmentationInfere
 from transforms.read import MatchImages, ReadFiles
 from transforms.records import SegmentationRecord
 from transforms.refine import RefineWithCRF
-from transforms.scoring import ScoreImages
+from transforms.scoring import ScoreImages, metrics_row
 from transforms.write import WriteLabelMasks
 
 
@@ -118,7 +118,8 @@ def test_scoring_and_aggregation_sum_confusion_matrices():
     ]
     with TestPipeline() as p:
         scored, dead = p | beam.Create(records) | ScoreImages(num_classes=2, ignore_index=None)
-        totals = scored | beam.CombineGlobally(ConfusionSum(2))
+        rows = scored | beam.Map(lambda r: metrics_row(r.replace(mask_path="m.png"), "cfg"))
+        totals = rows | beam.CombineGlobally(ConfusionSum(2))
         assert_that(totals | beam.Map(lambda t: (t["images"], t["images_with_mask"],
                                                  t["raw"].tolist(), t["crf"].tolist())),
                     equal_to([(2, 1, [[1, 0], [1, 2]], [[1, 0], [0, 3]])]), label="totals")

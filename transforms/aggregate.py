@@ -1,5 +1,6 @@
-"""Dataset-level evaluation: confusion matrices summed with a CombineFn, then figures derived
-from the sums (never from the mean of per-image figures), and the run summary."""
+"""Dataset-level evaluation: the per-image confusion matrices of the metrics rows summed with a
+CombineFn, then figures derived from the sums (never from the mean of per-image figures), and
+the run summary."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.metrics import nan_to_none, summarise_confusion
-from transforms.records import SegmentationRecord
+from transforms.metrics import dense_confusion, nan_to_none, summarise_confusion
 
 VARIANTS = ("raw", "crf")
 
 
 class ConfusionSum(beam.CombineFn):
-    """Sums per-image confusion matrices (raw and CRF) and counts images."""
+    """Sums the per-image confusion matrices (raw and CRF) of metrics rows and counts images.
+
+    Rows rather than records, so that rows kept from an earlier run (``--skip_existing``) count
+    exactly as the rows of images segmented now.
+    """
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -28,14 +32,14 @@ class ConfusionSum(beam.CombineFn):
         return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
                 "crf_images": 0}
 
-    def add_input(self, accumulator, record: SegmentationRecord):
+    def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
-        if record.confusion_raw is not None:
+        if row["confusion_raw"] is not None:
             accumulator["images_with_mask"] += 1
-            accumulator["raw"] += record.confusion_raw
-        if record.confusion_crf is not None:
+            accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
+        if row["confusion_crf"] is not None:
             accumulator["crf_images"] += 1
-            accumulator["crf"] += record.confusion_crf
+            accumulator["crf"] += dense_confusion(row["confusion_crf"], self._num_classes)
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -67,19 +71,30 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
             "confusion": confusion.tolist()}
 
 
-def build_summary(_, totals: dict, inputs: int, outputs: int, dead_by_stage: list,
-                  class_names: list[str], ignore_index: Optional[int]) -> dict:
-    """The run summary: counts (which must add up) and evaluation for raw and CRF labels."""
+def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: list,
+                  class_names: list[str], ignore_index: Optional[int], reused: int = 0,
+                  skipped: int = 0, config_fingerprint: Optional[str] = None) -> dict:
+    """The run summary: counts (which must add up) and evaluation for raw and CRF labels.
+
+    segmented: images that went through the model in this run. reused: unchanged images whose
+    row and mask in this run's directory were kept. skipped: unchanged images whose result
+    stands in an earlier date partition. outputs = segmented + reused, the rows of this run's
+    metrics; every input is one of segmented, reused, skipped or a dead letter.
+    """
     dead = dict(sorted(dead_by_stage))
     dead_total = sum(dead.values())
+    outputs = segmented + reused
     summary = {
         "num_classes": len(class_names),
         "class_names": class_names,
         "ignore_index": ignore_index,
+        "config_fingerprint": config_fingerprint,
         "counts": {
-            "inputs": inputs, "outputs": outputs, "dead_letters": dead_total,
-            "dead_letters_by_stage": dead, "images_with_mask": totals["images_with_mask"],
-            "accounted_for": inputs == outputs + dead_total,
+            "inputs": inputs, "outputs": outputs, "segmented": segmented, "reused": reused,
+            "skipped": skipped, "dead_letters": dead_total, "dead_letters_by_stage": dead,
+            "images_with_mask": totals["images_with_mask"],
+            "accounted_for": inputs == segmented + reused + skipped + dead_total
+            and totals["images"] == outputs,
         },
         "evaluation": {},
     }

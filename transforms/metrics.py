@@ -102,3 +102,23 @@ def summarise_confusion(confusion: np.ndarray) -> dict:
 def nan_to_none(values) -> list:
     """A float sequence as a list with None where a value is NaN (null in Parquet and JSON)."""
     return [None if math.isnan(v) else v for v in map(float, values)]
+
+
+def sparse_confusion(confusion: np.ndarray) -> list[dict]:
+    """The non-zero cells of a confusion matrix as ``{truth, predicted, pixels}`` records: how a
+    per-image matrix is stored in the metrics Parquet (compact for any class count)."""
+    truth, predicted = np.nonzero(confusion)
+    return [{"truth": int(t), "predicted": int(p), "pixels": int(confusion[t, p])}
+            for t, p in zip(truth, predicted)]
+
+
+def dense_confusion(cells: list[dict], num_classes: int) -> np.ndarray:
+    """The CxC int64 matrix of ``sparse_confusion`` cells."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for cell in cells:
+        truth, predicted = cell["truth"], cell["predicted"]
+        if not (0 <= truth < num_classes and 0 <= predicted < num_classes):
+            raise ValueError(f"confusion cell ({truth}, {predicted}) lies outside "
+                             f"{num_classes} classes; the row belongs to another class set")
+        confusion[truth, predicted] += cell["pixels"]
+    return confusion

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Union
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -18,6 +18,7 @@ from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
 from transforms.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
 from transforms.example_proto import decode_example
+from transforms.incremental import content_sha256
 from transforms.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from transforms.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 from transforms.safe_map import SafeMap
@@ -108,11 +109,17 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def load_image_ref(ref: ImageRef, max_pixels: int = DEFAULT_MAX_PIXELS) -> SegmentationRecord:
-    """Reads and decodes an image file and its mask file."""
+def read_encoded(ref: ImageRef) -> EncodedImage:
+    """Reads an image file and its mask file, and hashes their bytes."""
+    image_bytes = read_bytes(ref.source)
     mask_bytes = read_bytes(ref.mask_source) if ref.mask_source else None
-    return decode_encoded(EncodedImage(ref.key, ref.source, read_bytes(ref.source), mask_bytes,
-                                       ref.mask_source), max_pixels)
+    return EncodedImage(ref.key, ref.source, image_bytes, mask_bytes, ref.mask_source,
+                        content_sha256(image_bytes, mask_bytes))
+
+
+def ensure_encoded(item: Union[ImageRef, EncodedImage]) -> EncodedImage:
+    """The bytes of an input: files are read; shard records already hold theirs."""
+    return item if isinstance(item, EncodedImage) else read_encoded(item)
 
 
 def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -120,7 +127,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS
     image, mask = decode_pair(item.image_bytes, item.mask_bytes, max_pixels)
     return SegmentationRecord(key=item.key, source=item.source, image=image, mask=mask,
                               mask_source=item.mask_source, height=image.shape[0],
-                              width=image.shape[1], has_mask=mask is not None)
+                              width=image.shape[1], has_mask=mask is not None,
+                              content_sha256=item.content_sha256)
 
 
 class ShardRecord(NamedTuple):
@@ -158,7 +166,56 @@ def parse_shard_record(record: ShardRecord) -> EncodedImage:
     mask_bytes = masks[0] if masks and isinstance(masks[0], bytes) and masks[0] else None
     source = f"{record.source}#{name}"
     return EncodedImage(key, source, encoded[0], mask_bytes,
-                        f"{source}:{MASK_FEATURE}" if mask_bytes else None)
+                        f"{source}:{MASK_FEATURE}" if mask_bytes else None,
+                        content_sha256(encoded[0], mask_bytes))
+
+
+class FindFiles(beam.PTransform):
+    """pipeline -> (ImageRefs, dead letters, number of inputs) for loose image files."""
+
+    def __init__(self, images: str, masks: Optional[str]):
+        super().__init__()
+        self._images, self._masks = images, masks
+
+    def expand(self, pbegin):
+        refs, unpaired = pbegin | "MatchImages" >> MatchImages(self._images, self._masks)
+        inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
+                  | "CountInputs" >> beam.combiners.Count.Globally())
+        return refs, unpaired, inputs
+
+
+class ReadShardRecords(beam.PTransform):
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards holding
+    DeepLab-style Examples (``image/encoded``, ``image/filename``, optional
+    ``image/segmentation/class/encoded``)."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        raw = (pbegin
+               | "Pattern" >> beam.Create([self._pattern])
+               | "ReadTFRecords" >> ReadAllFromTFRecord(with_filename=True)
+               | "Identify" >> beam.Map(shard_record))
+        encoded, unparsable = raw | "Parse" >> SafeMap("parse", parse_shard_record)
+        inputs = raw | "CountInputs" >> beam.combiners.Count.Globally()
+        return encoded, unparsable, inputs
+
+
+class ReadAndDecode(beam.PTransform):
+    """ImageRefs or EncodedImages -> (decoded records, dead letters): files are read (stage
+    ``read``), then images and masks decoded (stage ``decode``)."""
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__()
+        self._max_pixels = max_pixels
+
+    def expand(self, items):
+        encoded, unreadable = items | "Read" >> SafeMap("read", ensure_encoded)
+        records, undecodable = encoded | "Decode" >> SafeMap("decode", decode_encoded,
+                                                             self._max_pixels)
+        return records, (unreadable, undecodable) | "DeadLetters" >> beam.Flatten()
 
 
 class ReadFiles(beam.PTransform):
@@ -169,32 +226,21 @@ class ReadFiles(beam.PTransform):
         self._images, self._masks, self._max_pixels = images, masks, max_pixels
 
     def expand(self, pbegin):
-        refs, unpaired = pbegin | "MatchImages" >> MatchImages(self._images, self._masks)
-        records, undecodable = refs | "Decode" >> SafeMap("decode", load_image_ref,
-                                                          self._max_pixels)
-        inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
-                  | "CountInputs" >> beam.combiners.Count.Globally())
-        dead = (unpaired, undecodable) | "DeadLetters" >> beam.Flatten()
+        refs, unpaired, inputs = pbegin | "Find" >> FindFiles(self._images, self._masks)
+        records, unusable = refs | "ReadAndDecode" >> ReadAndDecode(self._max_pixels)
+        dead = (unpaired, unusable) | "DeadLetters" >> beam.Flatten()
         return records, dead, inputs
 
 
 class ReadShards(beam.PTransform):
-    """pipeline -> (records, dead letters, number of inputs) for TFRecord shards holding
-    DeepLab-style Examples (``image/encoded``, ``image/filename``, optional
-    ``image/segmentation/class/encoded``)."""
+    """pipeline -> (records, dead letters, number of inputs) for TFRecord shards."""
 
     def __init__(self, pattern: str, max_pixels: int):
         super().__init__()
         self._pattern, self._max_pixels = pattern, max_pixels
 
     def expand(self, pbegin):
-        raw = (pbegin
-               | "Pattern" >> beam.Create([self._pattern])
-               | "ReadTFRecords" >> ReadAllFromTFRecord(with_filename=True)
-               | "Identify" >> beam.Map(shard_record))
-        encoded, unparsable = raw | "Parse" >> SafeMap("parse", parse_shard_record)
-        records, undecodable = encoded | "Decode" >> SafeMap("decode", decode_encoded,
-                                                             self._max_pixels)
-        inputs = raw | "CountInputs" >> beam.combiners.Count.Globally()
-        dead = (unparsable, undecodable) | "DeadLetters" >> beam.Flatten()
+        encoded, unparsable, inputs = pbegin | "Records" >> ReadShardRecords(self._pattern)
+        records, unusable = encoded | "ReadAndDecode" >> ReadAndDecode(self._max_pixels)
+        dead = (unparsable, unusable) | "DeadLetters" >> beam.Flatten()
         return records, dead, inputs

@@ -27,13 +27,18 @@ class ImageRef(NamedTuple):
 
 
 class EncodedImage(NamedTuple):
-    """An image (and optional mask) as encoded bytes, e.g. one record of a TFRecord shard."""
+    """An image (and optional mask) as encoded bytes: a file read, or one record of a shard.
+
+    ``content_sha256`` identifies the bytes (image and mask together), so that an incremental
+    run can tell an unchanged input from a changed one (see ``transforms.incremental``).
+    """
 
     key: str
     source: str
     image_bytes: bytes
     mask_bytes: Optional[bytes] = None
     mask_source: Optional[str] = None
+    content_sha256: str = ""
 
 
 @dataclasses.dataclass
@@ -45,6 +50,7 @@ class SegmentationRecord:
     raw_labels / crf_labels: HxW uint8 (uint16 above 256 classes) argmax before / after the CRF.
     confusion_raw / confusion_crf: CxC int64 confusion matrices (rows: truth, columns: prediction).
     height, width, has_mask: known from decode on, after the arrays themselves are dropped.
+    content_sha256: the hash of the encoded image and mask bytes the record was decoded from.
     """
 
     key: str
@@ -62,6 +68,7 @@ class SegmentationRecord:
     width: int = 0
     has_mask: bool = False
     crf_applied: bool = False
+    content_sha256: str = ""
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

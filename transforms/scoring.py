@@ -8,7 +8,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.metrics import confusion_matrix, nan_to_none, summarise_confusion
+from transforms.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
+    summarise_confusion
 from transforms.records import SegmentationRecord
 from transforms.safe_map import SafeMap
 
@@ -28,9 +29,17 @@ def score_record(record: SegmentationRecord, num_classes: int,
                           image=None, mask=None, probabilities=None)
 
 
+CONFUSION_CELL = pa.struct([pa.field("truth", pa.int32(), nullable=False),
+                            pa.field("predicted", pa.int32(), nullable=False),
+                            pa.field("pixels", pa.int64(), nullable=False)])
+
+
 def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     """The per-image Parquet schema. Per-class IoU lists are indexed by class id; the class
-    names travel in the schema's metadata."""
+    names travel in the schema's metadata. ``confusion_raw`` / ``confusion_crf`` hold the
+    image's confusion matrix (non-zero cells), so that dataset figures can be recomputed from
+    the rows of any subset of images, and a later incremental run can reuse the row as it is.
+    """
     iou = pa.list_(pa.float64())
     fields = [
         pa.field("key", pa.string(), nullable=False),
@@ -48,6 +57,10 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("miou_crf", pa.float64()),
         pa.field("iou_crf", iou),
         pa.field("mask_path", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string(), nullable=False),
+        pa.field("config_fingerprint", pa.string(), nullable=False),
+        pa.field("confusion_raw", pa.list_(CONFUSION_CELL)),
+        pa.field("confusion_crf", pa.list_(CONFUSION_CELL)),
     ]
     metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
     return pa.schema(fields, metadata=metadata)
@@ -62,8 +75,13 @@ def _figures(confusion: Optional[np.ndarray]) -> tuple:
             nan_to_none(summary["iou"]))
 
 
-def metrics_row(record: SegmentationRecord) -> dict:
-    """The per-image Parquet row of a scored record whose mask PNG has been written."""
+def _cells(confusion: Optional[np.ndarray]) -> Optional[list[dict]]:
+    return None if confusion is None else sparse_confusion(confusion)
+
+
+def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
+    """The per-image Parquet row of a scored record whose mask PNG has been written;
+    ``config_fingerprint`` identifies the model and settings that produced it."""
     labelled, accuracy_raw, miou_raw, iou_raw = _figures(record.confusion_raw)
     _, accuracy_crf, miou_crf, iou_crf = _figures(record.confusion_crf)
     return {
@@ -74,6 +92,9 @@ def metrics_row(record: SegmentationRecord) -> dict:
         "pixel_accuracy_raw": accuracy_raw, "miou_raw": miou_raw, "iou_raw": iou_raw,
         "pixel_accuracy_crf": accuracy_crf, "miou_crf": miou_crf, "iou_crf": iou_crf,
         "mask_path": record.mask_path,
+        "content_sha256": record.content_sha256, "config_fingerprint": config_fingerprint,
+        "confusion_raw": _cells(record.confusion_raw),
+        "confusion_crf": _cells(record.confusion_crf),
     }
 
 

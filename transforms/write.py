@@ -3,7 +3,9 @@
 Every path is built from the output root and a sanitised key, so no input can write outside
 the root. Mask PNGs are written under a temporary name and renamed, and Beam's file sinks
 finalise their shards the same way, so an interrupted run leaves no half-written file under
-a final name.
+a final name. A sink's shards from an earlier run into the same directory that this run did
+not rewrite are deleted once the sink has finalised (``RemoveStaleShards``), so re-running a
+run never leaves duplicate rows behind.
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ SUMMARY_PARQUET = "summary.parquet"
 MANIFEST_JSON = "manifest.json"
 
 
+METRICS_PREFIX = "metrics"
+DEAD_LETTERS_PREFIX = "dead_letters"
+
+
 def output_path(root: str, *parts: str) -> str:
     return FileSystems.join(root.rstrip("/"), *parts)
+
+
+def shard_pattern(root: str, folder: str, prefix: str, suffix: str) -> str:
+    """The glob of a sharded sink's files (Beam's default ``-SSSSS-of-NNNNN`` names)."""
+    return output_path(root, folder, f"{prefix}-*-of-*{suffix}")
 
 
 def mask_png_path(root: str, key: str, folder: str = MASKS_DIR) -> str:
@@ -93,5 +104,30 @@ class WriteDeadLetters(beam.PTransform):
         return (dead_letters
                 | "ToJson" >> beam.Map(lambda dead: dead.to_json())
                 | "Write" >> beam.io.WriteToText(
-                    output_path(self._root, DEAD_LETTERS_DIR, "dead_letters"),
+                    output_path(self._root, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX),
                     file_name_suffix=".jsonl"))
+
+
+def remove_stale_shards(_, pattern: str, written: list) -> list[str]:
+    """Deletes the files matching ``pattern`` that are not in ``written`` (the shards this run's
+    sink finalised); returns the deleted paths."""
+    keep = set(written)
+    matched = FileSystems.match([pattern])[0].metadata_list
+    stale = sorted(m.path for m in matched if m.path not in keep)
+    if stale:
+        FileSystems.delete(stale)
+    return stale
+
+
+class RemoveStaleShards(beam.PTransform):
+    """The file names a sharded sink finalised -> the deleted stale shards of earlier runs."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, written):
+        return (written.pipeline
+                | "Once" >> beam.Create([None])
+                | "Remove" >> beam.Map(remove_stale_shards, self._pattern,
+                                       written=beam.pvalue.AsList(written)))

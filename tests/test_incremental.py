@@ -1,0 +1,218 @@
+"""Incremental and repeated runs: --skip_existing, --run_date partitions, idempotent re-runs."""
+
+import datetime
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.demo import synthetic_scene
+from pipeline.run import run
+from transforms.incremental import (PROCESS, REUSE, SKIP, Candidate, PriorResult,
+                                    config_fingerprint, content_sha256, decide, latest_result,
+                                    parse_run_date, prior_result, run_directory)
+from transforms.write import remove_stale_shards
+
+
+def test_content_hash_covers_image_and_mask():
+    base = content_sha256(b"image", b"mask")
+    assert base == content_sha256(b"image", b"mask")
+    assert len({base, content_sha256(b"image2", b"mask"), content_sha256(b"image", b"mask2"),
+                content_sha256(b"image", None), content_sha256(b"image", b"")}) == 5
+
+
+def test_config_fingerprint_is_order_independent_and_value_sensitive():
+    assert config_fingerprint({"a": 1, "b": [2, 3]}) == config_fingerprint({"b": [2, 3], "a": 1})
+    assert config_fingerprint({"a": 1}) != config_fingerprint({"a": 2})
+
+
+def test_run_date_and_directory():
+    assert parse_run_date("2026-11-21") == "2026-11-21"
+    assert parse_run_date("today", today=datetime.date(2026, 1, 2)) == "2026-01-02"
+    assert parse_run_date(None) is None
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        parse_run_date("21/11/2026")
+    assert run_directory("gs://b/out/", "2026-11-21") == "gs://b/out/date=2026-11-21"
+    assert run_directory("/data/out", None) == "/data/out"
+
+
+def test_prior_results_are_located_by_their_file():
+    prior = prior_result("gs://b/out/date=2026-11-20/metrics/metrics-00000-of-00001.parquet",
+                         {"key": "a"}, "metrics")
+    assert prior == PriorResult("gs://b/out/date=2026-11-20", "2026-11-20", {"key": "a"})
+    assert prior_result("/out/metrics/m.parquet", {}, "metrics").run_date == ""
+    with pytest.raises(ValueError, match="metrics/ folder"):
+        prior_result("/out/other/m.parquet", {}, "metrics")
+
+
+def _prior(run_dir, date, sha="s1", config="c1"):
+    return PriorResult(run_dir, date, {"content_sha256": sha, "config_fingerprint": config})
+
+
+def test_decisions():
+    candidate = Candidate("k", "s1", item="ref")
+    here, earlier, later = ("/o/date=2026-11-21", "/o/date=2026-11-20", "/o/date=2026-11-22")
+    assert decide(candidate, [], "c1", here, "2026-11-21") == (PROCESS, None)
+    assert decide(candidate, [_prior(earlier, "2026-11-20")], "c1", here,
+                  "2026-11-21")[0] == SKIP
+    assert decide(candidate, [_prior(here, "2026-11-21")], "c1", here, "2026-11-21")[0] == REUSE
+    # Changed bytes or another configuration: the earlier result no longer stands.
+    assert decide(candidate, [_prior(earlier, "2026-11-20", sha="s0")], "c1", here,
+                  "2026-11-21")[0] == PROCESS
+    assert decide(candidate, [_prior(earlier, "2026-11-20")], "c2", here,
+                  "2026-11-21")[0] == PROCESS
+    # The newest result decides: changed on the 20th after an older identical one.
+    history = [_prior("/o/date=2026-11-19", "2026-11-19"), _prior(earlier, "2026-11-20", "s0")]
+    assert decide(candidate, history, "c1", here, "2026-11-21")[0] == PROCESS
+    # A back-filled run ignores partitions after its own date.
+    assert latest_result([_prior(later, "2026-11-22")], "2026-11-21") is None
+
+
+def test_remove_stale_shards_keeps_what_was_written(tmp_path):
+    for name in ("m-00000-of-00002.x", "m-00001-of-00002.x", "m-00000-of-00001.x", "other.x"):
+        (tmp_path / name).write_text(name)
+    kept = str(tmp_path / "m-00000-of-00001.x")
+    removed = remove_stale_shards(None, str(tmp_path / "m-*-of-*.x"), [kept])
+    assert [os.path.basename(p) for p in removed] == ["m-00000-of-00002.x", "m-00001-of-00002.x"]
+    assert sorted(os.listdir(tmp_path)) == ["m-00000-of-00001.x", "other.x"]
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+def _write_scenes(folder, count, seed=5):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder / "images", exist_ok=True)
+    os.makedirs(folder / "masks", exist_ok=True)
+    for index in range(count):
+        image, mask = synthetic_scene(rng, 48, 64)
+        Image.fromarray(image).save(folder / "images" / f"s{index:02d}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"s{index:02d}.png")
+
+
+def _run(data, output, model, *extra):
+    return run(["--input", f"{data}/images/*.png", "--masks", f"{data}/masks",
+                "--output", str(output), "--model", model, "--num_classes", "3",
+                "--input_size", "64", "--ignore_index", "-1", "--crf_iterations", "2",
+                "--batch_size", "3", *extra])
+
+
+def _rows(run_dir):
+    files = glob.glob(f"{run_dir}/metrics/*.parquet")
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    return {row["key"]: row for row in rows}, len(rows)
+
+
+def _mask_state(run_dir):
+    return {os.path.relpath(p, run_dir): (os.stat(p).st_mtime_ns, open(p, "rb").read())
+            for p in glob.glob(f"{run_dir}/masks/*.png")}
+
+
+def _leftovers(root):
+    return [p for p in glob.glob(f"{root}/**/*", recursive=True)
+            if ".tmp-" in p or "beam-temp" in p]
+
+
+def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path,
+                                                                        demo_model_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_scenes(data, 7)
+    first = _run(data, out, demo_model_path, "--skip_existing")
+    assert first.summary["counts"]["segmented"] == 7
+    assert first.manifest["beam_counters"]["num_inferences"] == 7
+    rows_before, _ = _rows(out)
+    masks_before = _mask_state(out)
+
+    again = _run(data, out, demo_model_path, "--skip_existing")
+    counts = again.summary["counts"]
+    assert (counts["segmented"], counts["reused"], counts["outputs"]) == (0, 7, 7)
+    assert counts["accounted_for"]
+    assert again.manifest["beam_counters"].get("num_inferences", 0) == 0  # no inference at all
+    rows_after, row_count = _rows(out)
+    assert row_count == 7 and rows_after == rows_before
+    assert _mask_state(out) == masks_before  # not even rewritten
+    assert again.summary["evaluation"] == first.summary["evaluation"]
+
+    # One image changes, one is added: exactly those two go through the model.
+    image = np.asarray(Image.open(data / "images" / "s03.png")).copy()
+    image[:8] = 255
+    Image.fromarray(image).save(data / "images" / "s03.png")
+    Image.fromarray(image[::-1]).save(data / "images" / "s99.png")
+    third = _run(data, out, demo_model_path, "--skip_existing")
+    counts = third.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["reused"]) == (8, 2, 6)
+    assert third.manifest["beam_counters"]["num_inferences"] == 2
+    rows_third, row_count = _rows(out)
+    assert row_count == 8
+    assert rows_third["s03"]["content_sha256"] != rows_before["s03"]["content_sha256"]
+    assert {k: rows_third[k] for k in rows_before if k != "s03"} == \
+        {k: v for k, v in rows_before.items() if k != "s03"}
+    assert not _leftovers(out)
+
+
+def test_a_changed_configuration_reprocesses_everything(tmp_path, demo_model_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_scenes(data, 3)
+    _run(data, out, demo_model_path, "--skip_existing")
+    changed = _run(data, out, demo_model_path, "--skip_existing", "--crf_iterations", "3")
+    assert changed.summary["counts"]["segmented"] == 3
+    rows, count = _rows(out)
+    assert count == 3
+    assert {r["config_fingerprint"] for r in rows.values()} == {
+        changed.manifest["config_fingerprint"]}
+
+
+def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path,
+                                                                       demo_model_path):
+    data, out = tmp_path / "data", tmp_path / "nightly"
+    _write_scenes(data, 5)
+    night1 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-20")
+    assert night1.settings.run_dir == f"{out}/date=2026-11-20"
+    night2 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-21")
+    assert night2.summary["counts"] | {"dead_letters_by_stage": None} == {
+        "inputs": 5, "outputs": 0, "segmented": 0, "reused": 0, "skipped": 5,
+        "dead_letters": 0, "dead_letters_by_stage": None, "images_with_mask": 0,
+        "accounted_for": True}
+    assert _rows(f"{out}/date=2026-11-21")[1] == 0
+
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "images" / "s01.png")
+    night3 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
+    assert (night3.summary["counts"]["segmented"], night3.summary["counts"]["skipped"]) == (1, 4)
+    rerun = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
+    assert (rerun.summary["counts"]["reused"], rerun.summary["counts"]["skipped"]) == (1, 4)
+    assert rerun.manifest["beam_counters"].get("num_inferences", 0) == 0
+
+    # Hive-style partitions: every night's rows read as one table with a `date` column.
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(glob.glob(f"{out}/date=*/metrics/*.parquet"), format="parquet",
+                       partitioning=ds.partitioning(flavor="hive"),
+                       partition_base_dir=str(out)).to_table(columns=["key", "date"])
+    assert sorted(zip(table["date"].to_pylist(), table["key"].to_pylist())) == [
+        *[("2026-11-20", f"s{i:02d}") for i in range(5)], ("2026-11-22", "s01")]
+    assert sorted(os.listdir(out)) == ["date=2026-11-20", "date=2026-11-21", "date=2026-11-22"]
+
+
+def test_rerunning_a_run_is_idempotent_and_removes_stale_shards(tmp_path, demo_model_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_scenes(data, 4)
+    (data / "images" / "broken.png").write_bytes(b"not a png")
+    first = _run(data, out, demo_model_path)
+    rows_first, _ = _rows(out)
+    # What an earlier run with more shards would have left behind.
+    stale = out / "metrics" / "metrics-00001-of-00002.parquet"
+    pq.write_table(pq.read_table(glob.glob(f"{out}/metrics/*.parquet")[0]), stale)
+    (out / "dead_letters" / "dead_letters-00003-of-00004.jsonl").write_text("{}\n")
+
+    second = _run(data, out, demo_model_path)
+    rows_second, row_count = _rows(out)
+    assert row_count == 4 and not stale.exists()
+    assert rows_second == rows_first
+    dead = [json.loads(line) for path in glob.glob(f"{out}/dead_letters/*.jsonl")
+            for line in open(path) if line.strip()]
+    assert [(d["key"], d["stage"]) for d in dead] == [("broken", "decode")]
+    assert second.summary == first.summary
+    assert not _leftovers(out)

@@ -1,0 +1,104 @@
+"""Incremental runs: content hashes, the fingerprint of what determines a result, and for each
+input the decision whether an earlier result still stands. Pure functions, no Beam.
+
+A result (a metrics row, with its mask PNG) still stands when it was computed from the same
+bytes (``content_sha256``: image and mask) under the same configuration (``config_fingerprint``:
+the model file and every setting that changes masks or metrics). Results live in run
+directories: ``OUTPUT`` for a plain run, ``OUTPUT/date=YYYY-MM-DD`` with ``--run_date``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import posixpath
+import re
+from typing import Any, Iterable, NamedTuple, Optional
+
+PROCESS = "process"  # no standing result: segment it
+REUSE = "reuse"  # a standing result in this run's own directory: keep its row and mask
+SKIP = "skip"  # a standing result in an earlier date partition: nothing to do
+
+_DATE_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+
+
+def content_sha256(image_bytes: bytes, mask_bytes: Optional[bytes]) -> str:
+    """The hash of an input: its image bytes and its mask bytes (or the absence of a mask)."""
+    digest = hashlib.sha256(hashlib.sha256(image_bytes).digest())
+    digest.update(hashlib.sha256(mask_bytes).digest() if mask_bytes is not None else b"no mask")
+    return digest.hexdigest()
+
+
+def config_fingerprint(settings: dict) -> str:
+    """A stable hash of the settings that determine a result (canonical JSON)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def parse_run_date(text: Optional[str], today: Optional[datetime.date] = None) -> Optional[str]:
+    """``--run_date``: ``YYYY-MM-DD``, or ``today`` (UTC); None stays None."""
+    if text is None or text == "":
+        return None
+    if text == "today":
+        return (today or datetime.datetime.now(datetime.timezone.utc).date()).isoformat()
+    try:
+        return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ValueError(f"--run_date must be YYYY-MM-DD or 'today'; received {text!r}") from None
+
+
+def run_directory(output: str, run_date: Optional[str]) -> str:
+    """Where a run writes: the output root, or its Hive-style ``date=YYYY-MM-DD`` partition."""
+    root = output.rstrip("/")
+    return f"{root}/date={run_date}" if run_date else root
+
+
+class Candidate(NamedTuple):
+    """An input on its way to the skip decision. ``item`` is an ``ImageRef`` (read again if it
+    must be processed) or an ``EncodedImage`` (shard records, whose bytes travel along)."""
+
+    key: str
+    content_sha256: str
+    item: Any
+
+
+class PriorResult(NamedTuple):
+    """A metrics row of an earlier run, with the run directory (and date) it belongs to."""
+
+    run_dir: str
+    run_date: str  # "" for a run without --run_date
+    row: dict
+
+
+def prior_result(metrics_file: str, row: dict, metrics_folder: str) -> PriorResult:
+    """Locates the run a metrics row came from by the path of its Parquet file
+    (``RUN_DIR/<metrics_folder>/<shard>.parquet``)."""
+    marker = f"/{metrics_folder}/"
+    if marker not in metrics_file:
+        raise ValueError(f"{metrics_file} is not inside a {metrics_folder}/ folder")
+    run_dir = metrics_file.rsplit(marker, 1)[0]
+    match = _DATE_PARTITION.fullmatch(posixpath.basename(run_dir))
+    return PriorResult(run_dir, match.group(1) if match else "", row)
+
+
+def latest_result(prior: Iterable[PriorResult], run_date: Optional[str]) -> Optional[PriorResult]:
+    """The newest result at or before ``run_date`` (later partitions are the future of a
+    back-filled run and do not count)."""
+    eligible = [p for p in prior if not run_date or not p.run_date or p.run_date <= run_date]
+    return max(eligible, key=lambda p: p.run_date, default=None)
+
+
+def decide(candidate: Candidate, prior: Iterable[PriorResult], fingerprint: str, run_dir: str,
+           run_date: Optional[str]) -> tuple[str, Optional[dict]]:
+    """PROCESS, REUSE (with the row to keep) or SKIP (with the row that stands) for one input.
+
+    ``run_dir`` must be spelled as the paths the prior results were read from (absolute).
+    """
+    latest = latest_result(prior, run_date)
+    if (latest is None or latest.row.get("content_sha256") != candidate.content_sha256
+            or latest.row.get("config_fingerprint") != fingerprint):
+        return PROCESS, None
+    if latest.run_dir == run_dir:
+        return REUSE, latest.row
+    return SKIP, latest.row

@@ -1,0 +1,83 @@
+"""``SkipUnchanged``: restricts a run to what is new or changed, a thin Beam shell over
+``transforms.incremental.decide``.
+
+Each input is hashed, then joined by key with the metrics rows of earlier runs (read from
+Parquet). Files are read once to be hashed and their bytes dropped, so that only small records
+cross the join; the few that must be processed are read again afterwards. Shard records keep
+their bytes (a record cannot be re-read alone).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import apache_beam as beam
+from apache_beam.io.parquetio import ReadAllFromParquet
+
+from transforms.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
+from transforms.read import read_encoded
+from transforms.records import EncodedImage, ImageRef
+from transforms.safe_map import SafeMap
+from transforms.write import METRICS_DIR
+
+
+def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
+    """Hashes an input. A file's bytes are dropped after hashing: it is read again only if it
+    must be processed."""
+    encoded = item if isinstance(item, EncodedImage) else read_encoded(item)
+    return Candidate(item.key, encoded.content_sha256, item)
+
+
+def _keyed_prior(element: tuple) -> tuple:
+    path, row = element
+    return row["key"], prior_result(path, row, METRICS_DIR)
+
+
+class _Decide(beam.DoFn):
+    def __init__(self, fingerprint: str, run_dir: str, run_date: Optional[str]):
+        self._fingerprint, self._run_dir, self._run_date = fingerprint, run_dir, run_date
+
+    def process(self, element):
+        _, grouped = element
+        prior = list(grouped["prior"])
+        for candidate in grouped["candidates"]:
+            decision, row = decide(candidate, prior, self._fingerprint, self._run_dir,
+                                   self._run_date)
+            if decision == PROCESS:
+                yield candidate.item
+            elif decision == REUSE:
+                yield beam.pvalue.TaggedOutput(REUSE, row)
+            else:
+                yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
+
+
+class SkipUnchanged(beam.PTransform):
+    """ImageRefs / EncodedImages -> (inputs to process, metrics rows reused as they are, keys
+    skipped, dead letters of inputs that could not be read).
+
+    Args:
+      history: a glob of earlier metrics Parquet files (``RUN_DIR/metrics/*.parquet``, or
+        ``ROOT/date=*/metrics/*.parquet`` for date partitions); it may match nothing.
+      fingerprint: this run's ``config_fingerprint``; rows made under another are stale.
+      run_dir: this run's directory, absolute as the history's paths are.
+      run_date: this run's date partition, or None.
+    """
+
+    def __init__(self, history: str, fingerprint: str, run_dir: str, run_date: Optional[str]):
+        super().__init__()
+        self._history, self._fingerprint = history, fingerprint
+        self._run_dir, self._run_date = run_dir, run_date
+
+    def expand(self, items):
+        candidates, unreadable = items | "Hash" >> SafeMap("read", candidate_of)
+        prior = (items.pipeline
+                 | "HistoryGlob" >> beam.Create([self._history])
+                 | "ReadHistory" >> ReadAllFromParquet(with_filename=True)
+                 | "KeyHistory" >> beam.Map(_keyed_prior))
+        keyed = candidates | "KeyCandidates" >> beam.Map(lambda c: (c.key, c))
+        decided = ({"candidates": keyed, "prior": prior}
+                   | "JoinHistory" >> beam.CoGroupByKey()
+                   | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._run_dir,
+                                                    self._run_date)).with_outputs(
+                       REUSE, SKIP, main=PROCESS))
+        return decided[PROCESS], decided[REUSE], decided[SKIP], unreadable
