@@ -24,9 +24,13 @@ setup(
         "tensorflow": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                        "tensorflow>=2.16; platform_machine!='x86_64'"],
         "jax": ["jax>=0.4.30"],
-        # Tests run every architecture under TensorFlow and JAX (CPU wheels).
+        # `segbeam run --runner DaskRunner` on a dask.distributed cluster.
+        "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
+        # Tests run every architecture under TensorFlow and JAX (CPU wheels), the pipeline on a
+        # local Dask cluster, and gs:// paths against a local Cloud Storage emulator.
         "test": ["pytest>=8", "jax>=0.4.30", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
-                 "tensorflow>=2.16; platform_machine!='x86_64'"],
+                 "tensorflow>=2.16; platform_machine!='x86_64'", "dask>=2024.4.2",
+                 "distributed>=2024.4.2", "gcp-storage-emulator>=2024.8"],
     },
     entry_points={"console_scripts": ["segbeam=pipeline.cli:main"]},
 )

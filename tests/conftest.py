@@ -58,3 +58,15 @@ def demo_model_path(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("models") / "demo.keras")
     train_demo_model(path, samples=96, epochs=8)
     return path
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real dask.distributed cluster on this machine: a scheduler and two worker processes
+    (one thread each), on the loopback interface only."""
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    yield cluster
+    cluster.close()
