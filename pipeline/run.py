@@ -17,8 +17,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DebugOptions, PipelineOptions,
-                                                  StandardOptions, TestOptions)
+from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions,
+                                                  PipelineOptions, StandardOptions, TestOptions)
 
 from models.io import model_fingerprint
 from pipeline.graph import build_pipeline
@@ -101,6 +101,24 @@ def resolve_runner(options: PipelineOptions) -> Optional[str]:
     return standard.runner
 
 
+def apply_no_auth(options: PipelineOptions) -> None:
+    """With ``--no_auth``, Cloud Storage is accessed anonymously (public buckets, emulators).
+
+    Beam's gcsio ignores the flag: it asks for default credentials, retrying for about 25 s
+    before it connects anonymously anyway. This settles Beam's credential cache (in this
+    process) to "none" at once."""
+    if not options.view_as(GoogleCloudOptions).no_auth:
+        return
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:  # no GCP extras: nothing to settle
+        return
+    credentials = getattr(auth, "_Credentials", None)
+    if credentials is not None and hasattr(credentials, "_credentials_init"):
+        with credentials._credentials_lock:
+            credentials._credentials, credentials._credentials_init = None, True
+
+
 def _job_description(pipeline: beam.Pipeline, result, options: PipelineOptions) -> dict:
     """What a dry run built: the portable graph's size and its environments' resource hints;
     for Dataflow, the job (also written to ``--dataflow_job_file`` when given)."""
@@ -126,7 +144,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     """Runs ``segbeam run`` with ``argv`` (its flags plus Beam's) and returns the outcome."""
     options = PipelineOptions(list(argv or []))
     runner = resolve_runner(options)
-    FileSystems.set_options(options)  # e.g. --no_auth, before the launcher touches gs://
+    FileSystems.set_options(options)  # before the launcher touches gs:// paths
+    apply_no_auth(options)
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     _check_inputs_exist(settings)
