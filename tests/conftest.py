@@ -70,3 +70,51 @@ def dask_cluster():
                            dashboard_address=None)
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def gcs_bucket(monkeypatch):
+    """Starts a Cloud Storage emulator (gcp-storage-emulator) on a loopback port holding one
+    bucket, points Beam's gcsio at it (anonymously) and returns ``gs://BUCKET``."""
+    import socket
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from gcp_storage_emulator.server import create_server
+
+    from pipeline.run import apply_no_auth
+
+    servers = []
+
+    def start(bucket: str = "segbeam-test") -> str:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+        server.start()
+        servers.append(server)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_GCE_CHECK", "True")  # never probe for a GCE metadata server
+        options = PipelineOptions(["--no_auth"])
+        FileSystems.set_options(options)
+        apply_no_auth(options)
+        return f"gs://{bucket}"
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def put(path: str, data: bytes) -> None:
+    """Writes bytes to any Beam filesystem path (gs:// included)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as handle:
+        handle.write(data)
+
+
+def get(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        return handle.read()

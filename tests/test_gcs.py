@@ -3,70 +3,37 @@
 
 import io
 import json
-import socket
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipeline.demo import synthetic_scene
 from pipeline.report import write_report
-from pipeline.run import apply_no_auth, run
-from tests.conftest import png_bytes
-
-BUCKET = "segbeam-test"
+from pipeline.run import run
+from tests.conftest import get, png_bytes, put
 
 
-@pytest.fixture
-def gcs(monkeypatch):
-    """A Cloud Storage emulator with one bucket; Beam's gcsio is pointed at it."""
-    from gcp_storage_emulator.server import create_server
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("NO_GCE_CHECK", "True")  # never probe for a GCE metadata server
-    options = PipelineOptions(["--no_auth"])
-    FileSystems.set_options(options)
-    apply_no_auth(options)
-    yield f"gs://{BUCKET}"
-    server.stop()
-
-
-def _put(path, data: bytes):
-    with FileSystems.create(path) as handle:
-        handle.write(data)
-
-
-def _get(path) -> bytes:
-    with FileSystems.open(path) as handle:
-        return handle.read()
-
-
-def test_pipeline_reads_and_writes_cloud_storage(gcs, demo_model_path):
+def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
+    gcs = gcs_bucket()
     rng = np.random.default_rng(9)
     truth = {}
     for index in range(5):
         image, mask = synthetic_scene(rng, 40 + 8 * index, 64)
-        _put(f"{gcs}/data/images/scene{index}.png", png_bytes(image))
+        put(f"{gcs}/data/images/scene{index}.png", png_bytes(image))
         if index != 4:
-            _put(f"{gcs}/data/masks/scene{index}.png", png_bytes(mask))
+            put(f"{gcs}/data/masks/scene{index}.png", png_bytes(mask))
         truth[f"scene{index}"] = mask
-    _put(f"{gcs}/data/images/broken.png", b"\x89PNG\r\n\x1a\nbroken")
-    _put(f"{gcs}/models/demo.keras", open(demo_model_path, "rb").read())
+    put(f"{gcs}/data/images/broken.png", b"\x89PNG\r\n\x1a\nbroken")
+    put(f"{gcs}/models/demo.keras", open(demo_model_path, "rb").read())
     argv = ["--input", f"{gcs}/data/images/*.png", "--masks", f"{gcs}/data/masks",
             "--model", f"{gcs}/models/demo.keras", "--num_classes", "3", "--input_size", "64",
             "--ignore_index", "-1", "--crf_iterations", "2", "--output", f"{gcs}/out",
             "--no_auth", "--skip_existing"]
     outcome = run(argv)
 
-    summary = json.loads(_get(f"{gcs}/out/summary.json"))
+    summary = json.loads(get(f"{gcs}/out/summary.json"))
     assert summary == outcome.summary
     assert summary["counts"] | {"dead_letters_by_stage": None} == {
         "inputs": 6, "outputs": 5, "segmented": 5, "reused": 0, "skipped": 0,
@@ -74,16 +41,16 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs, demo_model_path):
         "accounted_for": True}
     assert summary["evaluation"]["crf"]["miou"] > 0.5
     metrics = FileSystems.match([f"{gcs}/out/metrics/*.parquet"])[0].metadata_list
-    rows = [row for m in metrics for row in pq.read_table(io.BytesIO(_get(m.path))).to_pylist()]
+    rows = [row for m in metrics for row in pq.read_table(io.BytesIO(get(m.path))).to_pylist()]
     assert sorted(row["key"] for row in rows) == sorted(truth)
     for row in rows:
         assert row["mask_path"] == f"{gcs}/out/masks/{row['key']}.png"
-        labels = np.asarray(Image.open(io.BytesIO(_get(row["mask_path"]))))
+        labels = np.asarray(Image.open(io.BytesIO(get(row["mask_path"]))))
         assert labels.shape == truth[row["key"]].shape and labels.max() < 3
     dead = FileSystems.match([f"{gcs}/out/dead_letters/*.jsonl"])[0].metadata_list
-    letters = [json.loads(line) for m in dead for line in _get(m.path).splitlines() if line]
+    letters = [json.loads(line) for m in dead for line in get(m.path).splitlines() if line]
     assert [(d["key"], d["stage"]) for d in letters] == [("broken", "decode")]
-    manifest = json.loads(_get(f"{gcs}/out/manifest.json"))
+    manifest = json.loads(get(f"{gcs}/out/manifest.json"))
     assert manifest["model_fingerprint"].startswith("sha256:")
 
     # A second night on the bucket: the history is read back from gs://, nothing is redone.
@@ -93,7 +60,7 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs, demo_model_path):
     # And the report reads the run from the bucket and writes beside it.
     report, folder = write_report(f"{gcs}/out")
     assert folder == f"{gcs}/out/report"
-    assert b"<html" in _get(f"{folder}/report.html")[:200].lower()
+    assert b"<html" in get(f"{folder}/report.html")[:200].lower()
     leftovers = [m.path for m in FileSystems.match([f"{gcs}/out/**"])[0].metadata_list
                  if ".tmp-" in m.path or "beam-temp" in m.path]
     assert leftovers == []
