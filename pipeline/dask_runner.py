@@ -265,10 +265,14 @@ class DaskRunner(PipelineRunner):
             drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
-        threads = sum(client.nthreads().values()) or 1
-        npartitions = bag_kwargs.get("npartitions") or 2 * threads
-        pipeline.replace_all(dask_overrides())
-        translator = _Translator(uuid.uuid4().hex, npartitions, bag_kwargs)
-        pipeline.visit(translator)
-        futures = client.compute(translator.leaves())
+        try:
+            threads = sum(client.nthreads().values()) or 1
+            npartitions = bag_kwargs.get("npartitions") or 2 * threads
+            pipeline.replace_all(dask_overrides())
+            translator = _Translator(uuid.uuid4().hex, npartitions, bag_kwargs)
+            pipeline.visit(translator)
+            futures = client.compute(translator.leaves())
+        except BaseException:
+            client.close()
+            raise
         return DaskPipelineResult(client, futures)
