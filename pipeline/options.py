@@ -146,6 +146,17 @@ class SegmentationOptions(PipelineOptions):
                          help="Spatial std (pixels) of the bilateral term.")
         crf.add_argument("--crf_bi_rgb_std", type=float, default=defaults.bi_rgb_std,
                          help="Colour std (intensity levels) of the bilateral term.")
+        crf.add_argument("--crf_scale", type=float, default=defaults.scale,
+                         help="Run the CRF at this fraction of each image's resolution "
+                              "(spatial stds scaled to match) and upsample its marginals; "
+                              "1 is the plain full-resolution CRF.")
+        crf.add_argument("--crf_min_side", type=int, default=defaults.min_side,
+                         help="With --crf_scale below 1: the reduced copy keeps at least this "
+                              "many pixels on its short side (smaller images stay at full "
+                              "resolution).")
+        crf.add_argument("--crf_class_floor", type=float, default=defaults.class_floor,
+                         help="Leave out of an image's CRF the classes whose probability "
+                              "stays below this everywhere in it; 0 keeps every class.")
         evaluation = parser.add_argument_group("evaluation")
         evaluation.add_argument("--ignore_index", type=int, default=255,
                                 help="Mask value excluded from metrics (CamVid: 11, VOC: 255); "
@@ -250,7 +261,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     crf = None
     if o.crf:
         crf = CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
-                        o.crf_bi_xy_std, o.crf_bi_rgb_std).validate()
+                        o.crf_bi_xy_std, o.crf_bi_rgb_std, o.crf_scale,
+                        o.crf_class_floor, o.crf_min_side).validate()
     run_date = parse_run_date(o.run_date)
     output = absolute_local(o.output.rstrip("/") or "/")
     inference_hints = {name: value for name, value in (
