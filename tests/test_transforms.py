@@ -140,3 +140,24 @@ def test_write_masks_refuses_unsanitised_keys(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(f"{root}/masks/dir/safe.png")), labels)
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert os.listdir(f"{root}/masks/dir") == ["safe.png"]  # no temporary file left behind
+
+
+def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
+    """Images at the model's input size take the compiled path (softmax, float16, argmax run
+    by the backend); the result equals the numpy reference, for each kind of model output."""
+    import keras
+
+    from transforms.inference import SegmentationPredictor, softmax
+
+    model = keras.saving.load_model(tiny_model_path)
+    images = np.stack([random_image(rng, 32, 48) for _ in range(3)]).astype(np.float32)
+    reference = softmax(np.asarray(model.predict_on_batch(images)))
+    probability_model = keras.Sequential([model, keras.layers.Softmax()])
+    for served, kind in ((model, "logits"), (model, "auto"), (probability_model, "auto"),
+                         (probability_model, "probabilities")):
+        predictor = SegmentationPredictor(served, kind)
+        for _ in range(2):  # "auto" decides on the first batch (numpy), then compiles
+            probabilities, labels = predictor.predict(images)
+            assert probabilities.dtype == np.float16 and labels.dtype == np.uint8
+            np.testing.assert_allclose(probabilities.astype(np.float32), reference, atol=2e-3)
+            np.testing.assert_array_equal(labels, reference.argmax(-1))

@@ -8,6 +8,7 @@ together), runs the model, and maps class probabilities back to each image's own
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -51,17 +52,52 @@ def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
     return softmax(outputs.copy())
 
 
+def _serving_model(model, kind: str):
+    """``model`` with its post-processing inside: (float16 probabilities, labels) computed by
+    the backend (multi-threaded kernels, on the device on a GPU, half the bytes to copy back)
+    instead of in numpy on the host. Shares the model's layers and weights."""
+    import keras
+    from keras import ops
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = model(inputs)
+    probabilities = ops.softmax(outputs, axis=-1) if kind == "logits" else outputs
+    label_type = "uint8" if model.output_shape[-1] <= 256 else "uint16"
+    labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
+    return keras.Model(inputs, [ops.cast(probabilities, "float16"), labels],
+                       name=f"{model.name}_serving")
+
+
 class SegmentationPredictor:
     """A loaded Keras model behind methods only, so that Beam can also serve it through a
-    multiprocessing proxy (``large_model``), where attributes are not reachable."""
+    multiprocessing proxy (``large_model``), where attributes are not reachable.
 
-    def __init__(self, model):
+    ``kind`` is what the model emits (``logits``, ``probabilities``, or ``auto``: decided on
+    the first batch, then kept)."""
+
+    def __init__(self, model, kind: str = "auto"):
+        if kind not in MODEL_OUTPUTS:
+            raise ValueError(f"unknown model output kind {kind!r}; expected one of "
+                             f"{MODEL_OUTPUTS}")
         self._model = model
+        self._kind = kind
+        # Built now, so that on a GPU they live where the model was placed.
+        self._serving = {k: _serving_model(model, k) for k in ("logits", "probabilities")}
         self._lock = threading.Lock()  # Keras builds its predict function lazily; not re-entrant
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed batch."""
         with self._lock:
-            return np.asarray(self._model.predict_on_batch(batch))
+            if self._kind == "auto":  # one look at real outputs, then the compiled path
+                outputs = np.asarray(self._model.predict_on_batch(batch), dtype=np.float32)
+                if outputs.ndim != 4:
+                    raise ValueError(f"the model returned shape {outputs.shape} for a batch of "
+                                     f"{batch.shape}; expected (N, H, W, C)")
+                self._kind = "probabilities" if looks_like_probabilities(outputs) else "logits"
+                probabilities = to_probabilities(outputs, self._kind)
+                return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
+            probabilities, labels = self._serving[self._kind].predict_on_batch(batch)
+            return np.asarray(probabilities), np.asarray(labels)
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
         _, height, width, _ = self._model.input_shape
@@ -151,14 +187,10 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         from models.io import load_model
 
         device = _configure_accelerators()
-        if device is None:
+        with device if device is not None else contextlib.nullcontext():
             model = load_model(self._model_spec, self._num_classes, self._input_size,
                                self._weights, self._seed)
-        else:
-            with device:
-                model = load_model(self._model_spec, self._num_classes, self._input_size,
-                                   self._weights, self._seed)
-        predictor = SegmentationPredictor(model)
+            predictor = SegmentationPredictor(model, self._model_output)
         fixed = predictor.fixed_input_size()
         if fixed and self._input_size and fixed != self._input_size:
             raise ValueError(f"model {self._model_spec} takes {fixed[0]}x{fixed[1]} input but "
@@ -175,13 +207,16 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         canvas, placements = plan_batch([r.image.shape[:2] for r in batch], self._resize_mode,
                                         input_size, self._size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
-        outputs = model.predict(preprocess(stacked.astype(np.float32), self._preprocessing))
-        if outputs.ndim != 4 or outputs.shape[0] != len(batch):
-            raise ValueError(f"the model returned shape {outputs.shape} for a batch of "
-                             f"{stacked.shape}; expected (N, H, W, C)")
-        probabilities = to_probabilities(outputs, self._model_output)
+        probabilities, labels = model.predict(preprocess(stacked.astype(np.float32),
+                                                         self._preprocessing))
+        if probabilities.shape[0] != len(batch):
+            raise ValueError(f"the model returned {probabilities.shape[0]} outputs for a batch "
+                             f"of {len(batch)}")
         results = []
-        for record, placement, probs in zip(batch, placements, probabilities):
+        for record, placement, probs, label in zip(batch, placements, probabilities, labels):
+            if probs.shape[:2] == (placement.height, placement.width) == canvas:
+                results.append(record.replace(probabilities=probs, raw_labels=label))
+                continue  # the model's output is the image's own grid: nothing to map back
             if probs.shape[:2] != canvas:  # models that predict at a stride
                 probs = resize_bilinear(probs, *canvas)
             full = restore_probabilities(probs, placement)
