@@ -8,6 +8,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from transforms.heap import release_freed_memory
 from transforms.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
     summarise_confusion
 from transforms.records import SegmentationRecord
@@ -17,7 +18,9 @@ from transforms.safe_map import SafeMap
 def score_record(record: SegmentationRecord, num_classes: int,
                  ignore_index: Optional[int]) -> SegmentationRecord:
     """Adds confusion matrices (raw, and CRF where it ran) for images that have a mask, and
-    drops the arrays no later stage needs (image, mask, probabilities)."""
+    drops the arrays no later stage needs (image, mask, probabilities). Once per image, it also
+    hands the memory the previous images freed back to the system (``transforms.heap``)."""
+    release_freed_memory()
     confusion_raw = confusion_crf = None
     if record.mask is not None:
         confusion_raw = confusion_matrix(record.raw_labels, record.mask, num_classes,
