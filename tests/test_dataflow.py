@@ -10,7 +10,6 @@ import sys
 import sysconfig
 import tarfile
 
-import pytest
 from setuptools import find_packages
 
 from pipeline.run import run
