@@ -1,0 +1,208 @@
+"""Inference benchmark: a per-image ``model.predict(np.expand_dims(img, 0))`` loop, as the
+source notebooks do, versus the pipeline's model handler with batching, and the model's raw
+rate on a batch already on the device (so that the handler's own overhead shows).
+
+    python -m benchmarks.inference --model unet --input_size 360x480
+    KERAS_BACKEND=jax python -m benchmarks.inference ...      # e.g. on a GPU without TensorFlow
+
+Each variant runs in a fresh process (its own peak memory, no warm-up shared with another
+variant) over the same images, CamVid val frames beside the repository (else generated
+scenes), and keeps the fastest of --repeats passes. A registry name is built with seeded
+random weights (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from benchmarks.common import (RESULTS, ROOT, camvid_pairs, print_table, report_to_parent,
+                               run_child, timed, write_record)
+
+CACHE = os.path.join(ROOT, "benchmarks", ".cache")
+
+
+def _images(count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    from PIL import Image
+
+    pairs = camvid_pairs("val", count)
+    if pairs:
+        return [np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR))
+                for p, _ in pairs]
+    from pipeline.demo import synthetic_scene
+
+    rng = np.random.default_rng(0)
+    return [synthetic_scene(rng, *size)[0] for _ in range(count)]
+
+
+def model_file(name: str, classes: int) -> str:
+    """A saved .keras file for ``name``: itself if it is one, else the registry model built
+    once with seeded random weights."""
+    if name.endswith(".keras"):
+        return os.path.abspath(name)
+    path = os.path.join(CACHE, f"{name}-{classes}.keras")
+    if not os.path.exists(path):
+        import keras
+
+        import models
+
+        keras.utils.set_random_seed(0)
+        os.makedirs(CACHE, exist_ok=True)
+        models.create_model(name, num_classes=classes).save(path)
+    return path
+
+
+def _device() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return f"jax:{jax.devices()[0].platform}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "tensorflow:" + ("gpu" if tf.config.list_physical_devices("GPU") else "cpu")
+    return backend
+
+
+def _loop(model_path: str, images: list[np.ndarray], _batch: int):
+    """The notebook way: one predict() call per image, then argmax."""
+    from models.io import load_model
+
+    model = load_model(model_path)
+    model.predict(np.expand_dims(images[0], 0), verbose=0)  # warm-up: builds predict()
+
+    def one_pass():
+        for image in images:
+            np.argmax(model.predict(np.expand_dims(image, 0), verbose=0)[0], axis=-1)
+    return one_pass
+
+
+def _handler(model_path: str, images: list[np.ndarray], batch: int):
+    """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels."""
+    from transforms.inference import KerasSegmentationHandler
+    from transforms.records import SegmentationRecord
+
+    records = [SegmentationRecord(f"k{i}", "s", image=image) for i, image in enumerate(images)]
+    size = images[0].shape[:2]
+    handler = KerasSegmentationHandler(model_path, input_size=size, max_batch_size=batch)
+    predictor = handler.load_model()
+    handler.run_inference(records[:batch], predictor)  # warm-up
+
+    def one_pass():
+        for first in range(0, len(records), batch):
+            handler.run_inference(records[first:first + batch], predictor)
+    return one_pass
+
+
+def _raw(model_path: str, images: list[np.ndarray], batch: int):
+    """The model alone, on batches already on the device in its input format."""
+    import keras
+
+    from models.io import load_model
+
+    model = load_model(model_path)
+    batches = [np.stack(images[i:i + batch]).astype(np.float32)
+               for i in range(0, len(images), batch)]
+    backend = keras.backend.backend()
+    if backend == "jax":  # forward and argmax jitted on the device; labels come back
+        import jax
+        import jax.numpy as jnp
+
+        forward = jax.jit(lambda x: jnp.argmax(model(x, training=False), axis=-1))
+        batches = [jax.device_put(b) for b in batches]
+        sync = lambda y: y.block_until_ready()  # noqa: E731
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        forward = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+        batches = [tf.constant(b) for b in batches]
+        sync = lambda y: y.numpy()  # noqa: E731
+    else:
+        forward, sync = (lambda x: np.argmax(model(x, training=False), -1)), (lambda y: y)
+    sync(forward(batches[0]))  # warm-up: traces and compiles
+
+    def one_pass():
+        for item in batches:
+            sync(forward(item))
+    return one_pass
+
+
+VARIANTS = {"loop": _loop, "handler": _handler, "raw": _raw}
+
+
+def child(args) -> None:
+    """One variant, in this process; prints its JSON result as the last line."""
+    from pipeline.options import parse_size
+
+    images = _images(args.images, parse_size(args.input_size))
+    one_pass = VARIANTS[args.variant](args.model, images, args.batch)
+    seconds, _ = timed(one_pass, repeats=args.repeats)  # the best of several passes
+    report_to_parent(variant=args.variant, batch=args.batch, images=len(images), seconds=seconds,
+                     images_per_s=len(images) / seconds,
+                     ms_per_image=1000 * seconds / len(images), device=_device())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="unet",
+                        help="a registry name (random weights) or a .keras file")
+    parser.add_argument("--num_classes", type=int, default=11)
+    parser.add_argument("--input_size", default="360x480")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch_sizes", default="1,4,8,16")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="passes over the images per variant; the fastest counts")
+    parser.add_argument("--output", help="JSON record path (default: "
+                        "benchmarks/results/inference-MODEL-HxW.json)")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child runs
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.variant:
+        child(args)
+        return 0
+    model = model_file(args.model, args.num_classes)
+    common = ["--model", model, "--input_size", args.input_size, "--images", str(args.images),
+              "--repeats", str(args.repeats)]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    plan = [("loop", 1)] + [("handler", b) for b in batches] + [("raw", b) for b in batches]
+    rows = []
+    for variant, batch in plan:
+        print(f"running {variant} (batch {batch}) ...", flush=True)
+        rows.append(run_child("benchmarks.inference",
+                              [*common, "--variant", variant, "--batch", str(batch)]))
+    loop = rows[0]["images_per_s"]
+    best_handler = max((r for r in rows if r["variant"] == "handler"),
+                       key=lambda r: r["images_per_s"])
+    raw_same_batch = next(r for r in rows if r["variant"] == "raw"
+                          and r["batch"] == best_handler["batch"])
+    for row in rows:
+        row["vs_loop"] = row["images_per_s"] / loop
+    print_table(rows, [("variant", "variant", ""), ("batch", "batch", "d"),
+                       ("images_per_s", "images/s", ".2f"), ("ms_per_image", "ms/image", ".1f"),
+                       ("vs_loop", "vs loop", ".2f"), ("peak_rss_mib", "peak RSS MiB", ".0f"),
+                       ("device", "device", "")],
+                f"Inference: {args.model}, {args.num_classes} classes, {args.input_size}, "
+                f"{rows[0]['images']} images")
+    summary = {"model": args.model, "input_size": args.input_size,
+               "best_handler_batch": best_handler["batch"],
+               "handler_vs_loop": best_handler["images_per_s"] / loop,
+               "handler_vs_raw": best_handler["images_per_s"] / raw_same_batch["images_per_s"],
+               "device": rows[0]["device"]}
+    print(f"\nbatched handler (batch {best_handler['batch']}): "
+          f"{summary['handler_vs_loop']:.2f}x the per-image loop, "
+          f"{100 * summary['handler_vs_raw']:.0f}% of the model's raw rate at that batch")
+    model_name = os.path.splitext(os.path.basename(args.model))[0]
+    write_record("inference", rows, summary, args.output or os.path.join(
+        RESULTS, f"inference-{model_name}-{args.input_size}.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The benchmarks' baselines do the same work as the pipeline, so their ratios mean something;
+and each benchmark's measuring step runs. (Speed itself is never asserted here: the
+benchmarks print it, see benchmarks/RESULTS.md.)"""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from benchmarks import crf as crf_benchmark
+from benchmarks import end_to_end, inference
+from pipeline.demo import synthetic_scene
+from pipeline.run import run
+from transforms.crf import CrfParams
+
+
+def test_plain_crf_baseline_equals_the_stage_at_plain_settings(rng):
+    image = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    probabilities = rng.dirichlet(np.ones(4), size=(40, 56)).astype(np.float16)
+    plain = crf_benchmark.plain_crf(image, probabilities.astype(np.float32), CrfParams())
+    stage = crf_benchmark.stage_crf(image, probabilities,
+                                    CrfParams(scale=1.0, class_floor=0.0))
+    np.testing.assert_array_equal(plain, stage)
+
+
+def test_class_variants_are_probabilities(rng):
+    probabilities = rng.dirichlet(np.ones(11), size=(8, 9)).astype(np.float16)
+    for classes in (2, 11, 21):
+        variant = crf_benchmark._class_variant(probabilities, classes, rng)
+        assert variant.shape == (8, 9, classes)
+        np.testing.assert_allclose(variant.sum(-1), 1.0, atol=2e-3)
+
+
+def test_plain_loop_baseline_writes_what_the_pipeline_writes(tmp_path, demo_model_path):
+    rng = np.random.default_rng(2)
+    os.makedirs(tmp_path / "data" / "images")
+    os.makedirs(tmp_path / "data" / "masks")
+    for index in range(5):
+        image, mask = synthetic_scene(rng, 48, 64)
+        Image.fromarray(image).save(tmp_path / "data" / "images" / f"{index}.png")
+        Image.fromarray(mask).save(tmp_path / "data" / "masks" / f"{index}.png")
+    argv = ["--input", f"{tmp_path}/data/images/*.png", "--masks", f"{tmp_path}/data/masks",
+            "--model", demo_model_path, "--num_classes", "3", "--ignore_index", "-1",
+            "--input_size", "64", "--batch_size", "2"]
+    assert end_to_end.plain_loop(argv + ["--output", str(tmp_path / "plain")]) == 5
+    run(argv + ["--output", str(tmp_path / "beam")])
+
+    def outputs(folder):
+        rows = [r for f in glob.glob(f"{folder}/metrics/*.parquet")
+                for r in pq.read_table(f).to_pylist()]
+        ignored = ("mask_path", "config_fingerprint")
+        return ({r["key"]: {k: v for k, v in r.items() if k not in ignored} for r in rows},
+                {os.path.basename(p): np.asarray(Image.open(p))
+                 for p in glob.glob(f"{folder}/masks/*.png")})
+
+    plain_rows, plain_masks = outputs(tmp_path / "plain")
+    beam_rows, beam_masks = outputs(tmp_path / "beam")
+    assert plain_rows == beam_rows and len(plain_rows) == 5
+    for name, labels in beam_masks.items():
+        np.testing.assert_array_equal(plain_masks[name], labels)
+
+
+def test_inference_variants_measure_the_same_images(tmp_path, tiny_model_path, capsys):
+    for variant in ("loop", "handler", "raw"):
+        inference.main(["--model", tiny_model_path, "--input_size", "32x48", "--images", "3",
+                        "--variant", variant, "--batch", "2"])
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["images"] == 3 and result["seconds"] > 0 and result["peak_rss_mib"] > 0
