@@ -84,6 +84,19 @@ def test_inference_batches_mixed_sizes_and_maps_back(tiny_model_path, rng):
         assert_that(dead, equal_to([]), label="dead")
 
 
+def test_run_inference_can_read_its_memory_use(tiny_model_path, rng, caplog):
+    """Beam 2.77 loses the `resource` module when PyTorch is absent (transforms.inference puts
+    it back): its memory metric reads the process's peak RSS, and no warning is logged."""
+    from apache_beam.ml.inference import base
+
+    assert base._get_current_process_memory_in_bytes() > 0
+    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32))
+    with caplog.at_level("WARNING"):
+        with TestPipeline() as p:
+            _ = p | beam.Create([_record("a", rng, 32, 32)]) | RunSegmentationInference(handler)
+    assert not [r for r in caplog.records if "Resource module" in r.getMessage()]
+
+
 def test_inference_failures_become_dead_letters(tiny_model_path, rng):
     broken = SegmentationRecord("broken", "mem://broken", image=np.zeros((4, 4), np.uint8))
     handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.ml.inference import base as beam_inference
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from transforms.crf import labels_from_probabilities
@@ -24,6 +25,16 @@ from transforms.geometry import RESIZE_MODES, plan_batch, place_image, resize_bi
 from transforms.records import DeadLetter, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
+
+if beam_inference.resource is None:
+    # Beam 2.77 imports the standard `resource` module in one try block with its PyTorch-only
+    # ModelManager, so without torch RunInference cannot read its memory use: it reports 0 and
+    # warns "Resource module is not available for current platform" on every model load.
+    try:
+        import resource
+    except ImportError:  # not on Windows; Beam then reports 0, as it would anyway
+        resource = None
+    beam_inference.resource = resource
 MODEL_OUTPUTS = ("auto", "logits", "probabilities")
 
 
