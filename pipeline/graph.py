@@ -27,7 +27,8 @@ def handler_for(settings: Settings) -> KerasSegmentationHandler:
         preprocessing=settings.preprocess, model_output=settings.model_output,
         size_multiple=settings.size_multiple, seed=settings.seed,
         min_batch_size=settings.min_batch_size, max_batch_size=settings.batch_size,
-        large_model=settings.large_model, model_copies=settings.model_copies)
+        large_model=settings.large_model, model_copies=settings.model_copies,
+        keep_probabilities=settings.crf is not None)
 
 
 class ReadInputs(beam.PTransform):

@@ -97,6 +97,27 @@ def test_run_inference_can_read_its_memory_use(tiny_model_path, rng, caplog):
     assert not [r for r in caplog.records if "Resource module" in r.getMessage()]
 
 
+def test_labels_only_inference_gives_the_same_labels(tiny_model_path, rng):
+    """Without a CRF the handler skips the probabilities where the images are at the input
+    size, and falls back to them (to map labels back) where they are not."""
+    def infer(records, keep, labels_only_path=False):
+        handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 48),
+                                           keep_probabilities=keep)
+        model = handler.load_model()
+        if labels_only_path:
+            model.predict = lambda batch: pytest.fail("probabilities were computed")
+        return handler.run_inference(records, model)
+
+    at_size = [_record(k, rng, 32, 48) for k in "abc"]
+    mixed = [_record("d", rng, 32, 48), _record("e", rng, 20, 70)]
+    for records in (at_size, mixed):
+        full = infer(records, True)
+        labels_only = infer(records, False, labels_only_path=records is at_size)
+        for with_probs, without in zip(full, labels_only):
+            np.testing.assert_array_equal(without.raw_labels, with_probs.raw_labels)
+            assert with_probs.probabilities is not None and without.probabilities is None
+
+
 def test_inference_failures_become_dead_letters(tiny_model_path, rng):
     broken = SegmentationRecord("broken", "mem://broken", image=np.zeros((4, 4), np.uint8))
     handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),

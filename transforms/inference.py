@@ -66,14 +66,18 @@ def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
 def _serving_model(model, kind: str):
     """``model`` with its post-processing inside: (float16 probabilities, labels) computed by
     the backend (multi-threaded kernels, on the device on a GPU, half the bytes to copy back)
-    instead of in numpy on the host. Shares the model's layers and weights."""
+    instead of in numpy on the host; with ``kind="labels"``, the labels alone (the argmax of
+    logits and of probabilities agree, so no softmax). Shares the model's layers and weights."""
     import keras
     from keras import ops
 
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     outputs = model(inputs)
-    probabilities = ops.softmax(outputs, axis=-1) if kind == "logits" else outputs
     label_type = "uint8" if model.output_shape[-1] <= 256 else "uint16"
+    if kind == "labels":
+        return keras.Model(inputs, ops.cast(ops.argmax(outputs, axis=-1), label_type),
+                           name=f"{model.name}_labels")
+    probabilities = ops.softmax(outputs, axis=-1) if kind == "logits" else outputs
     labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
     return keras.Model(inputs, [ops.cast(probabilities, "float16"), labels],
                        name=f"{model.name}_serving")
@@ -93,7 +97,8 @@ class SegmentationPredictor:
         self._model = model
         self._kind = kind
         # Built now, so that on a GPU they live where the model was placed.
-        self._serving = {k: _serving_model(model, k) for k in ("logits", "probabilities")}
+        self._serving = {k: _serving_model(model, k)
+                         for k in ("logits", "probabilities", "labels")}
         self._lock = threading.Lock()  # Keras builds its predict function lazily; not re-entrant
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +114,11 @@ class SegmentationPredictor:
                 return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
             probabilities, labels = self._serving[self._kind].predict_on_batch(batch)
             return np.asarray(probabilities), np.asarray(labels)
+
+    def predict_labels(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
+        with self._lock:
+            return np.asarray(self._serving["labels"].predict_on_batch(batch))
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
         _, height, width, _ = self._model.input_shape
@@ -159,6 +169,9 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
       seed: the random-initialisation seed for a registry model without weights.
       min_batch_size / max_batch_size: Beam's batching bounds.
       large_model / model_copies: Beam's sharing of one model across processes.
+      keep_probabilities: False when no later stage needs the class probabilities (no CRF):
+        batches whose images are at the model's input size then get labels alone, with no
+        softmax and a byte per pixel to copy back instead of two per class.
     """
 
     def __init__(self, model: str, *, weights: Optional[str] = None,
@@ -167,7 +180,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
                  preprocessing: str = "none", model_output: str = "auto",
                  size_multiple: int = 32, seed: int = 0, min_batch_size: int = 1,
                  max_batch_size: int = 8, large_model: bool = False,
-                 model_copies: Optional[int] = None):
+                 model_copies: Optional[int] = None, keep_probabilities: bool = True):
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; received "
                              f"{resize_mode!r}")
@@ -193,6 +206,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         self._model_output = model_output
         self._size_multiple = size_multiple
         self._seed = seed
+        self._keep_probabilities = keep_probabilities
 
     def load_model(self) -> SegmentationPredictor:
         from models.io import load_model
@@ -218,8 +232,15 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         canvas, placements = plan_batch([r.image.shape[:2] for r in batch], self._resize_mode,
                                         input_size, self._size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
-        probabilities, labels = model.predict(preprocess(stacked.astype(np.float32),
-                                                         self._preprocessing))
+        inputs = preprocess(stacked.astype(np.float32), self._preprocessing)
+        if not self._keep_probabilities and all(
+                (p.height, p.width) == canvas for p in placements):
+            labels = model.predict_labels(inputs)
+            if labels.shape == (len(batch), *canvas):
+                return [record.replace(probabilities=None, raw_labels=label)
+                        for record, label in zip(batch, labels)]
+            # A model that predicts at a stride: labels come from resized probabilities below.
+        probabilities, labels = model.predict(inputs)
         if probabilities.shape[0] != len(batch):
             raise ValueError(f"the model returned {probabilities.shape[0]} outputs for a batch "
                              f"of {len(batch)}")
@@ -233,6 +254,8 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
             full = restore_probabilities(probs, placement)
             results.append(record.replace(probabilities=full.astype(np.float16),
                                           raw_labels=labels_from_probabilities(full)))
+        if not self._keep_probabilities:
+            results = [record.replace(probabilities=None) for record in results]
         return results
 
     def get_num_bytes(self, batch: Sequence[SegmentationRecord]) -> int:
