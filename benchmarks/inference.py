@@ -83,16 +83,20 @@ def _loop(model_path: str, images: list[np.ndarray], _batch: int):
     return one_pass
 
 
-def _handler(model_path: str, images: list[np.ndarray], batch: int):
-    """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels."""
+def _handler(model_path: str, images: list[np.ndarray], batch: int,
+             keep_probabilities: bool = True):
+    """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels
+    (with ``keep_probabilities=False``, as in a run without the CRF: labels alone)."""
     from transforms.inference import KerasSegmentationHandler
     from transforms.records import SegmentationRecord
 
     records = [SegmentationRecord(f"k{i}", "s", image=image) for i, image in enumerate(images)]
     size = images[0].shape[:2]
-    handler = KerasSegmentationHandler(model_path, input_size=size, max_batch_size=batch)
+    handler = KerasSegmentationHandler(model_path, input_size=size, max_batch_size=batch,
+                                       keep_probabilities=keep_probabilities)
     predictor = handler.load_model()
-    handler.run_inference(records[:batch], predictor)  # warm-up
+    for _ in range(2):  # warm-up: the first batch decides the output kind, the second compiles
+        handler.run_inference(records[:batch], predictor)
 
     def one_pass():
         for first in range(0, len(records), batch):
@@ -133,7 +137,14 @@ def _raw(model_path: str, images: list[np.ndarray], batch: int):
     return one_pass
 
 
-VARIANTS = {"loop": _loop, "handler": _handler, "raw": _raw}
+def _handler_labels(model_path: str, images: list[np.ndarray], batch: int):
+    return _handler(model_path, images, batch, keep_probabilities=False)
+
+
+# "handler" is what a run with the CRF does (probabilities kept for it); "handler --no-crf"
+# computes the same labels as the loop and nothing more.
+VARIANTS = {"loop": _loop, "handler": _handler, "handler --no-crf": _handler_labels,
+            "raw": _raw}
 
 
 def child(args) -> None:
@@ -171,17 +182,14 @@ def main(argv=None) -> int:
     common = ["--model", model, "--input_size", args.input_size, "--images", str(args.images),
               "--repeats", str(args.repeats)]
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    plan = [("loop", 1)] + [("handler", b) for b in batches] + [("raw", b) for b in batches]
+    plan = [("loop", 1)] + [(variant, b) for variant in ("handler", "handler --no-crf", "raw")
+                            for b in batches]
     rows = []
     for variant, batch in plan:
         print(f"running {variant} (batch {batch}) ...", flush=True)
         rows.append(run_child("benchmarks.inference",
                               [*common, "--variant", variant, "--batch", str(batch)]))
     loop = rows[0]["images_per_s"]
-    best_handler = max((r for r in rows if r["variant"] == "handler"),
-                       key=lambda r: r["images_per_s"])
-    raw_same_batch = next(r for r in rows if r["variant"] == "raw"
-                          and r["batch"] == best_handler["batch"])
     for row in rows:
         row["vs_loop"] = row["images_per_s"] / loop
     print_table(rows, [("variant", "variant", ""), ("batch", "batch", "d"),
@@ -190,14 +198,17 @@ def main(argv=None) -> int:
                        ("device", "device", "")],
                 f"Inference: {args.model}, {args.num_classes} classes, {args.input_size}, "
                 f"{rows[0]['images']} images")
-    summary = {"model": args.model, "input_size": args.input_size,
-               "best_handler_batch": best_handler["batch"],
-               "handler_vs_loop": best_handler["images_per_s"] / loop,
-               "handler_vs_raw": best_handler["images_per_s"] / raw_same_batch["images_per_s"],
-               "device": rows[0]["device"]}
-    print(f"\nbatched handler (batch {best_handler['batch']}): "
-          f"{summary['handler_vs_loop']:.2f}x the per-image loop, "
-          f"{100 * summary['handler_vs_raw']:.0f}% of the model's raw rate at that batch")
+    summary = {"model": args.model, "input_size": args.input_size, "device": rows[0]["device"]}
+    print()
+    for variant, prefix in (("handler", "handler"), ("handler --no-crf", "handler_no_crf")):
+        best = max((r for r in rows if r["variant"] == variant), key=lambda r: r["images_per_s"])
+        raw = next(r for r in rows if r["variant"] == "raw" and r["batch"] == best["batch"])
+        summary.update({f"{prefix}_best_batch": best["batch"],
+                        f"{prefix}_vs_loop": best["images_per_s"] / loop,
+                        f"{prefix}_vs_raw": best["images_per_s"] / raw["images_per_s"]})
+        print(f"{variant} (best batch {best['batch']}): {best['images_per_s'] / loop:.2f}x the "
+              f"per-image loop, {100 * best['images_per_s'] / raw['images_per_s']:.0f}% of the "
+              f"model's raw rate at that batch")
     model_name = os.path.splitext(os.path.basename(args.model))[0]
     write_record("inference", rows, summary, args.output or os.path.join(
         RESULTS, f"inference-{model_name}-{args.input_size}.json"))

@@ -64,7 +64,7 @@ def test_plain_loop_baseline_writes_what_the_pipeline_writes(tmp_path, demo_mode
 
 
 def test_inference_variants_measure_the_same_images(tmp_path, tiny_model_path, capsys):
-    for variant in ("loop", "handler", "raw"):
+    for variant in inference.VARIANTS:
         inference.main(["--model", tiny_model_path, "--input_size", "32x48", "--images", "3",
                         "--variant", variant, "--batch", "2"])
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
