@@ -105,8 +105,7 @@ def plain_loop(argv: list[str]) -> int:
 
 def child(args) -> None:
     """One variant on one input size, in this process; prints its JSON result last."""
-    work = tempfile.mkdtemp(prefix="segbeam-e2e-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="segbeam-e2e-") as work:
         images, masks = _prepare_inputs(work, args.count)
         argv = _argv(args, images, masks, f"{work}/out")
         start = time.perf_counter()
@@ -117,10 +116,8 @@ def child(args) -> None:
 
             outputs = run(argv + VARIANTS[args.variant]).summary["counts"]["outputs"]
         seconds = time.perf_counter() - start
-        assert outputs == args.count, (outputs, args.count)
-        report_to_parent(variant=args.variant, images=args.count, seconds=seconds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    assert outputs == args.count, (outputs, args.count)
+    report_to_parent(variant=args.variant, images=args.count, seconds=seconds)
 
 
 def main(argv=None) -> int:

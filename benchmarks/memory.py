@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -40,18 +39,15 @@ def _write_scenes(folder: str, count: int) -> str:
 def child(args) -> None:
     from pipeline.run import run
 
-    work = tempfile.mkdtemp(prefix="segbeam-memory-")
-    try:
+    with tempfile.TemporaryDirectory(prefix="segbeam-memory-") as work:
         images = _write_scenes(f"{work}/images", args.count)
         start = time.perf_counter()
         outcome = run(["--input", images, "--output", f"{work}/out", "--model", args.model,
                        "--num_classes", "11", "--input_size", "360x480", "--batch_size", "8",
                        "--stage_split", args.split])
         seconds = time.perf_counter() - start
-        assert outcome.summary["counts"]["outputs"] == args.count
-        report_to_parent(split=args.split, images=args.count, seconds=seconds)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    assert outcome.summary["counts"]["outputs"] == args.count
+    report_to_parent(split=args.split, images=args.count, seconds=seconds)
 
 
 def main(argv=None) -> int:

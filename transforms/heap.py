@@ -3,7 +3,7 @@
 Every image allocates and frees tens of megabytes of arrays (pixels, encoded bytes, class
 probabilities, CRF marginals, label maps). glibc keeps freed blocks below its mmap threshold in
 its heap, and raises that threshold after the first large free, so over thousands of images the
-heap fragments and the resident memory grows with the image count: +24% from 100 to 600 images
+heap fragments and the resident memory grows with the image count: +24% from N to 10N images
 on the local runner (benchmarks/memory.py), although nothing is held. ``malloc_trim(0)`` once
 per image returns the free pages (measured: flat, at no cost in time). Where the C library is
 not glibc, this does nothing.

@@ -35,6 +35,7 @@ if beam_inference.resource is None:
     except ImportError:  # not on Windows; Beam then reports 0, as it would anyway
         resource = None
     beam_inference.resource = resource
+
 MODEL_OUTPUTS = ("auto", "logits", "probabilities")
 
 
@@ -244,18 +245,18 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         if probabilities.shape[0] != len(batch):
             raise ValueError(f"the model returned {probabilities.shape[0]} outputs for a batch "
                              f"of {len(batch)}")
+        keep = self._keep_probabilities
         results = []
         for record, placement, probs, label in zip(batch, placements, probabilities, labels):
             if probs.shape[:2] == (placement.height, placement.width) == canvas:
-                results.append(record.replace(probabilities=probs, raw_labels=label))
+                results.append(record.replace(probabilities=probs if keep else None,
+                                              raw_labels=label))
                 continue  # the model's output is the image's own grid: nothing to map back
             if probs.shape[:2] != canvas:  # models that predict at a stride
                 probs = resize_bilinear(probs, *canvas)
             full = restore_probabilities(probs, placement)
-            results.append(record.replace(probabilities=full.astype(np.float16),
+            results.append(record.replace(probabilities=full.astype(np.float16) if keep else None,
                                           raw_labels=labels_from_probabilities(full)))
-        if not self._keep_probabilities:
-            results = [record.replace(probabilities=None) for record in results]
         return results
 
     def get_num_bytes(self, batch: Sequence[SegmentationRecord]) -> int:

@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
-from transforms.read import read_encoded
+from transforms.read import ensure_encoded
 from transforms.records import EncodedImage, ImageRef
 from transforms.safe_map import SafeMap
 from transforms.write import METRICS_DIR
@@ -24,8 +24,7 @@ from transforms.write import METRICS_DIR
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
     """Hashes an input. A file's bytes are dropped after hashing: it is read again only if it
     must be processed."""
-    encoded = item if isinstance(item, EncodedImage) else read_encoded(item)
-    return Candidate(item.key, encoded.content_sha256, item)
+    return Candidate(item.key, ensure_encoded(item).content_sha256, item)
 
 
 def _keyed_prior(element: tuple) -> tuple:
