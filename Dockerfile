@@ -49,11 +49,12 @@ RUN pip install --upgrade pip setuptools wheel \
 
 WORKDIR /opt/segbeam
 COPY setup.py README.md ./
+COPY core ./core
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 COPY models ./models
 RUN pip install . "apache-beam[gcp]==${BEAM_VERSION}" \
- && python -c "import apache_beam, keras, pydensecrf.densecrf, pipeline.graph; \
+ && python -c "import apache_beam, keras, pydensecrf.densecrf, segbeam.pipeline.graph; \
 assert apache_beam.__version__ == '${BEAM_VERSION}', apache_beam.__version__"
 
 COPY --from=beam /opt/apache/beam /opt/apache/beam

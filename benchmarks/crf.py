@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import CAMVID, ROOT, camvid_pairs, print_table, write_record
-from transforms.crf import CrfParams, labels_from_probabilities
-from transforms.metrics import confusion_matrix, summarise_confusion
-from transforms.records import SegmentationRecord
-from transforms.refine import refine_record
+from segbeam.crf import CrfParams, labels_from_probabilities
+from segbeam.metrics import confusion_matrix, summarise_confusion
+from segbeam.records import SegmentationRecord
+from segbeam.transforms.refine import refine_record
 
 CAMVID_CLASSES, CAMVID_IGNORE = 11, 11
 CACHE = os.path.join(ROOT, "benchmarks", ".cache")
@@ -60,7 +60,7 @@ def _trained_model(minutes: float) -> str:
         return path
     print(f"no --model given: training a U-Net on CamVid train for {minutes:g} min "
           f"into {os.path.relpath(os.path.dirname(path), ROOT)}/", flush=True)
-    subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--model", "unet",
+    subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", "train", "--model", "unet",
                     "--images", os.path.join(CAMVID, "train"),
                     "--masks", os.path.join(CAMVID, "trainannot"),
                     "--val_images", os.path.join(CAMVID, "val"),
@@ -75,8 +75,8 @@ def _trained_model(minutes: float) -> str:
 def predict_val(model: str, input_size: tuple[int, int], limit: int | None):
     """CamVid val images, masks and the model's float16 probabilities at full resolution,
     computed by the pipeline's own inference handler."""
-    from pipeline.options import parse_size
-    from transforms.inference import KerasSegmentationHandler
+    from segbeam.pipeline.options import parse_size
+    from segbeam.transforms.inference import KerasSegmentationHandler
 
     pairs = camvid_pairs("val", limit)
     handler = KerasSegmentationHandler(model, num_classes=CAMVID_CLASSES,
@@ -120,8 +120,8 @@ def naive_half_resolution(image: np.ndarray, probabilities: np.ndarray,
                           params: CrfParams) -> np.ndarray:
     """Half resolution with every spatial std scaled, the Gaussian's too (to 0.5 px): what the
     stage avoids, shown for comparison."""
-    from transforms.crf import _pydensecrf
-    from transforms.geometry import resize_bilinear
+    from segbeam.crf import _pydensecrf
+    from segbeam.geometry import resize_bilinear
 
     height, width = probabilities.shape[:2]
     small = (round(height * params.scale), round(width * params.scale))
@@ -174,7 +174,7 @@ def _class_variant(probabilities: np.ndarray, classes: int, rng) -> np.ndarray:
 
 
 def size_grid(images, probabilities, per_cell: int, params: CrfParams) -> list[dict]:
-    from transforms.geometry import resize_bilinear
+    from segbeam.geometry import resize_bilinear
 
     rng = np.random.default_rng(0)
     rows = []

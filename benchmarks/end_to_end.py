@@ -53,7 +53,7 @@ def _prepare_inputs(folder: str, count: int) -> tuple[str, str]:
             shutil.copyfile(image_path, f"{folder}/images/{name}")
             shutil.copyfile(mask_path, f"{folder}/masks/{name}")
         else:
-            from pipeline.demo import synthetic_scene
+            from segbeam.pipeline.demo import synthetic_scene
 
             image, mask = synthetic_scene(rng, 360, 480)
             Image.fromarray(image).save(f"{folder}/images/{name}")
@@ -73,13 +73,13 @@ def plain_loop(argv: list[str]) -> int:
     import pyarrow.parquet as pq
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.graph import handler_for
-    from pipeline.options import SegmentationOptions, settings_from
-    from transforms.read import decode_encoded, read_encoded
-    from transforms.records import ImageRef
-    from transforms.refine import refine_record
-    from transforms.scoring import metrics_row, metrics_schema, score_record
-    from transforms.write import write_label_png
+    from segbeam.pipeline.graph import handler_for
+    from segbeam.pipeline.options import SegmentationOptions, settings_from
+    from segbeam.transforms.read import decode_encoded, read_encoded
+    from segbeam.records import ImageRef
+    from segbeam.transforms.refine import refine_record
+    from segbeam.transforms.scoring import metrics_row, metrics_schema, score_record
+    from segbeam.transforms.write import write_label_png
 
     settings = settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
     handler = handler_for(settings)
@@ -112,7 +112,7 @@ def child(args) -> None:
         if args.variant == "plain loop":
             outputs = plain_loop(argv)
         else:
-            from pipeline.run import run
+            from segbeam.pipeline.run import run
 
             outputs = run(argv + VARIANTS[args.variant]).summary["counts"]["outputs"]
         seconds = time.perf_counter() - start

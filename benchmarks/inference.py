@@ -32,7 +32,7 @@ def _images(count: int, size: tuple[int, int]) -> list[np.ndarray]:
     if pairs:
         return [np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR))
                 for p, _ in pairs]
-    from pipeline.demo import synthetic_scene
+    from segbeam.pipeline.demo import synthetic_scene
 
     rng = np.random.default_rng(0)
     return [synthetic_scene(rng, *size)[0] for _ in range(count)]
@@ -47,7 +47,7 @@ def model_file(name: str, classes: int) -> str:
     if not os.path.exists(path):
         import keras
 
-        import models
+        from segbeam import models
 
         keras.utils.set_random_seed(0)
         os.makedirs(CACHE, exist_ok=True)
@@ -72,7 +72,7 @@ def _device() -> str:
 
 def _loop(model_path: str, images: list[np.ndarray], _batch: int):
     """The notebook way: one predict() call per image, then argmax."""
-    from models.io import load_model
+    from segbeam.models.io import load_model
 
     model = load_model(model_path)
     model.predict(np.expand_dims(images[0], 0), verbose=0)  # warm-up: builds predict()
@@ -87,8 +87,8 @@ def _handler(model_path: str, images: list[np.ndarray], batch: int,
              keep_probabilities: bool = True):
     """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels
     (with ``keep_probabilities=False``, as in a run without the CRF: labels alone)."""
-    from transforms.inference import KerasSegmentationHandler
-    from transforms.records import SegmentationRecord
+    from segbeam.transforms.inference import KerasSegmentationHandler
+    from segbeam.records import SegmentationRecord
 
     records = [SegmentationRecord(f"k{i}", "s", image=image) for i, image in enumerate(images)]
     size = images[0].shape[:2]
@@ -108,7 +108,7 @@ def _raw(model_path: str, images: list[np.ndarray], batch: int):
     """The model alone, on batches already on the device in its input format."""
     import keras
 
-    from models.io import load_model
+    from segbeam.models.io import load_model
 
     model = load_model(model_path)
     batches = [np.stack(images[i:i + batch]).astype(np.float32)
@@ -149,7 +149,7 @@ VARIANTS = {"loop": _loop, "handler": _handler, "handler --no-crf": _handler_lab
 
 def child(args) -> None:
     """One variant, in this process; prints its JSON result as the last line."""
-    from pipeline.options import parse_size
+    from segbeam.pipeline.options import parse_size
 
     images = _images(args.images, parse_size(args.input_size))
     one_pass = VARIANTS[args.variant](args.model, images, args.batch)

@@ -27,7 +27,7 @@ SPLITS = ("fused", "reshuffle")
 def _write_scenes(folder: str, count: int) -> str:
     from PIL import Image
 
-    from pipeline.demo import synthetic_scene
+    from segbeam.pipeline.demo import synthetic_scene
 
     os.makedirs(folder)
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ def _write_scenes(folder: str, count: int) -> str:
 
 
 def child(args) -> None:
-    from pipeline.run import run
+    from segbeam.pipeline.run import run
 
     with tempfile.TemporaryDirectory(prefix="segbeam-memory-") as work:
         images = _write_scenes(f"{work}/images", args.count)

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 from PIL import Image
 
-from transforms.decode import InvalidInputError, decode_pair
-from transforms.example_proto import decode_example
-from transforms.keys import file_stem
+from segbeam.decode import InvalidInputError, decode_pair
+from segbeam.example_proto import decode_example
+from segbeam.keys import file_stem
 
 LOG = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

@@ -22,9 +22,9 @@ from typing import Optional
 import keras
 from keras import layers
 
-from models.backbones import check_backbone_weights, load_backbone
-from models.layers import ImageNormalization, ResizeLike
-from models.registry import register_model
+from segbeam.models.backbones import check_backbone_weights, load_backbone
+from segbeam.models.layers import ImageNormalization, ResizeLike
+from segbeam.models.registry import register_model
 
 _BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's
 # (name, filters, blocks, stride) of ResNet50's four stages

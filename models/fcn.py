@@ -25,10 +25,10 @@ import keras
 import numpy as np
 from keras import layers
 
-from models.backbones import check_backbone_weights
-from models.layers import BilinearUpsamplingInitializer, ImageNormalization, MatchSize, \
+from segbeam.models.backbones import check_backbone_weights
+from segbeam.models.layers import BilinearUpsamplingInitializer, ImageNormalization, MatchSize, \
     bilinear_kernel_size
-from models.registry import register_model
+from segbeam.models.registry import register_model
 
 _VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 

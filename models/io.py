@@ -46,7 +46,7 @@ def load_model(spec: str, num_classes: Optional[int] = None,
     """
     import keras
 
-    import models  # registers architectures and custom layers
+    from segbeam import models  # registers architectures and custom layers
 
     if is_saved_model(spec):
         if weights:

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from models.preprocessing import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
+from segbeam.preprocessing import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
 _PACKAGE = "segbeam"
 

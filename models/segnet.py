@@ -22,9 +22,9 @@ from typing import Optional
 import keras
 from keras import layers
 
-from models.backbones import check_backbone_weights, load_backbone
-from models.layers import ImageNormalization, MaxPoolingWithArgmax, MaxUnpooling
-from models.registry import register_model
+from segbeam.models.backbones import check_backbone_weights, load_backbone
+from segbeam.models.layers import ImageNormalization, MaxPoolingWithArgmax, MaxUnpooling
+from segbeam.models.registry import register_model
 
 # (filters, convolutions) per VGG16 stage
 _VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))

@@ -13,8 +13,8 @@ from typing import Optional
 import keras
 from keras import layers
 
-from models.layers import BilinearUpsampling
-from models.registry import register_model
+from segbeam.models.layers import BilinearUpsampling
+from segbeam.models.registry import register_model
 
 
 def _conv_block(x, filters: int, strides: int, name: str):

@@ -99,7 +99,7 @@ def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:
 
 
 def _items(images, masks, shards):
-    from models.data import find_file_pairs, find_shard_entries
+    from segbeam.models.data import find_file_pairs, find_shard_entries
 
     if shards:
         return find_shard_entries(shards)
@@ -111,7 +111,7 @@ def _items(images, masks, shards):
 def _usable(items, num_classes: int):
     """Decodes every pair once: drops (with a warning naming each) those that fail, and counts
     class pixels for the weights and the log."""
-    from models.data import class_statistics, describe, load_item
+    from segbeam.models.data import class_statistics, describe, load_item
 
     kept, masks, dropped = [], [], []
     for item in items:
@@ -142,8 +142,8 @@ def train(config: TrainingConfig) -> TrainingResult:
     """Trains ``config.model`` and writes, under ``config.output``: ``model.keras`` (the final
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
-    import models
-    from models.data import SegmentationDataset, find_file_pairs, median_frequency_weights
+    from segbeam import models
+    from segbeam.models.data import SegmentationDataset, find_file_pairs, median_frequency_weights
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read

@@ -24,9 +24,9 @@ from typing import Optional
 import keras
 from keras import layers
 
-from models.backbones import check_backbone_weights
-from models.layers import ImageNormalization, MatchSize
-from models.registry import register_model
+from segbeam.models.backbones import check_backbone_weights
+from segbeam.models.layers import ImageNormalization, MatchSize
+from segbeam.models.registry import register_model
 
 SKIP_LAYERS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                "block_13_expand_relu", "block_16_project")

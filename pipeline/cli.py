@@ -32,7 +32,7 @@ commands:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    from pipeline.options import SegmentationOptions
+    from segbeam.pipeline.options import SegmentationOptions
 
     parser = argparse.ArgumentParser(
         prog="segbeam run",
@@ -51,11 +51,11 @@ def _run_parser() -> argparse.ArgumentParser:
 def run_command(argv: Sequence[str]) -> int:
     parser = _run_parser()
     known, _ = parser.parse_known_args(argv)  # --help, and flag errors, before any work
-    from pipeline.run import format_report, run
+    from segbeam.pipeline.run import format_report, run
 
     argv = list(argv)
     if known.input is None:
-        from pipeline.demo import demo_argv
+        from segbeam.pipeline.demo import demo_argv
 
         print(f"segbeam run: no --input given; running the demo under {known.output}/")
         argv = demo_argv(known.output, argv)
@@ -66,7 +66,7 @@ def run_command(argv: Sequence[str]) -> int:
         return 2
     print(format_report(outcome))
     if known.report and outcome.summary is not None:
-        from pipeline.report import write_report
+        from segbeam.pipeline.report import write_report
 
         _, folder = write_report(outcome.settings.run_dir)
         print(f"segbeam run: report written to {folder}/report.html")
@@ -88,7 +88,7 @@ def models_command(argv: Sequence[str]) -> int:
     parser.add_argument("--no_counts", action="store_true",
                         help="skip building the models (faster; no parameter counts)")
     args = parser.parse_args(argv)
-    import models
+    from segbeam import models
 
     print(f"{'name':15s} {'parameters':>12s}  preprocessing / description")
     for spec in models.list_models():
@@ -99,20 +99,20 @@ def models_command(argv: Sequence[str]) -> int:
 
 
 def shard_command(argv: Sequence[str]) -> int:
-    from pipeline.shard import shard
+    from segbeam.pipeline.shard import shard
 
     shard(argv)
     return 0
 
 
 def train_command(argv: Sequence[str]) -> int:
-    from pipeline.train import train_command as train
+    from segbeam.pipeline.train import train_command as train
 
     return train(argv)
 
 
 def report_command(argv: Sequence[str]) -> int:
-    from pipeline.report import report_command as report
+    from segbeam.pipeline.report import report_command as report
 
     return report(argv)
 

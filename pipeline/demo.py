@@ -66,7 +66,7 @@ def train_demo_model(path: str, seed: int = 0, samples: int = 192, size: int = 6
     """Trains ``tiny_fcn`` on generated scenes and saves it as a ``.keras`` file."""
     import keras
 
-    import models
+    from segbeam import models
 
     rng = np.random.default_rng(seed + 1000)
     scenes = [synthetic_scene(rng, size, size) for _ in range(samples)]
@@ -74,7 +74,7 @@ def train_demo_model(path: str, seed: int = 0, samples: int = 192, size: int = 6
     masks = np.stack([s[1] for s in scenes])
     keras.utils.set_random_seed(seed)
     model = models.create_model("tiny_fcn", num_classes=len(DEMO_CLASSES))
-    from models.training import fit_on_arrays
+    from segbeam.models.training import fit_on_arrays
 
     losses = fit_on_arrays(model, images, masks, epochs=epochs, batch_size=16,
                            learning_rate=1e-2)

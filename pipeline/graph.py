@@ -8,14 +8,14 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
-from pipeline.options import Settings
-from transforms.aggregate import ConfusionSum, build_summary, summary_rows, summary_schema
-from transforms.inference import KerasSegmentationHandler, RunSegmentationInference
-from transforms.read import FindFiles, ReadAndDecode, ReadShardRecords
-from transforms.refine import RefineWithCRF, drop_probabilities
-from transforms.scoring import ScoreImages, metrics_row, metrics_schema
-from transforms.skip import SkipUnchanged
-from transforms.write import (DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX,
+from segbeam.pipeline.options import Settings
+from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, summary_schema
+from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
+from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords
+from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
+from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
+from segbeam.transforms.skip import SkipUnchanged
+from segbeam.transforms.write import (DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX,
                               SUMMARY_JSON, SUMMARY_PARQUET, RemoveStaleShards, WriteDeadLetters,
                               WriteJson, WriteLabelMasks, output_path, shard_pattern)
 

@@ -11,11 +11,11 @@ from typing import NamedTuple, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.classes import resolve_class_names
-from transforms.crf import CrfParams
-from transforms.decode import DEFAULT_MAX_PIXELS
-from transforms.geometry import RESIZE_MODES
-from transforms.incremental import parse_run_date, run_directory
+from segbeam.classes import resolve_class_names
+from segbeam.crf import CrfParams
+from segbeam.decode import DEFAULT_MAX_PIXELS
+from segbeam.geometry import RESIZE_MODES
+from segbeam.incremental import parse_run_date, run_directory
 
 INPUT_FORMATS = ("auto", "images", "tfrecord")
 STAGE_SPLITS = ("auto", "reshuffle", "fused")
@@ -271,7 +271,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
-    from models.io import is_saved_model
+    from segbeam.models.io import is_saved_model
 
     return Settings(
         input=absolute_local(o.input), input_format=input_format,

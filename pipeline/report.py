@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from transforms.write import DEAD_LETTERS_DIR, MANIFEST_JSON, METRICS_DIR, RAW_MASKS_DIR, \
+from segbeam.transforms.write import DEAD_LETTERS_DIR, MANIFEST_JSON, METRICS_DIR, RAW_MASKS_DIR, \
     SUMMARY_JSON, mask_png_path, output_path, write_bytes_atomically
 
 AGGREGATE_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
@@ -45,8 +45,8 @@ def load_run(root: str) -> RunOutputs:
 
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.run import read_json
-    from transforms.read import read_bytes
+    from segbeam.pipeline.run import read_json
+    from segbeam.transforms.read import read_bytes
 
     summary_path = output_path(root, SUMMARY_JSON)
     if not FileSystems.exists(summary_path):
@@ -248,7 +248,7 @@ def build_parser():
 def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
                  regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
     """Builds and writes the report; returns (figures, output folder)."""
-    from pipeline.report_render import render_html, render_json, render_markdown
+    from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
     report = build_report(load_run(run_dir), gallery_size)
     if compare:

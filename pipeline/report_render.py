@@ -14,8 +14,8 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from pipeline.classes import class_colours
-from pipeline.report import AGGREGATE_METRICS, METRIC_LABELS
+from segbeam.classes import class_colours
+from segbeam.pipeline.report import AGGREGATE_METRICS, METRIC_LABELS
 
 RAW_COLOUR, CRF_COLOUR = "#8da0cb", "#e78ac3"
 PANEL_WIDTH = 240
@@ -204,8 +204,8 @@ def _read_optional(reader: Callable[[], np.ndarray]) -> Optional[np.ndarray]:
 
 
 def _gallery_panels(entry: dict, colours: np.ndarray) -> list[tuple[str, Optional[str]]]:
-    from transforms.decode import decode_image, decode_mask
-    from transforms.read import read_bytes
+    from segbeam.decode import decode_image, decode_mask
+    from segbeam.transforms.read import read_bytes
 
     size = _panel_size(entry["height"], entry["width"])
     resize = lambda array, mode: np.asarray(Image.fromarray(array).resize(  # noqa: E731

@@ -20,16 +20,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions, TestOptions)
 
-from models.io import model_fingerprint
-from pipeline.graph import build_pipeline
-from pipeline.options import SegmentationOptions, Settings, settings_from
-from transforms.incremental import config_fingerprint
-from transforms.write import MANIFEST_JSON, SUMMARY_JSON, output_path, write_bytes_atomically
+from segbeam.models.io import model_fingerprint
+from segbeam.pipeline.graph import build_pipeline
+from segbeam.pipeline.options import SegmentationOptions, Settings, settings_from
+from segbeam.incremental import config_fingerprint
+from segbeam.transforms.write import MANIFEST_JSON, SUMMARY_JSON, output_path, write_bytes_atomically
 
 LOG = logging.getLogger(__name__)
 _PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
              "numpy", "pillow", "pyarrow", "pydensecrf2", "dask", "distributed")
-DASK_RUNNER = "pipeline.dask_runner.DaskRunner"
+DASK_RUNNER = "segbeam.pipeline.dask_runner.DaskRunner"
 _STOCK_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 

@@ -11,12 +11,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from transforms.example_proto import encode_example
-from transforms.read import (FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages,
+from segbeam.example_proto import encode_example
+from segbeam.transforms.read import (FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages,
                              read_bytes)
-from transforms.records import ImageRef
-from transforms.safe_map import SafeMap
-from transforms.write import WriteDeadLetters
+from segbeam.records import ImageRef
+from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.write import WriteDeadLetters
 
 
 def example_for(ref: ImageRef) -> bytes:

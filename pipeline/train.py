@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Optional, Sequence
 
-from models.training import OPTIMIZERS, TrainingConfig
+from segbeam.models.training import OPTIMIZERS, TrainingConfig
 
 DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
-    from pipeline.options import parse_size
+    from segbeam.pipeline.options import parse_size
 
     args = build_parser().parse_args(argv)
     if args.num_classes < 2:
@@ -97,7 +97,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
 def train_command(argv: Sequence[str]) -> int:
     import sys
 
-    from models.training import train
+    from segbeam.models.training import train
 
     try:
         config = config_from(argv)

@@ -22,7 +22,7 @@ def _report(**fields) -> None:
 def check_unpooling() -> None:
     import keras
 
-    from models.layers import MaxPoolingWithArgmax, MaxUnpooling
+    from segbeam.models.layers import MaxPoolingWithArgmax, MaxUnpooling
     from tests.pooling_reference import max_pool_with_argmax, unpool
 
     x = np.random.default_rng(0).integers(-3, 4, size=(2, 5, 7, 3)).astype(np.float32)
@@ -37,7 +37,7 @@ def check_unpooling() -> None:
 def check_architectures(names) -> None:
     import keras
 
-    import models
+    from segbeam import models
 
     for name in names:
         for size in SIZES:
@@ -55,7 +55,7 @@ def check_architectures(names) -> None:
 def main(argv) -> None:
     import keras
 
-    import models
+    from segbeam import models
 
     _report(check="backend", backend=keras.backend.backend())
     check_unpooling()

@@ -41,7 +41,7 @@ def tiny_model_path(tmp_path_factory) -> str:
     """An untrained 3-class tiny_fcn saved as .keras (random but fixed weights)."""
     import keras
 
-    import models
+    from segbeam import models
 
     keras.utils.set_random_seed(7)
     model = models.create_model("tiny_fcn", num_classes=3)
@@ -53,7 +53,7 @@ def tiny_model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def demo_model_path(tmp_path_factory) -> str:
     """tiny_fcn trained briefly on generated scenes (the demo's recipe, fewer steps)."""
-    from pipeline.demo import train_demo_model
+    from segbeam.pipeline.demo import train_demo_model
 
     path = str(tmp_path_factory.mktemp("models") / "demo.keras")
     train_demo_model(path, samples=96, epochs=8)
@@ -82,7 +82,7 @@ def gcs_bucket(monkeypatch):
     from apache_beam.options.pipeline_options import PipelineOptions
     from gcp_storage_emulator.server import create_server
 
-    from pipeline.run import apply_no_auth
+    from segbeam.pipeline.run import apply_no_auth
 
     servers = []
 

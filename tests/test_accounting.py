@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.demo import synthetic_scene
-from pipeline.run import run
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.pipeline.run import run
 
 IMAGES, CORRUPT, BATCH = 1000, 3, 7
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import models
+from segbeam import models
 
 
 def _layer_names(model):
@@ -16,7 +16,7 @@ def _layer_names(model):
 def test_convolutionalize_turns_a_dense_layer_into_the_equivalent_convolution():
     import keras
 
-    from models.fcn import convolutionalize
+    from segbeam.models.fcn import convolutionalize
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(2, 3, 3, 2)).astype(np.float32)
@@ -34,7 +34,7 @@ def test_convolutionalize_turns_a_dense_layer_into_the_equivalent_convolution():
 @pytest.mark.parametrize("name, skips", [("fcn32s", []), ("fcn16s", ["score_pool4"]),
                                          ("fcn8s", ["score_pool4", "score_pool3"])])
 def test_fcn_variants_fuse_their_skips_and_upsample_bilinearly(name, skips):
-    from models.layers import bilinear_kernel_size, upsample_filt
+    from segbeam.models.layers import bilinear_kernel_size, upsample_filt
 
     model = models.create_model(name, num_classes=5, input_size=(96, 128))
     names = _layer_names(model)
@@ -87,7 +87,7 @@ def test_segnet_basic_matches_the_paper_layout():
 
 
 def test_unet_taps_mobilenetv2_at_the_documented_strides():
-    from models.unet import SKIP_LAYERS
+    from segbeam.models.unet import SKIP_LAYERS
 
     model = models.create_model("unet", num_classes=4, input_size=(128, 160))
     encoder = model.get_layer("mobilenetv2_encoder")
@@ -140,7 +140,7 @@ def test_bad_backbone_weights_say_what_is_accepted():
 def test_saved_models_round_trip_to_identical_outputs(tmp_path, name):
     import keras
 
-    from models.io import load_model
+    from segbeam.models.io import load_model
 
     keras.utils.set_random_seed(3)
     model = models.create_model(name, num_classes=4)
@@ -157,7 +157,7 @@ def test_saved_models_round_trip_to_identical_outputs(tmp_path, name):
 
 
 def test_segbeam_models_lists_every_architecture_with_its_parameter_count(capsys):
-    from pipeline.cli import main
+    from segbeam.pipeline.cli import main
 
     assert main(["models", "--num_classes", "11"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -176,7 +176,7 @@ def test_a_saved_segnet_loads_in_a_fresh_interpreter_through_the_pipeline_loader
 
     path = str(tmp_path / "segnet_basic.keras")
     models.create_model("segnet_basic", num_classes=5).save(path)
-    code = ("import numpy as np; from models.io import load_model; "
+    code = ("import numpy as np; from segbeam.models.io import load_model; "
             f"m = load_model({path!r}); "
             "print(m.predict(np.zeros((1, 37, 53, 3), 'float32'), verbose=0).shape)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

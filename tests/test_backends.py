@@ -25,7 +25,7 @@ def _run_checks(backend: str) -> list[dict]:
 def test_every_architecture_builds_and_runs(backend, module):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} is not installed; `pip install -e '.[test]'` installs it")
-    import models
+    from segbeam import models
 
     reports = _run_checks(backend)
     assert reports[0] == {"check": "backend", "backend": backend}

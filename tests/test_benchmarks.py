@@ -12,9 +12,9 @@ from PIL import Image
 
 from benchmarks import crf as crf_benchmark
 from benchmarks import end_to_end, inference
-from pipeline.demo import synthetic_scene
-from pipeline.run import run
-from transforms.crf import CrfParams
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.pipeline.run import run
+from segbeam.crf import CrfParams
 
 
 def test_plain_crf_baseline_equals_the_stage_at_plain_settings(rng):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.run import run
+from segbeam.pipeline.run import run
 from tests.conftest import CAMVID
 
 pytestmark = pytest.mark.skipif(

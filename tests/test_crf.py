@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import transforms.crf
-from transforms.crf import CrfParams, dense_crf, kept_classes, labels_from_probabilities
+import segbeam.crf
+from segbeam.crf import CrfParams, dense_crf, kept_classes, labels_from_probabilities
 
 PLAIN = CrfParams(scale=1.0, class_floor=0.0)  # the plain full-resolution call
 
@@ -101,8 +101,8 @@ def test_reduced_resolution_still_snaps_to_the_edge(rng):
 def test_reduced_resolution_scales_the_kernels_but_not_the_gaussian_below_a_pixel(
         rng, monkeypatch):
     seen = []
-    real = transforms.crf._pydensecrf
-    monkeypatch.setattr(transforms.crf, "_pydensecrf",
+    real = segbeam.crf._pydensecrf
+    monkeypatch.setattr(segbeam.crf, "_pydensecrf",
                         lambda image, probs, params, floor: seen.append(
                             (image.shape, params)) or real(image, probs, params, floor))
     image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)

@@ -13,8 +13,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
-from pipeline.demo import synthetic_scene
-from pipeline.run import run
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.pipeline.run import run
 
 
 class _SplitTens(beam.DoFn):
@@ -50,7 +50,7 @@ def _save_to(folder, name):
 
 
 def _dask_options(cluster, *extra):
-    return PipelineOptions(["--runner", "pipeline.dask_runner.DaskRunner",
+    return PipelineOptions(["--runner", "segbeam.pipeline.dask_runner.DaskRunner",
                             "--dask_client_address", cluster.scheduler_address, *extra])
 
 

@@ -10,13 +10,13 @@ import sys
 import sysconfig
 import tarfile
 
-from setuptools import find_packages
 
-from pipeline.run import run
+from segbeam.pipeline.run import run
 from tests.conftest import put
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = sorted(find_packages(ROOT, include=["pipeline", "transforms", "models"]))
+# The folders setup.py installs as the package segbeam (core/) and its subpackages.
+FOLDERS = ("core", "models", "pipeline", "transforms")
 GPU = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
@@ -41,7 +41,7 @@ def test_dockerfile_lints_clean_and_matches_the_launcher():
     assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+cudnn\S+$", text, re.M)
     assert 'TENSORFLOW="tensorflow[and-cuda]"' in text
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
-    assert copied == {p.split(".")[0] for p in PACKAGES}  # every package goes into the image
+    assert copied == set(FOLDERS)  # every package folder goes into the image
     with open(os.path.join(ROOT, ".dockerignore")) as handle:
         allowed = {line.strip()[1:].rstrip("/") for line in handle if line.startswith("!")}
     assert copied | {"setup.py", "README.md"} <= allowed
@@ -53,11 +53,10 @@ def test_setup_file_sdist_holds_the_packages_and_installs_in_a_fresh_venv(tmp_pa
     sdist = Stager._build_setup_package(os.path.join(ROOT, "setup.py"), str(tmp_path / "sdist"))
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    for package in PACKAGES:
-        folder = os.path.join(ROOT, *package.split("."))
-        for module in os.listdir(folder):
+    for folder in FOLDERS:
+        for module in os.listdir(os.path.join(ROOT, folder)):
             if module.endswith(".py"):
-                assert f"{package.replace('.', '/')}/{module}" in names
+                assert f"{folder}/{module}" in names
     assert {"setup.py", "README.md"} <= names
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
@@ -78,8 +77,8 @@ def test_setup_file_sdist_holds_the_packages_and_installs_in_a_fresh_venv(tmp_pa
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = subprocess.run(
         [str(fresh / "bin" / "python"), "-c",
-         "import importlib.metadata as m, pipeline.graph, transforms.crf, models\n"
-         "print(pipeline.graph.__file__)\nprint(sorted(m.requires('segbeam')))"],
+         "import importlib.metadata as m, segbeam.pipeline.graph, segbeam.crf, segbeam.models\n"
+         "print(segbeam.pipeline.graph.__file__)\nprint(sorted(m.requires('segbeam')))"],
         capture_output=True, text=True, cwd=tmp_path, env=environment)
     assert probe.returncode == 0, probe.stderr[-2000:]
     location, requires = probe.stdout.strip().splitlines()[-2:]

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, png_bytes, random_image
-from transforms.decode import InvalidInputError, decode_image, decode_mask, decode_pair
+from segbeam.decode import InvalidInputError, decode_image, decode_mask, decode_pair
 
 
 def test_rgb_png_round_trips(rng):

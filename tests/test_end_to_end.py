@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.demo import synthetic_scene
-from transforms.example_proto import encode_example
+from segbeam.pipeline.cli import main
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.example_proto import encode_example
 from tests.conftest import png_bytes
 
 
@@ -52,7 +52,7 @@ def test_cli_run_on_files_with_bad_inputs(tmp_path, demo_model_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / "small.png")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(data / "images" / "small.png")
     output = tmp_path / "run" / "out"
-    command = [sys.executable, "-m", "pipeline.cli", "run",
+    command = [sys.executable, "-m", "segbeam.pipeline.cli", "run",
                "--input", f"{data}/images/*", "--masks", str(data / "masks"),
                "--output", str(output), "--model", demo_model_path, "--num_classes", "3",
                "--class_names", "background,disc,box", "--input_size", "64",
@@ -130,7 +130,7 @@ def test_shards_with_a_path_traversal_key_stay_inside_the_output(tmp_path, demo_
 
 
 def test_run_without_input_runs_the_demo(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--output",
+    result = subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", "run", "--output",
                              str(tmp_path / "demo")], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

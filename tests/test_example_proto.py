@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from transforms.example_proto import ExampleDecodeError, decode_example, encode_example
+from segbeam.example_proto import ExampleDecodeError, decode_example, encode_example
 
 
 def test_our_encoding_is_parsed_by_tensorflow():

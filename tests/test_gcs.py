@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
-from pipeline.demo import synthetic_scene
-from pipeline.report import write_report
-from pipeline.run import run
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.pipeline.report import write_report
+from segbeam.pipeline.run import run
 from tests.conftest import get, png_bytes, put
 
 

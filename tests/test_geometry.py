@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from transforms.geometry import (Placement, pad_canvas, place_image, placement_for, plan_batch,
+from segbeam.geometry import (Placement, pad_canvas, place_image, placement_for, plan_batch,
                                  resize_bilinear, restore_probabilities)
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from transforms.heap import release_freed_memory
+from segbeam.heap import release_freed_memory
 
 # In a fresh interpreter, with the C allocator directly (numpy's own caches would blur it): the
 # heap state that per-image arrays leave. After a large free, glibc raises its mmap threshold
@@ -12,7 +12,7 @@ from transforms.heap import release_freed_memory
 # between them keep free() from shrinking the heap by itself.
 _FRAGMENT_THEN_TRIM = """
 import ctypes
-from transforms.heap import release_freed_memory
+from segbeam.heap import release_freed_memory
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

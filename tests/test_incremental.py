@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.demo import synthetic_scene
-from pipeline.run import run
-from transforms.incremental import (PROCESS, REUSE, SKIP, Candidate, PriorResult,
+from segbeam.pipeline.demo import synthetic_scene
+from segbeam.pipeline.run import run
+from segbeam.incremental import (PROCESS, REUSE, SKIP, Candidate, PriorResult,
                                     config_fingerprint, content_sha256, decide, latest_result,
                                     parse_run_date, prior_result, run_directory)
-from transforms.write import remove_stale_shards
+from segbeam.transforms.write import remove_stale_shards
 
 
 def test_content_hash_covers_image_and_mask():

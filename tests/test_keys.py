@@ -1,6 +1,6 @@
 import pytest
 
-from transforms.keys import file_stem, glob_base, key_for_path, sanitise_key
+from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key
 
 
 @pytest.mark.parametrize("raw", ["0001TP_006690", "sub/dir/img-01.v2", "a_b"])

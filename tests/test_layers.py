@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.layers import (BilinearUpsamplingInitializer, ImageNormalization, MatchSize,
+from segbeam.models.layers import (BilinearUpsamplingInitializer, ImageNormalization, MatchSize,
                            MaxPoolingWithArgmax, MaxUnpooling, bilinear_kernel_size,
                            upsample_filt)
 from tests.pooling_reference import max_pool_with_argmax, unpool
@@ -62,7 +62,7 @@ def test_match_size_crops_or_pads_at_the_top_left():
 @pytest.mark.parametrize("mode, preset", [("caffe", "caffe"), ("torch", "torch"),
                                           ("symmetric", "scale_-1_1"), ("unit", "scale_0_1")])
 def test_in_model_normalisation_matches_the_pipeline_presets(mode, preset):
-    from models.preprocessing import preprocess
+    from segbeam.preprocessing import preprocess
 
     batch = np.random.default_rng(1).integers(0, 256, size=(2, 3, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(ImageNormalization(mode)(batch)),

@@ -3,7 +3,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from transforms.masks_png import encode_label_png, voc_palette
+from segbeam.masks_png import encode_label_png, voc_palette
 
 
 def test_voc_palette_first_colours():

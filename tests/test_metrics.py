@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from transforms.metrics import (confusion_matrix, dense_confusion, per_class_iou,
+from segbeam.metrics import (confusion_matrix, dense_confusion, per_class_iou,
                                 sparse_confusion, summarise_confusion)
 
 

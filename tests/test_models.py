@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-import models
+from segbeam import models
 
 
 def test_create_model_lists_known_names_on_typos():
@@ -18,8 +18,8 @@ def test_tiny_fcn_output_shape(classes, size):
 
 
 def test_bilinear_upsampling_matches_numpy_reference_at_any_size():
-    from models.layers import BilinearUpsampling
-    from transforms.geometry import resize_bilinear
+    from segbeam.models.layers import BilinearUpsampling
+    from segbeam.geometry import resize_bilinear
 
     layer = BilinearUpsampling(2)
     rng = np.random.default_rng(0)
@@ -37,14 +37,14 @@ def test_saved_model_round_trips_without_importing_custom_layers(tmp_path, tiny_
 
     import keras
 
-    from models.io import load_model
+    from segbeam.models.io import load_model
 
     batch = np.random.default_rng(0).integers(0, 255, size=(1, 32, 48, 3)).astype(np.float32)
     expected = keras.saving.load_model(tiny_model_path).predict(batch, verbose=0)
     np.testing.assert_allclose(load_model(tiny_model_path, num_classes=3).predict(
         batch, verbose=0), expected, atol=1e-6)
     # A fresh interpreter that imports only our loader (which registers the layers).
-    code = ("import numpy as np, sys; from models.io import load_model; "
+    code = ("import numpy as np, sys; from segbeam.models.io import load_model; "
             f"m = load_model({tiny_model_path!r}); print(m.output_shape[-1])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(tmp_path.parent), timeout=120)
@@ -52,7 +52,7 @@ def test_saved_model_round_trips_without_importing_custom_layers(tmp_path, tiny_
 
 
 def test_load_model_rejects_class_count_mismatch(tiny_model_path):
-    from models.io import load_model
+    from segbeam.models.io import load_model
 
     with pytest.raises(ValueError, match="predicts 3 classes but --num_classes is 5"):
         load_model(tiny_model_path, num_classes=5)
@@ -61,8 +61,8 @@ def test_load_model_rejects_class_count_mismatch(tiny_model_path):
 def test_training_lowers_the_loss():
     import keras
 
-    from models.training import fit_on_arrays
-    from pipeline.demo import synthetic_scene
+    from segbeam.models.training import fit_on_arrays
+    from segbeam.pipeline.demo import synthetic_scene
 
     rng = np.random.default_rng(0)
     scenes = [synthetic_scene(rng, 32, 32) for _ in range(32)]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.demo import DEMO_CLASSES, write_demo_inputs
-from pipeline.report import build_report, compare_reports, load_run, normalised_confusion
-from pipeline.report_render import colourise, render_html, render_json, render_markdown
+from segbeam.pipeline.cli import main
+from segbeam.pipeline.demo import DEMO_CLASSES, write_demo_inputs
+from segbeam.pipeline.report import build_report, compare_reports, load_run, normalised_confusion
+from segbeam.pipeline.report_render import colourise, render_html, render_json, render_markdown
 
 SECTIONS_WITH_MASKS = ("run", "aggregate", "per-class", "confusion", "distributions",
                        "gallery", "without-masks")
@@ -175,7 +175,7 @@ def test_chromium_renders_the_report(runs, tmp_path, which):
 
 
 def test_relative_paths_of_a_run_resolve_against_its_working_directory():
-    from pipeline.report import resolve
+    from segbeam.pipeline.report import resolve
 
     assert resolve("../data/a.png", "/work/main") == "/work/data/a.png"
     assert resolve("/abs/a.png", "/work/main") == "/abs/a.png"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data import (FilePair, SegmentationDataset, augment_pair, class_statistics,
+from segbeam.models.data import (FilePair, SegmentationDataset, augment_pair, class_statistics,
                          find_file_pairs, find_shard_entries, load_item,
                          median_frequency_weights, resize_pair, weight_table)
 
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_pairs(folder, count, height=40, width=48, seed=0, stem="scene"):
-    from pipeline.demo import synthetic_scene
+    from segbeam.pipeline.demo import synthetic_scene
 
     rng = np.random.default_rng(seed)
     images, masks = folder / "images", folder / "masks"
@@ -101,7 +101,7 @@ def test_images_without_masks_are_left_out_and_none_matching_is_an_error(tmp_pat
 
 
 def test_shards_from_segbeam_shard_feed_training(tmp_path):
-    from pipeline.shard import shard
+    from segbeam.pipeline.shard import shard
 
     images, masks = _write_pairs(tmp_path, 4)
     shard(["--input", os.path.join(images, "*.png"), "--masks", masks,
@@ -117,8 +117,8 @@ def test_shards_from_segbeam_shard_feed_training(tmp_path):
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
-    from models.io import load_model
-    from models.training import TrainingConfig, train
+    from segbeam.models.io import load_model
+    from segbeam.models.training import TrainingConfig, train
 
     images, masks = _write_pairs(tmp_path, 24, height=32, width=32)
     config = TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path / "run"),
@@ -139,7 +139,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
 
 
 def test_bad_training_flags_are_refused_before_any_work(tmp_path):
-    from models.training import TrainingConfig, parse_class_weights, train
+    from segbeam.models.training import TrainingConfig, parse_class_weights, train
 
     with pytest.raises(ValueError, match="needs 3 non-negative numbers"):
         parse_class_weights("1,2", 3)
@@ -152,7 +152,7 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
 
 def _segbeam(args, env=None, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -186,7 +186,7 @@ def test_segbeam_train_under_jax_produces_a_model_that_segbeam_run_uses(tmp_path
 
 
 def test_the_wall_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
-    from models.training import TrainingConfig, train
+    from segbeam.models.training import TrainingConfig, train
 
     images, masks = _write_pairs(tmp_path, 8, height=32, width=32)
     result = train(TrainingConfig(model="tiny_fcn", num_classes=3, output=str(tmp_path / "run"),

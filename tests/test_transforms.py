@@ -10,14 +10,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from tests.conftest import random_image
-from transforms.aggregate import ConfusionSum
-from transforms.crf import CrfParams
-from transforms.inference import KerasSegmentationHandler, RunSegmentationInference
-from transforms.read import MatchImages, ReadFiles
-from transforms.records import SegmentationRecord
-from transforms.refine import RefineWithCRF
-from transforms.scoring import ScoreImages, metrics_row
-from transforms.write import WriteLabelMasks
+from segbeam.transforms.aggregate import ConfusionSum
+from segbeam.crf import CrfParams
+from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
+from segbeam.transforms.read import MatchImages, ReadFiles
+from segbeam.records import SegmentationRecord
+from segbeam.transforms.refine import RefineWithCRF
+from segbeam.transforms.scoring import ScoreImages, metrics_row
+from segbeam.transforms.write import WriteLabelMasks
 
 
 def _save(path, array):
@@ -181,7 +181,7 @@ def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
     by the backend); the result equals the numpy reference, for each kind of model output."""
     import keras
 
-    from transforms.inference import SegmentationPredictor, softmax
+    from segbeam.transforms.inference import SegmentationPredictor, softmax
 
     model = keras.saving.load_model(tiny_model_path)
     images = np.stack([random_image(rng, 32, 48) for _ in range(3)]).astype(np.float32)

@@ -11,7 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.metrics import dense_confusion, nan_to_none, summarise_confusion
+from segbeam.metrics import dense_confusion, nan_to_none, summarise_confusion
 
 VARIANTS = ("raw", "crf")
 

@@ -19,10 +19,10 @@ import numpy as np
 from apache_beam.ml.inference import base as beam_inference
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.crf import labels_from_probabilities
-from transforms.geometry import RESIZE_MODES, plan_batch, place_image, resize_bilinear, \
+from segbeam.crf import labels_from_probabilities
+from segbeam.geometry import RESIZE_MODES, plan_batch, place_image, resize_bilinear, \
     restore_probabilities
-from transforms.records import DeadLetter, SegmentationRecord
+from segbeam.records import DeadLetter, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -163,8 +163,8 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
       weights: a weights file for a registry model.
       num_classes: the number of classes the model predicts (checked on load).
       input_size: (height, width) of the canvas; defaults to the model's fixed input size.
-      resize_mode: ``resize``, ``letterbox`` or ``pad`` (see ``transforms.geometry``).
-      preprocessing: the normalisation applied to raw RGB (see ``models.preprocessing``).
+      resize_mode: ``resize``, ``letterbox`` or ``pad`` (see ``segbeam.geometry``).
+      preprocessing: the normalisation applied to raw RGB (see ``segbeam.preprocessing``).
       model_output: ``logits``, ``probabilities`` or ``auto`` (detected per batch).
       size_multiple: what ``pad`` rounds the canvas up to (the model's total stride).
       seed: the random-initialisation seed for a registry model without weights.
@@ -188,7 +188,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         if model_output not in MODEL_OUTPUTS:
             raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}; received "
                              f"{model_output!r}")
-        from models.preprocessing import PREPROCESSORS
+        from segbeam.preprocessing import PREPROCESSORS
 
         if preprocessing not in PREPROCESSORS:
             raise ValueError(f"preprocessing must be one of {list(PREPROCESSORS)}; received "
@@ -210,7 +210,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         self._keep_probabilities = keep_probabilities
 
     def load_model(self) -> SegmentationPredictor:
-        from models.io import load_model
+        from segbeam.models.io import load_model
 
         device = _configure_accelerators()
         with device if device is not None else contextlib.nullcontext():
@@ -227,7 +227,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[SegmentationRecord]:
-        from models.preprocessing import preprocess
+        from segbeam.preprocessing import preprocess
 
         input_size = self._input_size or model.fixed_input_size()
         canvas, placements = plan_batch([r.image.shape[:2] for r in batch], self._resize_mode,

@@ -16,12 +16,12 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
-from transforms.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
-from transforms.example_proto import decode_example
-from transforms.incremental import content_sha256
-from transforms.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
-from transforms.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
-from transforms.safe_map import SafeMap
+from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
+from segbeam.example_proto import decode_example
+from segbeam.incremental import content_sha256
+from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
+from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
+from segbeam.transforms.safe_map import SafeMap
 
 IMAGE_FEATURE = "image/encoded"
 FILENAME_FEATURE = "image/filename"

@@ -1,12 +1,12 @@
-"""The dense-CRF stage: a thin Beam shell over ``transforms.crf.dense_crf``."""
+"""The dense-CRF stage: a thin Beam shell over ``segbeam.crf.dense_crf``."""
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.crf import CrfParams, dense_crf, labels_from_probabilities
-from transforms.records import SegmentationRecord
-from transforms.safe_map import SafeMap
+from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
+from segbeam.records import SegmentationRecord
+from segbeam.transforms.safe_map import SafeMap
 
 
 def refine_record(record: SegmentationRecord, params: CrfParams) -> SegmentationRecord:

@@ -8,7 +8,7 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.records import dead_letter_from_failure
+from segbeam.records import dead_letter_from_failure
 
 
 class SafeMap(beam.PTransform):

@@ -8,18 +8,18 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from transforms.heap import release_freed_memory
-from transforms.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
+from segbeam.heap import release_freed_memory
+from segbeam.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
     summarise_confusion
-from transforms.records import SegmentationRecord
-from transforms.safe_map import SafeMap
+from segbeam.records import SegmentationRecord
+from segbeam.transforms.safe_map import SafeMap
 
 
 def score_record(record: SegmentationRecord, num_classes: int,
                  ignore_index: Optional[int]) -> SegmentationRecord:
     """Adds confusion matrices (raw, and CRF where it ran) for images that have a mask, and
     drops the arrays no later stage needs (image, mask, probabilities). Once per image, it also
-    hands the memory the previous images freed back to the system (``transforms.heap``)."""
+    hands the memory the previous images freed back to the system (``segbeam.heap``)."""
     release_freed_memory()
     confusion_raw = confusion_crf = None
     if record.mask is not None:

@@ -1,5 +1,5 @@
 """``SkipUnchanged``: restricts a run to what is new or changed, a thin Beam shell over
-``transforms.incremental.decide``.
+``segbeam.incremental.decide``.
 
 Each input is hashed, then joined by key with the metrics rows of earlier runs (read from
 Parquet). Files are read once to be hashed and their bytes dropped, so that only small records
@@ -14,11 +14,11 @@ from typing import Optional, Union
 import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from transforms.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
-from transforms.read import ensure_encoded
-from transforms.records import EncodedImage, ImageRef
-from transforms.safe_map import SafeMap
-from transforms.write import METRICS_DIR
+from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
+from segbeam.transforms.read import ensure_encoded
+from segbeam.records import EncodedImage, ImageRef
+from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.write import METRICS_DIR
 
 
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:

@@ -16,9 +16,9 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.masks_png import encode_label_png
-from transforms.records import SegmentationRecord
-from transforms.safe_map import SafeMap
+from segbeam.masks_png import encode_label_png
+from segbeam.records import SegmentationRecord
+from segbeam.transforms.safe_map import SafeMap
 
 MASKS_DIR = "masks"
 RAW_MASKS_DIR = "masks_raw"

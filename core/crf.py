@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from transforms.geometry import resize_bilinear
+from segbeam.geometry import resize_bilinear
 
 
 class CrfParams(NamedTuple):

@@ -40,7 +40,7 @@ def class_colours(class_names: list[str]) -> list[tuple[int, int, int]]:
     other list)."""
     if class_names == PRESETS["camvid"]:
         return list(CAMVID_COLOURS)
-    from transforms.masks_png import voc_palette
+    from segbeam.masks_png import voc_palette
 
     return [tuple(int(v) for v in colour) for colour in voc_palette(max(len(class_names),
                                                                           1))]

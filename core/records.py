@@ -30,7 +30,7 @@ class EncodedImage(NamedTuple):
     """An image (and optional mask) as encoded bytes: a file read, or one record of a shard.
 
     ``content_sha256`` identifies the bytes (image and mask together), so that an incremental
-    run can tell an unchanged input from a changed one (see ``transforms.incremental``).
+    run can tell an unchanged input from a changed one (see ``segbeam.incremental``).
     """
 
     key: str
