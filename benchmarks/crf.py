@@ -14,6 +14,7 @@ benchmarks/.cache/). Both parts run single-threaded, one image at a time, as the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -76,11 +77,12 @@ def predict_val(model: str, input_size: tuple[int, int], limit: int | None):
     """CamVid val images, masks and the model's float16 probabilities at full resolution,
     computed by the pipeline's own inference handler."""
     from segbeam.pipeline.options import parse_size
+    from segbeam.models.source import ModelSource
     from segbeam.transforms.inference import KerasSegmentationHandler
 
     pairs = camvid_pairs("val", limit)
-    handler = KerasSegmentationHandler(model, num_classes=CAMVID_CLASSES,
-                                       input_size=parse_size(input_size))
+    handler = KerasSegmentationHandler(ModelSource(model, num_classes=CAMVID_CLASSES,
+                                                   input_size=parse_size(input_size)))
     predictor = handler.load_model()
     images, masks, probabilities = [], [], []
     for start in range(0, len(pairs), 8):
@@ -126,7 +128,7 @@ def naive_half_resolution(image: np.ndarray, probabilities: np.ndarray,
     height, width = probabilities.shape[:2]
     small = (round(height * params.scale), round(width * params.scale))
     small_image = np.asarray(Image.fromarray(image).resize(small[::-1], Image.BILINEAR))
-    scaled = params._replace(pos_xy_std=params.pos_xy_std * params.scale,
+    scaled = params.replace(pos_xy_std=params.pos_xy_std * params.scale,
                              bi_xy_std=params.bi_xy_std * params.scale)
     marginals = _pydensecrf(small_image, resize_bilinear(probabilities, *small), scaled, 1e-5)
     return labels_from_probabilities(resize_bilinear(marginals, height, width))
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
                 f"Part 2: plain call vs the stage's defaults (scale={default.scale:g}, "
                 f"class_floor={default.class_floor:g}, iterations={default.iterations})")
     chosen = next(row for row in curve if row["variant"].endswith("(default)"))
-    summary = {"model": model, "images": len(images), "default": default._asdict(),
+    summary = {"model": model, "images": len(images), "default": dataclasses.asdict(default),
                "default_speedup_camvid": chosen["speedup"],
                "default_miou_change": chosen["miou_change"],
                "min_speedup_over_sizes": min(row["speedup"] for row in grid)}

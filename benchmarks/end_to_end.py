@@ -75,7 +75,7 @@ def plain_loop(argv: list[str]) -> int:
 
     from segbeam.pipeline.graph import handler_for
     from segbeam.pipeline.options import SegmentationOptions, settings_from
-    from segbeam.transforms.read import decode_encoded, read_encoded
+    from segbeam.dataset import decode_encoded, read_encoded
     from segbeam.records import ImageRef
     from segbeam.transforms.refine import refine_record
     from segbeam.transforms.scoring import metrics_row, metrics_schema, score_record
@@ -86,9 +86,9 @@ def plain_loop(argv: list[str]) -> int:
     model = handler.load_model()
     paths = sorted(glob.glob(settings.input))
     rows = []
-    for first in range(0, len(paths), settings.batch_size):
+    for first in range(0, len(paths), settings.inference.batch_size):
         batch = []
-        for path in paths[first:first + settings.batch_size]:
+        for path in paths[first:first + settings.inference.batch_size]:
             key = os.path.splitext(os.path.basename(path))[0]
             ref = ImageRef(key, path, os.path.join(settings.masks, os.path.basename(path)))
             batch.append(decode_encoded(read_encoded(ref), settings.max_image_pixels))

@@ -72,7 +72,7 @@ def _device() -> str:
 
 def _loop(model_path: str, images: list[np.ndarray], _batch: int):
     """The notebook way: one predict() call per image, then argmax."""
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
 
     model = load_model(model_path)
     model.predict(np.expand_dims(images[0], 0), verbose=0)  # warm-up: builds predict()
@@ -87,12 +87,15 @@ def _handler(model_path: str, images: list[np.ndarray], batch: int,
              keep_probabilities: bool = True):
     """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels
     (with ``keep_probabilities=False``, as in a run without the CRF: labels alone)."""
-    from segbeam.transforms.inference import KerasSegmentationHandler
+    from segbeam.inference import InferenceSettings
+    from segbeam.models.source import ModelSource
     from segbeam.records import SegmentationRecord
+    from segbeam.transforms.inference import KerasSegmentationHandler
 
     records = [SegmentationRecord(f"k{i}", "s", image=image) for i, image in enumerate(images)]
     size = images[0].shape[:2]
-    handler = KerasSegmentationHandler(model_path, input_size=size, max_batch_size=batch,
+    handler = KerasSegmentationHandler(ModelSource(model_path, input_size=size),
+                                       InferenceSettings(batch_size=batch),
                                        keep_probabilities=keep_probabilities)
     predictor = handler.load_model()
     for _ in range(2):  # warm-up: the first batch decides the output kind, the second compiles
@@ -108,7 +111,7 @@ def _raw(model_path: str, images: list[np.ndarray], batch: int):
     """The model alone, on batches already on the device in its input format."""
     import keras
 
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
 
     model = load_model(model_path)
     batches = [np.stack(images[i:i + batch]).astype(np.float32)

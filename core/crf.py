@@ -23,32 +23,35 @@ resolution, 1% class floor; ``scale=1, class_floor=0`` is the plain call):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
 import numpy as np
 from PIL import Image
 
+from segbeam.config import Effect, setting
 from segbeam.geometry import resize_bilinear
 
 
-class CrfParams(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class CrfParams:
     """iterations: mean-field steps. pos_*: the Gaussian term's weight and spatial standard
     deviation (pixels). bi_*: the bilateral term's weight, spatial and colour standard
     deviations (pixels, intensity levels). scale: the fraction of the image's resolution the
     CRF runs at (1: full), never below min_side pixels on the short side. class_floor:
-    classes below this probability everywhere are left out (0: keep all)."""
+    classes below this probability everywhere are left out (0: keep all). Every field changes
+    the refined labels. Checked on construction."""
 
-    iterations: int = 10
-    pos_w: float = 3.0
-    pos_xy_std: float = 1.0
-    bi_w: float = 4.0
-    bi_xy_std: float = 67.0
-    bi_rgb_std: float = 3.0
-    scale: float = 0.5
-    class_floor: float = 0.01
-    min_side: int = 128
+    iterations: int = setting(Effect.OUTPUT, 10)
+    pos_w: float = setting(Effect.OUTPUT, 3.0)
+    pos_xy_std: float = setting(Effect.OUTPUT, 1.0)
+    bi_w: float = setting(Effect.OUTPUT, 4.0)
+    bi_xy_std: float = setting(Effect.OUTPUT, 67.0)
+    bi_rgb_std: float = setting(Effect.OUTPUT, 3.0)
+    scale: float = setting(Effect.OUTPUT, 0.5)
+    class_floor: float = setting(Effect.OUTPUT, 0.01)
+    min_side: int = setting(Effect.OUTPUT, 128)
 
-    def validate(self) -> "CrfParams":
+    def __post_init__(self):
         if self.iterations < 1:
             raise ValueError(f"CRF iterations must be at least 1; received {self.iterations}")
         for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
@@ -60,7 +63,9 @@ class CrfParams(NamedTuple):
             raise ValueError(f"CRF class_floor must be in [0, 1); received {self.class_floor}")
         if self.min_side < 1:
             raise ValueError(f"CRF min_side must be at least 1; received {self.min_side}")
-        return self
+
+    def replace(self, **changes) -> "CrfParams":
+        return dataclasses.replace(self, **changes)
 
 
 def _pydensecrf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams,
@@ -115,7 +120,7 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams = 
         small = (max(1, round(height * scale)), max(1, round(width * scale)))
         factor = (small[0] / height + small[1] / width) / 2
         small_image = np.asarray(Image.fromarray(image).resize(small[::-1], Image.BILINEAR))
-        small_params = params._replace(
+        small_params = params.replace(
             pos_xy_std=max(params.pos_xy_std * factor, min(params.pos_xy_std, 1.0)),
             bi_xy_std=params.bi_xy_std * factor)
         refined = _pydensecrf(small_image, resize_bilinear(subset, *small), small_params,

@@ -12,6 +12,16 @@ from typing import Union
 
 FeatureValue = Union[list[bytes], list[float], list[int]]
 
+# The DeepLab / TF-Models segmentation convention, which `segbeam shard` writes and the
+# pipeline and training read.
+IMAGE_FEATURE = "image/encoded"
+FILENAME_FEATURE = "image/filename"
+FORMAT_FEATURE = "image/format"
+HEIGHT_FEATURE = "image/height"
+WIDTH_FEATURE = "image/width"
+MASK_FEATURE = "image/segmentation/class/encoded"
+MASK_FORMAT_FEATURE = "image/segmentation/class/format"
+
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3
 

@@ -48,12 +48,6 @@ def parse_run_date(text: Optional[str], today: Optional[datetime.date] = None) -
         raise ValueError(f"--run_date must be YYYY-MM-DD or 'today'; received {text!r}") from None
 
 
-def run_directory(output: str, run_date: Optional[str]) -> str:
-    """Where a run writes: the output root, or its Hive-style ``date=YYYY-MM-DD`` partition."""
-    root = output.rstrip("/")
-    return f"{root}/date={run_date}" if run_date else root
-
-
 class Candidate(NamedTuple):
     """An input on its way to the skip decision. ``item`` is an ``ImageRef`` (read again if it
     must be processed) or an ``EncodedImage`` (shard records, whose bytes travel along)."""

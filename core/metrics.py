@@ -14,6 +14,13 @@ from typing import Optional
 
 import numpy as np
 
+# The dataset-level figures derived from a confusion matrix, in the order every output (summary,
+# Parquet, terminal, report) lists them, and how people call them.
+DATASET_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
+METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_class_accuracy":
+                 "mean class accuracy", "miou": "mIoU", "fwiou": "frequency-weighted IoU",
+                 "mean_dice": "mean Dice / F1"}
+
 
 def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
                      ignore_index: Optional[int] = None) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Training data: image/mask pairs from folders, globs or TFRecord shards, fed to Keras by a
-``keras.utils.PyDataset`` (plain numpy, so training runs on any backend), with SegNet's
+"""Training data: image/mask pairs (found and read by ``segbeam.dataset``, the reader the
+pipeline uses too) fed to Keras by a ``keras.utils.PyDataset`` (plain numpy, so training runs on any backend), with SegNet's
 median-frequency class weights and flip/scale/crop augmentation.
 
 The array functions (``resize_pair``, ``augment_pair``, ``median_frequency_weights``) are pure
@@ -8,117 +8,14 @@ and tested on their own; ``SegmentationDataset`` only loads, calls them and stac
 
 from __future__ import annotations
 
-import glob
-import logging
 import math
-import os
-import struct
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
 from PIL import Image
 
-from segbeam.decode import InvalidInputError, decode_pair
-from segbeam.example_proto import decode_example
-from segbeam.keys import file_stem
-
-LOG = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-SHARD_IMAGE, SHARD_MASK = "image/encoded", "image/segmentation/class/encoded"
-
-
-class FilePair(NamedTuple):
-    image: str
-    mask: str
-
-
-class ShardEntry(NamedTuple):
-    """One record of a TFRecord shard, located by byte offset so it is read on demand."""
-
-    shard: str
-    offset: int
-    length: int
-
-
-TrainingItem = Union[FilePair, ShardEntry]
-
-
-def _expand(pattern: str) -> list[str]:
-    if os.path.isdir(pattern):
-        return sorted(os.path.join(pattern, name) for name in os.listdir(pattern)
-                      if name.lower().endswith(IMAGE_SUFFIXES))
-    return sorted(glob.glob(pattern))
-
-
-def find_file_pairs(images: str, masks: str) -> list[FilePair]:
-    """Images (a folder or glob) paired with masks (a folder or glob) by file stem; images
-    without a mask are left out with a warning, since they cannot be trained on."""
-    image_paths = _expand(images)
-    if not image_paths:
-        raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
-                         f"'data/train/*.png'")
-    masks_by_stem: dict[str, str] = {}
-    for path in _expand(masks):
-        masks_by_stem.setdefault(file_stem(path), path)
-    pairs, unmatched = [], []
-    for path in image_paths:
-        mask = masks_by_stem.get(file_stem(path))
-        (pairs.append(FilePair(path, mask)) if mask else unmatched.append(path))
-    if unmatched:
-        LOG.warning("%d of %d images have no mask in %s and are not used for training "
-                    "(first: %s)", len(unmatched), len(image_paths), masks, unmatched[0])
-    if not pairs:
-        raise ValueError(f"none of the {len(image_paths)} images under {images!r} has a mask "
-                         f"with the same file stem under {masks!r}")
-    return pairs
-
-
-def tfrecord_entries(shard: str) -> list[ShardEntry]:
-    """The records of one TFRecord file (uncompressed): each is an 8-byte length, a 4-byte
-    CRC, the data and another 4-byte CRC."""
-    entries = []
-    with open(shard, "rb") as handle:
-        offset = 0
-        while True:
-            header = handle.read(12)
-            if not header:
-                break
-            if len(header) < 12:
-                raise ValueError(f"{shard} is truncated at byte {offset}")
-            (length,) = struct.unpack("<Q", header[:8])
-            entries.append(ShardEntry(shard, offset + 12, length))
-            offset += 12 + length + 4
-            handle.seek(offset)
-    return entries
-
-
-def find_shard_entries(pattern: str) -> list[ShardEntry]:
-    shards = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
-    if not shards:
-        raise ValueError(f"no TFRecord shards match {pattern!r}")
-    return [entry for shard in shards for entry in tfrecord_entries(shard)]
-
-
-def load_item(item: TrainingItem) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask)."""
-    if isinstance(item, FilePair):
-        with open(item.image, "rb") as image_file, open(item.mask, "rb") as mask_file:
-            image, mask = decode_pair(image_file.read(), mask_file.read())
-        return image, mask
-    with open(item.shard, "rb") as handle:
-        handle.seek(item.offset)
-        features = decode_example(handle.read(item.length))
-    image_bytes, mask_bytes = features.get(SHARD_IMAGE), features.get(SHARD_MASK)
-    if not image_bytes or not mask_bytes:
-        raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
-                                f"{SHARD_IMAGE!r} or {SHARD_MASK!r}")
-    image, mask = decode_pair(image_bytes[0], mask_bytes[0])
-    return image, mask
-
-
-def describe(item: TrainingItem) -> str:
-    return item.image if isinstance(item, FilePair) else f"{item.shard}@{item.offset}"
+from segbeam.dataset import TrainingItem, load_item
 
 
 def resize_pair(image: np.ndarray, mask: Optional[np.ndarray], size: tuple[int, int]

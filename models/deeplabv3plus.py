@@ -92,9 +92,7 @@ def aspp(x, rates: tuple[int, int, int], filters: int = 256):
     return _conv_bn_relu(x, filters, 1, "aspp_project")
 
 
-@register_model("deeplabv3plus", description="DeepLabV3+: ResNet50 (atrous), ASPP 6/12/18 "
-                "with image pooling, decoder with 48-channel low-level skip",
-                preprocessing="built in: caffe (BGR minus ImageNet mean)")
+@register_model("deeplabv3plus")
 def deeplabv3plus(num_classes: int, input_size: Optional[tuple[int, int]] = None,
                   backbone_weights: Optional[str] = None, output_stride: int = 16,
                   dropout: float = 0.1) -> keras.Model:

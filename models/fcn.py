@@ -114,25 +114,19 @@ def build_fcn(num_classes: int, stride: int, input_size: Optional[tuple[int, int
     return model
 
 
-_PREPROCESSING = "built in: caffe (BGR minus ImageNet mean)"
-
-
-@register_model("fcn32s", description="FCN-32s: VGG16, fc6/fc7 as convolutions, 32x bilinear "
-                "deconvolution", preprocessing=_PREPROCESSING)
+@register_model("fcn32s")
 def fcn32s(num_classes: int, input_size: Optional[tuple[int, int]] = None,
            backbone_weights: Optional[str] = None, **kwargs) -> keras.Model:
     return build_fcn(num_classes, 32, input_size, backbone_weights, **kwargs)
 
 
-@register_model("fcn16s", description="FCN-16s: FCN-32s plus a pool4 skip, 16x deconvolution",
-                preprocessing=_PREPROCESSING)
+@register_model("fcn16s")
 def fcn16s(num_classes: int, input_size: Optional[tuple[int, int]] = None,
            backbone_weights: Optional[str] = None, **kwargs) -> keras.Model:
     return build_fcn(num_classes, 16, input_size, backbone_weights, **kwargs)
 
 
-@register_model("fcn8s", description="FCN-8s: FCN-16s plus a pool3 skip, 8x deconvolution",
-                preprocessing=_PREPROCESSING)
+@register_model("fcn8s")
 def fcn8s(num_classes: int, input_size: Optional[tuple[int, int]] = None,
           backbone_weights: Optional[str] = None, **kwargs) -> keras.Model:
     return build_fcn(num_classes, 8, input_size, backbone_weights, **kwargs)

@@ -1,7 +1,7 @@
 """Custom layers and initialisers shared by the architectures, written with ``keras.ops`` only
 so that they run on every Keras backend. Registered as serialisable under the ``segbeam``
-package: saved ``.keras`` files that use them load after ``import models``, which the
-pipeline's loader does for the user."""
+package: saved ``.keras`` files that use them load once this module is imported, which the
+model loader (``segbeam.models.source``) does for the user."""
 
 from __future__ import annotations
 

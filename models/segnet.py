@@ -41,9 +41,7 @@ def _inputs(input_size: Optional[tuple[int, int]]):
     return keras.Input((height, width, 3), name="image")
 
 
-@register_model("segnet", description="SegNet: VGG16 encoder (13 conv + BN), decoder "
-                "unpooling with the encoder's max-pooling indices",
-                preprocessing="built in: caffe (BGR minus ImageNet mean)")
+@register_model("segnet")
 def segnet(num_classes: int, input_size: Optional[tuple[int, int]] = None,
            backbone_weights: Optional[str] = None) -> keras.Model:
     check_backbone_weights(backbone_weights, "segnet")
@@ -73,9 +71,7 @@ def segnet(num_classes: int, input_size: Optional[tuple[int, int]] = None,
     return model
 
 
-@register_model("segnet_basic", description="SegNet-Basic: 4 x (7x7x64 conv, BN, ReLU, pool) "
-                "encoder, 4 x (unpool, 7x7x64 conv, BN) decoder; trains from scratch",
-                preprocessing="built in: x / 255")
+@register_model("segnet_basic")
 def segnet_basic(num_classes: int, input_size: Optional[tuple[int, int]] = None,
                  backbone_weights: Optional[str] = None, filters: int = 64,
                  kernel_size: int = 7) -> keras.Model:

@@ -25,8 +25,7 @@ def _conv_block(x, filters: int, strides: int, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register_model("tiny_fcn", description="small encoder-decoder (3 stride-2 stages, one skip); "
-                "demos and tests", preprocessing="built in: x / 255")
+@register_model("tiny_fcn")
 def tiny_fcn(num_classes: int, input_size: Optional[tuple[int, int]] = None,
              backbone_weights: Optional[str] = None, width: int = 16) -> keras.Model:
     if backbone_weights is not None:

@@ -19,42 +19,9 @@ from typing import Optional
 import keras
 import numpy as np
 
+from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
+
 LOG = logging.getLogger(__name__)
-OPTIMIZERS = ("adam", "sgd")
-
-
-@dataclasses.dataclass
-class TrainingConfig:
-    """What ``segbeam train`` needs; each field is one of its flags."""
-
-    model: str
-    num_classes: int
-    output: str
-    input_size: tuple[int, int]
-    images: Optional[str] = None
-    masks: Optional[str] = None
-    shards: Optional[str] = None
-    val_images: Optional[str] = None
-    val_masks: Optional[str] = None
-    val_split: float = 0.0
-    backbone_weights: Optional[str] = None
-    batch_size: int = 8
-    epochs: int = 10
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    class_weights: str = "none"  # "none", "median_frequency" or comma-separated numbers
-    ignore_index: Optional[int] = None
-    augment: bool = True
-    flip: bool = True
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    max_minutes: Optional[float] = None
-    workers: int = 2
-    seed: int = 0
-    verbose: int = 2
-
-
 @dataclasses.dataclass
 class TrainingResult:
     model_path: str
@@ -82,36 +49,21 @@ class WallTimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:
-    """``none`` -> None; ``median_frequency`` -> computed later; else C comma-separated
-    numbers."""
-    if spec in ("none", "median_frequency"):
-        return None
-    try:
-        values = np.array([float(v) for v in spec.split(",")], dtype=np.float64)
-    except ValueError:
-        raise ValueError(f"--class_weights must be 'none', 'median_frequency' or {num_classes} "
-                         f"comma-separated numbers; received {spec!r}") from None
-    if len(values) != num_classes or (values < 0).any():
-        raise ValueError(f"--class_weights needs {num_classes} non-negative numbers, one per "
-                         f"class; received {len(values)}: {spec!r}")
-    return values
-
-
 def _items(images, masks, shards):
-    from segbeam.models.data import find_file_pairs, find_shard_entries
+    from segbeam.dataset import find_shard_entries, find_training_pairs
 
     if shards:
         return find_shard_entries(shards)
     if not images or not masks:
         raise ValueError("training needs --images and --masks (folders or globs), or --shards")
-    return find_file_pairs(images, masks)
+    return find_training_pairs(images, masks)
 
 
 def _usable(items, num_classes: int):
     """Decodes every pair once: drops (with a warning naming each) those that fail, and counts
     class pixels for the weights and the log."""
-    from segbeam.models.data import class_statistics, describe, load_item
+    from segbeam.dataset import describe, load_item
+    from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
     for item in items:
@@ -143,7 +95,8 @@ def train(config: TrainingConfig) -> TrainingResult:
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
     from segbeam import models
-    from segbeam.models.data import SegmentationDataset, find_file_pairs, median_frequency_weights
+    from segbeam.dataset import find_training_pairs
+    from segbeam.models.data import SegmentationDataset, median_frequency_weights
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
@@ -152,7 +105,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     if config.val_images:
         if not config.val_masks:
             raise ValueError("--val_images needs --val_masks")
-        val_items, _, _ = _usable(find_file_pairs(config.val_images, config.val_masks),
+        val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks),
                                   config.num_classes)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:

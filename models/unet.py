@@ -43,8 +43,7 @@ def _pix2pix_upsample(x, filters: int, dropout: float, name: str):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register_model("unet", description="U-Net: MobileNetV2 encoder (5 taps), pix2pix decoder with "
-                "skip concatenation", preprocessing="built in: [-1, 1] (MobileNetV2)")
+@register_model("unet")
 def unet(num_classes: int, input_size: Optional[tuple[int, int]] = None,
          backbone_weights: Optional[str] = None, freeze_encoder: bool = False,
          dropout: float = 0.0, alpha: float = 1.0, bn_momentum: float = 0.99) -> keras.Model:

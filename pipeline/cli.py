@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional, Sequence
+
+from segbeam import compat
+from segbeam.pipeline.exit_codes import ExitCode
 
 USAGE = """segbeam COMMAND [flags]
 
@@ -31,48 +33,36 @@ commands:
 `segbeam COMMAND --help` describes each command's flags."""
 
 
-def _run_parser() -> argparse.ArgumentParser:
-    from segbeam.pipeline.options import SegmentationOptions
-
-    parser = argparse.ArgumentParser(
-        prog="segbeam run",
-        description="Segment images in batch with a Keras model, refine with a dense CRF, "
-                    "and score against ground-truth masks where they exist.",
-        epilog="Beam's own options pass through: --runner (DirectRunner by default; "
-               "DataflowRunner, DaskRunner with --dask_client_address, ...), "
-               "--direct_num_workers N, --direct_running_mode multi_processing, "
-               "--temp_location, --dry_run=True (build the graph, run nothing), ... Without "
-               "--input, `segbeam run` generates demo data, trains a small model and runs on "
-               "it.")
-    SegmentationOptions._add_argparse_args(parser)
-    return parser
+def _error(command: str, error: Exception) -> int:
+    print(f"segbeam {command}: error: {error}", file=sys.stderr)
+    return ExitCode.USAGE
 
 
 def run_command(argv: Sequence[str]) -> int:
-    parser = _run_parser()
-    known, _ = parser.parse_known_args(argv)  # --help, and flag errors, before any work
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.options import SegmentationOptions, parse_run_argv
 
     argv = list(argv)
-    if known.input is None:
-        from segbeam.pipeline.demo import demo_argv
-
-        print(f"segbeam run: no --input given; running the demo under {known.output}/")
-        argv = demo_argv(known.output, argv)
     try:
-        outcome = run(argv)
-    except ValueError as error:
-        print(f"segbeam run: error: {error}", file=sys.stderr)
-        return 2
-    print(format_report(outcome))
-    if known.report and outcome.summary is not None:
-        from segbeam.pipeline.report import write_report
+        options = parse_run_argv(argv)  # --help, and flag errors, before any work
+        flags = options.view_as(SegmentationOptions)
+        compat.import_keras_quietly()
+        if flags.input is None:
+            from segbeam.pipeline.demo import demo_argv
 
-        _, folder = write_report(outcome.settings.run_dir)
-        print(f"segbeam run: report written to {folder}/report.html")
-    if outcome.exit_code == 1:
+            print(f"segbeam run: no --input given; running the demo under {flags.output}/")
+            argv = demo_argv(flags.output, argv)
+            options = parse_run_argv(argv)
+        from segbeam.pipeline.run import execute, format_report
+
+        outcome = execute(options, argv)
+    except ValueError as error:
+        return _error("run", error)
+    print(format_report(outcome))
+    if outcome.report_folder:
+        print(f"segbeam run: report written to {outcome.report_folder}/report.html")
+    if outcome.exit_code == ExitCode.DEAD_LETTERS:
         print("segbeam run: dead letters present and --fail_on_errors set", file=sys.stderr)
-    elif outcome.exit_code == 3:
+    elif outcome.exit_code == ExitCode.ACCOUNTING:
         print("segbeam run: inputs != outputs + dead letters; please report this",
               file=sys.stderr)
     return outcome.exit_code
@@ -80,7 +70,7 @@ def run_command(argv: Sequence[str]) -> int:
 
 def models_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="segbeam models",
+        prog="segbeam models", allow_abbrev=False,
         description="List the registered architectures with their parameter counts (built "
                     "for --num_classes) and the preprocessing built into them.")
     parser.add_argument("--num_classes", type=int, default=21,
@@ -101,8 +91,11 @@ def models_command(argv: Sequence[str]) -> int:
 def shard_command(argv: Sequence[str]) -> int:
     from segbeam.pipeline.shard import shard
 
-    shard(argv)
-    return 0
+    try:
+        shard(argv)
+    except ValueError as error:
+        return _error("shard", error)
+    return ExitCode.OK
 
 
 def train_command(argv: Sequence[str]) -> int:
@@ -125,15 +118,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return ExitCode.OK if argv else ExitCode.USAGE
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"segbeam: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # TensorFlow's start-up chatter (CPU features, oneDNN) is not for users; set it to 0 to see.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return command(argv[1:])
+    return int(command(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -8,27 +8,23 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
+from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX, \
+    SUMMARY_JSON, SUMMARY_PARQUET, output_path, shard_pattern
 from segbeam.pipeline.options import Settings
-from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, summary_schema
+from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
+    summary_schema
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
 from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords
 from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
-from segbeam.transforms.write import (DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX,
-                              SUMMARY_JSON, SUMMARY_PARQUET, RemoveStaleShards, WriteDeadLetters,
-                              WriteJson, WriteLabelMasks, output_path, shard_pattern)
+from segbeam.transforms.write import RemoveStaleShards, WriteDeadLetters, WriteJson, \
+    WriteLabelMasks
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
-    return KerasSegmentationHandler(
-        settings.model, weights=settings.weights, num_classes=settings.num_classes,
-        input_size=settings.input_size, resize_mode=settings.resize_mode,
-        preprocessing=settings.preprocess, model_output=settings.model_output,
-        size_multiple=settings.size_multiple, seed=settings.seed,
-        min_batch_size=settings.min_batch_size, max_batch_size=settings.batch_size,
-        large_model=settings.large_model, model_copies=settings.model_copies,
-        keep_probabilities=settings.crf is not None)
+    return KerasSegmentationHandler(settings.model, settings.inference,
+                                    keep_probabilities=settings.crf is not None)
 
 
 class ReadInputs(beam.PTransform):
@@ -52,7 +48,7 @@ class ReadInputs(beam.PTransform):
             items, unusable, count = pbegin | "FindFiles" >> FindFiles(s.input, s.masks)
         if s.skip_existing:
             items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
-                s.history_glob, self._fingerprint, s.run_dir, s.run_date)
+                s.layout.history_glob, self._fingerprint, s.run_dir, s.layout.run_date)
             unusable = (unusable, unreadable) | "Unusable" >> beam.Flatten()
         else:
             reused = pbegin | "NothingReused" >> beam.Create([])
@@ -79,14 +75,14 @@ class SegmentAndScore(beam.PTransform):
         s = self._settings
         infer = RunSegmentationInference(handler_for(s))
         if s.inference_hints:
-            infer = infer.with_resource_hints(**s.inference_hints)
+            infer = infer.with_resource_hints(**dict(s.inference_hints))
         predicted, inference_failed = records | "Infer" >> infer
         if s.reshuffle:
             predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
             refine = RefineWithCRF(s.crf)
             if s.crf_hints:
-                refine = refine.with_resource_hints(**s.crf_hints)
+                refine = refine.with_resource_hints(**dict(s.crf_hints))
             refined, crf_failed = predicted | "Refine" >> refine
         else:
             refined = predicted | "DropProbabilities" >> beam.Map(drop_probabilities)
@@ -114,7 +110,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     records, read_failed, inputs, reused_rows, skipped = pipeline | "Read" >> ReadInputs(
         s, fingerprint)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
-    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(run_dir, s.write_raw_masks)
+    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(run_dir,
+                                                                  s.layout.write_raw_masks)
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
     new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint)

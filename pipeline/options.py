@@ -5,17 +5,24 @@ that the graph is built from."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import os
 import re
-from typing import NamedTuple, Optional
+from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.classes import resolve_class_names
+from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.crf import CrfParams
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.geometry import RESIZE_MODES
-from segbeam.incremental import parse_run_date, run_directory
+from segbeam.incremental import config_fingerprint, parse_run_date
+from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
+from segbeam.layout import OutputLayout
+from segbeam.models.source import ModelSource, is_saved_model
+from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord")
 STAGE_SPLITS = ("auto", "reshuffle", "fused")
@@ -23,6 +30,10 @@ STAGE_SPLITS = ("auto", "reshuffle", "fused")
 # crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner",
                  "BundleBasedDirectRunner", "TestDirectRunner")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its settings: reported in one line, exit 2."""
 
 
 def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -96,12 +107,10 @@ class SegmentationOptions(PipelineOptions):
                                 "ratio and pad; pad: no scaling (models that take any size).")
         model.add_argument("--size_multiple", type=int, default=32,
                            help="With --resize_mode pad: round the batch canvas up to this.")
-        model.add_argument("--preprocess", default="none",
-                           choices=("none", "scale_0_1", "scale_-1_1", "caffe", "torch"),
+        model.add_argument("--preprocess", default="none", choices=tuple(PREPROCESSORS),
                            help="Normalisation the model expects; none: raw RGB in [0, 255] "
                                 "(this project's models normalise inside their graph).")
-        model.add_argument("--model_output", default="auto",
-                           choices=("auto", "logits", "probabilities"),
+        model.add_argument("--model_output", default="auto", choices=MODEL_OUTPUTS,
                            help="What the model emits; auto detects per batch.")
         model.add_argument("--batch_size", type=int, default=8,
                            help="Largest inference batch.")
@@ -165,54 +174,43 @@ class SegmentationOptions(PipelineOptions):
                                 help="Comma-separated names, or a preset: camvid, voc.")
 
 
-class Settings(NamedTuple):
-    """Validated, typed settings for one run."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything one run needs, validated once, composed of the configuration objects. Each
+    field is classified (``segbeam.config``): the run's configuration fingerprint is derived
+    from the classifications."""
 
-    input: str
-    input_format: str
-    masks: Optional[str]
-    output: str
-    max_image_pixels: int
-    model: str
-    weights: Optional[str]
-    num_classes: int
-    input_size: Optional[tuple[int, int]]
-    resize_mode: str
-    size_multiple: int
-    preprocess: str
-    model_output: str
-    batch_size: int
-    min_batch_size: int
-    large_model: bool
-    model_copies: Optional[int]
-    seed: int
-    crf: Optional[CrfParams]
-    ignore_index: Optional[int]
-    class_names: list
-    fail_on_errors: bool
-    write_raw_masks: bool = False
-    run_date: Optional[str] = None
-    run_dir: str = ""
-    skip_existing: bool = False
-    reshuffle: bool = True
-    inference_hints: dict = {}
-    crf_hints: dict = {}
+    input: str = setting(Effect.NONE)
+    input_format: str = setting(Effect.NONE)
+    masks: Optional[str] = setting(Effect.NONE)
+    max_image_pixels: int = setting(Effect.NONE)
+    model: ModelSource = setting(Effect.NESTED)
+    inference: InferenceSettings = setting(Effect.NESTED)
+    crf: Optional[CrfParams] = setting(Effect.OUTPUT)
+    ignore_index: Optional[int] = setting(Effect.OUTPUT)
+    class_names: list = setting(Effect.NONE)
+    layout: OutputLayout = setting(Effect.NESTED)
+    fail_on_errors: bool = setting(Effect.NONE, False)
+    skip_existing: bool = setting(Effect.NONE, False)
+    report: bool = setting(Effect.NONE, False)
+    reshuffle: bool = setting(Effect.NONE, True)
+    inference_hints: tuple = setting(Effect.NONE, ())  # (name, value) pairs for Beam
+    crf_hints: tuple = setting(Effect.NONE, ())
 
     @property
-    def history_glob(self) -> str:
-        """The metrics of earlier runs that --skip_existing looks at."""
-        if self.run_date:
-            return f"{self.output}/date=*/metrics/*.parquet"
-        return f"{self.run_dir}/metrics/*.parquet"
+    def num_classes(self) -> int:
+        return self.model.num_classes
 
-    def output_affecting(self) -> dict:
-        """The settings (beside the model file) that change a mask or a metrics row; their hash
-        is part of ``config_fingerprint``."""
-        return {"num_classes": self.num_classes, "input_size": self.input_size,
-                "resize_mode": self.resize_mode, "size_multiple": self.size_multiple,
-                "preprocess": self.preprocess, "model_output": self.model_output,
-                "crf": self.crf._asdict() if self.crf else None,
-                "ignore_index": self.ignore_index, "write_raw_masks": self.write_raw_masks}
+    @property
+    def run_dir(self) -> str:
+        return self.layout.run_dir
+
+    def fingerprint_entries(self) -> dict:
+        """The model's identity and every setting that changes a mask or a metrics row."""
+        return fingerprint_entries(self)
+
+    def config_fingerprint(self, entries: Optional[dict] = None) -> str:
+        return config_fingerprint(entries or self.fingerprint_entries())
 
 
 def absolute_local(path: Optional[str]) -> Optional[str]:
@@ -236,56 +234,112 @@ def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
     return name not in LOCAL_RUNNERS
 
 
+def _input_format(choice: str, pattern: str) -> str:
+    if choice != "auto":
+        return choice
+    return "tfrecord" if any(s in pattern.lower() for s in (".tfrecord", ".tfrec")) else "images"
+
+
+def _crf_params(o: SegmentationOptions) -> Optional[CrfParams]:
+    if not o.crf:
+        return None
+    return CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
+                     o.crf_bi_xy_std, o.crf_bi_rgb_std, o.crf_scale, o.crf_class_floor,
+                     o.crf_min_side)
+
+
 def settings_from(options: SegmentationOptions, runner: Optional[str] = None) -> Settings:
     """Checks the flags together and returns typed settings; errors say what to change.
 
     ``runner`` is Beam's ``--runner`` (it decides ``--stage_split auto``)."""
     o = options
     if not o.input:
-        raise ValueError("--input is required (a glob of images or TFRecord shards)")
-    if not o.model:
-        raise ValueError("--model is required: a .keras file or a registry name "
-                         "(see `segbeam models`)")
-    if o.num_classes is None or o.num_classes < 2:
-        raise ValueError(f"--num_classes must be at least 2; received {o.num_classes}")
-    if o.batch_size < 1 or not 1 <= o.min_batch_size <= o.batch_size:
-        raise ValueError(f"need 1 <= --min_batch_size ({o.min_batch_size}) <= --batch_size "
-                         f"({o.batch_size})")
-    input_format = o.input_format
-    if input_format == "auto":
-        input_format = "tfrecord" if any(s in o.input.lower() for s in (".tfrecord", ".tfrec")) \
-            else "images"
+        raise UsageError("--input is required (a glob of images or TFRecord shards)")
+    if o.num_classes is None:
+        raise UsageError("--num_classes is required: the number of classes the model predicts")
+    input_format = _input_format(o.input_format, o.input)
     if input_format == "tfrecord" and o.masks:
-        raise ValueError("--masks applies to image files; TFRecord shards carry their masks "
+        raise UsageError("--masks applies to image files; TFRecord shards carry their masks "
                          "in image/segmentation/class/encoded")
-    crf = None
-    if o.crf:
-        crf = CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
-                        o.crf_bi_xy_std, o.crf_bi_rgb_std, o.crf_scale,
-                        o.crf_class_floor, o.crf_min_side).validate()
-    run_date = parse_run_date(o.run_date)
-    output = absolute_local(o.output.rstrip("/") or "/")
-    inference_hints = {name: value for name, value in (
-        ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram)) if value}
-    crf_hints = {"min_ram": o.crf_min_ram} if o.crf_min_ram else {}
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
-    from segbeam.models.io import is_saved_model
-
+    source = ModelSource(absolute_local(o.model) if o.model and is_saved_model(o.model)
+                         else o.model, absolute_local(o.weights), o.num_classes,
+                         parse_size(o.input_size), o.seed)
+    inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
+                                  o.batch_size, o.min_batch_size, o.large_model, model_copies)
+    layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
+                          parse_run_date(o.run_date), o.write_raw_masks)
     return Settings(
         input=absolute_local(o.input), input_format=input_format,
-        masks=absolute_local(o.masks), output=output,
-        max_image_pixels=o.max_image_pixels,
-        model=absolute_local(o.model) if is_saved_model(o.model) else o.model,
-        weights=absolute_local(o.weights),
-        num_classes=o.num_classes, input_size=parse_size(o.input_size),
-        resize_mode=o.resize_mode, size_multiple=o.size_multiple, preprocess=o.preprocess,
-        model_output=o.model_output, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
-        large_model=o.large_model, model_copies=model_copies, seed=o.seed, crf=crf,
+        masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
+        inference=inference, crf=_crf_params(o),
         ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
-        class_names=resolve_class_names(o.class_names, o.num_classes),
-        fail_on_errors=o.fail_on_errors, write_raw_masks=o.write_raw_masks,
-        run_date=run_date, run_dir=run_directory(output, run_date),
-        skip_existing=o.skip_existing, reshuffle=stage_split_reshuffles(o.stage_split, runner),
-        inference_hints=inference_hints, crf_hints=crf_hints)
+        class_names=resolve_class_names(o.class_names, o.num_classes), layout=layout,
+        fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
+        reshuffle=stage_split_reshuffles(o.stage_split, runner),
+        inference_hints=tuple((name, value) for name, value in (
+            ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
+            if value),
+        crf_hints=(("min_ram", o.crf_min_ram),) if o.crf_min_ram else ())
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """The parser of ``segbeam run``'s own flags (Beam's are checked apart)."""
+    parser = argparse.ArgumentParser(
+        prog="segbeam run", allow_abbrev=False,
+        description="Segment images in batch with a Keras model, refine with a dense CRF, "
+                    "and score against ground-truth masks where they exist.",
+        epilog="Beam's own options pass through: --runner (DirectRunner by default; "
+               "DataflowRunner, DaskRunner with --dask_client_address, ...), "
+               "--direct_num_workers N, --direct_running_mode multi_processing, "
+               "--temp_location, --dry_run=True (build the graph, run nothing), ... Without "
+               "--input, `segbeam run` generates demo data, trains a small model and runs on "
+               "it.")
+    SegmentationOptions._add_argparse_args(parser)
+    return parser
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """Every flag of every registered PipelineOptions class, as Beam collects them."""
+    try:  # registers Beam's Dask options (--dask_client_address, ...) where dask is installed
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings
+            if option.startswith("--")]
+
+
+def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> None:
+    """Raises UsageError for the first argument in ``rest`` (what ``ours`` did not take) that
+    no Beam option takes either, naming the closest known flag."""
+    beam_parser = _beam_parser()
+    _, unknown = beam_parser.parse_known_args(list(rest))
+    for argument in unknown:
+        if not argument.startswith("-"):
+            raise UsageError(f"unexpected argument {argument!r}; every value follows its flag "
+                             f"(quote globs: --input 'data/*.png')")
+        flag = argument.split("=", 1)[0]
+        close = difflib.get_close_matches(
+            flag, _option_strings(ours) + _option_strings(beam_parser), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
+        raise UsageError(f"unknown flag {flag}{hint}")
+
+
+def parse_run_argv(argv: Sequence[str]) -> PipelineOptions:
+    """Parses ``segbeam run``'s command line once: its own flags (argparse reports malformed
+    values and ``--help`` itself), then every remaining flag must be one of Beam's."""
+    argv = list(argv)
+    parser = run_parser()
+    _, rest = parser.parse_known_args(argv)
+    reject_unknown_flags(rest, parser)
+    return PipelineOptions(argv)

@@ -2,65 +2,25 @@
 (``pipeline/report_render.py``: JSON, Markdown, one self-contained HTML file).
 
 A report reads only what ``segbeam run`` wrote under ``--output`` (``summary.json``,
-``manifest.json``, ``metrics/*.parquet``, ``dead_letters/*.jsonl``, ``masks/``), through Beam's
-FileSystems, so it works on local and ``gs://`` outputs alike. Figures are plain dicts of
-numbers, so the JSON rendering is the figures themselves and tests can check them directly.
+``manifest.json``, ``metrics/*.parquet``, ``dead_letters/*.jsonl``, ``masks/``), through
+``segbeam.layout`` and Beam's FileSystems, so it works on local and ``gs://`` outputs alike.
+Figures are plain dicts of numbers, so the JSON rendering is the figures themselves and tests
+can check them directly.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import posixpath
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
-from segbeam.transforms.write import DEAD_LETTERS_DIR, MANIFEST_JSON, METRICS_DIR, RAW_MASKS_DIR, \
-    SUMMARY_JSON, mask_png_path, output_path, write_bytes_atomically
-
-AGGREGATE_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
-METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_class_accuracy":
-                 "mean class accuracy", "miou": "mIoU", "fwiou": "frequency-weighted IoU",
-                 "mean_dice": "mean Dice / F1"}
-
-
-class RunOutputs(NamedTuple):
-    root: str
-    summary: dict
-    manifest: dict
-    rows: list[dict]
-    dead_letters: list[dict]
-
-
-def _glob(pattern: str) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    return sorted(m.path for result in FileSystems.match([pattern]) for m in result.metadata_list)
-
-
-def load_run(root: str) -> RunOutputs:
-    """Reads a run's outputs; a folder without ``summary.json`` is refused with the reason."""
-    import pyarrow.parquet as pq
-
-    from apache_beam.io.filesystems import FileSystems
-
-    from segbeam.pipeline.run import read_json
-    from segbeam.transforms.read import read_bytes
-
-    summary_path = output_path(root, SUMMARY_JSON)
-    if not FileSystems.exists(summary_path):
-        raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
-                         f"finished `segbeam run`")
-    manifest_path = output_path(root, MANIFEST_JSON)
-    manifest = read_json(manifest_path) if FileSystems.exists(manifest_path) else {}
-    rows = []
-    for path in _glob(output_path(root, METRICS_DIR, "*.parquet")):
-        with FileSystems.open(path) as handle:
-            rows.extend(pq.read_table(handle).to_pylist())
-    dead = [json.loads(line) for path in _glob(output_path(root, DEAD_LETTERS_DIR, "*.jsonl"))
-            for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]
-    return RunOutputs(root, read_json(summary_path), manifest, rows, dead)
+from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
+    mask_png_path, output_path, write_bytes_atomically
+from segbeam.metrics import DATASET_METRICS, METRIC_LABELS
+from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
 
 def histogram(values: list[float], bins: int, low: float, high: float) -> dict:
@@ -100,7 +60,7 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
     names = summary["class_names"]
     aggregate = {metric: {"raw": raw.get(metric), "crf": crf.get(metric) if crf else None,
                           "delta": _delta(crf.get(metric), raw.get(metric)) if crf else None}
-                 for metric in AGGREGATE_METRICS}
+                 for metric in DATASET_METRICS}
     truth = np.asarray(raw["confusion"], dtype=np.int64).sum(axis=1)
     labelled = max(int(truth.sum()), 1)
     per_class = []
@@ -143,13 +103,11 @@ def resolve(path: Optional[str], working_directory: Optional[str]) -> Optional[s
 
 def _gallery_entry(row: dict, working_directory: Optional[str] = None,
                    root: Optional[str] = None) -> dict:
-    from apache_beam.io.filesystems import FileSystems
-
     raw = mask_png_path(root, row["key"], RAW_MASKS_DIR) if root else None
     return {"key": row["key"], "source": resolve(row["source"], working_directory),
             "mask_source": resolve(row.get("mask_source"), working_directory),
             "mask_path": resolve(row["mask_path"], working_directory),
-            "raw_mask_path": raw if raw and FileSystems.exists(raw) else None,
+            "raw_mask_path": raw if raw and exists(raw) else None,
             "crf_applied": row.get("crf_applied"),
             "miou_raw": row.get("miou_raw"), "miou_crf": row.get("miou_crf"),
             "height": row["height"], "width": row["width"]}
@@ -157,7 +115,7 @@ def _gallery_entry(row: dict, working_directory: Optional[str] = None,
 
 def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
     """The report's figures for one run."""
-    summary, manifest, settings = run.summary, run.manifest, run.manifest.get("settings", {})
+    summary, manifest = run.summary, run.manifest
     reasons = collections.Counter((d.get("stage", "?"), _reason_group(d.get("reason", "")))
                                   for d in run.dead_letters)
     unmasked = [r for r in run.rows if not r.get("has_mask")]
@@ -165,10 +123,10 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
     return {
         "run": {
             "output": run.root,
-            "model": settings.get("model"),
+            "model": run.setting("model"),
             "model_fingerprint": manifest.get("model_fingerprint"),
-            "input": settings.get("input"),
-            "masks": settings.get("masks"),
+            "input": run.setting("input"),
+            "masks": run.setting("masks"),
             "started_utc": manifest.get("started_utc"),
             "wall_time_seconds": manifest.get("wall_time_seconds"),
             "versions": manifest.get("versions", {}),
@@ -199,7 +157,7 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
                 "aggregate": {}, "per_class": [], "regressions": []}
     pick = lambda figures: figures["crf"] if figures["crf"] is not None else figures["raw"]  # noqa: E731
     regressions, aggregate, per_class = [], {}, []
-    for metric in AGGREGATE_METRICS:
+    for metric in DATASET_METRICS:
         a, b = pick(now["aggregate"][metric]), pick(before["aggregate"][metric])
         delta = _delta(a, b)
         aggregate[metric] = {"current": a, "previous": b, "delta": delta}
@@ -218,14 +176,11 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
             "aggregate": aggregate, "per_class": per_class, "regressions": regressions}
 
 
-REGRESSION_EXIT_CODE = 4
-
-
 def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="segbeam report",
+        prog="segbeam report", allow_abbrev=False,
         description="Build an evaluation report (one self-contained HTML file, plus Markdown "
                     "and JSON) over the --output folder of a finished `segbeam run`.")
     parser.add_argument("run", help="the run's output folder (local or gs://)")
@@ -239,7 +194,7 @@ def build_parser():
                         help="a drop of more than this many points (of 100) in an aggregate "
                              "metric or a class IoU is a regression (default: 1.0)")
     parser.add_argument("--fail_on_regression", action="store_true",
-                        help=f"exit {REGRESSION_EXIT_CODE} when --compare finds a regression")
+                        help=f"exit {int(ExitCode.REGRESSION)} when --compare finds a regression")
     parser.add_argument("--gallery_size", type=int, default=6,
                         help="how many worst and best images the gallery shows (default: 6)")
     return parser
@@ -248,13 +203,11 @@ def build_parser():
 def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
                  regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
     """Builds and writes the report; returns (figures, output folder)."""
-    from segbeam.pipeline.report_render import render_html, render_json, render_markdown
-
     report = build_report(load_run(run_dir), gallery_size)
     if compare:
         report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
                                                regression_threshold / 100.0)
-    folder = output or output_path(run_dir, "report")
+    folder = output or output_path(run_dir, REPORT_DIR)
     for name, text in (("report.json", render_json(report)),
                        ("report.md", render_markdown(report)),
                        ("report.html", render_html(report))):
@@ -269,17 +222,17 @@ def report_command(argv) -> int:
     if args.fail_on_regression and not args.compare:
         print("segbeam report: error: --fail_on_regression needs --compare PREVIOUS_RUN",
               file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         report, folder = write_report(args.run, args.output, args.compare,
                                       args.regression_threshold, args.gallery_size)
     except ValueError as error:
         print(f"segbeam report: error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
     regressions = (report.get("comparison") or {}).get("regressions", [])
     for regression in regressions:
         print(f"  regression: {regression['what']} {regression['delta'] * 100:+.2f} points")
     if regressions and args.fail_on_regression:
-        return REGRESSION_EXIT_CODE
-    return 0
+        return ExitCode.REGRESSION
+    return ExitCode.OK

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from segbeam.classes import class_colours
-from segbeam.pipeline.report import AGGREGATE_METRICS, METRIC_LABELS
+from segbeam.metrics import DATASET_METRICS, METRIC_LABELS
 
 RAW_COLOUR, CRF_COLOUR = "#8da0cb", "#e78ac3"
 PANEL_WIDTH = 240
@@ -68,7 +68,7 @@ def render_markdown(report: dict) -> str:
     else:
         lines += ["", "## Aggregate (%)", "", "| metric | raw | CRF | CRF - raw |",
                   "| --- | ---: | ---: | ---: |"]
-        for metric in AGGREGATE_METRICS:
+        for metric in DATASET_METRICS:
             figures = evaluation["aggregate"][metric]
             lines.append(f"| {METRIC_LABELS[metric]} | {_pct(figures['raw'])} | "
                          f"{_pct(figures['crf'])} | {_pct(figures['delta'], True)} |")
@@ -205,7 +205,7 @@ def _read_optional(reader: Callable[[], np.ndarray]) -> Optional[np.ndarray]:
 
 def _gallery_panels(entry: dict, colours: np.ndarray) -> list[tuple[str, Optional[str]]]:
     from segbeam.decode import decode_image, decode_mask
-    from segbeam.transforms.read import read_bytes
+    from segbeam.layout import read_bytes
 
     size = _panel_size(entry["height"], entry["width"])
     resize = lambda array, mode: np.asarray(Image.fromarray(array).resize(  # noqa: E731
@@ -325,7 +325,7 @@ def render_html(report: dict) -> str:
 def _evaluation_html(evaluation: dict, names: list[str], colours: np.ndarray) -> str:
     out = ['<section id="aggregate"><h2>Aggregate</h2><table><tr><th>metric (%)</th>'
            "<th>raw</th><th>CRF</th><th>CRF - raw</th></tr>"]
-    for metric in AGGREGATE_METRICS:
+    for metric in DATASET_METRICS:
         figures = evaluation["aggregate"][metric]
         out.append(f"<tr><td>{METRIC_LABELS[metric]}</td><td>{_pct(figures['raw'])}</td>"
                    f"<td>{_pct(figures['crf'])}</td>{_signed_cell(figures['delta'])}</tr>")

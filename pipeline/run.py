@@ -5,6 +5,7 @@ its staged packages) but nothing runs and nothing is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -20,11 +21,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions, TestOptions)
 
-from segbeam.models.io import model_fingerprint
+from segbeam import compat
+from segbeam.metrics import DATASET_METRICS
+from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, output_path, read_json, \
+    write_bytes_atomically
+from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.options import SegmentationOptions, Settings, settings_from
-from segbeam.incremental import config_fingerprint
-from segbeam.transforms.write import MANIFEST_JSON, SUMMARY_JSON, output_path, write_bytes_atomically
+from segbeam.pipeline.options import SegmentationOptions, Settings, UsageError, \
+    parse_run_argv, settings_from
 
 LOG = logging.getLogger(__name__)
 _PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
@@ -37,17 +41,18 @@ class RunOutcome(NamedTuple):
     settings: Settings
     summary: Optional[dict]  # None after a dry run
     manifest: dict
+    report_folder: Optional[str] = None  # where --report wrote the report
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.summary is None:
-            return 0
+            return ExitCode.OK
         counts = self.summary["counts"]
         if not counts["accounted_for"]:
-            return 3
+            return ExitCode.ACCOUNTING
         if self.settings.fail_on_errors and counts["dead_letters"]:
-            return 1
-        return 0
+            return ExitCode.DEAD_LETTERS
+        return ExitCode.OK
 
 
 def package_versions() -> dict:
@@ -58,11 +63,6 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def read_json(path: str) -> dict:
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
 
 
 def beam_counters(result) -> Optional[dict]:
@@ -84,7 +84,7 @@ def _check_inputs_exist(settings: Settings) -> None:
     than the runner's, and no empty outputs."""
     match = FileSystems.match([settings.input], limits=[1])[0]
     if not match.metadata_list:
-        raise ValueError(f"--input {settings.input!r} matches no file; check the path and "
+        raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
 
 
@@ -95,28 +95,17 @@ def resolve_runner(options: PipelineOptions) -> Optional[str]:
     if standard.runner in ("DaskRunner", "dask", DASK_RUNNER):
         standard.runner = DASK_RUNNER
     elif standard.runner == _STOCK_DASK_RUNNER:
-        raise ValueError(f"--runner {_STOCK_DASK_RUNNER} drops elements in this Beam version "
+        raise UsageError(f"--runner {_STOCK_DASK_RUNNER} drops elements in this Beam version "
                          f"(outputs of finish_bundle, tagged outputs, all but one sink); use "
                          f"--runner DaskRunner, segbeam's corrected translation")
     return standard.runner
 
 
 def apply_no_auth(options: PipelineOptions) -> None:
-    """With ``--no_auth``, Cloud Storage is accessed anonymously (public buckets, emulators).
-
-    Beam's gcsio ignores the flag: it asks for default credentials, retrying for about 25 s
-    before it connects anonymously anyway. This settles Beam's credential cache (in this
-    process) to "none" at once."""
-    if not options.view_as(GoogleCloudOptions).no_auth:
-        return
-    try:
-        from apache_beam.internal.gcp import auth
-    except ImportError:  # no GCP extras: nothing to settle
-        return
-    credentials = getattr(auth, "_Credentials", None)
-    if credentials is not None and hasattr(credentials, "_credentials_init"):
-        with credentials._credentials_lock:
-            credentials._credentials, credentials._credentials_init = None, True
+    """With ``--no_auth``, Cloud Storage is accessed anonymously (public buckets, emulators), at
+    once (see ``segbeam.compat.settle_anonymous_gcs_credentials``)."""
+    if options.view_as(GoogleCloudOptions).no_auth:
+        compat.settle_anonymous_gcs_credentials()
 
 
 def _stage_name(unique_name: str) -> str:
@@ -159,27 +148,34 @@ def _job_description(pipeline: beam.Pipeline, result) -> dict:
 def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipeline] = None
         ) -> RunOutcome:
     """Runs ``segbeam run`` with ``argv`` (its flags plus Beam's) and returns the outcome."""
-    options = PipelineOptions(list(argv or []))
+    argv = list(argv or [])
+    return execute(parse_run_argv(argv), argv, test_pipeline)
+
+
+def execute(options: PipelineOptions, argv: Sequence[str],
+            test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
+    """Runs the job that ``options`` (parsed from ``argv`` by ``parse_run_argv``) describe:
+    builds the graph, runs it, reads back the summary, writes the manifest (and, with
+    ``--report``, the report)."""
     runner = resolve_runner(options)
     FileSystems.set_options(options)  # before the launcher touches gs:// paths
     apply_no_auth(options)
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     _check_inputs_exist(settings)
-    model_id = model_fingerprint(settings.model, settings.weights, settings.num_classes,
-                                 settings.input_size, settings.seed)
-    fingerprint = config_fingerprint({"model": model_id, **settings.output_affecting()})
+    entries = settings.fingerprint_entries()
+    model_id, fingerprint = entries["model"], settings.config_fingerprint(entries)
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, settings, fingerprint)
     manifest = {
         "started_utc": started.isoformat(),
-        "argv": list(argv or []),
+        "argv": list(argv),
         # Relative input paths in the metrics resolve against this (e.g. for reports).
         "working_directory": os.getcwd(),
-        "settings": {k: v for k, v in settings._asdict().items() if k != "crf"},
-        "crf": settings.crf._asdict() if settings.crf else None,
+        "settings": dataclasses.asdict(settings),
+        "crf": dataclasses.asdict(settings.crf) if settings.crf else None,
         "beam_options": options.get_all_options(drop_default=True, retain_unknown_options=True),
         "model_fingerprint": model_id,
         "config_fingerprint": fingerprint,
@@ -202,7 +198,12 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     manifest["counts"] = summary["counts"]
     write_bytes_atomically(output_path(settings.run_dir, MANIFEST_JSON),
                            json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
-    return RunOutcome(settings, summary, manifest)
+    report_folder = None
+    if settings.report:
+        from segbeam.pipeline.report import write_report
+
+        _, report_folder = write_report(settings.run_dir)
+    return RunOutcome(settings, summary, manifest, report_folder)
 
 
 def format_dry_run(outcome: RunOutcome) -> str:
@@ -243,7 +244,7 @@ def format_report(outcome: RunOutcome) -> str:
         variants = [v for v in ("raw", "crf") if v in evaluation]
         fmt = lambda x: "   -  " if x is None else f"{100 * x:6.2f}"  # noqa: E731
         lines.append("  " + f"{'':22s}" + "".join(f"{v:>8s}" for v in variants))
-        for figure in ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou"):
+        for figure in DATASET_METRICS:
             lines.append(f"  {figure:22s}" + "".join(
                 f"  {fmt(evaluation[v][figure])}" for v in variants))
         lines.append("  per-class IoU (%):")

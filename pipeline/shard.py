@@ -11,9 +11,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from segbeam.example_proto import encode_example
-from segbeam.transforms.read import (FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, MatchImages,
-                             read_bytes)
+from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
+    IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
+from segbeam.layout import read_bytes
+from segbeam.pipeline.options import reject_unknown_flags
+from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
 from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.write import WriteDeadLetters
@@ -29,19 +31,19 @@ def example_for(ref: ImageRef) -> bytes:
     features = {
         IMAGE_FEATURE: [image],
         FILENAME_FEATURE: [f"{ref.key}.{extension}".encode() if extension else ref.key.encode()],
-        "image/format": [image_format.encode()],
-        "image/height": [height],
-        "image/width": [width],
+        FORMAT_FEATURE: [image_format.encode()],
+        HEIGHT_FEATURE: [height],
+        WIDTH_FEATURE: [width],
     }
     if ref.mask_source:
         features[MASK_FEATURE] = [read_bytes(ref.mask_source)]
-        features["image/segmentation/class/format"] = [b"png"]
+        features[MASK_FORMAT_FEATURE] = [b"png"]
     return encode_example(features)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="segbeam shard",
+        prog="segbeam shard", allow_abbrev=False,
         description="Pack images (+ masks paired by file stem) into TFRecord shards "
                     "(image/encoded, image/filename, image/segmentation/class/encoded). "
                     "Beam's own options (--runner, ...) pass through.")
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def shard(argv: Optional[Sequence[str]] = None) -> None:
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    reject_unknown_flags(beam_args, parser)
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         refs, unpaired = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
         examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)

@@ -16,14 +16,15 @@ import json
 import logging
 from typing import Optional, Sequence
 
-from segbeam.models.training import OPTIMIZERS, TrainingConfig
+from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
+from segbeam.pipeline.exit_codes import ExitCode
 
 DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="segbeam train",
+        prog="segbeam train", allow_abbrev=False,
         description="Train a registered segmentation architecture on image/mask pairs and "
                     "save a .keras model for `segbeam run --model`.")
     data = parser.add_argument_group("data")
@@ -97,15 +98,18 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
 def train_command(argv: Sequence[str]) -> int:
     import sys
 
-    from segbeam.models.training import train
+    from segbeam import compat
 
     try:
         config = config_from(argv)
-        logging.getLogger("models").setLevel(logging.INFO)
+        compat.import_keras_quietly()
+        from segbeam.models.training import train
+
+        logging.getLogger("segbeam").setLevel(logging.INFO)
         result = train(config)
     except ValueError as error:
         print(f"segbeam train: error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     last = {k: v[-1] for k, v in result.history.items()}
     print(json.dumps({"model": result.model_path, "best": result.best_path,
                       "epochs": len(result.history.get("loss", [])), "seconds": result.seconds,

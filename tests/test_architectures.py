@@ -140,7 +140,7 @@ def test_bad_backbone_weights_say_what_is_accepted():
 def test_saved_models_round_trip_to_identical_outputs(tmp_path, name):
     import keras
 
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
 
     keras.utils.set_random_seed(3)
     model = models.create_model(name, num_classes=4)
@@ -176,7 +176,7 @@ def test_a_saved_segnet_loads_in_a_fresh_interpreter_through_the_pipeline_loader
 
     path = str(tmp_path / "segnet_basic.keras")
     models.create_model("segnet_basic", num_classes=5).save(path)
-    code = ("import numpy as np; from segbeam.models.io import load_model; "
+    code = ("import numpy as np; from segbeam.models.source import load_model; "
             f"m = load_model({path!r}); "
             "print(m.predict(np.zeros((1, 37, 53, 3), 'float32'), verbose=0).shape)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

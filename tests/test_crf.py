@@ -53,7 +53,7 @@ def test_crf_rejects_mismatched_shapes_and_bad_params():
     with pytest.raises(ValueError, match="uint8 image to match"):
         dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((5, 4, 2), 0.5, np.float32))
     with pytest.raises(ValueError, match="iterations"):
-        CrfParams(iterations=0).validate()
+        CrfParams(iterations=0)
 
 
 def test_labels_use_the_smallest_type():
@@ -71,8 +71,8 @@ def test_class_floor_keeps_every_pixels_best_class_and_zeroes_the_rest(rng):
     uniform = np.full((2, 2, 4), 0.25, np.float32)
     assert list(kept_classes(uniform, 0.9)) == [0, 1, 2, 3]
     image = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    full = dense_crf(image, probabilities, PLAIN._replace(iterations=5))
-    pruned = dense_crf(image, probabilities, PLAIN._replace(iterations=5, class_floor=1e-3))
+    full = dense_crf(image, probabilities, PLAIN.replace(iterations=5))
+    pruned = dense_crf(image, probabilities, PLAIN.replace(iterations=5, class_floor=1e-3))
     assert (pruned[..., 3:] == 0).all()
     np.testing.assert_array_equal(labels_from_probabilities(pruned),
                                   labels_from_probabilities(full))
@@ -118,8 +118,7 @@ def test_reduced_resolution_scales_the_kernels_but_not_the_gaussian_below_a_pixe
     assert half.bi_rgb_std == 3.0  # colour is not spatial: unchanged
 
 
-def test_scale_and_floor_are_validated():
-    for bad in (CrfParams(scale=0), CrfParams(scale=1.5), CrfParams(class_floor=1.0),
-                CrfParams(min_side=0)):
+def test_scale_and_floor_are_validated_on_construction():
+    for bad in ({"scale": 0}, {"scale": 1.5}, {"class_floor": 1.0}, {"min_side": 0}):
         with pytest.raises(ValueError, match="scale|class_floor|min_side"):
-            bad.validate()
+            CrfParams(**bad)

@@ -114,7 +114,7 @@ def test_dataflow_dry_run_builds_the_job_with_per_stage_resources(gcs_bucket, de
     _stage_sample_data(bucket, demo_model_path, argv)
     outcome = run(argv)
     assert outcome.summary is None and outcome.exit_code == 0
-    assert outcome.settings.reshuffle and outcome.settings.model_copies == 1  # count:1
+    assert outcome.settings.reshuffle and outcome.settings.inference.model_copies == 1  # count:1
     environments = outcome.manifest["dry_run"]["environments"].values()
     hinted = {tuple(e["stages"]): e["resource_hints"] for e in environments
               if e["resource_hints"]}

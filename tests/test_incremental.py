@@ -14,7 +14,8 @@ from segbeam.pipeline.demo import synthetic_scene
 from segbeam.pipeline.run import run
 from segbeam.incremental import (PROCESS, REUSE, SKIP, Candidate, PriorResult,
                                     config_fingerprint, content_sha256, decide, latest_result,
-                                    parse_run_date, prior_result, run_directory)
+                                    parse_run_date, prior_result)
+from segbeam.layout import run_directory
 from segbeam.transforms.write import remove_stale_shards
 
 

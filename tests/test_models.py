@@ -37,14 +37,14 @@ def test_saved_model_round_trips_without_importing_custom_layers(tmp_path, tiny_
 
     import keras
 
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
 
     batch = np.random.default_rng(0).integers(0, 255, size=(1, 32, 48, 3)).astype(np.float32)
     expected = keras.saving.load_model(tiny_model_path).predict(batch, verbose=0)
     np.testing.assert_allclose(load_model(tiny_model_path, num_classes=3).predict(
         batch, verbose=0), expected, atol=1e-6)
     # A fresh interpreter that imports only our loader (which registers the layers).
-    code = ("import numpy as np, sys; from segbeam.models.io import load_model; "
+    code = ("import numpy as np, sys; from segbeam.models.source import load_model; "
             f"m = load_model({tiny_model_path!r}); print(m.output_shape[-1])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=str(tmp_path.parent), timeout=120)
@@ -52,7 +52,7 @@ def test_saved_model_round_trips_without_importing_custom_layers(tmp_path, tiny_
 
 
 def test_load_model_rejects_class_count_mismatch(tiny_model_path):
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
 
     with pytest.raises(ValueError, match="predicts 3 classes but --num_classes is 5"):
         load_model(tiny_model_path, num_classes=5)

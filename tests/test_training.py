@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segbeam.models.data import (FilePair, SegmentationDataset, augment_pair, class_statistics,
-                         find_file_pairs, find_shard_entries, load_item,
-                         median_frequency_weights, resize_pair, weight_table)
+from segbeam.dataset import find_shard_entries, find_training_pairs, load_item
+from segbeam.models.data import (SegmentationDataset, augment_pair, class_statistics,
+                                 median_frequency_weights, resize_pair, weight_table)
+from segbeam.records import ImageRef
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,8 +75,8 @@ def test_resize_pair_keeps_mask_values_and_augment_keeps_image_and_mask_aligned(
 
 def test_dataset_batches_weights_and_ignored_pixels(tmp_path):
     images, masks = _write_pairs(tmp_path, 5)
-    items = find_file_pairs(images, masks)
-    assert len(items) == 5 and all(isinstance(item, FilePair) for item in items)
+    items = find_training_pairs(images, masks)
+    assert len(items) == 5 and all(isinstance(item, ImageRef) and item.mask_source for item in items)
     dataset = SegmentationDataset(items, batch_size=2, size=(32, 32), num_classes=3,
                                   ignore_index=2, class_weights=np.array([1.0, 3.0, 5.0]))
     assert len(dataset) == 3
@@ -90,14 +91,14 @@ def test_dataset_batches_weights_and_ignored_pixels(tmp_path):
 def test_images_without_masks_are_left_out_and_none_matching_is_an_error(tmp_path):
     images, masks = _write_pairs(tmp_path, 3)
     os.remove(os.path.join(masks, "scene001.png"))
-    assert [os.path.basename(p.image) for p in find_file_pairs(images, masks)] == [
+    assert [os.path.basename(p.source) for p in find_training_pairs(images, masks)] == [
         "scene000.png", "scene002.png"]
     with pytest.raises(ValueError, match="no images match"):
-        find_file_pairs(str(tmp_path / "nothing" / "*.png"), masks)
+        find_training_pairs(str(tmp_path / "nothing" / "*.png"), masks)
     empty = tmp_path / "empty_masks"
     empty.mkdir()
     with pytest.raises(ValueError, match="none of the 3 images"):
-        find_file_pairs(images, str(empty))
+        find_training_pairs(images, str(empty))
 
 
 def test_shards_from_segbeam_shard_feed_training(tmp_path):
@@ -109,7 +110,7 @@ def test_shards_from_segbeam_shard_feed_training(tmp_path):
     entries = find_shard_entries(str(tmp_path / "shards" / "train-*"))
     assert len(entries) == 4
     loaded = sorted((load_item(entry) for entry in entries), key=lambda pair: pair[0].sum())
-    expected = sorted((load_item(pair) for pair in find_file_pairs(images, masks)),
+    expected = sorted((load_item(pair) for pair in find_training_pairs(images, masks)),
                       key=lambda pair: pair[0].sum())
     for (image, mask), (want_image, want_mask) in zip(loaded, expected):
         np.testing.assert_array_equal(image, want_image)
@@ -117,7 +118,7 @@ def test_shards_from_segbeam_shard_feed_training(tmp_path):
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
-    from segbeam.models.io import load_model
+    from segbeam.models.source import load_model
     from segbeam.models.training import TrainingConfig, train
 
     images, masks = _write_pairs(tmp_path, 24, height=32, width=32)

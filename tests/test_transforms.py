@@ -9,15 +9,17 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from tests.conftest import random_image
-from segbeam.transforms.aggregate import ConfusionSum
 from segbeam.crf import CrfParams
-from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
-from segbeam.transforms.read import MatchImages, ReadFiles
+from segbeam.inference import InferenceSettings
+from segbeam.models.source import ModelSource
 from segbeam.records import SegmentationRecord
+from segbeam.transforms.aggregate import ConfusionSum
+from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
+from segbeam.transforms.read import FindFiles, MatchImages, ReadAndDecode
 from segbeam.transforms.refine import RefineWithCRF
 from segbeam.transforms.scoring import ScoreImages, metrics_row
 from segbeam.transforms.write import WriteLabelMasks
+from tests.conftest import random_image
 
 
 def _save(path, array):
@@ -51,11 +53,13 @@ def test_match_images_pairs_masks_by_stem_and_rejects_duplicate_keys(image_tree)
                     equal_to([("d", "pair", "d.png", True)]), label="dead")
 
 
-def test_read_files_decodes_and_dead_letters_the_corrupt_file(image_tree):
+def test_find_and_decode_files_dead_letters_the_corrupt_file(image_tree):
+    """The graph's own path for loose files: FindFiles, then ReadAndDecode."""
     root = str(image_tree / "images")
     with TestPipeline() as p:
-        records, dead, inputs = p | ReadFiles(root + "/*.png", str(image_tree / "masks"),
-                                              max_pixels=10_000)
+        refs, unpaired, inputs = p | FindFiles(root + "/*.png", str(image_tree / "masks"))
+        records, dead = refs | ReadAndDecode(max_pixels=10_000)
+        assert_that(unpaired, equal_to([]), label="unpaired")
         assert_that(records | beam.Map(lambda r: (r.key, r.image.shape, r.has_mask)),
                     equal_to([("a", (8, 10, 3), True), ("d", (8, 10, 3), False)]),
                     label="records")
@@ -71,8 +75,9 @@ def _record(key, rng, height, width, **fields):
 
 def test_inference_batches_mixed_sizes_and_maps_back(tiny_model_path, rng):
     records = [_record("a", rng, 30, 50), _record("b", rng, 64, 64), _record("c", rng, 17, 90)]
-    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),
-                                       min_batch_size=3, max_batch_size=3)
+    handler = KerasSegmentationHandler(ModelSource(tiny_model_path, num_classes=3,
+                                                   input_size=(32, 32)),
+                                       InferenceSettings(batch_size=3, min_batch_size=3))
     with TestPipeline() as p:
         predicted, dead = p | beam.Create(records) | RunSegmentationInference(handler)
         assert_that(predicted | beam.Map(lambda r: (
@@ -85,12 +90,13 @@ def test_inference_batches_mixed_sizes_and_maps_back(tiny_model_path, rng):
 
 
 def test_run_inference_can_read_its_memory_use(tiny_model_path, rng, caplog):
-    """Beam 2.77 loses the `resource` module when PyTorch is absent (transforms.inference puts
+    """Beam 2.77 loses the `resource` module when PyTorch is absent (segbeam.compat puts
     it back): its memory metric reads the process's peak RSS, and no warning is logged."""
     from apache_beam.ml.inference import base
 
     assert base._get_current_process_memory_in_bytes() > 0
-    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32))
+    handler = KerasSegmentationHandler(ModelSource(tiny_model_path, num_classes=3,
+                                                   input_size=(32, 32)))
     with caplog.at_level("WARNING"):
         with TestPipeline() as p:
             _ = p | beam.Create([_record("a", rng, 32, 32)]) | RunSegmentationInference(handler)
@@ -101,7 +107,8 @@ def test_labels_only_inference_gives_the_same_labels(tiny_model_path, rng):
     """Without a CRF the handler skips the probabilities where the images are at the input
     size, and falls back to them (to map labels back) where they are not."""
     def infer(records, keep, labels_only_path=False):
-        handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 48),
+        handler = KerasSegmentationHandler(ModelSource(tiny_model_path, num_classes=3,
+                                                       input_size=(32, 48)),
                                            keep_probabilities=keep)
         model = handler.load_model()
         if labels_only_path:
@@ -120,8 +127,9 @@ def test_labels_only_inference_gives_the_same_labels(tiny_model_path, rng):
 
 def test_inference_failures_become_dead_letters(tiny_model_path, rng):
     broken = SegmentationRecord("broken", "mem://broken", image=np.zeros((4, 4), np.uint8))
-    handler = KerasSegmentationHandler(tiny_model_path, num_classes=3, input_size=(32, 32),
-                                       max_batch_size=1)
+    handler = KerasSegmentationHandler(ModelSource(tiny_model_path, num_classes=3,
+                                                   input_size=(32, 32)),
+                                       InferenceSettings(batch_size=1))
     with TestPipeline() as p:
         predicted, dead = (p | beam.Create([_record("ok", rng, 20, 20), broken])
                            | RunSegmentationInference(handler))
@@ -181,7 +189,8 @@ def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
     by the backend); the result equals the numpy reference, for each kind of model output."""
     import keras
 
-    from segbeam.transforms.inference import SegmentationPredictor, softmax
+    from segbeam.inference import softmax
+    from segbeam.transforms.inference import SegmentationPredictor
 
     model = keras.saving.load_model(tiny_model_path)
     images = np.stack([random_image(rng, 32, 48) for _ in range(3)]).astype(np.float32)

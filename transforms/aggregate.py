@@ -11,7 +11,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from segbeam.metrics import dense_confusion, nan_to_none, summarise_confusion
+from segbeam.metrics import DATASET_METRICS, dense_confusion, nan_to_none, \
+    summarise_confusion
 
 VARIANTS = ("raw", "crf")
 
@@ -63,10 +64,7 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
         for i, (iou, accuracy, dice) in enumerate(zip(
             nan_to_none(figures["iou"]), nan_to_none(figures["class_accuracy"]),
             nan_to_none(figures["dice"])))]
-    overall = dict(zip(
-        ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice"),
-        nan_to_none([figures[k] for k in ("pixel_accuracy", "mean_class_accuracy", "miou",
-                                          "fwiou", "mean_dice")])))
+    overall = dict(zip(DATASET_METRICS, nan_to_none([figures[k] for k in DATASET_METRICS])))
     return {**overall, "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
             "confusion": confusion.tolist()}
 
@@ -110,11 +108,7 @@ def summary_schema(class_names: list[str]) -> pa.Schema:
     return pa.schema([
         pa.field("variant", pa.string(), nullable=False),
         pa.field("labelled_pixels", pa.int64()),
-        pa.field("pixel_accuracy", pa.float64()),
-        pa.field("mean_class_accuracy", pa.float64()),
-        pa.field("miou", pa.float64()),
-        pa.field("fwiou", pa.float64()),
-        pa.field("mean_dice", pa.float64()),
+        *[pa.field(name, pa.float64()) for name in DATASET_METRICS],
         pa.field("iou", values),
         pa.field("class_accuracy", values),
         pa.field("dice", values),
@@ -133,8 +127,7 @@ def summary_rows(summary: dict) -> list[dict]:
         per_class = figures["per_class"]
         rows.append({
             "variant": variant,
-            **{k: figures[k] for k in ("labelled_pixels", "pixel_accuracy",
-                                       "mean_class_accuracy", "miou", "fwiou", "mean_dice")},
+            **{k: figures[k] for k in ("labelled_pixels", *DATASET_METRICS)},
             "iou": [c["iou"] for c in per_class],
             "class_accuracy": [c["accuracy"] for c in per_class],
             "dice": [c["dice"] for c in per_class],

@@ -16,52 +16,18 @@ from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference import base as beam_inference
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from segbeam import compat
 from segbeam.crf import labels_from_probabilities
-from segbeam.geometry import RESIZE_MODES, plan_batch, place_image, resize_bilinear, \
-    restore_probabilities
+from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
+from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, looks_like_probabilities, \
+    to_probabilities
+from segbeam.models.source import ModelSource
+from segbeam.preprocessing import preprocess
 from segbeam.records import DeadLetter, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
-
-if beam_inference.resource is None:
-    # Beam 2.77 imports the standard `resource` module in one try block with its PyTorch-only
-    # ModelManager, so without torch RunInference cannot read its memory use: it reports 0 and
-    # warns "Resource module is not available for current platform" on every model load.
-    try:
-        import resource
-    except ImportError:  # not on Windows; Beam then reports 0, as it would anyway
-        resource = None
-    beam_inference.resource = resource
-
-MODEL_OUTPUTS = ("auto", "logits", "probabilities")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=-1, keepdims=True)
-    return shifted
-
-
-def looks_like_probabilities(values: np.ndarray, tolerance: float = 1e-3) -> bool:
-    """True when every pixel's values are non-negative and sum to one."""
-    if values.min() < -tolerance or values.max() > 1 + tolerance:
-        return False
-    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < tolerance * values.shape[-1]))
-
-
-def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
-    """Model outputs (logits or probabilities, as ``kind`` says or as detected) as float32
-    probabilities."""
-    outputs = np.asarray(outputs, dtype=np.float32)
-    if kind == "probabilities" or (kind == "auto" and looks_like_probabilities(outputs)):
-        return outputs
-    if kind not in MODEL_OUTPUTS:
-        raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
-    return softmax(outputs.copy())
 
 
 def _serving_model(model, kind: str):
@@ -135,7 +101,7 @@ _DEVICE_COUNTER = itertools.count()
 def _configure_accelerators():
     """TensorFlow: memory growth on every GPU (several model copies or processes can share a
     card), and the next GPU in turn for this model copy. Returns a device scope or None."""
-    import keras
+    keras = compat.import_keras_quietly()  # the first import of the backend in a worker
 
     if keras.backend.backend() != "tensorflow":
         return None
@@ -159,81 +125,51 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
     """Runs a Keras segmentation model on batches of ``SegmentationRecord``.
 
     Args:
-      model: the path of a saved ``.keras`` model, or a registry name.
-      weights: a weights file for a registry model.
-      num_classes: the number of classes the model predicts (checked on load).
-      input_size: (height, width) of the canvas; defaults to the model's fixed input size.
-      resize_mode: ``resize``, ``letterbox`` or ``pad`` (see ``segbeam.geometry``).
-      preprocessing: the normalisation applied to raw RGB (see ``segbeam.preprocessing``).
-      model_output: ``logits``, ``probabilities`` or ``auto`` (detected per batch).
-      size_multiple: what ``pad`` rounds the canvas up to (the model's total stride).
-      seed: the random-initialisation seed for a registry model without weights.
-      min_batch_size / max_batch_size: Beam's batching bounds.
-      large_model / model_copies: Beam's sharing of one model across processes.
+      source: the model (loaded once per worker by ``load_model``).
+      inference: canvas fitting, normalisation, output kind, batching and sharing.
       keep_probabilities: False when no later stage needs the class probabilities (no CRF):
         batches whose images are at the model's input size then get labels alone, with no
         softmax and a byte per pixel to copy back instead of two per class.
     """
 
-    def __init__(self, model: str, *, weights: Optional[str] = None,
-                 num_classes: Optional[int] = None,
-                 input_size: Optional[tuple[int, int]] = None, resize_mode: str = "resize",
-                 preprocessing: str = "none", model_output: str = "auto",
-                 size_multiple: int = 32, seed: int = 0, min_batch_size: int = 1,
-                 max_batch_size: int = 8, large_model: bool = False,
-                 model_copies: Optional[int] = None, keep_probabilities: bool = True):
-        if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; received "
-                             f"{resize_mode!r}")
-        if model_output not in MODEL_OUTPUTS:
-            raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}; received "
-                             f"{model_output!r}")
-        from segbeam.preprocessing import PREPROCESSORS
-
-        if preprocessing not in PREPROCESSORS:
-            raise ValueError(f"preprocessing must be one of {list(PREPROCESSORS)}; received "
-                             f"{preprocessing!r}")
-        if not 1 <= min_batch_size <= max_batch_size:
-            raise ValueError(f"batch sizes must satisfy 1 <= min ({min_batch_size}) <= max "
-                             f"({max_batch_size})")
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         large_model=large_model, model_copies=model_copies)
-        self._model_spec = model
-        self._weights = weights
-        self._num_classes = num_classes
-        self._input_size = tuple(input_size) if input_size else None
-        self._resize_mode = resize_mode
-        self._preprocessing = preprocessing
-        self._model_output = model_output
-        self._size_multiple = size_multiple
-        self._seed = seed
+    def __init__(self, source: ModelSource, inference: InferenceSettings = InferenceSettings(),
+                 keep_probabilities: bool = True):
+        super().__init__(min_batch_size=inference.min_batch_size,
+                         max_batch_size=inference.batch_size,
+                         large_model=inference.large_model,
+                         model_copies=inference.model_copies)
+        self._source = source
+        self._inference = inference
         self._keep_probabilities = keep_probabilities
+        compat.restore_beam_inference_memory_metric()
+
+    def __setstate__(self, state):
+        # Unpickled on a worker, where RunInference will load the model: the workaround must
+        # hold in that process too.
+        self.__dict__.update(state)
+        compat.restore_beam_inference_memory_metric()
 
     def load_model(self) -> SegmentationPredictor:
-        from segbeam.models.io import load_model
-
         device = _configure_accelerators()
         with device if device is not None else contextlib.nullcontext():
-            model = load_model(self._model_spec, self._num_classes, self._input_size,
-                               self._weights, self._seed)
-            predictor = SegmentationPredictor(model, self._model_output)
-        fixed = predictor.fixed_input_size()
-        if fixed and self._input_size and fixed != self._input_size:
-            raise ValueError(f"model {self._model_spec} takes {fixed[0]}x{fixed[1]} input but "
-                             f"--input_size is {self._input_size[0]}x{self._input_size[1]}; "
-                             f"drop --input_size or make them agree")
+            model = self._source.load()
+            predictor = SegmentationPredictor(model, self._inference.model_output)
+        fixed, wanted = predictor.fixed_input_size(), self._source.input_size
+        if fixed and wanted and fixed != wanted:
+            raise ValueError(f"model {self._source.spec} takes {fixed[0]}x{fixed[1]} input but "
+                             f"--input_size is {wanted[0]}x{wanted[1]}; drop --input_size or "
+                             f"make them agree")
         return predictor
 
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[SegmentationRecord]:
-        from segbeam.preprocessing import preprocess
-
-        input_size = self._input_size or model.fixed_input_size()
-        canvas, placements = plan_batch([r.image.shape[:2] for r in batch], self._resize_mode,
-                                        input_size, self._size_multiple)
+        settings = self._inference
+        input_size = self._source.input_size or model.fixed_input_size()
+        canvas, placements = plan_batch([r.image.shape[:2] for r in batch], settings.resize_mode,
+                                        input_size, settings.size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
-        inputs = preprocess(stacked.astype(np.float32), self._preprocessing)
+        inputs = preprocess(stacked.astype(np.float32), settings.preprocess)
         if not self._keep_probabilities and all(
                 (p.height, p.width) == canvas for p in placements):
             labels = model.predict_labels(inputs)

@@ -25,7 +25,7 @@ class RefineWithCRF(beam.PTransform):
 
     def __init__(self, params: CrfParams):
         super().__init__()
-        self._params = params.validate()
+        self._params = params
 
     def expand(self, records):
         return records | "DenseCRF" >> SafeMap("crf", refine_record, self._params)

@@ -1,7 +1,7 @@
 """Sinks: mask PNGs, per-image metrics Parquet, the summary (JSON and Parquet), dead letters.
 
-Every path is built from the output root and a sanitised key, so no input can write outside
-the root. Mask PNGs are written under a temporary name and renamed, and Beam's file sinks
+Every path is built by ``segbeam.layout`` from the output root and a sanitised key, so no input
+can write outside the root. Mask PNGs are written under a temporary name and renamed, and Beam's file sinks
 finalise their shards the same way, so an interrupted run leaves no half-written file under
 a final name. A sink's shards from an earlier run into the same directory that this run did
 not rewrite are deleted once the sink has finalised (``RemoveStaleShards``), so re-running a
@@ -11,48 +11,15 @@ run never leaves duplicate rows behind.
 from __future__ import annotations
 
 import json
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, RAW_MASKS_DIR, \
+    mask_png_path, output_path, write_bytes_atomically
 from segbeam.masks_png import encode_label_png
 from segbeam.records import SegmentationRecord
 from segbeam.transforms.safe_map import SafeMap
-
-MASKS_DIR = "masks"
-RAW_MASKS_DIR = "masks_raw"
-METRICS_DIR = "metrics"
-DEAD_LETTERS_DIR = "dead_letters"
-SUMMARY_JSON = "summary.json"
-SUMMARY_PARQUET = "summary.parquet"
-MANIFEST_JSON = "manifest.json"
-
-
-METRICS_PREFIX = "metrics"
-DEAD_LETTERS_PREFIX = "dead_letters"
-
-
-def output_path(root: str, *parts: str) -> str:
-    return FileSystems.join(root.rstrip("/"), *parts)
-
-
-def shard_pattern(root: str, folder: str, prefix: str, suffix: str) -> str:
-    """The glob of a sharded sink's files (Beam's default ``-SSSSS-of-NNNNN`` names)."""
-    return output_path(root, folder, f"{prefix}-*-of-*{suffix}")
-
-
-def mask_png_path(root: str, key: str, folder: str = MASKS_DIR) -> str:
-    if key.startswith("/") or ".." in key.split("/"):
-        raise ValueError(f"key {key!r} is not sanitised; refusing to write outside {root}")
-    return output_path(root, folder, key + ".png")
-
-
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temporary) as handle:
-        handle.write(data)
-    FileSystems.rename([temporary], [path])
 
 
 def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = False

@@ -1,0 +1,80 @@
+"""What the inference stage needs to know, and the pure handling of a model's outputs.
+
+``InferenceSettings`` holds how images reach the model (canvas fitting, normalisation), what the
+model emits, and how Beam batches and shares it; it validates itself on construction. The
+functions turn raw model outputs into probabilities. No Beam, no Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from segbeam.config import Effect, setting
+from segbeam.geometry import RESIZE_MODES
+from segbeam.preprocessing import PREPROCESSORS
+
+MODEL_OUTPUTS = ("auto", "logits", "probabilities")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """resize_mode: how an image is fitted to the canvas (see ``segbeam.geometry``).
+    size_multiple: what ``pad`` rounds the canvas up to (the model's total stride). preprocess:
+    the normalisation applied to raw RGB (see ``segbeam.preprocessing``). model_output:
+    ``logits``, ``probabilities`` or ``auto`` (detected on the first batch). batch_size /
+    min_batch_size: Beam's batching bounds. large_model / model_copies: Beam's sharing of one
+    model across processes."""
+
+    resize_mode: str = setting(Effect.OUTPUT, "resize")
+    size_multiple: int = setting(Effect.OUTPUT, 32)
+    preprocess: str = setting(Effect.OUTPUT, "none")
+    model_output: str = setting(Effect.OUTPUT, "auto")
+    batch_size: int = setting(Effect.NONE, 8)
+    min_batch_size: int = setting(Effect.NONE, 1)
+    large_model: bool = setting(Effect.NONE, False)
+    model_copies: Optional[int] = setting(Effect.NONE, None)
+
+    def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"--resize_mode must be one of {', '.join(RESIZE_MODES)}; "
+                             f"received {self.resize_mode!r}")
+        if self.model_output not in MODEL_OUTPUTS:
+            raise ValueError(f"--model_output must be one of {', '.join(MODEL_OUTPUTS)}; "
+                             f"received {self.model_output!r}")
+        if self.preprocess not in PREPROCESSORS:
+            raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESSORS)}; "
+                             f"received {self.preprocess!r}")
+        if self.batch_size < 1 or not 1 <= self.min_batch_size <= self.batch_size:
+            raise ValueError(f"need 1 <= --min_batch_size ({self.min_batch_size}) <= "
+                             f"--batch_size ({self.batch_size})")
+        if self.size_multiple < 1:
+            raise ValueError(f"--size_multiple must be at least 1; received "
+                             f"{self.size_multiple}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
+    return shifted
+
+
+def looks_like_probabilities(values: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """True when every pixel's values are non-negative and sum to one."""
+    if values.min() < -tolerance or values.max() > 1 + tolerance:
+        return False
+    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < tolerance * values.shape[-1]))
+
+
+def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
+    """Model outputs (logits or probabilities, as ``kind`` says or as detected) as float32
+    probabilities."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if kind == "probabilities" or (kind == "auto" and looks_like_probabilities(outputs)):
+        return outputs
+    if kind not in MODEL_OUTPUTS:
+        raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
+    return softmax(outputs.copy())

@@ -1,0 +1,148 @@
+"""The output layout: where a run writes what, and how a finished run is read back.
+
+``OutputLayout`` is the output root, the optional date partition and whether raw masks are
+written; the functions name every path a run writes (sanitised keys only, so nothing lands
+outside the root) and read a finished run's files back through Beam's FileSystems, so local and
+``gs://`` outputs read alike. Reports and incremental runs read runs through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from typing import NamedTuple, Optional
+
+from segbeam.config import Effect, setting
+
+MASKS_DIR = "masks"
+RAW_MASKS_DIR = "masks_raw"
+METRICS_DIR = "metrics"
+METRICS_PREFIX = "metrics"
+DEAD_LETTERS_DIR = "dead_letters"
+DEAD_LETTERS_PREFIX = "dead_letters"
+SUMMARY_JSON = "summary.json"
+SUMMARY_PARQUET = "summary.parquet"
+MANIFEST_JSON = "manifest.json"
+REPORT_DIR = "report"
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems  # a library call, not a pipeline
+
+    return FileSystems
+
+
+def output_path(root: str, *parts: str) -> str:
+    return _filesystems().join(root.rstrip("/"), *parts)
+
+
+def run_directory(output: str, run_date: Optional[str]) -> str:
+    """Where a run writes: the output root, or its Hive-style ``date=YYYY-MM-DD`` partition."""
+    root = output.rstrip("/")
+    return f"{root}/date={run_date}" if run_date else root
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    """root: the ``--output`` folder. run_date: the ``date=`` partition this run writes, or
+    None. write_raw_masks: also write the labels before the CRF under ``masks_raw/``."""
+
+    root: str = setting(Effect.NONE)
+    run_date: Optional[str] = setting(Effect.NONE, None)
+    write_raw_masks: bool = setting(Effect.OUTPUT, False)
+
+    @property
+    def run_dir(self) -> str:
+        return run_directory(self.root, self.run_date)
+
+    @property
+    def history_glob(self) -> str:
+        """The metrics of earlier runs that --skip_existing looks at."""
+        if self.run_date:
+            return f"{self.root}/date=*/{METRICS_DIR}/*.parquet"
+        return f"{self.run_dir}/{METRICS_DIR}/*.parquet"
+
+    def path(self, *parts: str) -> str:
+        return output_path(self.run_dir, *parts)
+
+
+def shard_pattern(root: str, folder: str, prefix: str, suffix: str) -> str:
+    """The glob of a sharded sink's files (Beam's default ``-SSSSS-of-NNNNN`` names)."""
+    return output_path(root, folder, f"{prefix}-*-of-*{suffix}")
+
+
+def mask_png_path(root: str, key: str, folder: str = MASKS_DIR) -> str:
+    if key.startswith("/") or ".." in key.split("/"):
+        raise ValueError(f"key {key!r} is not sanitised; refusing to write outside {root}")
+    return output_path(root, folder, key + ".png")
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Writes under a temporary name, then renames: no half-written file under a final name."""
+    filesystems = _filesystems()
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with filesystems.create(temporary) as handle:
+        handle.write(data)
+    filesystems.rename([temporary], [path])
+
+
+def read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def read_json(path: str) -> dict:
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def exists(path: str) -> bool:
+    return _filesystems().exists(path)
+
+
+def matching_paths(pattern: str) -> list[str]:
+    """The paths a glob matches (none is not an error), sorted."""
+    return sorted(m.path for result in _filesystems().match([pattern])
+                  for m in result.metadata_list)
+
+
+class RunOutputs(NamedTuple):
+    """A finished run as written: its folder, summary, manifest, metrics rows, dead letters."""
+
+    root: str
+    summary: dict
+    manifest: dict
+    rows: list[dict]
+    dead_letters: list[dict]
+
+    def setting(self, name: str):
+        """A setting from the manifest, in the layout of this version (nested configuration
+        objects) or of earlier ones (one flat dict); None where absent."""
+        settings = self.manifest.get("settings", {})
+        nested = {"model": ("model", "spec"), "weights": ("model", "weights")}
+        if name in nested and isinstance(settings.get("model"), dict):
+            outer, inner = nested[name]
+            return settings[outer].get(inner)
+        return settings.get(name)
+
+
+def load_run(root: str) -> RunOutputs:
+    """Reads a run's outputs; a folder without ``summary.json`` is refused with the reason."""
+    import pyarrow.parquet as pq
+
+    summary_path = output_path(root, SUMMARY_JSON)
+    if not exists(summary_path):
+        raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
+                         f"finished `segbeam run`")
+    manifest_path = output_path(root, MANIFEST_JSON)
+    manifest = read_json(manifest_path) if exists(manifest_path) else {}
+    rows = []
+    for path in matching_paths(output_path(root, METRICS_DIR, "*.parquet")):
+        with _filesystems().open(path) as handle:
+            rows.extend(pq.read_table(handle).to_pylist())
+    dead = [json.loads(line)
+            for path in matching_paths(output_path(root, DEAD_LETTERS_DIR, "*.jsonl"))
+            for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+    return RunOutputs(root, read_json(summary_path), manifest, rows, dead)

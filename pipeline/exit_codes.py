@@ -1,0 +1,12 @@
+"""The exit codes of every ``segbeam`` command, in one table (the README's "Bad inputs" lists
+them)."""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    DEAD_LETTERS = 1  # some inputs became dead letters and --fail_on_errors was given
+    USAGE = 2  # a mistake in the command line, its flags or its settings
+    ACCOUNTING = 3  # inputs != outputs + dead letters: a defect, please report it
+    REGRESSION = 4  # `segbeam report --fail_on_regression` found a regression
