@@ -2,7 +2,6 @@
 bytes, metrics rows and summary recorded in ``tests/golden/`` (see ``tests/golden_outputs``)."""
 
 import json
-import os
 
 import pytest
 

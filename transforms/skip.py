@@ -14,11 +14,11 @@ from typing import Optional, Union
 import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
 from segbeam.dataset import ensure_encoded
+from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
+from segbeam.layout import METRICS_DIR
 from segbeam.records import EncodedImage, ImageRef
 from segbeam.transforms.safe_map import SafeMap
-from segbeam.layout import METRICS_DIR
 
 
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
