@@ -20,7 +20,7 @@ from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
-from segbeam.layout import matching_paths, read_bytes
+from segbeam.layout import matching_paths, open_file, read_bytes
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
@@ -151,18 +151,11 @@ class ShardEntry(NamedTuple):
 TrainingItem = Union[ImageRef, ShardEntry]
 
 
-def _open(path: str):
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def tfrecord_entries(shard: str) -> list[ShardEntry]:
     """The records of one TFRecord file (uncompressed): each is an 8-byte length, a 4-byte
     CRC, the data and another 4-byte CRC."""
     entries = []
-    with _open(shard) as handle:
+    with open_file(shard) as handle:
         offset = 0
         while True:
             header = handle.read(12)
@@ -210,7 +203,7 @@ def load_item(item: TrainingItem) -> tuple:
     if isinstance(item, ImageRef):
         encoded = read_encoded(item)
     else:
-        with _open(item.shard) as handle:
+        with open_file(item.shard) as handle:
             handle.seek(item.offset)
             data = handle.read(item.length)
         encoded = parse_shard_record(ShardRecord(f"{item.shard}@{item.offset}", item.shard,

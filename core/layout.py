@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import uuid
 from typing import NamedTuple, Optional
 
@@ -87,10 +88,16 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     filesystems.rename([temporary], [path])
 
 
-def read_bytes(path: str) -> bytes:
+def open_file(path: str):
+    """A readable, seekable file object for ``path`` on any Beam filesystem, its bytes as
+    stored (no decompression guessed from the name)."""
     from apache_beam.io.filesystem import CompressionTypes
 
-    with _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_file(path) as handle:
         return handle.read()
 
 
@@ -103,9 +110,13 @@ def exists(path: str) -> bool:
 
 
 def matching_paths(pattern: str) -> list[str]:
-    """The paths a glob matches (none is not an error), sorted."""
+    """The files a glob matches (none is not an error), sorted; folders are left out."""
     return sorted(m.path for result in _filesystems().match([pattern])
-                  for m in result.metadata_list)
+                  for m in result.metadata_list if not _is_folder(m.path))
+
+
+def _is_folder(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
 
 
 class RunOutputs(NamedTuple):

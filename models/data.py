@@ -1,6 +1,7 @@
 """Training data: image/mask pairs (found and read by ``segbeam.dataset``, the reader the
-pipeline uses too) fed to Keras by a ``keras.utils.PyDataset`` (plain numpy, so training runs on any backend), with SegNet's
-median-frequency class weights and flip/scale/crop augmentation.
+pipeline uses too) fed to Keras by a ``keras.utils.PyDataset`` (plain numpy, so training runs
+on any backend), with SegNet's median-frequency class weights and flip/scale/crop
+augmentation.
 
 The array functions (``resize_pair``, ``augment_pair``, ``median_frequency_weights``) are pure
 and tested on their own; ``SegmentationDataset`` only loads, calls them and stacks batches.

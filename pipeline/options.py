@@ -301,13 +301,22 @@ def run_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OptionsCollector(argparse.ArgumentParser):
+    """Collects flag names only; it also takes the templated (ValueProvider) flags that an
+    options class may declare through Beam's parser."""
+
+    def add_value_provider_argument(self, *args, **kwargs):
+        kwargs.pop("type", None)
+        self.add_argument(*args, **kwargs)
+
+
 def _beam_parser() -> argparse.ArgumentParser:
     """Every flag of every registered PipelineOptions class, as Beam collects them."""
     try:  # registers Beam's Dask options (--dask_client_address, ...) where dask is installed
         import apache_beam.runners.dask.dask_runner  # noqa: F401
     except ImportError:
         pass
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    parser = _OptionsCollector(allow_abbrev=False, add_help=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():
         cls._add_argparse_args(parser)

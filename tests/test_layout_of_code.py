@@ -4,6 +4,7 @@ that no setting can slip past."""
 
 import ast
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
@@ -131,6 +132,28 @@ def test_an_unknown_or_abbreviated_flag_exits_2_naming_the_closest(tmp_path, fla
     assert result.returncode == 2
     assert result.stderr.strip() == (f"segbeam run: error: unknown flag {flag}; did you mean "
                                       f"{suggestion}?")
+
+
+def test_flags_of_templated_options_classes_are_known():
+    """An options class may declare ValueProvider flags through Beam's parser; their flags pass,
+    and a mistyped one is still named."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from segbeam.pipeline.options import UsageError, reject_unknown_flags, run_parser
+
+    class TemplatedOptions(PipelineOptions):
+        @classmethod
+        def _add_argparse_args(cls, parser):
+            parser.add_value_provider_argument("--templated_input", type=str)
+
+    try:
+        reject_unknown_flags(["--templated_input", "gs://b/x"], run_parser())
+        with pytest.raises(UsageError, match="did you mean --templated_input"):
+            reject_unknown_flags(["--templated_inptu", "gs://b/x"], run_parser())
+    finally:  # Beam finds options classes through __subclasses__: unregister this one
+        del TemplatedOptions
+        gc.collect()
+    assert "TemplatedOptions" not in {c.__name__ for c in PipelineOptions.__subclasses__()}
 
 
 def test_beam_flags_pass_through_and_dry_runs_build_the_graph(tmp_path):

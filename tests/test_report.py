@@ -181,3 +181,18 @@ def test_relative_paths_of_a_run_resolve_against_its_working_directory():
     assert resolve("/abs/a.png", "/work/main") == "/abs/a.png"
     assert resolve("gs://bucket/a.png", "/work/main") == "gs://bucket/a.png"
     assert resolve("a.png", None) == "a.png"
+
+
+def test_reports_read_the_model_and_inputs_from_old_and_new_manifests():
+    """Manifests written before the configuration objects hold one flat settings dict; newer
+    ones nest the model source. A report over either names the model and the inputs."""
+    from segbeam.layout import RunOutputs
+
+    flat = {"settings": {"model": "/m/unet.keras", "input": "/d/*.png", "masks": "/d/masks"}}
+    nested = {"settings": {"model": {"spec": "/m/unet.keras", "weights": None},
+                           "input": "/d/*.png", "masks": "/d/masks"}}
+    for manifest in (flat, nested):
+        run = RunOutputs("/out", {}, manifest, [], [])
+        assert (run.setting("model"), run.setting("input"), run.setting("masks")) == (
+            "/m/unet.keras", "/d/*.png", "/d/masks")
+    assert RunOutputs("/out", {}, {}, [], []).setting("model") is None

@@ -101,6 +101,25 @@ def test_images_without_masks_are_left_out_and_none_matching_is_an_error(tmp_pat
         find_training_pairs(images, str(empty))
 
 
+def test_training_pairs_as_the_pipeline_does_and_says_why_a_pair_is_left_out(tmp_path, caplog):
+    """A stem with two masks is ambiguous: training used to keep the first mask without a word;
+    now it leaves the pair out, as `segbeam run` dead-letters it, with the same reason."""
+    from segbeam.dataset import find_pairs
+
+    images, masks = _write_pairs(tmp_path, 3)
+    with open(os.path.join(masks, "scene001.png"), "rb") as handle:
+        with open(os.path.join(masks, "scene001.jpg"), "wb") as twin:
+            twin.write(handle.read())
+    with caplog.at_level("WARNING"):
+        pairs = find_training_pairs(images, masks)
+    assert [os.path.basename(p.source) for p in pairs] == ["scene000.png", "scene002.png"]
+    _, dead = find_pairs(os.path.join(images, "*"), masks)
+    assert [(d.key, d.stage) for d in dead] == [("scene001", "pair")]
+    warned = [r.getMessage() for r in caplog.records if "training pair skipped" in
+              r.getMessage()]
+    assert len(warned) == 1 and "scene001.png" in warned[0] and dead[0].reason in warned[0]
+
+
 def test_shards_from_segbeam_shard_feed_training(tmp_path):
     from segbeam.pipeline.shard import shard
 
