@@ -2,8 +2,11 @@
 
 The two jobs are the demo (``segbeam run`` with no ``--input``) and six CamVid val images with
 a seeded random-weight ``tiny_fcn`` (raw masks written too). For each, the record holds every
-mask PNG's SHA-256, the metrics rows and the summary. Paths are made relative to the run's
-folders so that records from different temporary directories compare equal.
+mask PNG's SHA-256 and class histogram, the metrics rows and the summary. Paths are made
+relative to the run's folders so that records from different temporary directories compare
+equal. The record also holds the numerics signature of the machine and libraries it was made
+with (CPU model, vector instruction sets, versions): oneDNN picks kernels by instruction set,
+so another CPU computes slightly different probabilities and may flip near-tied pixels.
 
 This module drives the installed ``segbeam`` command in a subprocess and imports nothing from
 the project, so the same code checks outputs before and after a refactor. Record anew with
@@ -17,11 +20,16 @@ import glob
 import hashlib
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
+from importlib import metadata
 from typing import Optional
 
+import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden")
@@ -30,6 +38,27 @@ CAMVID_IMAGES = 6
 # The demo's model is trained and saved on each run; a .keras file records when it was saved,
 # so its hash (and the configuration fingerprint built on it) differs from run to run.
 VOLATILE = "<differs per run>"
+
+
+def numerics_signature() -> dict:
+    """What decides the floating-point results: the CPU and its vector instruction sets, and
+    the numeric libraries' versions."""
+    cpu, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            text = handle.read()
+        cpu = re.search(r"^model name\s*:\s*(.*)$", text, re.M).group(1).strip()
+        flags = set(re.search(r"^flags\s*:\s*(.*)$", text, re.M).group(1).split())
+    except (OSError, AttributeError):
+        pass
+    versions = {}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pillow", "pydensecrf2"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "vector_flags": sorted(f for f in flags if re.match(
+        r"(avx|amx|fma|sse4)", f)), "versions": versions}
 
 
 def segbeam(args: list[str]) -> subprocess.CompletedProcess:
@@ -52,11 +81,13 @@ def _relative(value, roots: dict[str, str]):
 
 def collect(output: str, roots: dict[str, str], volatile_fingerprint: bool) -> dict:
     """Mask hashes, metrics rows (sorted by key) and the summary of one run's output folder."""
-    masks = {}
+    masks, histograms = {}, {}
     for path in sorted(glob.glob(os.path.join(output, "masks*", "**", "*.png"),
                                  recursive=True)):
+        name = os.path.relpath(path, output)
         with open(path, "rb") as handle:
-            masks[os.path.relpath(path, output)] = hashlib.sha256(handle.read()).hexdigest()
+            masks[name] = hashlib.sha256(handle.read()).hexdigest()
+        histograms[name] = np.bincount(np.asarray(Image.open(path)).ravel()).tolist()
     rows = pq.read_table(sorted(glob.glob(os.path.join(output, "metrics", "*.parquet")))
                          ).to_pylist()
     rows = [{k: _relative(v, roots) for k, v in row.items()}
@@ -67,7 +98,8 @@ def collect(output: str, roots: dict[str, str], volatile_fingerprint: bool) -> d
         summary["config_fingerprint"] = VOLATILE
         for row in rows:
             row["config_fingerprint"] = VOLATILE
-    return {"masks": masks, "rows": rows, "summary": summary}
+    return {"masks": masks, "mask_histograms": histograms, "rows": rows, "summary": summary,
+            "numerics": numerics_signature()}
 
 
 def demo_outputs(workdir: str) -> dict:
