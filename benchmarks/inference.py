@@ -55,10 +55,22 @@ def model_file(name: str, classes: int) -> str:
     return path
 
 
-def _device() -> str:
+def _device(model_path: str = "") -> str:
+    """Where the model ran: the Keras backend and its platform, or for the graph formats the
+    runtime that serves them."""
     import keras
 
+    from segbeam.models.formats import savedmodel_folder
+
     backend = keras.backend.backend()
+    if model_path.endswith(".onnx"):
+        import onnxruntime
+
+        from segbeam.models.graph_runtimes import onnx_providers
+
+        return "onnxruntime:" + onnx_providers(onnxruntime.get_available_providers())[0]
+    if os.path.isdir(model_path) and savedmodel_folder(model_path):
+        backend = "tensorflow"
     if backend == "jax":
         import jax
 
@@ -159,7 +171,7 @@ def child(args) -> None:
     seconds, _ = timed(one_pass, repeats=args.repeats)  # the best of several passes
     report_to_parent(variant=args.variant, batch=args.batch, images=len(images), seconds=seconds,
                      images_per_s=len(images) / seconds,
-                     ms_per_image=1000 * seconds / len(images), device=_device())
+                     ms_per_image=1000 * seconds / len(images), device=_device(args.model))
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,12 @@
 """The model a run uses: where it comes from, how it is loaded, and its identity.
 
-``ModelSource`` names a model once: the path of a saved ``.keras`` model (any Beam filesystem)
-or a registry name with optional weights, the class count and input size it is used with, and
-the seed of a random initialisation. It validates itself on construction, loads itself on a
-worker (``load()``), and fingerprints itself for the run manifest and ``--skip_existing``
-(``fingerprint()``). Saved models load with Keras's safe deserialisation; this package's custom
-layers register on import, so users need not import anything.
+``ModelSource`` names a model once: a saved model of any format ``segbeam.models.formats``
+reads (on any Beam filesystem) or a registry name with optional weights, how to call it
+(signature, output, layout), the class count and input size it is used with, and the seed of
+a random initialisation. It validates itself on construction (the format is detected then, so
+a path segbeam cannot read fails before any work), opens itself on a worker (``open()``: a
+``ModelRuntime`` of the right kind), and fingerprints itself for the run manifest and
+``--skip_existing`` (``fingerprint()``).
 """
 
 from __future__ import annotations
@@ -13,64 +14,60 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from typing import Optional
 
 from segbeam.config import Effect, setting
+from segbeam.models.formats import (DATA_FORMATS, detect_format, local_file, local_folder,
+                                    local_onnx, looks_like_path, onnx_external_data,
+                                    savedmodel_folder, sha256_of_file, sha256_of_folder)
 
 LOG = logging.getLogger(__name__)
-SAVED_MODEL_SUFFIXES = (".keras",)
+KERAS_FORMATS = ("keras", "h5", "registry")
 
 
-def is_saved_model(spec: str) -> bool:
-    return spec.endswith(SAVED_MODEL_SUFFIXES)
+def _registry_names() -> list[str]:
+    from segbeam.models.registry import CATALOGUE
+
+    return [spec.name for spec in CATALOGUE]
 
 
-def _local_copy(path: str) -> str:
-    """A local path for ``path``; files on other Beam filesystems are copied to a temp file."""
-    if os.path.exists(path):
-        return path
-    from apache_beam.io.filesystems import FileSystems
-
-    suffix = os.path.splitext(path)[1]
-    with FileSystems.open(path) as source, tempfile.NamedTemporaryFile(
-            suffix=suffix, delete=False) as target:
-        shutil.copyfileobj(source, target)
-    return target.name
-
-
-def _sha256_of(path: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    digest = hashlib.sha256()
-    with FileSystems.open(path) as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def is_model_path(spec: str) -> bool:
+    """True when ``spec`` names a saved model (a file or folder), False for a registry name."""
+    return spec not in _registry_names() and looks_like_path(spec)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """spec: a saved ``.keras`` path or a registry name (see ``segbeam models``). weights: a
-    weights file for a registry model. num_classes: the classes the model predicts (checked on
-    load; required to build a registry model). input_size: (height, width) to build a registry
-    model for, and the canvas images are fitted to. seed: the initialisation of a registry
-    model without weights, so that every worker builds the same one."""
+    """spec: a saved model (``.keras``, ``.h5``, SavedModel folder, ``.onnx``) or a registry
+    name (see ``segbeam models``). weights: a weights file for a registry model. num_classes:
+    the classes the model predicts (checked on load; required to build a registry model).
+    input_size: (height, width) to build a registry model for, and the canvas images are fitted
+    to. seed: the initialisation of a registry model without weights, so that every worker
+    builds the same one. signature: the SavedModel signature to call. output_key: the output
+    that holds the class scores, for models with several. data_format: the model's layout,
+    ``auto`` to read it from the declared input shape. unsafe_model_loading: allow a legacy
+    ``.h5`` file that holds Python code (``Lambda`` layers) to run it."""
 
     spec: str = setting(Effect.MODEL)
     weights: Optional[str] = setting(Effect.MODEL, None)
     num_classes: Optional[int] = setting(Effect.OUTPUT, None)
     input_size: Optional[tuple[int, int]] = setting(Effect.OUTPUT, None)
     seed: int = setting(Effect.MODEL, 0)
+    signature: str = setting(Effect.MODEL, "serving_default")
+    output_key: Optional[str] = setting(Effect.MODEL, None)
+    data_format: str = setting(Effect.MODEL, "auto")
+    unsafe_model_loading: bool = setting(Effect.NONE, False)
 
     def __post_init__(self):
         if not self.spec:
-            raise ValueError("--model is required: a .keras file or a registry name "
-                             "(see `segbeam models`)")
+            raise ValueError("--model is required: a saved model (.keras, .h5, SavedModel "
+                             "folder, .onnx) or a registry name (see `segbeam models`)")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"--num_classes must be at least 2; received {self.num_classes}")
+        if self.data_format not in DATA_FORMATS:
+            raise ValueError(f"--data_format must be one of {', '.join(DATA_FORMATS)}; "
+                             f"received {self.data_format!r}")
+        object.__setattr__(self, "format", detect_format(self.spec, _registry_names()))
         if self.saved and self.weights:
             raise ValueError(f"--weights is for registry models; {self.spec} already holds its "
                              f"weights")
@@ -79,33 +76,49 @@ class ModelSource:
 
     @property
     def saved(self) -> bool:
-        """True for a saved model file, False for a registry name."""
-        return is_saved_model(self.spec)
+        """True for a saved model (file or folder), False for a registry name."""
+        return self.format != "registry"
+
+    def open(self):
+        """The model as a ``ModelRuntime`` (``segbeam.models.runtime``), loaded once per
+        worker. A registry model without weights gets random weights from ``seed``; a warning
+        says so."""
+        if self.format == "onnx":
+            from segbeam.models.graph_runtimes import OnnxRuntime
+
+            runtime = OnnxRuntime(local_onnx(self.spec), self.spec, self.output_key,
+                                  self.data_format)
+        elif self.format == "savedmodel":
+            from segbeam.models.graph_runtimes import SavedModelRuntime
+
+            runtime = SavedModelRuntime(local_folder(savedmodel_folder(self.spec)), self.spec,
+                                        self.signature, self.output_key, self.data_format)
+        else:
+            from segbeam.models.keras_runtime import KerasRuntime
+            from segbeam.models.registry import get_spec
+
+            preprocessing = get_spec(self.spec).preprocessing if not self.saved else ""
+            runtime = KerasRuntime(self._load_keras(), self.spec, self.format, self.output_key,
+                                   self.data_format, preprocessing)
+        fixed, wanted = runtime.fixed_input_size(), self.input_size
+        if fixed and wanted and fixed != wanted:
+            raise ValueError(f"model {self.spec} takes {fixed[0]}x{fixed[1]} input but "
+                             f"--input_size is {wanted[0]}x{wanted[1]}; drop --input_size or "
+                             f"make them agree")
+        declared = runtime.num_classes()
+        if self.num_classes is not None and declared is not None \
+                and declared != self.num_classes:
+            raise ValueError(f"model {self.spec} predicts {declared} classes but "
+                             f"--num_classes is {self.num_classes}")
+        return runtime
 
     def load(self):
-        """Returns the ``keras.Model``. A registry model without weights gets random weights
-        from ``seed``; a warning says so."""
-        from segbeam import compat, models
-
-        keras = compat.import_keras_quietly()
-        from segbeam.models import layers  # noqa: F401  (registers the custom layers)
-
-        if self.saved:
-            model = keras.saving.load_model(_local_copy(self.spec), compile=False,
-                                            safe_mode=True)
-        else:
-            if self.num_classes is None:
-                raise ValueError(f"--num_classes is required to build registry model "
-                                 f"{self.spec!r}")
-            keras.utils.set_random_seed(self.seed)
-            model = models.create_model(self.spec, num_classes=self.num_classes,
-                                        input_size=self.input_size)
-            if self.weights:
-                model.load_weights(_local_copy(self.weights))
-            else:
-                LOG.warning("model %s has random weights (seed %d): pass --weights or a "
-                            "trained .keras file for meaningful predictions", self.spec,
-                            self.seed)
+        """The ``keras.Model`` of a Keras format (``.keras``, ``.h5``, registry), as saved: for
+        training, fine-tuning and scripts. Serving goes through ``open()``."""
+        if self.format not in KERAS_FORMATS:
+            raise ValueError(f"{self.spec} is a {self.format} model: segbeam can serve it "
+                             f"(segbeam run) but not load it as a Keras model")
+        model = self._load_keras()
         outputs = model.outputs
         if len(outputs) != 1 or len(outputs[0].shape) != 4:
             raise ValueError(f"model {self.spec} must map (N, H, W, 3) to one (N, H, W, C) "
@@ -115,21 +128,57 @@ class ModelSource:
                              f"--num_classes is {self.num_classes}")
         return model
 
-    def fingerprint(self) -> str:
-        """A stable identity: the SHA-256 of the saved model or weights file, or for a
-        random-initialised registry model a hash of what determines it."""
+    def _load_keras(self):
+        from segbeam import compat, models
+        from segbeam.models.keras_runtime import load_keras_file
+
         if self.saved:
-            return "sha256:" + _sha256_of(self.spec)
+            return load_keras_file(local_file(self.spec), self.spec, self.format,
+                                   self.unsafe_model_loading)
+        keras = compat.import_keras_quietly()
+        if self.num_classes is None:
+            raise ValueError(f"--num_classes is required to build registry model "
+                             f"{self.spec!r}")
+        keras.utils.set_random_seed(self.seed)
+        model = models.create_model(self.spec, num_classes=self.num_classes,
+                                    input_size=self.input_size)
         if self.weights:
-            return "sha256:" + _sha256_of(self.weights)
-        text = (f"{self.spec}|classes={self.num_classes}|input={self.input_size}"
-                f"|seed={self.seed}|random-init")
-        return "random-init:" + hashlib.sha256(text.encode()).hexdigest()
+            model.load_weights(local_file(self.weights))
+        else:
+            LOG.warning("model %s has random weights (seed %d): pass --weights or a "
+                        "trained model file for meaningful predictions", self.spec, self.seed)
+        return model
+
+    def fingerprint(self) -> str:
+        """A stable identity: the SHA-256 of the saved model file, of a SavedModel folder's
+        files, or of the weights file, or for a random-initialised registry model a hash of
+        what determines it; then how the model is called, where that differs from the
+        defaults (so existing fingerprints stay valid)."""
+        if self.format == "savedmodel":
+            identity = "sha256:" + sha256_of_folder(savedmodel_folder(self.spec))
+        elif self.format == "onnx":
+            identity = "sha256:" + sha256_of_file(self.spec)
+            folder = self.spec.rsplit("/", 1)[0] if "/" in self.spec else "."
+            for location in onnx_external_data(local_file(self.spec)):
+                identity += f"+{location}:{sha256_of_file(f'{folder}/{location}')}"
+        elif self.saved:
+            identity = "sha256:" + sha256_of_file(self.spec)
+        elif self.weights:
+            identity = "sha256:" + sha256_of_file(self.weights)
+        else:
+            text = (f"{self.spec}|classes={self.num_classes}|input={self.input_size}"
+                    f"|seed={self.seed}|random-init")
+            identity = "random-init:" + hashlib.sha256(text.encode()).hexdigest()
+        calls = [f"{name}={getattr(self, name)}" for name, default in (
+            ("signature", "serving_default"), ("output_key", None), ("data_format", "auto"))
+            if getattr(self, name) != default]
+        return "|".join([identity, *calls])
 
 
 def load_model(spec: str, num_classes: Optional[int] = None,
                input_size: Optional[tuple[int, int]] = None, weights: Optional[str] = None,
-               seed: int = 0):
-    """``ModelSource(...).load()`` in one call (for scripts and tests)."""
-    return ModelSource(spec, weights, num_classes, input_size, seed).load()
+               seed: int = 0, unsafe_model_loading: bool = False):
+    """``ModelSource(...).load()`` in one call (for scripts and tests): a ``keras.Model``."""
+    return ModelSource(spec, weights, num_classes, input_size, seed,
+                       unsafe_model_loading=unsafe_model_loading).load()
 

@@ -1,6 +1,6 @@
 """The ``segbeam`` command: ``run`` (the segmentation job), ``shard`` (pack TFRecord shards),
 ``train`` (train an architecture), ``report`` (evaluation reports), ``models`` (list the
-architectures).
+architectures, or inspect a saved model).
 
 Example::
 
@@ -28,7 +28,8 @@ commands:
   train    train an architecture on images + masks; saves a .keras model for `run`
   report   build an evaluation report (HTML, Markdown, JSON) over a run's output, optionally
            compared with an earlier run
-  models   list the registered architectures with parameter counts and preprocessing
+  models   list the registered architectures with parameter counts and preprocessing;
+           --inspect PATH shows what segbeam sees in a saved model of any format
 
 `segbeam COMMAND --help` describes each command's flags."""
 
@@ -69,15 +70,31 @@ def run_command(argv: Sequence[str]) -> int:
 
 
 def models_command(argv: Sequence[str]) -> int:
+    from segbeam.models.formats import DATA_FORMATS
+
     parser = argparse.ArgumentParser(
         prog="segbeam models", allow_abbrev=False,
         description="List the registered architectures with their parameter counts (built "
-                    "for --num_classes) and the preprocessing built into them.")
+                    "for --num_classes) and the preprocessing built into them; or, with "
+                    "--inspect, describe a saved model of any format as `segbeam run` sees it.")
     parser.add_argument("--num_classes", type=int, default=21,
                         help="class count to build each model for (default: 21, PASCAL VOC)")
     parser.add_argument("--no_counts", action="store_true",
                         help="skip building the models (faster; no parameter counts)")
+    parser.add_argument("--inspect", metavar="PATH", default=None,
+                        help="a model (.keras, .h5, SavedModel folder, .onnx): print its "
+                             "format, shapes, layout, output kind, classes and a "
+                             "preprocessing hint, from its declarations and one test run")
+    parser.add_argument("--signature", default="serving_default",
+                        help="with --inspect: the SavedModel signature")
+    parser.add_argument("--output_key", default=None, help="with --inspect: the output to use")
+    parser.add_argument("--data_format", default="auto", choices=DATA_FORMATS,
+                        help="with --inspect: the model's layout")
+    parser.add_argument("--unsafe_model_loading", action="store_true",
+                        help="with --inspect: allow a legacy .h5 holding Python code")
     args = parser.parse_args(argv)
+    if args.inspect:
+        return _inspect(args)
     from segbeam import models
 
     print(f"{'name':15s} {'parameters':>12s}  preprocessing / description")
@@ -86,6 +103,28 @@ def models_command(argv: Sequence[str]) -> int:
             f"{models.create_model(spec.name, num_classes=args.num_classes).count_params():,}"
         print(f"{spec.name:15s} {count:>12s}  {spec.preprocessing}\n{'':29s}{spec.description}")
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from segbeam.models.inspect import inspect_model
+    from segbeam.models.source import ModelSource
+
+    try:
+        source = ModelSource(args.inspect, signature=args.signature, output_key=args.output_key,
+                             data_format=args.data_format,
+                             unsafe_model_loading=args.unsafe_model_loading)
+        if source.format == "registry":
+            raise ValueError(f"{args.inspect!r} is a registry name; --inspect reads saved "
+                             f"models (`segbeam models` lists the registry)")
+        compat.import_keras_quietly()
+        lines = inspect_model(source)
+    except ValueError as error:
+        return _error("models", error)
+    width = max(len(label) for label, _ in lines)
+    print(f"{args.inspect}")
+    for label, value in lines:
+        print(f"  {label:{width}s}  {value}")
+    return ExitCode.OK
 
 
 def shard_command(argv: Sequence[str]) -> int:

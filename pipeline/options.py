@@ -21,7 +21,8 @@ from segbeam.geometry import RESIZE_MODES
 from segbeam.incremental import config_fingerprint, parse_run_date
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
 from segbeam.layout import OutputLayout
-from segbeam.models.source import ModelSource, is_saved_model
+from segbeam.models.formats import DATA_FORMATS
+from segbeam.models.source import ModelSource, is_model_path
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord")
@@ -94,8 +95,22 @@ class SegmentationOptions(PipelineOptions):
                                   "count; a re-run of the same directory keeps its rows.")
         model = parser.add_argument_group("model and inference")
         model.add_argument("--model", default=None,
-                           help="A saved .keras model (any Beam filesystem), or a registry name "
-                                "(see `segbeam models`) with --weights.")
+                           help="A saved model on any Beam filesystem: .keras, legacy .h5, a "
+                                "TensorFlow SavedModel folder or .onnx (the format comes from "
+                                "the path; `segbeam models --inspect PATH` shows what segbeam "
+                                "sees), or a registry name (see `segbeam models`) with "
+                                "--weights.")
+        model.add_argument("--signature", default="serving_default",
+                           help="The SavedModel signature to call.")
+        model.add_argument("--output_key", default=None,
+                           help="The output holding the class scores, for a model with "
+                                "several (torchvision's out/aux, a signature's dict).")
+        model.add_argument("--data_format", default="auto", choices=DATA_FORMATS,
+                           help="The model's layout; auto reads it from the declared input "
+                                "shape ((N, 3, H, W) is channels_first, as PyTorch exports).")
+        model.add_argument("--unsafe_model_loading", action="store_true", default=False,
+                           help="Load a legacy .h5 model that holds Python code (Lambda "
+                                "layers); that code runs, so only for files you trust.")
         model.add_argument("--weights", default=None,
                            help="Weights file (.weights.h5) for a registry model.")
         model.add_argument("--num_classes", type=int, default=None,
@@ -264,9 +279,10 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
-    source = ModelSource(absolute_local(o.model) if o.model and is_saved_model(o.model)
+    source = ModelSource(absolute_local(o.model) if o.model and is_model_path(o.model)
                          else o.model, absolute_local(o.weights), o.num_classes,
-                         parse_size(o.input_size), o.seed)
+                         parse_size(o.input_size), o.seed, o.signature, o.output_key,
+                         o.data_format, o.unsafe_model_loading)
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),

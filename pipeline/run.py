@@ -32,7 +32,8 @@ from segbeam.pipeline.options import SegmentationOptions, Settings, UsageError, 
 
 LOG = logging.getLogger(__name__)
 _PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
-             "numpy", "pillow", "pyarrow", "pydensecrf2", "dask", "distributed")
+             "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "pillow", "pyarrow",
+             "pydensecrf2", "dask", "distributed")
 DASK_RUNNER = "segbeam.pipeline.dask_runner.DaskRunner"
 _STOCK_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
@@ -152,6 +153,15 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     return execute(parse_run_argv(argv), argv, test_pipeline)
 
 
+def _check_model_opens(settings: Settings) -> None:
+    """Opens a saved model once in the launcher, so that a model segbeam cannot serve (a
+    missing --output_key, a wrong --signature, a refused .h5, a class-count mismatch) fails in
+    one line before any work, not on every worker. Registry models are built on the workers
+    only (building the large ones takes a while, and their checks are static)."""
+    if settings.model.saved:
+        settings.model.open()
+
+
 def execute(options: PipelineOptions, argv: Sequence[str],
             test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
     """Runs the job that ``options`` (parsed from ``argv`` by ``parse_run_argv``) describe:
@@ -163,6 +173,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     _check_inputs_exist(settings)
+    _check_model_opens(settings)
     entries = settings.fingerprint_entries()
     model_id, fingerprint = entries["model"], settings.config_fingerprint(entries)
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -190,6 +190,7 @@ def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
     import keras
 
     from segbeam.inference import softmax
+    from segbeam.models.keras_runtime import KerasRuntime
     from segbeam.transforms.inference import SegmentationPredictor
 
     model = keras.saving.load_model(tiny_model_path)
@@ -198,7 +199,7 @@ def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
     probability_model = keras.Sequential([model, keras.layers.Softmax()])
     for served, kind in ((model, "logits"), (model, "auto"), (probability_model, "auto"),
                          (probability_model, "probabilities")):
-        predictor = SegmentationPredictor(served, kind)
+        predictor = SegmentationPredictor(KerasRuntime(served, "tiny"), kind)
         for _ in range(2):  # "auto" decides on the first batch (numpy), then compiles
             probabilities, labels = predictor.predict(images)
             assert probabilities.dtype == np.float16 and labels.dtype == np.uint8

@@ -1,4 +1,4 @@
-"""Batched inference: a Beam ``ModelHandler`` that holds a Keras segmentation model.
+"""Batched inference: a Beam ``ModelHandler`` that holds a segmentation model of any format.
 
 Beam's ``RunInference`` batches records (``batch_elements_kwargs``), loads the model once per
 worker and shares it across threads (or processes, with ``large_model``), and reports
@@ -23,6 +23,7 @@ from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, looks_like_probabilities, \
     to_probabilities
+from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
 from segbeam.records import DeadLetter, SegmentationRecord
@@ -51,48 +52,58 @@ def _serving_model(model, kind: str):
 
 
 class SegmentationPredictor:
-    """A loaded Keras model behind methods only, so that Beam can also serve it through a
-    multiprocessing proxy (``large_model``), where attributes are not reachable.
+    """A loaded model (a ``ModelRuntime`` of any format) behind methods only, so that Beam can
+    also serve it through a multiprocessing proxy (``large_model``), where attributes are not
+    reachable.
 
     ``kind`` is what the model emits (``logits``, ``probabilities``, or ``auto``: decided on
-    the first batch, then kept)."""
+    the first batch, then kept). A Keras model gets its post-processing compiled into its
+    graph; other formats return scores that are post-processed here, in numpy."""
 
-    def __init__(self, model, kind: str = "auto"):
+    def __init__(self, runtime: ModelRuntime, kind: str = "auto"):
         if kind not in MODEL_OUTPUTS:
             raise ValueError(f"unknown model output kind {kind!r}; expected one of "
                              f"{MODEL_OUTPUTS}")
-        self._model = model
+        self._runtime = runtime
         self._kind = kind
+        model = runtime.keras_model
         # Built now, so that on a GPU they live where the model was placed.
-        self._serving = {k: _serving_model(model, k)
-                         for k in ("logits", "probabilities", "labels")}
-        self._lock = threading.Lock()  # Keras builds its predict function lazily; not re-entrant
+        self._serving = None if model is None else {
+            k: _serving_model(model, k) for k in ("logits", "probabilities", "labels")}
+        # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
+        # sessions and TensorFlow signatures are, so those only serialise the first look.
+        self._lock = threading.Lock()
+        self._call_lock = self._lock if model is not None else contextlib.nullcontext()
+
+    def _scores(self, batch: np.ndarray) -> np.ndarray:
+        with self._call_lock:
+            return self._runtime.outputs(batch)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed batch."""
-        with self._lock:
-            if self._kind == "auto":  # one look at real outputs, then the compiled path
-                outputs = np.asarray(self._model.predict_on_batch(batch), dtype=np.float32)
-                if outputs.ndim != 4:
-                    raise ValueError(f"the model returned shape {outputs.shape} for a batch of "
-                                     f"{batch.shape}; expected (N, H, W, C)")
-                self._kind = "probabilities" if looks_like_probabilities(outputs) else "logits"
-                probabilities = to_probabilities(outputs, self._kind)
-                return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
-            probabilities, labels = self._serving[self._kind].predict_on_batch(batch)
+        if self._serving is not None and self._kind != "auto":
+            with self._lock:
+                probabilities, labels = self._serving[self._kind].predict_on_batch(batch)
             return np.asarray(probabilities), np.asarray(labels)
+        outputs = self._scores(batch)
+        with self._lock:  # one look at real outputs decides the kind, then it is kept
+            if self._kind == "auto":
+                self._kind = "probabilities" if looks_like_probabilities(outputs) else "logits"
+        probabilities = to_probabilities(outputs, self._kind)
+        return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
 
     def predict_labels(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
-        with self._lock:
-            return np.asarray(self._serving["labels"].predict_on_batch(batch))
+        if self._serving is not None:
+            with self._lock:
+                return np.asarray(self._serving["labels"].predict_on_batch(batch))
+        return labels_from_probabilities(self._scores(batch))
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
-        _, height, width, _ = self._model.input_shape
-        return (int(height), int(width)) if height and width else None
+        return self._runtime.fixed_input_size()
 
-    def num_classes(self) -> int:
-        return int(self._model.output_shape[-1])
+    def num_classes(self) -> Optional[int]:
+        return self._runtime.num_classes()
 
 
 _DEVICE_COUNTER = itertools.count()
@@ -122,7 +133,8 @@ def _configure_accelerators():
 
 class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationRecord,
                                             SegmentationPredictor]):
-    """Runs a Keras segmentation model on batches of ``SegmentationRecord``.
+    """Runs a segmentation model of any format (``.keras``, ``.h5``, SavedModel, ONNX,
+    registry) on batches of ``SegmentationRecord``; the name is historical.
 
     Args:
       source: the model (loaded once per worker by ``load_model``).
@@ -152,13 +164,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
     def load_model(self) -> SegmentationPredictor:
         device = _configure_accelerators()
         with device if device is not None else contextlib.nullcontext():
-            model = self._source.load()
-            predictor = SegmentationPredictor(model, self._inference.model_output)
-        fixed, wanted = predictor.fixed_input_size(), self._source.input_size
-        if fixed and wanted and fixed != wanted:
-            raise ValueError(f"model {self._source.spec} takes {fixed[0]}x{fixed[1]} input but "
-                             f"--input_size is {wanted[0]}x{wanted[1]}; drop --input_size or "
-                             f"make them agree")
+            predictor = SegmentationPredictor(self._source.open(), self._inference.model_output)
         return predictor
 
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
@@ -181,6 +187,10 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         if probabilities.shape[0] != len(batch):
             raise ValueError(f"the model returned {probabilities.shape[0]} outputs for a batch "
                              f"of {len(batch)}")
+        if self._source.num_classes and probabilities.shape[-1] != self._source.num_classes:
+            raise ValueError(f"model {self._source.spec} returned {probabilities.shape[-1]} "
+                             f"class scores per pixel but --num_classes is "
+                             f"{self._source.num_classes}")
         keep = self._keep_probabilities
         results = []
         for record, placement, probs, label in zip(batch, placements, probabilities, labels):

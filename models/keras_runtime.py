@@ -1,0 +1,133 @@
+"""Keras models as a ``ModelRuntime``: ``.keras`` files, legacy ``.h5`` files, registry models.
+
+``.keras`` files load with Keras's safe deserialisation. A legacy ``.h5`` model is read for
+Python code first (``Lambda`` layers, serialised functions): such a file is refused unless the
+user passes ``--unsafe_model_loading``, because loading it would run code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from segbeam.models.runtime import ModelRuntime, choose_output
+
+# Layer classes whose configuration carries Python code (bytecode or a function's source).
+CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+UNSAFE_FLAG = "--unsafe_model_loading"
+
+
+def _code_layers(config: Any, found: Optional[list] = None) -> list[str]:
+    """Names of the layers in a Keras model configuration that hold Python code."""
+    found = [] if found is None else found
+    if isinstance(config, dict):
+        if config.get("class_name") in CODE_LAYERS:
+            name = (config.get("config") or {}).get("name", "?")
+            found.append(f"{config['class_name']} layer {name!r}")
+        elif config.get("function_type") == "lambda":
+            found.append("a serialised Python function")
+        for value in config.values():
+            _code_layers(value, found)
+    elif isinstance(config, list):
+        for value in config:
+            _code_layers(value, found)
+    return found
+
+
+def check_h5(path: str, name: str, unsafe: bool) -> None:
+    """Raises a ValueError when the ``.h5`` file is not a full model, or holds Python code and
+    ``unsafe`` is False."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        config = handle.attrs.get("model_config")
+    if config is None:
+        raise ValueError(f"{name} holds weights only, not a model: pass the architecture's "
+                         f"registry name as --model and this file as --weights, or save the "
+                         f"whole model (model.save)")
+    code = _code_layers(json.loads(config.decode() if isinstance(config, bytes) else config))
+    if code and not unsafe:
+        raise ValueError(f"{name} contains Python code ({', '.join(code[:3])}) that loading "
+                         f"would run; if you trust the file, pass {UNSAFE_FLAG}")
+
+
+def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = False):
+    """The ``keras.Model`` in a ``.keras`` or ``.h5`` file (``path`` local)."""
+    from segbeam import compat
+
+    keras = compat.import_keras_quietly()
+    from segbeam.models import layers  # noqa: F401  (registers the custom layers)
+
+    if model_format == "h5":
+        check_h5(path, name, unsafe)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+    except Exception as error:  # Keras, h5py and zipfile each raise their own types
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "safe_mode" in str(error) or "unsafe" in str(error).lower():
+            raise ValueError(f"{name} contains Python code that loading would run; if you "
+                             f"trust the file, pass {UNSAFE_FLAG}") from error
+        raise ValueError(f"Keras cannot load {name}: {type(error).__name__}: {message} (a "
+                         f"model saved by another Keras version or with custom layers may "
+                         f"need exporting to ONNX or a SavedModel)") from error
+
+
+def _nhwc_single_output(model, index: int, layout: str):
+    """``model`` as NHWC in, one NHWC output out (the same layers and weights)."""
+    import keras
+    from keras import ops
+
+    if layout == "channels_last" and len(model.outputs) == 1:
+        return model
+    if layout == "channels_last":
+        shape = tuple(model.inputs[0].shape[1:])
+    else:
+        channels, height, width = model.inputs[0].shape[1:]
+        shape = (height, width, channels)
+    inputs = keras.Input(shape=shape, name="image")
+    x = ops.transpose(inputs, (0, 3, 1, 2)) if layout == "channels_first" else inputs
+    outputs = model(x)
+    if isinstance(outputs, dict):
+        outputs = outputs[list(model.output_names)[index]]
+    elif isinstance(outputs, (list, tuple)):
+        outputs = outputs[index]
+    if layout == "channels_first":
+        outputs = ops.transpose(outputs, (0, 2, 3, 1))
+    return keras.Model(inputs, outputs, name=f"{model.name}_nhwc")
+
+
+class KerasRuntime(ModelRuntime):
+    """A ``keras.Model`` (any layout, one or several outputs) served through Keras."""
+
+    def __init__(self, model, name: str, model_format: str = "keras",
+                 output_key: Optional[str] = None, data_format: str = "auto",
+                 preprocessing: str = ""):
+        self.format, self.name = model_format, name
+        self.producer = f"Keras ({model.name})"
+        self._preprocessing = preprocessing
+        self.output_names = tuple(getattr(model, "output_names", None) or
+                                  [f"output_{i}" for i in range(len(model.outputs))])
+        index = choose_output(self.output_names, output_key, f"model {name}",
+                              [o.shape for o in model.outputs])
+        self.output_name = self.output_names[index] if len(self.output_names) > 1 else ""
+        self._set_shapes(model.inputs[0].shape, model.outputs[index].shape, data_format)
+        self.batch_limit = None  # Keras models take any batch size
+        self.keras_model = _nhwc_single_output(model, index, self.layout)
+        self._layer_types = [type(layer).__name__ for layer in model.layers
+                             if type(layer).__name__ != "InputLayer"][:3]
+
+    def _run(self, batch):
+        raise AssertionError("a Keras runtime runs through keras_model")
+
+    def outputs(self, batch):
+        import numpy as np
+
+        return np.asarray(self.keras_model.predict_on_batch(batch), dtype=np.float32)
+
+    def preprocessing_hint(self) -> str:
+        if self._preprocessing:
+            return self._preprocessing
+        scaling = [t for t in self._layer_types if t in ("Rescaling", "Normalization")]
+        if scaling:
+            return f"none: the model scales its own input (a {scaling[0]} layer)"
+        return super().preprocessing_hint()
