@@ -21,6 +21,7 @@ import enum
 from typing import Any
 
 EFFECT = "segbeam.effect"
+OMIT_DEFAULT = "segbeam.omit_default"
 
 
 class Effect(enum.Enum):
@@ -30,11 +31,19 @@ class Effect(enum.Enum):
     NONE = "none"
 
 
-def setting(effect: Effect, default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field classified by ``effect`` (see the module docstring)."""
+def setting(effect: Effect, default: Any = dataclasses.MISSING,
+            omit_default: bool = False) -> Any:
+    """A dataclass field classified by ``effect`` (see the module docstring).
+
+    ``omit_default``: an ``OUTPUT`` setting added after fingerprints were first recorded enters
+    the fingerprint only when it differs from its default (which must be what runs did before
+    it existed), so that earlier results stay valid under ``--skip_existing``."""
     if not isinstance(effect, Effect):
         raise TypeError(f"setting() needs an Effect; received {effect!r}")
-    return dataclasses.field(default=default, metadata={EFFECT: effect})
+    if omit_default and (effect is not Effect.OUTPUT or default is dataclasses.MISSING):
+        raise TypeError("omit_default is for OUTPUT settings with a default")
+    return dataclasses.field(default=default, metadata={EFFECT: effect,
+                                                        OMIT_DEFAULT: omit_default})
 
 
 def effect_of(field: dataclasses.Field, owner: type) -> Effect:
@@ -62,7 +71,8 @@ def fingerprint_entries(config: Any, name: str = "") -> dict[str, Any]:
         effect = effect_of(field, type(config))
         value = getattr(config, field.name)
         if effect is Effect.OUTPUT:
-            entries[field.name] = _plain(value)
+            if not (field.metadata.get(OMIT_DEFAULT) and value == field.default):
+                entries[field.name] = _plain(value)
         elif effect is Effect.NESTED:
             if value is not None:
                 entries.update(fingerprint_entries(value, field.name))

@@ -51,6 +51,8 @@ class SegmentationRecord:
     confusion_raw / confusion_crf: CxC int64 confusion matrices (rows: truth, columns: prediction).
     height, width, has_mask: known from decode on, after the arrays themselves are dropped.
     content_sha256: the hash of the encoded image and mask bytes the record was decoded from.
+    unexpected_pixels / unexpected_values: mask pixels whose value is neither a class nor the
+    ignore index, and those values (``segbeam.labels``); counted at decode.
     """
 
     key: str
@@ -69,6 +71,8 @@ class SegmentationRecord:
     has_mask: bool = False
     crf_applied: bool = False
     content_sha256: str = ""
+    unexpected_pixels: int = 0
+    unexpected_values: tuple = ()
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

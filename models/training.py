@@ -19,6 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from segbeam.labels import MaskLabels, check_mask, format_values
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 
 LOG = logging.getLogger(__name__)
@@ -59,27 +60,37 @@ def _items(images, masks, shards):
     return find_training_pairs(images, masks)
 
 
-def _usable(items, num_classes: int):
-    """Decodes every pair once: drops (with a warning naming each) those that fail, and counts
-    class pixels for the weights and the log."""
+def _usable(items, labels: MaskLabels):
+    """Decodes every pair once: drops (with a warning naming each) those that fail, or whose
+    mask holds unexpected values under ``labels.strict``; counts unexpected pixels otherwise
+    (a warning: they carry no weight), and class pixels for the weights and the log."""
     from segbeam.dataset import describe, load_item
     from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
+    unexpected, unexpected_pairs, values = 0, 0, set()
     for item in items:
         try:
             _, mask = load_item(item)
+            count, found = check_mask(mask, labels)
         except (OSError, ValueError) as error:
             dropped.append(f"{describe(item)}: {error}")
             continue
+        unexpected, unexpected_pairs = unexpected + count, unexpected_pairs + bool(count)
+        values.update(found)
         kept.append(item)
         masks.append(mask)
     for reason in dropped:
         LOG.warning("training pair skipped: %s", reason)
+    if unexpected:
+        LOG.warning("%d mask pixels in %d training pairs hold values %s that are not %s; they "
+                    "carry no weight (--strict_labels skips such pairs)", unexpected,
+                    unexpected_pairs, format_values(sorted(values)),
+                    labels.describe_expected())
     if not kept:
         raise ValueError(f"none of the {len(items)} training pairs could be read; first "
                          f"problem: {dropped[0] if dropped else 'none found'}")
-    return kept, class_statistics(masks, num_classes), len(dropped)
+    return kept, class_statistics(masks, labels.num_classes), len(dropped)
 
 
 def _optimizer(config: TrainingConfig):
@@ -100,13 +111,14 @@ def train(config: TrainingConfig) -> TrainingResult:
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
+    labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels)
     items, (pixels, present_in), dropped = _usable(
-        _items(config.images, config.masks, config.shards), config.num_classes)
+        _items(config.images, config.masks, config.shards), labels)
     if config.val_images:
         if not config.val_masks:
             raise ValueError("--val_images needs --val_masks")
         val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks),
-                                  config.num_classes)
+                                  labels)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:
             raise ValueError(f"--val_split must be in (0, 1); received {config.val_split}")

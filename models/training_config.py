@@ -33,6 +33,7 @@ class TrainingConfig:
     momentum: float = 0.9
     class_weights: str = "none"  # "none", "median_frequency" or comma-separated numbers
     ignore_index: Optional[int] = None
+    strict_labels: bool = False  # skip pairs whose masks hold values that are not classes
     augment: bool = True
     flip: bool = True
     scale_min: float = 0.75

@@ -53,12 +53,16 @@ def run_command(argv: Sequence[str]) -> int:
             print(f"segbeam run: no --input given; running the demo under {flags.output}/")
             argv = demo_argv(flags.output, argv)
             options = parse_run_argv(argv)
+        from segbeam.labels import label_warnings
         from segbeam.pipeline.run import execute, format_report
 
         outcome = execute(options, argv)
     except ValueError as error:
         return _error("run", error)
     print(format_report(outcome))
+    if outcome.summary:
+        for warning in label_warnings(outcome.summary):
+            print(f"segbeam run: warning: {warning}", file=sys.stderr)
     if outcome.report_folder:
         print(f"segbeam run: report written to {outcome.report_folder}/report.html")
     if outcome.exit_code == ExitCode.DEAD_LETTERS:

@@ -53,7 +53,8 @@ class ReadInputs(beam.PTransform):
         else:
             reused = pbegin | "NothingReused" >> beam.Create([])
             skipped = pbegin | "NothingSkipped" >> beam.Create([])
-        records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels)
+        records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels,
+                                                                        s.mask_labels)
         dead = (unusable, undecodable) | "DeadLetters" >> beam.Flatten()
         return records, dead, count, reused, skipped
 

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.classes import resolve_class_names
+from segbeam.labels import MaskLabels
 from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.crf import CrfParams
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -187,6 +188,10 @@ class SegmentationOptions(PipelineOptions):
                                      "-1 for none.")
         evaluation.add_argument("--class_names", default=None,
                                 help="Comma-separated names, or a preset: camvid, voc.")
+        evaluation.add_argument("--strict_labels", action="store_true", default=False,
+                                help="A mask with values that are neither a class nor the "
+                                     "ignore index becomes a dead letter; by default such "
+                                     "pixels are counted, reported and left unscored.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +210,7 @@ class Settings:
     ignore_index: Optional[int] = setting(Effect.OUTPUT)
     class_names: list = setting(Effect.NONE)
     layout: OutputLayout = setting(Effect.NESTED)
+    strict_labels: bool = setting(Effect.OUTPUT, False, omit_default=True)
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
     report: bool = setting(Effect.NONE, False)
@@ -215,6 +221,11 @@ class Settings:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    @property
+    def mask_labels(self) -> MaskLabels:
+        """What a mask pixel may hold (``segbeam.labels``)."""
+        return MaskLabels(self.num_classes, self.ignore_index, self.strict_labels)
 
     @property
     def run_dir(self) -> str:
@@ -293,6 +304,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         inference=inference, crf=_crf_params(o),
         ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
         class_names=resolve_class_names(o.class_names, o.num_classes), layout=layout,
+        strict_labels=o.strict_labels,
         fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (

@@ -18,6 +18,7 @@ import numpy as np
 
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
     mask_png_path, output_path, write_bytes_atomically
+from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
@@ -137,6 +138,8 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
         },
         "class_names": summary["class_names"],
         "ignore_index": summary.get("ignore_index"),
+        "labels": summary.get("labels"),
+        "warnings": label_warnings(summary),
         "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
         "without_masks": {"count": len(unmasked),
                           "examples": [_gallery_entry(r, cwd, run.root) for r in

@@ -63,6 +63,7 @@ def render_markdown(report: dict) -> str:
              f"with masks; counts add up: {counts.get('accounted_for')}"]
     for dead in run["dead_letters_by_reason"]:
         lines.append(f"  - dead letters at {dead['stage']}: {dead['count']} x {dead['reason']}")
+    lines += [f"- **warning**: {warning}" for warning in report.get("warnings", [])]
     if evaluation is None:
         lines += ["", "No ground-truth masks in this run: predictions only, no evaluation."]
     else:
@@ -256,7 +257,7 @@ def _legend(names: list[str], colours: np.ndarray) -> str:
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{font-size:1.5em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.warning{color:#8a4b00;background:#fff4e0;padding:.4em .7em} h1{font-size:1.5em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:.25em .7em;border-bottom:1px solid
 #eee;text-align:right} td:first-child,th:first-child{text-align:left}
 .pos{color:#1a7f37}.neg{color:#c62828} .chart text{font-size:11px;fill:#333}
@@ -298,6 +299,8 @@ def render_html(report: dict) -> str:
                          ("counts add up", counts.get("accounted_for"))]:
         out.append(f"<tr><th>{label}</th><td>{html.escape(str(value))}</td></tr>")
     out.append("</table>")
+    out += [f'<p class="warning">warning: {html.escape(w)}</p>'
+            for w in report.get("warnings", [])]
     if run["dead_letters_by_reason"]:
         out.append("<h3>Dead letters by reason</h3><table><tr><th>stage</th><th>reason</th>"
                    "<th>count</th></tr>")

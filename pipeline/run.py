@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, TestOptions)
 
 from segbeam import compat
+from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, output_path, read_json, \
     write_bytes_atomically
@@ -250,6 +251,7 @@ def format_report(outcome: RunOutcome) -> str:
              f"{outcome.manifest['wall_time_seconds']:.1f} s"]
     for stage, count in counts["dead_letters_by_stage"].items():
         lines.append(f"  dead letters at {stage}: {count}")
+    lines += [f"  WARNING: {warning}" for warning in label_warnings(summary)]
     evaluation = summary["evaluation"]
     if evaluation:
         variants = [v for v in ("raw", "crf") if v in evaluation]

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--ignore_index", type=int, default=None,
                      help="mask value that carries no loss and is left out of mIoU (e.g. 11 "
                           "for CamVid's void, 255 for VOC)")
+    fit.add_argument("--strict_labels", action="store_true",
+                     help="skip pairs whose masks hold values that are neither a class nor "
+                          "--ignore_index (by default they are counted, warned about and "
+                          "carry no weight)")
     fit.add_argument("--no_augment", dest="augment", action="store_false",
                      help="resize every pair to --input_size instead of random scale/crop/flip")
     fit.add_argument("--no_flip", dest="flip", action="store_false",

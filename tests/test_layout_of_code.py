@@ -200,7 +200,8 @@ def _settings(*extra):
     (["--crf_iterations", "3"], True), (["--resize_mode", "letterbox", "--input_size", "32"],
                                         True),
     (["--ignore_index", "2"], True), (["--write_raw_masks"], True), (["--seed", "1"], True),
-    (["--preprocess", "torch"], True), (["--no-crf"], True),
+    (["--preprocess", "torch"], True), (["--no-crf"], True), (["--strict_labels"], True),
+    (["--data_format", "channels_last"], True), (["--unsafe_model_loading"], False),
     (["--batch_size", "2"], False), (["--output", "/elsewhere"], False),
     (["--masks", "/masks"], False), (["--fail_on_errors"], False), (["--run_date", "today"],
                                                                      False)])

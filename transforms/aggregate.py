@@ -31,13 +31,21 @@ class ConfusionSum(beam.CombineFn):
     def create_accumulator(self):
         zeros = np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
         return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
-                "crf_images": 0}
+                "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
+                "images_unchecked": 0, "unexpected_values": frozenset()}
 
     def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
         if row["confusion_raw"] is not None:
             accumulator["images_with_mask"] += 1
             accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
+            unexpected = row.get("unexpected_pixels")
+            if unexpected is None:  # a row reused from a run that did not count them
+                accumulator["images_unchecked"] += 1
+            elif unexpected:
+                accumulator["unexpected_pixels"] += unexpected
+                accumulator["images_with_unexpected"] += 1
+                accumulator["unexpected_values"] |= frozenset(row["unexpected_values"])
         if row["confusion_crf"] is not None:
             accumulator["crf_images"] += 1
             accumulator["crf"] += dense_confusion(row["confusion_crf"], self._num_classes)
@@ -48,7 +56,8 @@ class ConfusionSum(beam.CombineFn):
         merged = next(accumulators)
         for other in accumulators:
             for name, value in other.items():
-                merged[name] = merged[name] + value
+                merged[name] = merged[name] | value if isinstance(value, frozenset) \
+                    else merged[name] + value
         return merged
 
     def extract_output(self, accumulator):
@@ -77,7 +86,10 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     segmented: images that went through the model in this run. reused: unchanged images whose
     row and mask in this run's directory were kept. skipped: unchanged images whose result
     stands in an earlier date partition. outputs = segmented + reused, the rows of this run's
-    metrics; every input is one of segmented, reused, skipped or a dead letter.
+    metrics; every input is one of segmented, reused, skipped or a dead letter. ``labels``:
+    mask pixels that were neither a class nor the ignore index (not scored), the images that
+    had them and their values; ``images_not_checked``, rows reused from runs that did not
+    count them.
     """
     dead = dict(sorted(dead_by_stage))
     dead_total = sum(dead.values())
@@ -93,6 +105,13 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
             "images_with_mask": totals["images_with_mask"],
             "accounted_for": inputs == segmented + reused + skipped + dead_total
             and totals["images"] == outputs,
+        },
+        "labels": {
+            "ignore_index": ignore_index,
+            "unexpected_pixels": totals["unexpected_pixels"],
+            "images_with_unexpected": totals["images_with_unexpected"],
+            "unexpected_values": sorted(totals["unexpected_values"]),
+            "images_not_checked": totals["images_unchecked"],
         },
         "evaluation": {},
     }

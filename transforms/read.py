@@ -17,6 +17,7 @@ from segbeam.dataset import decode_encoded, ensure_encoded, folder_glob, pair_by
     parse_shard_record, shard_record
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.keys import file_stem, glob_base
+from segbeam.labels import MaskLabels
 from segbeam.records import DeadLetter
 from segbeam.transforms.safe_map import SafeMap
 
@@ -99,15 +100,17 @@ class ReadShardRecords(beam.PTransform):
 
 class ReadAndDecode(beam.PTransform):
     """ImageRefs or EncodedImages -> (decoded records, dead letters): files are read (stage
-    ``read``), then images and masks decoded (stage ``decode``)."""
+    ``read``), then images and masks decoded (stage ``decode``), and with ``labels`` each mask's
+    unexpected values counted (``segbeam.labels``; with ``strict``, a dead letter)."""
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 labels: Optional[MaskLabels] = None):
         super().__init__()
-        self._max_pixels = max_pixels
+        self._max_pixels, self._labels = max_pixels, labels
 
     def expand(self, items):
         encoded, unreadable = items | "Read" >> SafeMap("read", ensure_encoded)
         records, undecodable = encoded | "Decode" >> SafeMap("decode", decode_encoded,
-                                                             self._max_pixels)
+                                                             self._max_pixels, self._labels)
         return records, (unreadable, undecodable) | "DeadLetters" >> beam.Flatten()
 

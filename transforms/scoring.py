@@ -42,6 +42,9 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     names travel in the schema's metadata. ``confusion_raw`` / ``confusion_crf`` hold the
     image's confusion matrix (non-zero cells), so that dataset figures can be recomputed from
     the rows of any subset of images, and a later incremental run can reuse the row as it is.
+    ``unexpected_pixels`` / ``unexpected_values``: mask pixels that are neither a class nor
+    the ignore index, and their values (null without a mask, and in rows made before they
+    were counted).
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -64,6 +67,8 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("config_fingerprint", pa.string(), nullable=False),
         pa.field("confusion_raw", pa.list_(CONFUSION_CELL)),
         pa.field("confusion_crf", pa.list_(CONFUSION_CELL)),
+        pa.field("unexpected_pixels", pa.int64()),
+        pa.field("unexpected_values", pa.list_(pa.int32())),
     ]
     metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
     return pa.schema(fields, metadata=metadata)
@@ -98,7 +103,19 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
         "content_sha256": record.content_sha256, "config_fingerprint": config_fingerprint,
         "confusion_raw": _cells(record.confusion_raw),
         "confusion_crf": _cells(record.confusion_crf),
+        "unexpected_pixels": record.unexpected_pixels if record.has_mask else None,
+        "unexpected_values": list(record.unexpected_values) if record.has_mask else None,
     }
+
+
+# Fields added to the metrics row after its first version, with the value that a row written
+# before them gets when a later run reuses it (null: not known for that row).
+ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None}
+
+
+def complete_row(row: dict) -> dict:
+    """A metrics row read back from an earlier run, with the fields it predates."""
+    return {**ADDED_FIELDS, **row}
 
 
 class ScoreImages(beam.PTransform):

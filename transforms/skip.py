@@ -19,6 +19,7 @@ from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_r
 from segbeam.layout import METRICS_DIR
 from segbeam.records import EncodedImage, ImageRef
 from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.scoring import complete_row
 
 
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
@@ -45,7 +46,7 @@ class _Decide(beam.DoFn):
             if decision == PROCESS:
                 yield candidate.item
             elif decision == REUSE:
-                yield beam.pvalue.TaggedOutput(REUSE, row)
+                yield beam.pvalue.TaggedOutput(REUSE, complete_row(row))
             else:
                 yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
 

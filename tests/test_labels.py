@@ -1,0 +1,155 @@
+"""Mask values the run has no class for: counted per image, summed, warned about, refused
+with --strict_labels; never dropped from the figures without a word."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.decode import InvalidInputError
+from segbeam.labels import MaskLabels, check_mask, format_values, label_warnings, \
+    unexpected_labels
+
+
+def test_unexpected_labels_are_neither_classes_nor_the_ignore_index():
+    mask = np.array([[0, 1, 2, 3], [3, 255, 7, 0]], np.uint8)
+    assert unexpected_labels(mask, 3, 255) == (3, (3, 7))
+    assert unexpected_labels(mask, 3, None) == (4, (3, 7, 255))
+    assert unexpected_labels(mask, 4, 7) == (1, (255,))
+    assert unexpected_labels(mask, 256, None) == (0, ())
+    assert check_mask(mask, MaskLabels(3, 255)) == (3, (3, 7))
+    with pytest.raises(InvalidInputError, match=r"3 pixels of values \[3, 7\] .*class 0..2 or "
+                                                r"the ignore index 255 \(--strict_labels\)"):
+        check_mask(mask, MaskLabels(3, 255, strict=True))
+    assert format_values(range(12)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]"
+
+
+def _pets_like(folder, rng, count=3):
+    """Images with Oxford-IIIT-Pets-style trimaps: values 1 (pet), 2 (background), 3 (border)."""
+    os.makedirs(f"{folder}/images"), os.makedirs(f"{folder}/masks")
+    borders = 0
+    for index in range(count):
+        mask = rng.integers(1, 4, (64, 64), dtype=np.uint8)
+        borders += int((mask == 3).sum())
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            f"{folder}/images/pet{index}.png")
+        Image.fromarray(mask).save(f"{folder}/masks/pet{index}.png")
+    return borders
+
+
+def test_a_pets_trimap_scored_with_three_classes_says_what_it_could_not_score(
+        tmp_path, demo_model_path):
+    borders = _pets_like(str(tmp_path / "pets"), np.random.default_rng(0))
+    command = [sys.executable, "-m", "segbeam.pipeline.cli", "run",
+               "--input", f"{tmp_path}/pets/images/*.png", "--masks", f"{tmp_path}/pets/masks",
+               "--model", demo_model_path, "--num_classes", "3", "--input_size", "64",
+               "--ignore_index", "-1", "--no-crf", "--output", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = (f"{borders:,} mask pixels in 3 images hold values [3] that are neither a class "
+                f"(0..2) nor the ignore index (None)")
+    assert f"WARNING: {expected}" in result.stdout
+    assert f"segbeam run: warning: {expected}" in result.stderr
+
+    import json
+
+    import pyarrow.parquet as pq
+
+    summary = json.load(open(tmp_path / "out" / "summary.json"))
+    assert summary["labels"] == {"ignore_index": None, "unexpected_pixels": borders,
+                                 "images_with_unexpected": 3, "unexpected_values": [3],
+                                 "images_not_checked": 0}
+    rows = pq.read_table(str(tmp_path / "out" / "metrics")).to_pylist()
+    assert sum(r["unexpected_pixels"] for r in rows) == borders
+    assert all(r["unexpected_values"] == [3] for r in rows)
+    # The figures count exactly the pixels that were scored.
+    assert summary["evaluation"]["raw"]["labelled_pixels"] == 3 * 64 * 64 - borders
+
+    report = subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", "report",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert expected in open(tmp_path / "out" / "report" / "report.md").read()
+    assert "warning: " + expected.split(" hold")[0] in open(
+        tmp_path / "out" / "report" / "report.html").read()
+
+
+def test_strict_labels_turns_such_masks_into_dead_letters(tmp_path, demo_model_path):
+    from segbeam.pipeline.run import run
+
+    _pets_like(str(tmp_path / "pets"), np.random.default_rng(1), count=2)
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(tmp_path / "pets" / "masks" / "pet1.png")
+    outcome = run(["--input", f"{tmp_path}/pets/images/*.png", "--masks",
+                   f"{tmp_path}/pets/masks", "--model", demo_model_path, "--num_classes", "3",
+                   "--input_size", "64", "--ignore_index", "-1", "--no-crf", "--strict_labels",
+                   "--output", str(tmp_path / "out")])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (2, 1, 1)
+    assert counts["dead_letters_by_stage"] == {"decode": 1} and counts["accounted_for"]
+    dead = open(next((tmp_path / "out" / "dead_letters").iterdir())).read()
+    assert "pet0" in dead and "values [3]" in dead and "--strict_labels" in dead
+    assert outcome.summary["labels"]["unexpected_pixels"] == 0
+
+
+def test_rows_from_runs_that_did_not_count_are_reported_as_not_checked():
+    from segbeam.transforms.aggregate import ConfusionSum, build_summary
+    from segbeam.transforms.scoring import complete_row
+
+    old = {"confusion_raw": [{"truth": 0, "predicted": 0, "pixels": 5}], "confusion_crf": None}
+    new = {**old, "unexpected_pixels": 4, "unexpected_values": [9]}
+    combine = ConfusionSum(2)
+    totals = combine.merge_accumulators([
+        combine.add_input(combine.create_accumulator(), complete_row(old)),
+        combine.add_input(combine.create_accumulator(), new)])
+    summary = build_summary(None, totals, 2, 2, [], ["a", "b"], None)
+    assert summary["labels"]["images_not_checked"] == 1
+    assert summary["labels"]["unexpected_values"] == [9]
+    assert [w.split(" ")[0] for w in label_warnings(summary)] == ["4", "1"]
+
+
+def test_training_counts_unexpected_values_and_skips_them_when_strict(tmp_path, caplog):
+    from segbeam.dataset import find_training_pairs
+    from segbeam.models.training import _usable
+
+    _pets_like(str(tmp_path / "pets"), np.random.default_rng(2), count=2)
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(tmp_path / "pets" / "masks" / "pet1.png")
+    pairs = find_training_pairs(f"{tmp_path}/pets/images", f"{tmp_path}/pets/masks")
+    with caplog.at_level(logging.WARNING):
+        kept, _, dropped = _usable(pairs, MaskLabels(3, None))
+    assert (len(kept), dropped) == (2, 0)
+    assert "in 1 training pairs hold values [3]" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        kept, _, dropped = _usable(pairs, MaskLabels(3, None, strict=True))
+    assert (len(kept), dropped) == (1, 1)
+    assert "pet0.png" in caplog.text and "--strict_labels" in caplog.text
+
+
+def test_rows_written_before_the_count_existed_are_reused_and_marked(tmp_path, demo_model_path):
+    """Outputs of an earlier version (metrics without the two columns) stay usable under
+    --skip_existing: their rows are kept, and the summary says they were not checked."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from segbeam.pipeline.run import run
+
+    _pets_like(str(tmp_path / "pets"), np.random.default_rng(3), count=2)
+    argv = ["--input", f"{tmp_path}/pets/images/*.png", "--masks", f"{tmp_path}/pets/masks",
+            "--model", demo_model_path, "--num_classes", "3", "--input_size", "64",
+            "--ignore_index", "-1", "--no-crf", "--output", str(tmp_path / "out")]
+    first = run(argv)
+    for path in glob.glob(f"{tmp_path}/out/metrics/*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop(["unexpected_pixels", "unexpected_values"]), path)
+    second = run([*argv, "--skip_existing"])
+    assert second.summary["counts"]["reused"] == 2
+    assert second.summary["labels"]["images_not_checked"] == 2
+    assert second.summary["evaluation"]["raw"] == first.summary["evaluation"]["raw"]
+    rows = pq.read_table(str(tmp_path / "out" / "metrics")).to_pylist()
+    assert [r["unexpected_pixels"] for r in rows] == [None, None]
