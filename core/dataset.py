@@ -20,7 +20,7 @@ from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
-from segbeam.labels import MaskLabels, check_mask
+from segbeam.labels import MaskLabels
 from segbeam.layout import matching_paths, open_file, read_bytes
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 
@@ -93,12 +93,12 @@ def ensure_encoded(item: Union[ImageRef, EncodedImage]) -> EncodedImage:
 
 def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                    labels: Optional[MaskLabels] = None) -> SegmentationRecord:
-    """Decodes an input; with ``labels``, its mask's unexpected values are counted (or, with
-    ``labels.strict``, refused)."""
+    """Decodes an input; with ``labels``, its mask goes through the label map and its
+    unexpected values are counted (or, with ``labels.strict``, refused)."""
     image, mask = decode_pair(item.image_bytes, item.mask_bytes, max_pixels)
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
-        unexpected = check_mask(mask, labels)
+        mask, *unexpected = labels.prepare(mask)
     return SegmentationRecord(key=item.key, source=item.source, image=image, mask=mask,
                               mask_source=item.mask_source, height=image.shape[0],
                               width=image.shape[1], has_mask=mask is not None,

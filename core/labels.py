@@ -20,19 +20,114 @@ from segbeam.decode import InvalidInputError
 SHOWN_VALUES = 10  # distinct unexpected values named in a message
 
 
+IGNORE = "ignore"  # a label map's target for the ignore index
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskLabels:
     """num_classes: the classes scored. ignore_index: the value excluded on purpose, or None.
-    strict: a mask with unexpected values is an error (a dead letter), not a warning."""
+    strict: a mask with unexpected values is an error (a dead letter), not a warning.
+    label_map: (stored value, class id or ``"ignore"``) pairs applied to every mask before
+    scoring and training; with one, the stored values it does not map are the unexpected
+    ones."""
 
     num_classes: int = setting(Effect.OUTPUT)
     ignore_index: Optional[int] = setting(Effect.OUTPUT, None)
     strict: bool = setting(Effect.OUTPUT, False, omit_default=True)
+    label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
+
+    def __post_init__(self):
+        if self.label_map is None:
+            return
+        for source, target in self.label_map:
+            if not 0 <= source <= 255:
+                raise ValueError(f"--label_map maps {source}, but mask values are 0..255")
+            if target == IGNORE and self.ignore_index is None:
+                raise ValueError(f"--label_map maps {source} to ignore, but there is no "
+                                 f"ignore index (--ignore_index is -1)")
+            if target != IGNORE and not 0 <= target < self.num_classes:
+                raise ValueError(f"--label_map maps {source} to {target}, which is not a class "
+                                 f"(0..{self.num_classes - 1})")
+        if self.ignore_index is None and self.num_classes > 255:
+            raise ValueError("--label_map with more than 255 classes needs an --ignore_index")
 
     def describe_expected(self) -> str:
+        if self.label_map is not None:
+            return f"a value --label_map maps ({format_values([s for s, _ in self.label_map])})"
         ignored = f" or the ignore index {self.ignore_index}" if self.ignore_index is not None \
             else " (no ignore index)"
         return f"a class 0..{self.num_classes - 1}{ignored}"
+
+    def lookup_table(self) -> np.ndarray:
+        """Stored value -> class id (uint8, 256 entries); values the map leaves out go to the
+        ignore index, or to 255 (outside the classes) when there is none, so that no metric
+        counts them."""
+        unmapped = self.ignore_index if self.ignore_index is not None else 255
+        table = np.full(256, unmapped, dtype=np.uint8)
+        for source, target in self.label_map:
+            table[source] = self.ignore_index if target == IGNORE else target
+        return table
+
+    def prepare(self, mask: np.ndarray, what: str = "mask"
+                ) -> tuple[np.ndarray, int, tuple[int, ...]]:
+        """(the mask as class ids, its unexpected pixel count, their stored values); raises an
+        ``InvalidInputError`` for a mask with unexpected values under ``strict``."""
+        if self.label_map is None:
+            count, values = unexpected_labels(mask, self.num_classes, self.ignore_index)
+        else:
+            counts = np.bincount(mask.ravel(), minlength=256)
+            counts[[source for source, _ in self.label_map]] = 0
+            count, values = int(counts.sum()), tuple(int(v) for v in np.flatnonzero(counts))
+        if count and self.strict:
+            raise InvalidInputError(
+                f"{what} has {count} pixels of values {format_values(values)} that are not "
+                f"{self.describe_expected()} (--strict_labels); fix --num_classes / "
+                f"--ignore_index / --label_map, or drop --strict_labels to score the rest and "
+                f"count them")
+        if self.label_map is not None:
+            mask = self.lookup_table()[mask]
+        return mask, count, values
+
+
+def parse_label_map(spec: Optional[str]) -> Optional[tuple]:
+    """``--label_map``: inline (``1:0,2:1,3:2,0:ignore``), a JSON file (``{"1": 0, "0":
+    "ignore"}``) or a CSV file (``from,to`` rows; a header row is allowed), as sorted
+    (stored value, class id or ``"ignore"``) pairs; None without a spec."""
+    if not spec:
+        return None
+    import json
+
+    from segbeam.layout import read_bytes
+
+    suffix = spec.lower().rsplit(".", 1)[-1]
+    if suffix in ("json", "csv"):
+        try:
+            text = read_bytes(spec).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read --label_map file {spec}: {error}") from None
+    if suffix == "json":
+        try:
+            items = list(json.loads(text).items())
+        except (ValueError, AttributeError):
+            raise ValueError(f"--label_map file {spec} is not a JSON object of VALUE: CLASS "
+                             f"pairs") from None
+    elif suffix == "csv":
+        items = [line.split(",")[:2] for line in text.splitlines() if line.strip()]
+        if items and not items[0][0].strip().isdigit():
+            items = items[1:]  # a header row
+    else:
+        items = [pair.split(":", 1) for pair in spec.split(",") if pair.strip()]
+    pairs = {}
+    for item in items:
+        try:
+            source, target = (str(part).strip() for part in item)
+            pairs[int(source)] = IGNORE if target.lower() == IGNORE else int(target)
+        except ValueError:
+            raise ValueError(f"--label_map entry {':'.join(map(str, item))!r} is not "
+                             f"VALUE:CLASS or VALUE:ignore") from None
+    if not pairs:
+        raise ValueError(f"--label_map {spec!r} maps nothing")
+    return tuple(sorted(pairs.items()))
 
 
 def unexpected_labels(mask: np.ndarray, num_classes: int, ignore_index: Optional[int]
@@ -46,17 +141,6 @@ def unexpected_labels(mask: np.ndarray, num_classes: int, ignore_index: Optional
     return int(counts.sum()), tuple(int(v) for v in np.flatnonzero(counts))
 
 
-def check_mask(mask: np.ndarray, labels: MaskLabels, what: str = "mask"
-               ) -> tuple[int, tuple[int, ...]]:
-    """``unexpected_labels`` of ``mask``; with ``labels.strict`` a mask that has any raises an
-    ``InvalidInputError`` naming the values (its input becomes a dead letter)."""
-    count, values = unexpected_labels(mask, labels.num_classes, labels.ignore_index)
-    if count and labels.strict:
-        raise InvalidInputError(
-            f"{what} has {count} pixels of values {format_values(values)} that are not "
-            f"{labels.describe_expected()} (--strict_labels); fix --num_classes / "
-            f"--ignore_index, or drop --strict_labels to score the rest and count them")
-    return count, values
 
 
 def format_values(values) -> str:

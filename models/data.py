@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from segbeam.dataset import TrainingItem, load_item
+from segbeam.labels import MaskLabels
 
 
 def resize_pair(image: np.ndarray, mask: Optional[np.ndarray], size: tuple[int, int]
@@ -103,7 +104,8 @@ def weight_table(class_weights: Optional[np.ndarray], num_classes: int,
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (raw RGB float32 NxHxWx3, labels int32 NxHxW, pixel weights float32 NxHxW).
 
-    Labels outside 0..C-1 (the ignore index, crop padding) get weight 0 and are mapped to the
+    Masks go through ``labels``' label map first, where it has one. Labels outside 0..C-1 (the
+    ignore index, crop padding) get weight 0 and are mapped to the
     ignore index (or 0 when there is none) so that the loss and metric can skip them. With ``augment``, each epoch sees a new random view
     of every pair (seeded by epoch, so runs repeat).
     """
@@ -112,8 +114,10 @@ class SegmentationDataset(keras.utils.PyDataset):
                  num_classes: int, ignore_index: Optional[int],
                  class_weights: Optional[np.ndarray] = None, augment: bool = False,
                  scale_range: tuple[float, float] = (1.0, 1.0), flip: bool = True,
-                 shuffle: bool = False, seed: int = 0, **kwargs):
+                 shuffle: bool = False, seed: int = 0, labels: Optional[MaskLabels] = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.labels = labels
         if not items:
             raise ValueError("a training dataset needs at least one image/mask pair")
         self.items = list(items)
@@ -145,6 +149,8 @@ class SegmentationDataset(keras.utils.PyDataset):
         images, labels = [], []
         for position in chosen:
             image, mask = load_item(self.items[position])
+            if self.labels is not None and self.labels.label_map is not None:
+                mask = self.labels.prepare(mask)[0]
             if self.augment:
                 image, mask = augment_pair(image, mask, self.size, rng, self.scale_range,
                                            self.flip, fill_label=fill)

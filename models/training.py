@@ -19,7 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from segbeam.labels import MaskLabels, check_mask, format_values
+from segbeam.labels import MaskLabels, format_values, parse_label_map
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 
 LOG = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _usable(items, labels: MaskLabels):
     for item in items:
         try:
             _, mask = load_item(item)
-            count, found = check_mask(mask, labels)
+            mask, count, found = labels.prepare(mask)
         except (OSError, ValueError) as error:
             dropped.append(f"{describe(item)}: {error}")
             continue
@@ -111,7 +111,8 @@ def train(config: TrainingConfig) -> TrainingResult:
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
-    labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels)
+    labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
+                        parse_label_map(config.label_map))
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards), labels)
     if config.val_images:
@@ -139,7 +140,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     model = models.create_model(config.model, num_classes=config.num_classes,
                                 input_size=None, backbone_weights=config.backbone_weights)
     common = dict(size=config.input_size, num_classes=config.num_classes,
-                  ignore_index=config.ignore_index, workers=config.workers,
+                  ignore_index=config.ignore_index, labels=labels, workers=config.workers,
                   use_multiprocessing=False)
     train_data = SegmentationDataset(
         items, config.batch_size, class_weights=class_weights, augment=config.augment,

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.classes import resolve_class_names
-from segbeam.labels import MaskLabels
+from segbeam.labels import MaskLabels, parse_label_map
 from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.crf import CrfParams
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -188,6 +188,11 @@ class SegmentationOptions(PipelineOptions):
                                      "-1 for none.")
         evaluation.add_argument("--class_names", default=None,
                                 help="Comma-separated names, or a preset: camvid, voc.")
+        evaluation.add_argument("--label_map", default=None,
+                                help="Stored mask value -> class id, applied to every mask "
+                                     "before scoring: inline (1:0,2:1,3:2,0:ignore) or a "
+                                     ".json / .csv file; values it does not map count as "
+                                     "unexpected.")
         evaluation.add_argument("--strict_labels", action="store_true", default=False,
                                 help="A mask with values that are neither a class nor the "
                                      "ignore index becomes a dead letter; by default such "
@@ -211,6 +216,7 @@ class Settings:
     class_names: list = setting(Effect.NONE)
     layout: OutputLayout = setting(Effect.NESTED)
     strict_labels: bool = setting(Effect.OUTPUT, False, omit_default=True)
+    label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
     report: bool = setting(Effect.NONE, False)
@@ -225,7 +231,8 @@ class Settings:
     @property
     def mask_labels(self) -> MaskLabels:
         """What a mask pixel may hold (``segbeam.labels``)."""
-        return MaskLabels(self.num_classes, self.ignore_index, self.strict_labels)
+        return MaskLabels(self.num_classes, self.ignore_index, self.strict_labels,
+                          self.label_map)
 
     @property
     def run_dir(self) -> str:
@@ -296,15 +303,18 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                          o.data_format, o.unsafe_model_loading)
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
+    labels = MaskLabels(o.num_classes,
+                        None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
+                        o.strict_labels, parse_label_map(o.label_map))
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
                           parse_run_date(o.run_date), o.write_raw_masks)
     return Settings(
         input=absolute_local(o.input), input_format=input_format,
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=_crf_params(o),
-        ignore_index=None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
+        ignore_index=labels.ignore_index,
         class_names=resolve_class_names(o.class_names, o.num_classes), layout=layout,
-        strict_labels=o.strict_labels,
+        strict_labels=labels.strict, label_map=labels.label_map,
         fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (

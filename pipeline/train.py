@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--ignore_index", type=int, default=None,
                      help="mask value that carries no loss and is left out of mIoU (e.g. 11 "
                           "for CamVid's void, 255 for VOC)")
+    fit.add_argument("--label_map", default=None,
+                     help="stored mask value -> class id, applied to every mask first: inline "
+                          "(1:0,2:1,3:2,0:ignore), or a .json / .csv file; values it does not "
+                          "map count as unexpected")
     fit.add_argument("--strict_labels", action="store_true",
                      help="skip pairs whose masks hold values that are neither a class nor "
                           "--ignore_index (by default they are counted, warned about and "

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from segbeam.decode import InvalidInputError
-from segbeam.labels import MaskLabels, check_mask, format_values, label_warnings, \
-    unexpected_labels
+from segbeam.labels import MaskLabels, format_values, label_warnings, unexpected_labels
 
 
 def test_unexpected_labels_are_neither_classes_nor_the_ignore_index():
@@ -23,10 +22,11 @@ def test_unexpected_labels_are_neither_classes_nor_the_ignore_index():
     assert unexpected_labels(mask, 3, None) == (4, (3, 7, 255))
     assert unexpected_labels(mask, 4, 7) == (1, (255,))
     assert unexpected_labels(mask, 256, None) == (0, ())
-    assert check_mask(mask, MaskLabels(3, 255)) == (3, (3, 7))
+    prepared, *unexpected = MaskLabels(3, 255).prepare(mask)
+    assert prepared is mask and unexpected == [3, (3, 7)]
     with pytest.raises(InvalidInputError, match=r"3 pixels of values \[3, 7\] .*class 0..2 or "
                                                 r"the ignore index 255 \(--strict_labels\)"):
-        check_mask(mask, MaskLabels(3, 255, strict=True))
+        MaskLabels(3, 255, strict=True).prepare(mask)
     assert format_values(range(12)) == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]"
 
 
@@ -153,3 +153,66 @@ def test_rows_written_before_the_count_existed_are_reused_and_marked(tmp_path, d
     assert second.summary["evaluation"]["raw"] == first.summary["evaluation"]["raw"]
     rows = pq.read_table(str(tmp_path / "out" / "metrics")).to_pylist()
     assert [r["unexpected_pixels"] for r in rows] == [None, None]
+
+
+def test_label_maps_inline_json_and_csv(tmp_path):
+    from segbeam.labels import parse_label_map
+
+    expected = ((0, "ignore"), (1, 0), (2, 1), (3, 2))
+    assert parse_label_map("1:0, 2:1,3:2,0:ignore") == expected
+    (tmp_path / "map.json").write_text('{"1": 0, "2": 1, "3": 2, "0": "ignore"}')
+    assert parse_label_map(str(tmp_path / "map.json")) == expected
+    (tmp_path / "map.csv").write_text("value,class\n1,0\n2,1\n3,2\n0,ignore\n")
+    assert parse_label_map(str(tmp_path / "map.csv")) == expected
+    assert parse_label_map(None) is None
+    with pytest.raises(ValueError, match="'1-0' is not VALUE:CLASS"):
+        parse_label_map("1-0")
+    with pytest.raises(ValueError, match="cannot read --label_map file"):
+        parse_label_map(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="maps 3 to 3, which is not a class"):
+        MaskLabels(3, 255, label_map=((3, 3),))
+    with pytest.raises(ValueError, match="maps 0 to ignore, but there is no ignore index"):
+        MaskLabels(3, None, label_map=((0, "ignore"),))
+
+
+def test_a_label_map_is_applied_and_what_it_leaves_out_is_unexpected():
+    labels = MaskLabels(3, 255, label_map=((1, 0), (2, 1), (3, 2)))
+    mask = np.array([[1, 2, 3], [3, 0, 9]], np.uint8)
+    mapped, count, values = labels.prepare(mask)
+    np.testing.assert_array_equal(mapped, [[0, 1, 2], [2, 255, 255]])
+    assert (count, values) == (2, (0, 9))
+    with pytest.raises(InvalidInputError, match=r"values \[0, 9\] that are not a value "
+                                                r"--label_map maps \(\[1, 2, 3\]\)"):
+        MaskLabels(3, 255, strict=True, label_map=labels.label_map).prepare(mask)
+    # Without an ignore index, what the map leaves out lands outside the classes.
+    mapped, _, _ = MaskLabels(3, None, label_map=labels.label_map).prepare(mask)
+    assert mapped[1, 1] == 255
+
+
+def test_pets_with_a_label_map_scores_every_pixel(tmp_path, demo_model_path):
+    from segbeam.pipeline.run import run
+
+    borders = _pets_like(str(tmp_path / "pets"), np.random.default_rng(4), count=2)
+    common = ["--input", f"{tmp_path}/pets/images/*.png", "--masks", f"{tmp_path}/pets/masks",
+              "--model", demo_model_path, "--num_classes", "3", "--input_size", "64",
+              "--no-crf"]
+    every = run([*common, "--label_map", "1:0,2:1,3:2", "--output", str(tmp_path / "a")])
+    assert every.summary["labels"]["unexpected_pixels"] == 0
+    assert every.summary["evaluation"]["raw"]["labelled_pixels"] == 2 * 64 * 64
+    border_ignored = run([*common, "--label_map", "1:0,2:1,3:ignore", "--ignore_index", "255",
+                          "--output", str(tmp_path / "b")])
+    assert border_ignored.summary["labels"]["unexpected_pixels"] == 0
+    assert border_ignored.summary["evaluation"]["raw"]["labelled_pixels"] == \
+        2 * 64 * 64 - borders
+    assert every.settings.config_fingerprint() != border_ignored.settings.config_fingerprint()
+
+
+def test_training_data_goes_through_the_label_map(tmp_path):
+    from segbeam.dataset import find_training_pairs
+    from segbeam.models.data import SegmentationDataset
+
+    _pets_like(str(tmp_path / "pets"), np.random.default_rng(5), count=2)
+    pairs = find_training_pairs(f"{tmp_path}/pets/images", f"{tmp_path}/pets/masks")
+    labels = MaskLabels(3, 255, label_map=((1, 0), (2, 1), (3, 2)))
+    _, targets, weights = SegmentationDataset(pairs, 2, (64, 64), 3, 255, labels=labels)[0]
+    assert set(np.unique(targets)) == {0, 1, 2} and weights.min() > 0

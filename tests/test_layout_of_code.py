@@ -201,6 +201,7 @@ def _settings(*extra):
                                         True),
     (["--ignore_index", "2"], True), (["--write_raw_masks"], True), (["--seed", "1"], True),
     (["--preprocess", "torch"], True), (["--no-crf"], True), (["--strict_labels"], True),
+    (["--label_map", "0:0,1:1,2:2"], True),
     (["--data_format", "channels_last"], True), (["--unsafe_model_loading"], False),
     (["--batch_size", "2"], False), (["--output", "/elsewhere"], False),
     (["--masks", "/masks"], False), (["--fail_on_errors"], False), (["--run_date", "today"],
