@@ -34,10 +34,13 @@ CAMVID_COLOURS = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128),
                   (0, 128, 192)]
 
 
-def class_colours(class_names: list[str]) -> list[tuple[int, int, int]]:
-    """Display colours per class id: CamVid's own for the CamVid classes, otherwise PASCAL
-    VOC's bit-interleaved colour map (VOC's own for its 21 classes; deterministic for any
-    other list)."""
+def class_colours(class_names: list[str], palette: Optional[list] = None
+                  ) -> list[tuple[int, int, int]]:
+    """Display colours per class id: ``palette`` where the run had one (``--dataset``);
+    CamVid's own for the CamVid classes; otherwise PASCAL VOC's bit-interleaved colour map
+    (VOC's own for its 21 classes; deterministic for any other list)."""
+    if palette and len(palette) == len(class_names):
+        return [tuple(int(v) for v in colour) for colour in palette]
     if class_names == PRESETS["camvid"]:
         return list(CAMVID_COLOURS)
     from segbeam.masks_png import voc_palette

@@ -25,13 +25,23 @@ def voc_palette(size: int = 256) -> np.ndarray:
 _PALETTE_BYTES = voc_palette().tobytes()
 
 
-def encode_label_png(labels: np.ndarray) -> bytes:
+def palette_bytes(colours=None) -> bytes:
+    """A 256-entry PNG palette: ``colours`` (RGB per class id) first, then VOC's colour map."""
+    if not colours:
+        return _PALETTE_BYTES
+    palette = voc_palette()
+    palette[:len(colours)] = np.asarray(colours, dtype=np.uint8)
+    return palette.tobytes()
+
+
+def encode_label_png(labels: np.ndarray, palette: bytes = _PALETTE_BYTES) -> bytes:
     """Encodes an HxW label map as a palette PNG (uint8) or a 16-bit grayscale PNG (> 256
-    classes), pixel values being class ids."""
+    classes), pixel values being class ids; ``palette`` (``palette_bytes``) colours them for
+    viewing."""
     height, width = labels.shape
     if labels.dtype == np.uint8:
         image = Image.frombytes("P", (width, height), np.ascontiguousarray(labels).tobytes())
-        image.putpalette(_PALETTE_BYTES)
+        image.putpalette(palette)
     else:
         image = Image.frombytes("I;16", (width, height), labels.astype("<u2").tobytes())
     buffer = io.BytesIO()

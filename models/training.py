@@ -19,7 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from segbeam.labels import MaskLabels, format_values, parse_label_map
+from segbeam.labels import MaskLabels, format_values
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 
 LOG = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
-                        parse_label_map(config.label_map))
+                        config.label_map)
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards), labels)
     if config.val_images:

@@ -34,7 +34,7 @@ class TrainingConfig:
     class_weights: str = "none"  # "none", "median_frequency" or comma-separated numbers
     ignore_index: Optional[int] = None
     strict_labels: bool = False  # skip pairs whose masks hold values that are not classes
-    label_map: Optional[str] = None  # applied to masks first (segbeam.labels.parse_label_map)
+    label_map: Optional[tuple] = None  # applied to masks first (segbeam.labels.MaskLabels)
     augment: bool = True
     flip: bool = True
     scale_min: float = 0.75

@@ -111,8 +111,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     records, read_failed, inputs, reused_rows, skipped = pipeline | "Read" >> ReadInputs(
         s, fingerprint)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
-    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(run_dir,
-                                                                  s.layout.write_raw_masks)
+    written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(
+        run_dir, s.layout.write_raw_masks, s.palette)
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
     new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint)
@@ -142,7 +142,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
                    skipped=beam.pvalue.AsSingleton(skipped_count),
                    dead_by_stage=beam.pvalue.AsList(dead_by_stage),
                    class_names=s.class_names, ignore_index=s.ignore_index,
-                   config_fingerprint=fingerprint))
+                   config_fingerprint=fingerprint, palette=s.palette))
     _ = summary | "WriteSummaryJson" >> WriteJson(run_dir, SUMMARY_JSON)
     _ = (summary
          | "SummaryRows" >> beam.FlatMap(summary_rows)

@@ -13,14 +13,14 @@ from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from segbeam.classes import resolve_class_names
-from segbeam.labels import MaskLabels, parse_label_map
 from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.crf import CrfParams
+from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.geometry import RESIZE_MODES
 from segbeam.incremental import config_fingerprint, parse_run_date
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
+from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
@@ -183,7 +183,11 @@ class SegmentationOptions(PipelineOptions):
                          help="Leave out of an image's CRF the classes whose probability "
                               "stays below this everywhere in it; 0 keeps every class.")
         evaluation = parser.add_argument_group("evaluation")
-        evaluation.add_argument("--ignore_index", type=int, default=255,
+        evaluation.add_argument("--dataset", default=None, choices=tuple(DATASETS),
+                                help="A dataset's label conventions in one flag: class names "
+                                     "and count, ignore index, label map and colours; explicit "
+                                     "flags override it.")
+        evaluation.add_argument("--ignore_index", type=int, default=None,
                                 help="Mask value excluded from metrics (CamVid: 11, VOC: 255); "
                                      "-1 for none.")
         evaluation.add_argument("--class_names", default=None,
@@ -217,6 +221,7 @@ class Settings:
     layout: OutputLayout = setting(Effect.NESTED)
     strict_labels: bool = setting(Effect.OUTPUT, False, omit_default=True)
     label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
+    palette: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)  # RGB per class
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
     report: bool = setting(Effect.NONE, False)
@@ -288,8 +293,11 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     o = options
     if not o.input:
         raise UsageError("--input is required (a glob of images or TFRecord shards)")
-    if o.num_classes is None:
-        raise UsageError("--num_classes is required: the number of classes the model predicts")
+    convention = resolve_convention(o.dataset, o.num_classes, o.class_names, o.ignore_index,
+                                    o.label_map)
+    if convention.num_classes is None:
+        raise UsageError("--num_classes is required: the number of classes the model predicts "
+                         "(or a --dataset preset)")
     input_format = _input_format(o.input_format, o.input)
     if input_format == "tfrecord" and o.masks:
         raise UsageError("--masks applies to image files; TFRecord shards carry their masks "
@@ -298,14 +306,13 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
     source = ModelSource(absolute_local(o.model) if o.model and is_model_path(o.model)
-                         else o.model, absolute_local(o.weights), o.num_classes,
+                         else o.model, absolute_local(o.weights), convention.num_classes,
                          parse_size(o.input_size), o.seed, o.signature, o.output_key,
                          o.data_format, o.unsafe_model_loading)
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
-    labels = MaskLabels(o.num_classes,
-                        None if o.ignore_index is None or o.ignore_index < 0 else o.ignore_index,
-                        o.strict_labels, parse_label_map(o.label_map))
+    labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
+                        convention.label_map)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
                           parse_run_date(o.run_date), o.write_raw_masks)
     return Settings(
@@ -313,8 +320,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=_crf_params(o),
         ignore_index=labels.ignore_index,
-        class_names=resolve_class_names(o.class_names, o.num_classes), layout=layout,
-        strict_labels=labels.strict, label_map=labels.label_map,
+        class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
+        label_map=labels.label_map, palette=convention.palette,
         fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (

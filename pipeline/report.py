@@ -139,6 +139,7 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
         "class_names": summary["class_names"],
         "ignore_index": summary.get("ignore_index"),
         "labels": summary.get("labels"),
+        "palette": summary.get("palette"),
         "warnings": label_warnings(summary),
         "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
         "without_masks": {"count": len(unmasked),

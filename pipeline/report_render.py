@@ -282,7 +282,7 @@ def _signed_cell(value: Optional[float]) -> str:
 
 def render_html(report: dict) -> str:
     run, evaluation, names = report["run"], report["evaluation"], report["class_names"]
-    colours = np.asarray(class_colours(names), dtype=np.uint8)
+    colours = np.asarray(class_colours(names, report.get("palette")), dtype=np.uint8)
     counts = run["counts"]
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Segmentation report "
            f"- {html.escape(str(run['output']))}</title><style>{_CSS}</style></head><body>",

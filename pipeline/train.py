@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Optional, Sequence
 
+from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import ExitCode
 
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="architecture name (see `segbeam "
                                                       "models`)")
-    model.add_argument("--num_classes", type=int, required=True)
+    model.add_argument("--num_classes", type=int, default=None,
+                       help="classes to predict (required unless --dataset gives them)")
+    model.add_argument("--dataset", default=None, choices=tuple(DATASETS),
+                       help="a dataset's label conventions: class count, ignore index and "
+                            "label map (explicit flags override them)")
     model.add_argument("--input_size", required=True,
                        help="training crop size, HxW or N (e.g. 180x240)")
     model.add_argument("--backbone_weights", default=None,
@@ -92,13 +97,20 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     from segbeam.pipeline.options import parse_size
 
     args = build_parser().parse_args(argv)
-    if args.num_classes < 2:
+    convention = resolve_convention(args.dataset, args.num_classes, None,
+                                    -1 if args.ignore_index is None and not args.dataset
+                                    else args.ignore_index, args.label_map)
+    if convention.num_classes is None:
+        raise ValueError("--num_classes is required (or a --dataset preset)")
+    if convention.num_classes < 2:
         raise ValueError(f"--num_classes must be at least 2; received {args.num_classes}")
     if not 0 < args.scale_min <= args.scale_max:
         raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
                          f"{args.scale_max}")
     values = vars(args)
-    values["input_size"] = parse_size(args.input_size)
+    del values["dataset"]
+    values.update(num_classes=convention.num_classes, ignore_index=convention.ignore_index,
+                  label_map=convention.label_map, input_size=parse_size(args.input_size))
     values["verbose"] = 0 if values.pop("quiet") else 2
     return TrainingConfig(**values)
 

@@ -80,7 +80,8 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
 
 def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: list,
                   class_names: list[str], ignore_index: Optional[int], reused: int = 0,
-                  skipped: int = 0, config_fingerprint: Optional[str] = None) -> dict:
+                  skipped: int = 0, config_fingerprint: Optional[str] = None,
+                  palette: Optional[tuple] = None) -> dict:
     """The run summary: counts (which must add up) and evaluation for raw and CRF labels.
 
     segmented: images that went through the model in this run. reused: unchanged images whose
@@ -115,6 +116,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
         },
         "evaluation": {},
     }
+    if palette:  # the classes' colours (--dataset), for reports; VOC's colour map otherwise
+        summary["palette"] = [list(colour) for colour in palette]
     if totals["images_with_mask"]:
         summary["evaluation"]["raw"] = _variant_summary(totals["raw"], class_names)
         if totals["crf_images"]:

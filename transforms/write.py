@@ -11,39 +11,42 @@ run never leaves duplicate rows behind.
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, RAW_MASKS_DIR, \
     mask_png_path, output_path, write_bytes_atomically
-from segbeam.masks_png import encode_label_png
+from segbeam.masks_png import encode_label_png, palette_bytes
 from segbeam.records import SegmentationRecord
 from segbeam.transforms.safe_map import SafeMap
 
 
-def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = False
-                    ) -> SegmentationRecord:
+def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = False,
+                    colours: Optional[tuple] = None) -> SegmentationRecord:
     """Writes the final label map as ``<root>/masks/<key>.png`` (and, with ``write_raw``, the
-    labels before the CRF as ``<root>/masks_raw/<key>.png``); drops the label arrays."""
+    labels before the CRF as ``<root>/masks_raw/<key>.png``), coloured by ``colours`` (RGB per
+    class id; VOC's by default); drops the label arrays."""
     path = mask_png_path(root, record.key)
-    write_bytes_atomically(path, encode_label_png(record.final_labels))
+    palette = palette_bytes(colours)
+    write_bytes_atomically(path, encode_label_png(record.final_labels, palette))
     if write_raw and record.raw_labels is not None:
         write_bytes_atomically(mask_png_path(root, record.key, RAW_MASKS_DIR),
-                               encode_label_png(record.raw_labels))
+                               encode_label_png(record.raw_labels, palette))
     return record.replace(mask_path=path, raw_labels=None, crf_labels=None)
 
 
 class WriteLabelMasks(beam.PTransform):
     """scored records -> (records with mask_path, dead letters)."""
 
-    def __init__(self, root: str, write_raw: bool = False):
+    def __init__(self, root: str, write_raw: bool = False, colours: Optional[tuple] = None):
         super().__init__()
-        self._root, self._write_raw = root, write_raw
+        self._root, self._write_raw, self._colours = root, write_raw, colours
 
     def expand(self, records):
         return records | "WritePNG" >> SafeMap("write", write_label_png, self._root,
-                                               self._write_raw)
+                                               self._write_raw, self._colours)
 
 
 class WriteJson(beam.PTransform):

@@ -1,0 +1,134 @@
+"""``--dataset NAME``: the label conventions of common datasets, as one table of data.
+
+Each preset names the classes (their count follows), the ignore index, the label map from the
+values its masks store to class ids (``segbeam.labels``), and the colours the classes are
+drawn in (mask PNGs, report overlays and legends). Explicit flags override a preset.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from segbeam.classes import CAMVID_COLOURS, PRESETS as CLASS_NAME_PRESETS
+from segbeam.labels import IGNORE
+
+
+class DatasetPreset(NamedTuple):
+    description: str
+    class_names: tuple
+    ignore_index: Optional[int]
+    label_map: Optional[tuple] = None  # (stored value, class id or "ignore") pairs
+    colours: Optional[tuple] = None  # RGB per class id; None: PASCAL VOC's colour map
+
+
+# Cityscapes' label ids and the train ids they map to (cityscapesScripts' labels.py): the 19
+# evaluated classes; every other id (unlabeled, ego vehicle, ..., parking, rail track, guard
+# rail, bridge, tunnel, polegroup, caravan, trailer) is left out as 255.
+CITYSCAPES_TRAIN_IDS = ((7, 0), (8, 1), (11, 2), (12, 3), (13, 4), (17, 5), (19, 6), (20, 7),
+                        (21, 8), (22, 9), (23, 10), (24, 11), (25, 12), (26, 13), (27, 14),
+                        (28, 15), (31, 16), (32, 17), (33, 18))
+CITYSCAPES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+              "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+              "bus", "train", "motorcycle", "bicycle")
+CITYSCAPES_COLOURS = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156),
+                      (190, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0),
+                      (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+                      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100),
+                      (0, 0, 230), (119, 11, 32))
+
+# ADE20K SceneParsing's 150 classes; masks store 0 for "other" and 1..150 for the classes.
+ADE20K = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench",
+    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar",
+    "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+    "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer",
+    "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave",
+    "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate",
+    "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag")
+
+# CIHP (Crowd Instance-level Human Parsing): 20 classes, 0 = background, with its colour map.
+CIHP = ("background", "hat", "hair", "glove", "sunglasses", "upperclothes", "dress", "coat",
+        "socks", "pants", "torso skin", "scarf", "skirt", "face", "left arm", "right arm",
+        "left leg", "right leg", "left shoe", "right shoe")
+CIHP_COLOURS = ((0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (255, 85, 0),
+                (0, 0, 85), (0, 119, 221), (85, 85, 0), (0, 85, 85), (85, 51, 0), (52, 86, 128),
+                (0, 128, 0), (0, 0, 255), (51, 170, 221), (0, 255, 255), (85, 255, 170),
+                (170, 255, 85), (255, 255, 0), (255, 170, 0))
+
+DATASETS = {
+    "camvid": DatasetPreset(
+        "CamVid, SegNet's 11 classes; 11 = void (ignored)", tuple(CLASS_NAME_PRESETS["camvid"]),
+        11, colours=tuple(CAMVID_COLOURS)),
+    "pascal_voc": DatasetPreset(
+        "PASCAL VOC 2012: background + 20 classes; 255 = object borders (ignored)",
+        tuple(CLASS_NAME_PRESETS["voc"]), 255),
+    "cityscapes": DatasetPreset(
+        "Cityscapes *_labelIds.png: label ids -> the 19 train ids, every other id ignored",
+        CITYSCAPES, 255, CITYSCAPES_TRAIN_IDS + tuple(
+            (label, IGNORE) for label in range(34) if label not in dict(CITYSCAPES_TRAIN_IDS)),
+        CITYSCAPES_COLOURS),
+    "ade20k": DatasetPreset(
+        "ADE20K SceneParsing: 150 classes stored as 1..150 (shifted down by one); 0 = other "
+        "(ignored)", ADE20K, 255, ((0, IGNORE),) + tuple((v, v - 1) for v in range(1, 151))),
+    "oxford_pets": DatasetPreset(
+        "Oxford-IIIT Pets trimaps: 1 pet, 2 background, 3 border -> classes 0..2",
+        ("pet", "background", "border"), None, ((1, 0), (2, 1), (3, 2))),
+    "cihp": DatasetPreset(
+        "CIHP human parsing: 20 classes, 0 = background", CIHP, 255, colours=CIHP_COLOURS),
+}
+
+
+def get_dataset(name: str) -> DatasetPreset:
+    preset = DATASETS.get(name.strip().lower())
+    if preset is None:
+        raise ValueError(f"unknown --dataset {name!r}; presets: {', '.join(DATASETS)}")
+    return preset
+
+
+class LabelConvention(NamedTuple):
+    """What a run's masks mean, resolved from the flags and the preset."""
+
+    num_classes: Optional[int]
+    class_names: Optional[list]
+    ignore_index: Optional[int]
+    label_map: Optional[tuple]
+    palette: Optional[tuple]
+
+
+def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
+                       class_names: Optional[str], ignore_index: Optional[int],
+                       label_map: Optional[str]) -> LabelConvention:
+    """Explicit flags first, then the ``--dataset`` preset, then the defaults (ignore index
+    255, ``class_i`` names). ``ignore_index`` is None when not given and -1 for none.
+    ``class_names`` is None while the class count is unknown."""
+    from segbeam.classes import resolve_class_names
+    from segbeam.labels import parse_label_map
+
+    preset = get_dataset(dataset) if dataset else None
+    if num_classes is None and preset:
+        num_classes = len(preset.class_names)
+    if ignore_index is None:
+        ignore_index = preset.ignore_index if preset else 255
+    ignore_index = None if ignore_index is None or ignore_index < 0 else ignore_index
+    mapping = parse_label_map(label_map) if label_map else (preset.label_map if preset else None)
+    names, palette = None, None
+    if num_classes is not None:
+        fits = preset is not None and len(preset.class_names) == num_classes
+        if class_names is None and fits:
+            names = list(preset.class_names)
+        else:
+            names = resolve_class_names(class_names, num_classes)
+        if fits:
+            palette = tuple(preset.colours) if preset.colours else None
+    return LabelConvention(num_classes, names, ignore_index, mapping, palette)

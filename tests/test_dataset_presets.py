@@ -1,0 +1,115 @@
+"""--dataset presets: each dataset's classes, ignore index, label map and colours, as data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.dataset_presets import DATASETS, get_dataset, resolve_convention
+from segbeam.labels import MaskLabels
+
+# cityscapesScripts' labels.py, written out: (name, id, trainId); 255 = not evaluated.
+CITYSCAPES_LABELS = [
+    ("unlabeled", 0, 255), ("ego vehicle", 1, 255), ("rectification border", 2, 255),
+    ("out of roi", 3, 255), ("static", 4, 255), ("dynamic", 5, 255), ("ground", 6, 255),
+    ("road", 7, 0), ("sidewalk", 8, 1), ("parking", 9, 255), ("rail track", 10, 255),
+    ("building", 11, 2), ("wall", 12, 3), ("fence", 13, 4), ("guard rail", 14, 255),
+    ("bridge", 15, 255), ("tunnel", 16, 255), ("pole", 17, 5), ("polegroup", 18, 255),
+    ("traffic light", 19, 6), ("traffic sign", 20, 7), ("vegetation", 21, 8),
+    ("terrain", 22, 9), ("sky", 23, 10), ("person", 24, 11), ("rider", 25, 12),
+    ("car", 26, 13), ("truck", 27, 14), ("bus", 28, 15), ("caravan", 29, 255),
+    ("trailer", 30, 255), ("train", 31, 16), ("motorcycle", 32, 17), ("bicycle", 33, 18)]
+
+
+def _table(name: str) -> np.ndarray:
+    preset = get_dataset(name)
+    return MaskLabels(len(preset.class_names), preset.ignore_index,
+                      label_map=preset.label_map).lookup_table()
+
+
+def test_cityscapes_label_ids_map_to_the_official_train_ids():
+    table = _table("cityscapes")
+    for name, label_id, train_id in CITYSCAPES_LABELS:
+        assert table[label_id] == train_id, name
+    evaluated = sorted((t, n) for n, _, t in CITYSCAPES_LABELS if t != 255)
+    assert list(get_dataset("cityscapes").class_names) == [n for _, n in evaluated]
+    labels = MaskLabels(19, 255, label_map=get_dataset("cityscapes").label_map)
+    _, unexpected, values = labels.prepare(np.array([[7, 26, 40]], np.uint8))
+    assert (unexpected, values) == (1, (40,))  # not a Cityscapes label id
+
+
+def test_ade20k_shifts_its_150_classes_down_and_ignores_other():
+    preset = get_dataset("ade20k")
+    assert len(preset.class_names) == len(set(preset.class_names)) == 150
+    table = _table("ade20k")
+    assert table[0] == 255 and table[1] == 0 and table[150] == 149
+    assert (table[1:151] == np.arange(150)).all()
+
+
+def test_the_other_presets():
+    camvid, voc = get_dataset("camvid"), get_dataset("pascal_voc")
+    assert (len(camvid.class_names), camvid.ignore_index) == (11, 11)
+    assert (len(voc.class_names), voc.ignore_index) == (21, 255)
+    assert list(_table("oxford_pets")[1:4]) == [0, 1, 2]
+    cihp = get_dataset("cihp")
+    assert len(cihp.class_names) == len(cihp.colours) == 20 and cihp.colours[2] == (255, 0, 0)
+    for name, preset in DATASETS.items():
+        assert len(set(preset.class_names)) == len(preset.class_names), name
+        assert not any("," in n for n in preset.class_names), name  # names join with commas
+        assert preset.colours is None or len(preset.colours) == len(preset.class_names), name
+    with pytest.raises(ValueError, match="unknown --dataset 'coco'; presets: camvid"):
+        get_dataset("coco")
+
+
+def test_explicit_flags_override_a_preset():
+    pets = resolve_convention("oxford_pets", None, None, None, None)
+    assert pets.num_classes == 3 and pets.class_names == ["pet", "background", "border"]
+    assert pets.ignore_index is None and pets.label_map == ((1, 0), (2, 1), (3, 2))
+    own = resolve_convention("oxford_pets", 2, "animal,rest", 255, "1:0,2:1,3:ignore")
+    assert own.class_names == ["animal", "rest"] and own.ignore_index == 255
+    assert own.label_map == ((1, 0), (2, 1), (3, "ignore"))
+    camvid = resolve_convention("camvid", None, None, None, None)
+    assert camvid.palette[0] == (128, 128, 128) and camvid.ignore_index == 11
+    assert resolve_convention("camvid", 12, None, None, None).palette is None
+    assert resolve_convention(None, 4, None, None, None).ignore_index == 255
+
+
+def test_a_run_with_a_preset_uses_its_classes_and_colours(tmp_path):
+    from segbeam.pipeline.report import write_report
+    from segbeam.pipeline.run import run
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir(), (tmp_path / "masks").mkdir()
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"f{index}.png")
+        Image.fromarray(rng.integers(0, 12, (64, 64), dtype=np.uint8)).save(
+            tmp_path / "masks" / f"f{index}.png")
+    outcome = run(["--input", f"{tmp_path}/images/*.png", "--masks", str(tmp_path / "masks"),
+                   "--model", "tiny_fcn", "--dataset", "camvid", "--input_size", "64",
+                   "--crf_iterations", "1", "--output", str(tmp_path / "out")])
+    summary = outcome.summary
+    assert summary["num_classes"] == 11 and summary["class_names"][3] == "road"
+    assert summary["ignore_index"] == 11 and summary["labels"]["unexpected_pixels"] == 0
+    assert summary["palette"][3] == [128, 64, 128]
+    mask = Image.open(tmp_path / "out" / "masks" / "f0.png")
+    assert mask.getpalette()[3 * 3:3 * 4] == [128, 64, 128]  # road, in CamVid's colour
+    report, folder = write_report(str(tmp_path / "out"))
+    assert report["palette"][3] == [128, 64, 128]
+    assert "background:rgb(128, 64, 128)" in open(f"{folder}/report.html").read()  # road
+    assert json.load(open(tmp_path / "out" / "manifest.json"))["settings"]["palette"]
+
+
+def test_train_takes_a_preset():
+    from segbeam.pipeline.train import config_from
+
+    config = config_from(["--images", "i", "--masks", "m", "--model", "tiny_fcn",
+                          "--dataset", "oxford_pets", "--input_size", "64", "--output", "o"])
+    assert (config.num_classes, config.ignore_index) == (3, None)
+    assert config.label_map == ((1, 0), (2, 1), (3, 2))
+    plain = config_from(["--images", "i", "--masks", "m", "--model", "tiny_fcn",
+                         "--num_classes", "3", "--input_size", "64", "--output", "o"])
+    assert (plain.ignore_index, plain.label_map) == (None, None)
