@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -95,14 +96,38 @@ class DeadLetter(NamedTuple):
         return json.dumps(self._asdict(), sort_keys=True)
 
 
+REASON_LENGTH = 300  # characters of an exception's message kept in a dead letter's reason
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= REASON_LENGTH else text[:REASON_LENGTH - 3] + "..."
+
+
+def one_line_reason(error) -> str:
+    """``Type: first line of the message`` (at most ``REASON_LENGTH`` characters of it) for an
+    exception, or for Beam's ``(type, repr, traceback lines)`` form of one."""
+    if isinstance(error, tuple) and len(error) == 3 and isinstance(error[0], type):
+        exc_type, exc_repr, trace = error
+        # The traceback's last entry reads "module.Type: message"; keep the message.
+        message = "".join(trace[-1:]).strip() if trace else ""
+        _, sep, text = message.partition(": ")
+        text = text if sep else str(exc_repr)
+        name = exc_type.__name__
+    else:
+        text, name = str(error), type(error).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Keras colours its messages
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else repr(error)
+    if first.startswith("Exception encountered when calling") and len(lines) > 1:
+        first = f"{first} {lines[1]}"  # Keras's wrapper line; the cause is on the next one
+    return f"{name}: {_shorten(first)}"
+
+
 def dead_letter_from_failure(stage: str, failure: tuple) -> DeadLetter:
     """Turns Beam's ``with_exception_handling`` failure ``(element, (type, repr, traceback))``
     into a DeadLetter that names the element's key and source and the exception's message."""
-    element, (exc_type, exc_repr, trace) = failure
-    message = trace[-1].strip() if trace else exc_repr
-    # The last traceback line reads "module.ErrorType: message"; keep the short type name.
-    _, sep, text = message.partition(": ")
-    reason = f"{exc_type.__name__}: {text}" if sep else f"{exc_type.__name__}: {exc_repr}"
+    element, error = failure
+    reason = one_line_reason(error)
     return DeadLetter(
         key=str(getattr(element, "key", "") or "<unknown>"),
         source=str(getattr(element, "source", "") or "<unknown>"),

@@ -117,7 +117,8 @@ class SegmentationOptions(PipelineOptions):
         model.add_argument("--num_classes", type=int, default=None,
                            help="Number of classes the model predicts (required).")
         model.add_argument("--input_size", default=None,
-                           help="Model input as N or HxW; default: the model's fixed input.")
+                           help="Model input as N or HxW; default: the model's fixed input, "
+                                "else images batch by size, padded to --size_multiple.")
         model.add_argument("--resize_mode", default="resize", choices=RESIZE_MODES,
                            help="resize: stretch to the input; letterbox: keep the aspect "
                                 "ratio and pad; pad: no scaling (models that take any size).")

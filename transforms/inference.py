@@ -26,7 +26,7 @@ from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, looks_like_proba
 from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
-from segbeam.records import DeadLetter, SegmentationRecord
+from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +51,31 @@ def _serving_model(model, kind: str):
                        name=f"{model.name}_serving")
 
 
+def _compiled(model):
+    """``model`` as a compiled function of a numpy batch, returning numpy.
+
+    Under TensorFlow, Keras's ``predict_on_batch`` traces with ``reduce_retracing``: at the
+    second input size it retraces with unknown height and width, where resize ops fail
+    (``OperatorNotAllowedInGraphError``), so batches of varying sizes (``--resize_mode pad``,
+    batching by size) broke every model that resizes inside. A ``tf.function`` traced per
+    distinct shape avoids that. Can go when Keras's predict function handles dynamic spatial
+    sizes under TensorFlow."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False), reduce_retracing=False)
+
+    def run(batch: np.ndarray):
+        outputs = function(tf.convert_to_tensor(batch))
+        if isinstance(outputs, (list, tuple)):
+            return [np.asarray(o) for o in outputs]
+        return np.asarray(outputs)
+    return run
+
+
 class SegmentationPredictor:
     """A loaded model (a ``ModelRuntime`` of any format) behind methods only, so that Beam can
     also serve it through a multiprocessing proxy (``large_model``), where attributes are not
@@ -69,7 +94,7 @@ class SegmentationPredictor:
         model = runtime.keras_model
         # Built now, so that on a GPU they live where the model was placed.
         self._serving = None if model is None else {
-            k: _serving_model(model, k) for k in ("logits", "probabilities", "labels")}
+            k: _compiled(_serving_model(model, k)) for k in ("logits", "probabilities", "labels")}
         # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
         # sessions and TensorFlow signatures are, so those only serialise the first look.
         self._lock = threading.Lock()
@@ -83,7 +108,7 @@ class SegmentationPredictor:
         """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed batch."""
         if self._serving is not None and self._kind != "auto":
             with self._lock:
-                probabilities, labels = self._serving[self._kind].predict_on_batch(batch)
+                probabilities, labels = self._serving[self._kind](batch)
             return np.asarray(probabilities), np.asarray(labels)
         outputs = self._scores(batch)
         with self._lock:  # one look at real outputs decides the kind, then it is kept
@@ -96,7 +121,7 @@ class SegmentationPredictor:
         """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
         if self._serving is not None:
             with self._lock:
-                return np.asarray(self._serving["labels"].predict_on_batch(batch))
+                return np.asarray(self._serving["labels"](batch))
         return labels_from_probabilities(self._scores(batch))
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
@@ -170,10 +195,29 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[SegmentationRecord]:
-        settings = self._inference
         input_size = self._source.input_size or model.fixed_input_size()
-        canvas, placements = plan_batch([r.image.shape[:2] for r in batch], settings.resize_mode,
-                                        input_size, settings.size_multiple)
+        if input_size is not None or self._inference.resize_mode == "pad":
+            return self._run_batch(batch, model, input_size)
+        # Neither --input_size nor a fixed model input: images of one size batch together, each
+        # group at its own size padded up to --size_multiple (a batch of mixed sizes cannot
+        # stack, and there is no size to resize to).
+        by_size: dict[tuple, list[int]] = {}
+        for index, record in enumerate(batch):
+            by_size.setdefault(record.image.shape[:2], []).append(index)
+        results: list = [None] * len(batch)
+        for members in by_size.values():
+            group = self._run_batch([batch[i] for i in members], model, None, "pad")
+            for index, result in zip(members, group):
+                results[index] = result
+        return results
+
+    def _run_batch(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
+                   input_size: Optional[tuple[int, int]], resize_mode: Optional[str] = None
+                   ) -> list[SegmentationRecord]:
+        settings = self._inference
+        canvas, placements = plan_batch([r.image.shape[:2] for r in batch],
+                                        resize_mode or settings.resize_mode, input_size,
+                                        settings.size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
         inputs = preprocess(stacked.astype(np.float32), settings.preprocess)
         if not self._keep_probabilities and all(
@@ -213,10 +257,13 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
 
 
 def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
+    """Each record of a failed batch as a dead letter: the reason is one line (the exception's
+    type and first line); the whole error goes to the log."""
     batch, error = failure
+    LOG.warning("inference failed for a batch of %d (%s): %r", len(batch),
+                ", ".join(r.key for r in batch[:5]), error)
     for record in batch:
-        yield DeadLetter(record.key, record.source, "inference",
-                         f"{type(error).__name__}: {error}")
+        yield DeadLetter(record.key, record.source, "inference", one_line_reason(error))
 
 
 class RunSegmentationInference(beam.PTransform):
