@@ -3,6 +3,8 @@ outside the output root."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import hashlib
 import posixpath
 import re
@@ -71,3 +73,14 @@ def key_for_path(path: str, base: str) -> str:
     """The sanitised key of a matched file: its path below ``base`` without the extension."""
     relative = path[len(base):] if base and path.startswith(base) else posixpath.basename(path)
     return sanitise_key(strip_extension(relative))
+
+
+def printable_path(path: str) -> Optional[str]:
+    """None for a path that is valid UTF-8 text; otherwise the path with its undecodable bytes
+    written as escapes (``caf\\xe9.png``). A file name that is not UTF-8 reaches Python as
+    surrogate escapes, which no Beam coder, JSON writer or Parquet column can carry."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

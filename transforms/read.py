@@ -7,6 +7,8 @@ cannot be used. Only paths cross the mask-pairing shuffle; image bytes are read 
 
 from __future__ import annotations
 
+import logging
+import posixpath
 from typing import Optional
 
 import apache_beam as beam
@@ -16,12 +18,13 @@ from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 from segbeam.dataset import decode_encoded, ensure_encoded, folder_glob, pair_by_stem, \
     parse_shard_record, shard_record
 from segbeam.decode import DEFAULT_MAX_PIXELS
-from segbeam.keys import file_stem, glob_base
+from segbeam.keys import file_stem, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.records import DeadLetter
 from segbeam.transforms.safe_map import SafeMap
 
 DEAD = "dead_letter"
+LOG = logging.getLogger(__name__)
 
 
 class _PairByStem(beam.DoFn):
@@ -49,7 +52,8 @@ class MatchImages(beam.PTransform):
     def expand(self, pbegin):
         images = (pbegin
                   | "MatchImageFiles" >> fileio.MatchFiles(self._images)
-                  | "ImagesByStem" >> beam.Map(lambda m: (file_stem(m.path), m.path)))
+                  | "ImagesByStem" >> beam.FlatMap(_by_stem, "image").with_outputs(
+                      DEAD, main="named"))
         if self._masks is None:
             masks = pbegin | "NoMasks" >> beam.Create([])
         else:
@@ -57,12 +61,29 @@ class MatchImages(beam.PTransform):
                      | "MatchMaskFiles" >> fileio.MatchFiles(
                          folder_glob(self._masks),
                          empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-                     | "MasksByStem" >> beam.Map(lambda m: (file_stem(m.path), m.path)))
-        paired = ({"images": images, "masks": masks}
+                     | "MasksByStem" >> beam.FlatMap(_by_stem, "mask"))
+        paired = ({"images": images.named, "masks": masks}
                   | "JoinOnStem" >> beam.CoGroupByKey()
                   | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images))).with_outputs(
                       DEAD, main="refs"))
-        return paired.refs, paired[DEAD]
+        unusable = (paired[DEAD], images[DEAD]) | "UnpairedAndUnnamed" >> beam.Flatten()
+        return paired.refs, unusable
+
+
+def _by_stem(metadata, kind: str):
+    """(stem, path) of a matched file. An image whose name is not UTF-8 becomes a dead letter
+    (no Beam coder can carry its name); such a mask is left out with a warning."""
+    printable = printable_path(metadata.path)
+    if printable is None:
+        yield file_stem(metadata.path), metadata.path
+    elif kind == "image":
+        key = sanitise_key(strip_extension(posixpath.basename(printable)).replace("\\", "_"))
+        yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
+            key, printable, "pair",
+            "the file name is not valid UTF-8; rename the file (e.g. convmv -f latin1 -t utf8)"))
+    else:
+        LOG.warning("mask %s is left out: its file name is not valid UTF-8; rename it",
+                    printable)
 
 
 class FindFiles(beam.PTransform):
