@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from segbeam.classes import CAMVID_COLOURS, PRESETS as CLASS_NAME_PRESETS
-from segbeam.labels import IGNORE
+from segbeam.classes import CAMVID_COLOURS, resolve_class_names
+from segbeam.classes import PRESETS as CLASS_NAME_PRESETS
+from segbeam.labels import IGNORE, parse_label_map
 
 
 class DatasetPreset(NamedTuple):
@@ -112,9 +113,6 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
     """Explicit flags first, then the ``--dataset`` preset, then the defaults (ignore index
     255, ``class_i`` names). ``ignore_index`` is None when not given and -1 for none.
     ``class_names`` is None while the class count is unknown."""
-    from segbeam.classes import resolve_class_names
-    from segbeam.labels import parse_label_map
-
     preset = get_dataset(dataset) if dataset else None
     if num_classes is None and preset:
         num_classes = len(preset.class_names)

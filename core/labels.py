@@ -10,6 +10,7 @@ are counted per image with their distinct values, summed in the summary and warn
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import numpy as np
@@ -61,12 +62,8 @@ class MaskLabels:
     def lookup_table(self) -> np.ndarray:
         """Stored value -> class id (uint8, 256 entries); values the map leaves out go to the
         ignore index, or to 255 (outside the classes) when there is none, so that no metric
-        counts them."""
-        unmapped = self.ignore_index if self.ignore_index is not None else 255
-        table = np.full(256, unmapped, dtype=np.uint8)
-        for source, target in self.label_map:
-            table[source] = self.ignore_index if target == IGNORE else target
-        return table
+        counts them. Built once per map, not per mask."""
+        return _lookup_table(self.label_map, self.ignore_index)
 
     def prepare(self, mask: np.ndarray, what: str = "mask"
                 ) -> tuple[np.ndarray, int, tuple[int, ...]]:
@@ -87,6 +84,16 @@ class MaskLabels:
         if self.label_map is not None:
             mask = self.lookup_table()[mask]
         return mask, count, values
+
+
+@functools.lru_cache(maxsize=16)
+def _lookup_table(label_map: tuple, ignore_index: Optional[int]) -> np.ndarray:
+    unmapped = ignore_index if ignore_index is not None else 255
+    table = np.full(256, unmapped, dtype=np.uint8)
+    for source, target in label_map:
+        table[source] = ignore_index if target == IGNORE else target
+    table.flags.writeable = False  # shared by every call
+    return table
 
 
 def parse_label_map(spec: Optional[str]) -> Optional[tuple]:

@@ -105,9 +105,9 @@ class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (raw RGB float32 NxHxWx3, labels int32 NxHxW, pixel weights float32 NxHxW).
 
     Masks go through ``labels``' label map first, where it has one. Labels outside 0..C-1 (the
-    ignore index, crop padding) get weight 0 and are mapped to the
-    ignore index (or 0 when there is none) so that the loss and metric can skip them. With ``augment``, each epoch sees a new random view
-    of every pair (seeded by epoch, so runs repeat).
+    ignore index, crop padding) get weight 0 and are mapped to the ignore index (or 0 when
+    there is none) so that the loss and metric can skip them. With ``augment``, each epoch
+    sees a new random view of every pair (seeded by epoch, so runs repeat).
     """
 
     def __init__(self, items: Sequence[TrainingItem], batch_size: int, size: tuple[int, int],

@@ -152,12 +152,9 @@ def local_file(path: str) -> str:
     """A local path for ``path``; a file on another Beam filesystem is copied to a temp file."""
     if "://" not in path:
         return path
-    from apache_beam.io.filesystems import FileSystems
-
-    suffix = os.path.splitext(path)[1]
-    with FileSystems.open(path, compression_type="uncompressed") as source, \
-            tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as target:
-        shutil.copyfileobj(source, target)
+    with tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1], delete=False) as target:
+        pass
+    _copy(path, target.name)
     return target.name
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+import numpy as np
+
 from segbeam.models.runtime import ModelRuntime, choose_output
 
 # Layer classes whose configuration carries Python code (bytecode or a function's source).
@@ -96,6 +98,31 @@ def _nhwc_single_output(model, index: int, layout: str):
     return keras.Model(inputs, outputs, name=f"{model.name}_nhwc")
 
 
+def compiled_predict(model):
+    """``model`` as a compiled function of a numpy batch, returning numpy.
+
+    Under TensorFlow, Keras's ``predict_on_batch`` traces with ``reduce_retracing``: at the
+    second input size it retraces with unknown height and width, where resize ops fail
+    (``OperatorNotAllowedInGraphError``), so batches of varying sizes (``--resize_mode pad``,
+    batching by size) broke every model that resizes inside. A ``tf.function`` traced per
+    distinct shape avoids that. Can go when Keras's predict function handles dynamic spatial
+    sizes under TensorFlow."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False), reduce_retracing=False)
+
+    def run(batch):
+        outputs = function(tf.convert_to_tensor(batch))
+        if isinstance(outputs, (list, tuple)):
+            return [np.asarray(o) for o in outputs]
+        return np.asarray(outputs)
+    return run
+
+
 class KerasRuntime(ModelRuntime):
     """A ``keras.Model`` (any layout, one or several outputs) served through Keras."""
 
@@ -113,6 +140,7 @@ class KerasRuntime(ModelRuntime):
         self._set_shapes(model.inputs[0].shape, model.outputs[index].shape, data_format)
         self.batch_limit = None  # Keras models take any batch size
         self.keras_model = _nhwc_single_output(model, index, self.layout)
+        self._predict = compiled_predict(self.keras_model)
         self._layer_types = [type(layer).__name__ for layer in model.layers
                              if type(layer).__name__ != "InputLayer"][:3]
 
@@ -120,9 +148,7 @@ class KerasRuntime(ModelRuntime):
         raise AssertionError("a Keras runtime runs through keras_model")
 
     def outputs(self, batch):
-        import numpy as np
-
-        return np.asarray(self.keras_model.predict_on_batch(batch), dtype=np.float32)
+        return np.asarray(self._predict(batch), dtype=np.float32)
 
     def preprocessing_hint(self) -> str:
         if self._preprocessing:

@@ -257,7 +257,8 @@ def _legend(names: list[str], colours: np.ndarray) -> str:
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-.warning{color:#8a4b00;background:#fff4e0;padding:.4em .7em} h1{font-size:1.5em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.warning{color:#8a4b00;background:#fff4e0;padding:.4em .7em}
+h1{font-size:1.5em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:.25em .7em;border-bottom:1px solid
 #eee;text-align:right} td:first-child,th:first-child{text-align:left}
 .pos{color:#1a7f37}.neg{color:#c62828} .chart text{font-size:11px;fill:#333}

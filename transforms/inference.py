@@ -23,6 +23,7 @@ from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, looks_like_probabilities, \
     to_probabilities
+from segbeam.models.keras_runtime import compiled_predict
 from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
@@ -51,31 +52,6 @@ def _serving_model(model, kind: str):
                        name=f"{model.name}_serving")
 
 
-def _compiled(model):
-    """``model`` as a compiled function of a numpy batch, returning numpy.
-
-    Under TensorFlow, Keras's ``predict_on_batch`` traces with ``reduce_retracing``: at the
-    second input size it retraces with unknown height and width, where resize ops fail
-    (``OperatorNotAllowedInGraphError``), so batches of varying sizes (``--resize_mode pad``,
-    batching by size) broke every model that resizes inside. A ``tf.function`` traced per
-    distinct shape avoids that. Can go when Keras's predict function handles dynamic spatial
-    sizes under TensorFlow."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return model.predict_on_batch
-    import tensorflow as tf
-
-    function = tf.function(lambda x: model(x, training=False), reduce_retracing=False)
-
-    def run(batch: np.ndarray):
-        outputs = function(tf.convert_to_tensor(batch))
-        if isinstance(outputs, (list, tuple)):
-            return [np.asarray(o) for o in outputs]
-        return np.asarray(outputs)
-    return run
-
-
 class SegmentationPredictor:
     """A loaded model (a ``ModelRuntime`` of any format) behind methods only, so that Beam can
     also serve it through a multiprocessing proxy (``large_model``), where attributes are not
@@ -94,7 +70,8 @@ class SegmentationPredictor:
         model = runtime.keras_model
         # Built now, so that on a GPU they live where the model was placed.
         self._serving = None if model is None else {
-            k: _compiled(_serving_model(model, k)) for k in ("logits", "probabilities", "labels")}
+            k: compiled_predict(_serving_model(model, k))
+            for k in ("logits", "probabilities", "labels")}
         # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
         # sessions and TensorFlow signatures are, so those only serialise the first look.
         self._lock = threading.Lock()
