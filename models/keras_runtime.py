@@ -104,8 +104,8 @@ def compiled_predict(model):
     Under TensorFlow, Keras's ``predict_on_batch`` traces with ``reduce_retracing``: at the
     second input size it retraces with unknown height and width, where resize ops fail
     (``OperatorNotAllowedInGraphError``), so batches of varying sizes (``--resize_mode pad``,
-    batching by size) broke every model that resizes inside. A ``tf.function`` traced per
-    distinct shape avoids that. Can go when Keras's predict function handles dynamic spatial
+    batching by size) broke every model that resizes inside. A ``tf.function`` per image size
+    (any batch size) avoids that, each traced once. Can go when Keras's predict function handles dynamic spatial
     sizes under TensorFlow."""
     import keras
 
@@ -113,9 +113,15 @@ def compiled_predict(model):
         return model.predict_on_batch
     import tensorflow as tf
 
-    function = tf.function(lambda x: model(x, training=False), reduce_retracing=False)
+    functions = {}  # one function per image size and dtype, any batch size: traced once each
 
     def run(batch):
+        key = (batch.shape[1:], batch.dtype.str)
+        function = functions.get(key)
+        if function is None:
+            spec = tf.TensorSpec((None, *batch.shape[1:]), tf.as_dtype(batch.dtype))
+            function = functions.setdefault(key, tf.function(
+                lambda x: model(x, training=False), input_signature=[spec]))
         outputs = function(tf.convert_to_tensor(batch))
         if isinstance(outputs, (list, tuple)):
             return [np.asarray(o) for o in outputs]

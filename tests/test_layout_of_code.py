@@ -230,5 +230,6 @@ def test_runs_from_a_folder_holding_an_empty_models_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 inputs -> 3 segmented, 0 dead letters (counts add up)" in result.stdout
     # TensorFlow's start-up lines are not shown (nor its DT_HALF notice).
-    for noise in ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "DT_HALF"):
+    for noise in ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "DT_HALF",
+                  "triggered tf.function retracing"):
         assert noise not in result.stderr, result.stderr[-2000:]
