@@ -10,8 +10,10 @@ The pipeline applies ``pair_by_stem`` per stem after a CoGroupByKey (``segbeam.t
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
+import os
 import posixpath
 import struct
 from typing import Iterable, NamedTuple, Optional, Union
@@ -22,6 +24,7 @@ from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.layout import matching_paths, open_file, read_bytes
+from segbeam.matching import match_files
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
@@ -34,54 +37,124 @@ def folder_glob(spec: str) -> str:
     return spec.rstrip("/") + "/*"
 
 
-def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str],
-                 image_base: str) -> Iterable[Union[ImageRef, DeadLetter]]:
-    """Pairs the images and masks that share a file stem; yields ImageRef or DeadLetter.
+def mask_glob(spec: str) -> str:
+    """The masks of ``--masks``: a glob as given, or every file below a folder at any depth, so
+    that masks laid out in the images' sub-folders pair by relative path."""
+    if any(c in spec for c in "*?["):
+        return spec
+    return spec.rstrip("/") + "/**"
 
-    Two images that would get the same key, or a stem with several masks, cannot be resolved
-    safely: the images concerned become dead letters (the first image, by path, keeps its key).
+
+def relative_stem(path: str, base: str) -> str:
+    """A file's path below ``base`` without its extension (its base name's stem when it is not
+    below ``base``): what an image and its mask share."""
+    if base and path.startswith(base):
+        return strip_extension(path[len(base):])
+    return file_stem(path)
+
+
+class Pairing(NamedTuple):
+    """What pairing one stem's files gave: images (with or without a mask), dead letters, and
+    masks no image took."""
+
+    refs: list
+    dead: list
+    unclaimed_masks: list
+
+
+def _names(paths: Iterable[str], limit: int = 4) -> str:
+    paths = list(paths)
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_base: str,
+                 mask_base: str = "") -> Pairing:
+    """Pairs the images and masks that share a file stem.
+
+    An image takes the mask at its own relative path (``sub/a.jpg`` below the input glob's
+    folder takes ``sub/a.png`` below the masks'); failing that, the one mask left with its stem,
+    but only when one image is left to take it. Anything that cannot be decided is a dead
+    letter naming the candidates: images that would share a key (``a.jpg`` and ``a.png``),
+    several masks at one relative path, several images or masks left for one stem.
     """
-    images = sorted(set(images))
-    masks = sorted(set(masks))
-    if len(masks) > 1:
-        for path in images:
-            yield DeadLetter(key_for_path(path, image_base), path, "pair",
-                             f"{len(masks)} masks share the stem {stem!r} ({', '.join(masks)}); "
-                             f"keep one mask per image stem")
-        return
-    mask = masks[0] if masks else None
-    seen: dict[str, str] = {}
+    images, masks = sorted(set(images)), sorted(set(masks))
+    by_key: dict[str, list[str]] = collections.defaultdict(list)
     for path in images:
-        key = key_for_path(path, image_base)
-        if key in seen:
-            yield DeadLetter(key, path, "pair",
-                             f"duplicate key {key!r}: {seen[key]} produces the same output "
-                             f"name; rename one of the files")
-            continue
-        seen[key] = path
-        yield ImageRef(key, path, mask)
+        by_key[key_for_path(path, image_base)].append(path)
+    masks_at: dict[str, list[str]] = collections.defaultdict(list)
+    for path in masks:
+        masks_at[relative_stem(path, mask_base)].append(path)
+    refs, dead, named, left = [], [], set(), []
+    for key, paths in sorted(by_key.items()):
+        relative = relative_stem(paths[0], image_base)
+        exact = masks_at.get(relative, [])
+        named.update(exact)
+        if len(paths) > 1:
+            dead += [DeadLetter(key, path, "pair", f"{len(paths)} files share the key {key!r} "
+                                f"({_names(paths)}): their outputs and masks cannot be told "
+                                f"apart; rename all but one") for path in paths]
+        elif len(exact) > 1:
+            dead.append(DeadLetter(key, paths[0], "pair", f"{len(exact)} masks match "
+                                   f"{relative!r} ({_names(exact)}); keep one"))
+        elif exact:
+            refs.append(ImageRef(key, paths[0], exact[0]))
+        else:
+            left.append((key, paths[0]))
+    spare = [path for path in masks if path not in named]
+    if len(left) == 1 and len(spare) == 1:
+        refs.append(ImageRef(left[0][0], left[0][1], spare[0]))
+        spare = []
+    elif left and spare:
+        dead += [DeadLetter(key, path, "pair",
+                            f"no mask at its relative path {relative_stem(path, image_base)!r}, "
+                            f"and {len(left)} image(s) and {len(spare)} mask(s) share the stem "
+                            f"{stem!r} (masks: {_names(spare)}); lay masks out in the images' "
+                            f"sub-folders") for key, path in left]
+        spare = []
+    else:
+        refs += [ImageRef(key, path, None) for key, path in left]
+    return Pairing(refs, dead, spare)
 
 
-def find_pairs(images: str, masks: Optional[str]) -> tuple[list[ImageRef], list[DeadLetter]]:
+def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None
+               ) -> tuple[list[ImageRef], list[DeadLetter], list[str]]:
     """The files of the glob ``images``, paired with ``masks`` (a folder or glob) as the
-    pipeline pairs them, in memory."""
+    pipeline pairs them, in memory: (images, dead letters, masks no image took). Files under
+    ``exclude`` are not read."""
     by_stem: dict[str, dict[str, list[str]]] = collections.defaultdict(
         lambda: {"images": [], "masks": []})
-    for path in matching_paths(images):
+    for path in match_files(images, exclude):
         by_stem[file_stem(path)]["images"].append(path)
-    for path in matching_paths(folder_glob(masks)) if masks else ():
+    for path in match_files(mask_glob(masks), exclude) if masks else ():
         by_stem[file_stem(path)]["masks"].append(path)
-    refs, dead = [], []
+    refs, dead, unclaimed = [], [], []
     for stem, grouped in sorted(by_stem.items()):
-        for item in pair_by_stem(stem, grouped["images"], grouped["masks"], glob_base(images)):
-            (dead if isinstance(item, DeadLetter) else refs).append(item)
-    return refs, dead
+        pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], glob_base(images),
+                               glob_base(mask_glob(masks)) if masks else "")
+        refs += pairing.refs
+        dead += pairing.dead
+        unclaimed += pairing.unclaimed_masks
+    return refs, dead, sorted(unclaimed)
+
+
+def _read_file(path: str) -> bytes:
+    """A file's bytes; a broken symbolic link is named as such."""
+    try:
+        return read_bytes(path)
+    except OSError as error:
+        if "://" in path or not os.path.islink(path):
+            raise
+        if error.errno == errno.ELOOP or "Too many levels" in str(error):
+            raise InvalidInputError(f"{path} is a symbolic link that loops") from None
+        raise InvalidInputError(f"{path} is a symbolic link to {os.readlink(path)!r}, which "
+                                f"does not exist") from None
 
 
 def read_encoded(ref: ImageRef) -> EncodedImage:
     """Reads an image file and its mask file, and hashes their bytes."""
-    image_bytes = read_bytes(ref.source)
-    mask_bytes = read_bytes(ref.mask_source) if ref.mask_source else None
+    image_bytes = _read_file(ref.source)
+    mask_bytes = _read_file(ref.mask_source) if ref.mask_source else None
     return EncodedImage(ref.key, ref.source, image_bytes, mask_bytes, ref.mask_source,
                         content_sha256(image_bytes, mask_bytes))
 
@@ -188,7 +261,7 @@ def find_training_pairs(images: str, masks: str) -> list[ImageRef]:
     """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
     them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
     reason; images without a mask are left out with a count, since they cannot be trained on."""
-    refs, dead = find_pairs(folder_glob(images), masks)
+    refs, dead, _ = find_pairs(folder_glob(images), masks)
     if not refs and not dead:
         raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
                          f"'data/train/*.png'")

@@ -10,6 +10,7 @@ import posixpath
 import re
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._\-]+")
+_HASH_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _MAX_COMPONENT = 120
 _MAX_COMPONENTS = 8
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
@@ -21,8 +22,11 @@ def sanitise_key(raw: str) -> str:
 
     Separators (``/`` and ``\\``) split components; empty, ``.`` and ``..`` components are
     dropped; characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``;
-    leading dots are removed (no hidden files). When anything had to change, a short hash of the
-    original is appended so that two different raw keys never collapse into one.
+    leading dots and dashes are removed (no hidden files, nothing a command line reads as a
+    flag). When anything had to change, a short hash of the original is appended so that two
+    different raw keys never collapse into one. A key that already ends like such a hash
+    (``-`` and 8 hex digits) gets one too: otherwise ``col a`` (-> ``col_a-209ca47e``) and a
+    file named ``col_a-209ca47e`` would share a key.
     """
     if not isinstance(raw, str):
         raise TypeError(f"A key must be a string; received {type(raw).__name__}: {raw!r}")
@@ -30,7 +34,7 @@ def sanitise_key(raw: str) -> str:
     for part in re.split(r"[\\/]+", raw):
         if part in ("", ".", ".."):
             continue
-        part = _SAFE_CHARS.sub("_", part).lstrip(".")
+        part = _SAFE_CHARS.sub("_", part).lstrip(".-")
         part = part[:_MAX_COMPONENT]
         if part.split(".")[0].lower() in _WINDOWS_RESERVED:
             part = "_" + part
@@ -38,7 +42,7 @@ def sanitise_key(raw: str) -> str:
             parts.append(part)
     parts = parts[-_MAX_COMPONENTS:]
     key = "/".join(parts)
-    if key != raw or not key:
+    if key != raw or not key or _HASH_SUFFIX.search(key):
         digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         key = f"{key}-{digest}" if key else f"_-{digest}"
     return key

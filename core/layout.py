@@ -9,8 +9,10 @@ outside the root) and read a finished run's files back through Beam's FileSystem
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import posixpath
 import uuid
 from typing import NamedTuple, Optional
 
@@ -25,6 +27,7 @@ DEAD_LETTERS_PREFIX = "dead_letters"
 SUMMARY_JSON = "summary.json"
 SUMMARY_PARQUET = "summary.parquet"
 MANIFEST_JSON = "manifest.json"
+SUCCESS_MARKER = "_SUCCESS"  # written last: the run finished and its files belong together
 REPORT_DIR = "report"
 
 
@@ -66,6 +69,49 @@ class OutputLayout:
 
     def path(self, *parts: str) -> str:
         return output_path(self.run_dir, *parts)
+
+
+def begin_run(run_dir: str) -> list[str]:
+    """Makes ``run_dir`` ready for a run and returns what it removed. Refuses (ValueError) an
+    output that is a file or cannot be written. Removes the completion marker, summary and
+    manifest of an earlier run first, so that a run killed part-way never leaves them beside
+    its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs left."""
+    filesystems = _filesystems()
+    local = "://" not in run_dir
+    if local and os.path.isfile(run_dir):
+        raise ValueError(f"--output {run_dir} is a file; pass a folder (it is created if "
+                         f"missing)")
+    probe = output_path(run_dir, f".write-test-{uuid.uuid4().hex}")
+    try:
+        if local:
+            os.makedirs(run_dir, exist_ok=True)
+        write_bytes_atomically(probe, b"")
+    except OSError as error:
+        raise ValueError(f"cannot write under --output {run_dir}: "
+                         f"{getattr(error, 'strerror', None) or error}") from None
+    earlier = [output_path(run_dir, name) for name in (SUCCESS_MARKER, SUMMARY_JSON,
+                                                       SUMMARY_PARQUET, MANIFEST_JSON)]
+    earlier = [path for path in earlier if filesystems.exists(path)]
+    temporary = sorted(_sink_temporaries(run_dir, local))
+    filesystems.delete([probe] + earlier + temporary)
+    return earlier + temporary
+
+
+def _sink_temporaries(run_dir: str, local: bool) -> set[str]:
+    """The ``beam-temp-*`` folders of Beam's file sinks in ``run_dir`` and its sub-folders."""
+    patterns = ("beam-temp-*", "*/beam-temp-*")
+    if local:
+        return {path for pattern in patterns
+                for path in glob.glob(os.path.join(glob.escape(run_dir), pattern))
+                if os.path.isdir(path)}
+    # Object stores have no empty folders: a temporary folder is the prefix of its files.
+    return {posixpath.dirname(path) + "/" for pattern in patterns
+            for path in matching_paths(output_path(run_dir, pattern + "/*"))}
+
+
+def finish_run(run_dir: str) -> None:
+    """Writes the completion marker (``_SUCCESS``, as Hadoop and Beam users expect): last."""
+    write_bytes_atomically(output_path(run_dir, SUCCESS_MARKER), b"")
 
 
 def shard_pattern(root: str, folder: str, prefix: str, suffix: str) -> str:

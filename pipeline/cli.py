@@ -167,7 +167,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segbeam: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return ExitCode.USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return int(command(argv[1:]))
+    try:
+        return int(command(argv[1:]))
+    except KeyboardInterrupt:
+        print(f"segbeam {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, exit 5
+        return _internal_error(argv[0], error)
+
+
+def _internal_error(command: str, error: Exception) -> int:
+    """An unexpected failure: one line on stderr, the traceback saved to a file it names."""
+    import tempfile
+    import traceback
+
+    from segbeam.records import one_line_reason
+
+    with tempfile.NamedTemporaryFile("w", prefix="segbeam-error-", suffix=".txt",
+                                     delete=False) as handle:
+        traceback.print_exception(error, file=handle)
+    print(f"segbeam {command}: internal error: {one_line_reason(error)} (the full traceback "
+          f"is in {handle.name}; please report it)", file=sys.stderr)
+    return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

@@ -10,3 +10,4 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # a mistake in the command line, its flags or its settings
     ACCOUNTING = 3  # inputs != outputs + dead letters: a defect, please report it
     REGRESSION = 4  # `segbeam report --fail_on_regression` found a regression
+    INTERNAL = 5  # an unexpected failure: a defect in segbeam or a library (traceback saved)

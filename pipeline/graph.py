@@ -14,7 +14,7 @@ from segbeam.pipeline.options import Settings
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
-from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords
+from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, UniqueKeys
 from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
@@ -27,9 +27,21 @@ def handler_for(settings: Settings) -> KerasSegmentationHandler:
                                     keep_probabilities=settings.crf is not None)
 
 
+class Inputs(NamedTuple):
+    """What reading gives: decoded records to segment, dead letters, the number of inputs,
+    metrics rows reused from this run's directory, keys skipped, mask files no image took."""
+
+    records: beam.PCollection
+    dead: beam.PCollection
+    count: beam.PCollection
+    reused: beam.PCollection
+    skipped: beam.PCollection
+    unclaimed_masks: beam.PCollection
+
+
 class ReadInputs(beam.PTransform):
-    """pipeline -> (decoded records to segment, dead letters, number of inputs, metrics rows
-    reused from this run's directory, keys skipped), from files or shards.
+    """pipeline -> ``Inputs``, from files or shards. Every input has a key no other input has
+    (``UniqueKeys``), and nothing under the output root is read as an input.
 
     With ``--skip_existing``, inputs whose result stands (same bytes, same configuration) are
     not decoded: their rows are reused, or they are skipped when the result lives in an
@@ -44,8 +56,12 @@ class ReadInputs(beam.PTransform):
         s = self._settings
         if s.input_format == "tfrecord":
             items, unusable, count = pbegin | "ReadShards" >> ReadShardRecords(s.input)
+            unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
         else:
-            items, unusable, count = pbegin | "FindFiles" >> FindFiles(s.input, s.masks)
+            items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
+                s.input, s.masks, exclude=s.layout.root)
+        items, shared = items | "UniqueKeys" >> UniqueKeys()
+        unusable = (unusable, shared) | "UnusableOrShared" >> beam.Flatten()
         if s.skip_existing:
             items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
                 s.layout.history_glob, self._fingerprint, s.run_dir, s.layout.run_date)
@@ -56,7 +72,7 @@ class ReadInputs(beam.PTransform):
         records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels,
                                                                         s.mask_labels)
         dead = (unusable, undecodable) | "DeadLetters" >> beam.Flatten()
-        return records, dead, count, reused, skipped
+        return Inputs(records, dead, count, reused, skipped, unclaimed)
 
 
 class SegmentAndScore(beam.PTransform):
@@ -108,8 +124,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     """Adds the whole segmentation job to ``pipeline``; everything is written under
     ``settings.run_dir``. ``fingerprint`` is the run's ``config_fingerprint``."""
     s, run_dir = settings, settings.run_dir
-    records, read_failed, inputs, reused_rows, skipped = pipeline | "Read" >> ReadInputs(
-        s, fingerprint)
+    records, read_failed, inputs, reused_rows, skipped, unclaimed = \
+        pipeline | "Read" >> ReadInputs(s, fingerprint)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
     written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(
         run_dir, s.layout.write_raw_masks, s.palette)
@@ -130,6 +146,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     segmented = new_rows | "CountSegmented" >> beam.combiners.Count.Globally()
     reused = reused_rows | "CountReused" >> beam.combiners.Count.Globally()
     skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
+    unclaimed_count = unclaimed | "CountMasksWithoutImage" >> beam.combiners.Count.Globally()
+    unclaimed_first = unclaimed | "FirstMasksWithoutImage" >> beam.combiners.Top.Smallest(20)
     dead_by_stage = (dead | "Stage" >> beam.Map(lambda d: d.stage)
                      | "CountByStage" >> beam.combiners.Count.PerElement())
     summary = (pipeline
@@ -142,7 +160,9 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
                    skipped=beam.pvalue.AsSingleton(skipped_count),
                    dead_by_stage=beam.pvalue.AsList(dead_by_stage),
                    class_names=s.class_names, ignore_index=s.ignore_index,
-                   config_fingerprint=fingerprint, palette=s.palette))
+                   config_fingerprint=fingerprint, palette=s.palette,
+                   masks_without_image=beam.pvalue.AsSingleton(unclaimed_count),
+                   masks_without_image_examples=beam.pvalue.AsSingleton(unclaimed_first)))
     _ = summary | "WriteSummaryJson" >> WriteJson(run_dir, SUMMARY_JSON)
     _ = (summary
          | "SummaryRows" >> beam.FlatMap(summary_rows)

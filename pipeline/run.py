@@ -22,10 +22,12 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, TestOptions)
 
 from segbeam import compat
+from segbeam.dataset import mask_glob
 from segbeam.labels import label_warnings
+from segbeam.matching import could_match_outputs, match_files
 from segbeam.metrics import DATASET_METRICS
-from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, output_path, read_json, \
-    write_bytes_atomically
+from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, output_path, \
+    read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
 from segbeam.pipeline.options import SegmentationOptions, Settings, UsageError, \
@@ -84,10 +86,19 @@ def beam_counters(result) -> Optional[dict]:
 def _check_inputs_exist(settings: Settings) -> None:
     """Fails before the pipeline starts when the input glob matches nothing: a clearer message
     than the runner's, and no empty outputs."""
-    match = FileSystems.match([settings.input], limits=[1])[0]
-    if not match.metadata_list:
+    exclude = settings.layout.root if settings.input_format != "tfrecord" else None
+    if next(iter(match_files(settings.input, exclude)), None) is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
+
+
+def _note_outputs_inside_inputs(settings: Settings) -> None:
+    """Says so when the input glob would match this run's own outputs: they are left out."""
+    root = settings.layout.root
+    globs = [settings.input] + ([mask_glob(settings.masks)] if settings.masks else [])
+    if settings.input_format != "tfrecord" and any(could_match_outputs(g, root) for g in globs):
+        LOG.warning("the output folder %s lies inside the input glob; the files runs write "
+                    "there are not read as inputs", root)
 
 
 def resolve_runner(options: PipelineOptions) -> Optional[str]:
@@ -174,7 +185,11 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     _check_inputs_exist(settings)
+    _note_outputs_inside_inputs(settings)
     _check_model_opens(settings)
+    if not dry_run:
+        for path in begin_run(settings.run_dir):
+            LOG.info("removed %s, left by an earlier run", path)
     entries = settings.fingerprint_entries()
     model_id, fingerprint = entries["model"], settings.config_fingerprint(entries)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -215,6 +230,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
         from segbeam.pipeline.report import write_report
 
         _, report_folder = write_report(settings.run_dir)
+    finish_run(settings.run_dir)
     return RunOutcome(settings, summary, manifest, report_folder)
 
 
@@ -251,6 +267,10 @@ def format_report(outcome: RunOutcome) -> str:
              f"{outcome.manifest['wall_time_seconds']:.1f} s"]
     for stage, count in counts["dead_letters_by_stage"].items():
         lines.append(f"  dead letters at {stage}: {count}")
+    if counts.get("masks_without_image"):
+        lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
+                     f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
+                     f"20)")
     lines += [f"  WARNING: {warning}" for warning in label_warnings(summary)]
     evaluation = summary["evaluation"]
     if evaluation:

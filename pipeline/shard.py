@@ -62,7 +62,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> None:
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        refs, unpaired = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
+        refs, unpaired, _ = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
         examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)
         _ = examples | "WriteShards" >> beam.io.WriteToTFRecord(
             args.output, file_name_suffix=".tfrecord", num_shards=args.num_shards)

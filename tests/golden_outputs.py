@@ -94,6 +94,9 @@ def collect(output: str, roots: dict[str, str], volatile_fingerprint: bool) -> d
             for row in sorted(rows, key=lambda r: r["key"])]
     with open(os.path.join(output, "summary.json")) as handle:
         summary = json.load(handle)
+    if "masks_without_image" in summary:
+        summary["masks_without_image"] = [_relative(path, roots)
+                                          for path in summary["masks_without_image"]]
     if volatile_fingerprint:
         summary["config_fingerprint"] = VOLATILE
         for row in rows:

@@ -113,7 +113,7 @@ def test_training_pairs_as_the_pipeline_does_and_says_why_a_pair_is_left_out(tmp
     with caplog.at_level("WARNING"):
         pairs = find_training_pairs(images, masks)
     assert [os.path.basename(p.source) for p in pairs] == ["scene000.png", "scene002.png"]
-    _, dead = find_pairs(os.path.join(images, "*"), masks)
+    _, dead, _ = find_pairs(os.path.join(images, "*"), masks)
     assert [(d.key, d.stage) for d in dead] == [("scene001", "pair")]
     warned = [r.getMessage() for r in caplog.records if "training pair skipped" in
               r.getMessage()]

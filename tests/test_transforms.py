@@ -40,24 +40,29 @@ def image_tree(tmp_path, rng):
     return tmp_path
 
 
-def test_match_images_pairs_masks_by_stem_and_rejects_duplicate_keys(image_tree):
+def test_match_images_pairs_masks_by_stem_and_rejects_shared_keys(image_tree):
+    """sub/c.png takes masks/c.png by stem (the only image and mask of that stem); d.png and
+    d.jpg would share the key d, so both are dead letters rather than whichever came first."""
     root = str(image_tree / "images")
+    (image_tree / "masks" / "orphan.png").write_bytes(b"not read")
     with TestPipeline() as p:
-        refs, dead = p | MatchImages(root + "/**", str(image_tree / "masks"))
+        refs, dead, unclaimed = p | MatchImages(root + "/**", str(image_tree / "masks"))
         assert_that(refs | beam.Map(lambda r: (r.key, os.path.basename(r.mask_source or ""))),
-                    equal_to([("a", "a.png"), ("b", ""), ("sub/c", "c.png"), ("d", ""),
-                              ("bad", "")]),
+                    equal_to([("a", "a.png"), ("b", ""), ("sub/c", "c.png"), ("bad", "")]),
                     label="refs")
         assert_that(dead | beam.Map(lambda d: (d.key, d.stage, os.path.basename(d.source),
-                                               "duplicate key" in d.reason)),
-                    equal_to([("d", "pair", "d.png", True)]), label="dead")
+                                               "2 files share the key 'd'" in d.reason)),
+                    equal_to([("d", "pair", "d.jpg", True), ("d", "pair", "d.png", True)]),
+                    label="dead")
+        assert_that(unclaimed | beam.Map(os.path.basename), equal_to(["orphan.png"]),
+                    label="unclaimed")
 
 
 def test_find_and_decode_files_dead_letters_the_corrupt_file(image_tree):
     """The graph's own path for loose files: FindFiles, then ReadAndDecode."""
     root = str(image_tree / "images")
     with TestPipeline() as p:
-        refs, unpaired, inputs = p | FindFiles(root + "/*.png", str(image_tree / "masks"))
+        refs, unpaired, inputs, _ = p | FindFiles(root + "/*.png", str(image_tree / "masks"))
         records, dead = refs | ReadAndDecode(max_pixels=10_000)
         assert_that(unpaired, equal_to([]), label="unpaired")
         assert_that(records | beam.Map(lambda r: (r.key, r.image.shape, r.has_mask)),

@@ -5,7 +5,7 @@ the run summary."""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -81,7 +81,8 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
 def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: list,
                   class_names: list[str], ignore_index: Optional[int], reused: int = 0,
                   skipped: int = 0, config_fingerprint: Optional[str] = None,
-                  palette: Optional[tuple] = None) -> dict:
+                  palette: Optional[tuple] = None, masks_without_image: int = 0,
+                  masks_without_image_examples: Sequence[str] = ()) -> dict:
     """The run summary: counts (which must add up) and evaluation for raw and CRF labels.
 
     segmented: images that went through the model in this run. reused: unchanged images whose
@@ -90,7 +91,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     metrics; every input is one of segmented, reused, skipped or a dead letter. ``labels``:
     mask pixels that were neither a class nor the ignore index (not scored), the images that
     had them and their values; ``images_not_checked``, rows reused from runs that did not
-    count them.
+    count them. ``masks_without_image``: mask files that no input image took (not an input, so
+    not in the accounting), with the first few by path.
     """
     dead = dict(sorted(dead_by_stage))
     dead_total = sum(dead.values())
@@ -104,6 +106,7 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
             "inputs": inputs, "outputs": outputs, "segmented": segmented, "reused": reused,
             "skipped": skipped, "dead_letters": dead_total, "dead_letters_by_stage": dead,
             "images_with_mask": totals["images_with_mask"],
+            "masks_without_image": masks_without_image,
             "accounted_for": inputs == segmented + reused + skipped + dead_total
             and totals["images"] == outputs,
         },
@@ -116,6 +119,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
         },
         "evaluation": {},
     }
+    if masks_without_image:
+        summary["masks_without_image"] = sorted(masks_without_image_examples)
     if palette:  # the classes' colours (--dataset), for reports; VOC's colour map otherwise
         summary["palette"] = [list(colour) for colour in palette]
     if totals["images_with_mask"]:

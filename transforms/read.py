@@ -1,5 +1,5 @@
-"""Reading inputs in Beam: loose image files (with masks paired by file stem) and TFRecord
-shards, thin shells over ``segbeam.dataset``.
+"""Reading inputs in Beam: loose image files (with masks paired by relative path or file stem)
+and TFRecord shards, thin shells over ``segbeam.dataset``.
 
 Both produce ``SegmentationRecord``s with decoded arrays, plus dead letters for everything that
 cannot be used. Only paths cross the mask-pairing shuffle; image bytes are read after it.
@@ -12,14 +12,14 @@ import posixpath
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
-from segbeam.dataset import decode_encoded, ensure_encoded, folder_glob, pair_by_stem, \
+from segbeam.dataset import decode_encoded, ensure_encoded, mask_glob, pair_by_stem, \
     parse_shard_record, shard_record
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.keys import file_stem, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
+from segbeam.matching import match_files
 from segbeam.records import DeadLetter
 from segbeam.transforms.safe_map import SafeMap
 
@@ -27,55 +27,62 @@ DEAD = "dead_letter"
 LOG = logging.getLogger(__name__)
 
 
+UNCLAIMED = "unclaimed_mask"
+
+
 class _PairByStem(beam.DoFn):
-    def __init__(self, image_base: str):
-        self._image_base = image_base
+    def __init__(self, image_base: str, mask_base: str):
+        self._image_base, self._mask_base = image_base, mask_base
 
     def process(self, element):
         stem, grouped = element
-        for item in pair_by_stem(stem, grouped["images"], grouped["masks"], self._image_base):
-            if isinstance(item, DeadLetter):
-                yield beam.pvalue.TaggedOutput(DEAD, item)
-            else:
-                yield item
+        pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], self._image_base,
+                               self._mask_base)
+        yield from pairing.refs
+        for letter in pairing.dead:
+            yield beam.pvalue.TaggedOutput(DEAD, letter)
+        for path in pairing.unclaimed_masks:
+            yield beam.pvalue.TaggedOutput(UNCLAIMED, path)
 
 
 class MatchImages(beam.PTransform):
-    """pipeline -> (ImageRefs, dead letters): image files matching a glob, each paired with the
-    mask of the same file stem where ``masks`` (a folder or glob) holds one."""
+    """pipeline -> (ImageRefs, dead letters, masks no image took): image files matching a glob,
+    each paired with its mask where ``masks`` (a folder or glob) holds one
+    (``segbeam.dataset.pair_by_stem``). Files under ``exclude`` (the output root) are not
+    inputs."""
 
-    def __init__(self, images: str, masks: Optional[str] = None):
+    def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None):
         super().__init__()
-        self._images = images
-        self._masks = masks
+        self._images, self._masks, self._exclude = images, masks, exclude
 
     def expand(self, pbegin):
         images = (pbegin
-                  | "MatchImageFiles" >> fileio.MatchFiles(self._images)
-                  | "ImagesByStem" >> beam.FlatMap(_by_stem, "image").with_outputs(
-                      DEAD, main="named"))
-        if self._masks is None:
-            masks = pbegin | "NoMasks" >> beam.Create([])
-        else:
-            masks = (pbegin
-                     | "MatchMaskFiles" >> fileio.MatchFiles(
-                         folder_glob(self._masks),
-                         empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
-                     | "MasksByStem" >> beam.FlatMap(_by_stem, "mask"))
+                  | "ImageGlob" >> beam.Create([self._images])
+                  | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude
+                                                      ).with_outputs(DEAD, main="named"))
+        masks = (pbegin
+                 | "MaskGlob" >> beam.Create([mask_glob(self._masks)] if self._masks else [])
+                 | "MatchMaskFiles" >> beam.FlatMap(_matched_by_stem, "mask", self._exclude))
+        mask_base = glob_base(mask_glob(self._masks)) if self._masks else ""
         paired = ({"images": images.named, "masks": masks}
                   | "JoinOnStem" >> beam.CoGroupByKey()
-                  | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images))).with_outputs(
-                      DEAD, main="refs"))
+                  | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images), mask_base)
+                                         ).with_outputs(DEAD, UNCLAIMED, main="refs"))
         unusable = (paired[DEAD], images[DEAD]) | "UnpairedAndUnnamed" >> beam.Flatten()
-        return paired.refs, unusable
+        return paired.refs, unusable, paired[UNCLAIMED]
 
 
-def _by_stem(metadata, kind: str):
-    """(stem, path) of a matched file. An image whose name is not UTF-8 becomes a dead letter
-    (no Beam coder can carry its name); such a mask is left out with a warning."""
-    printable = printable_path(metadata.path)
+def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str]):
+    """(stem, path) of each file the glob matches. An image whose name is not UTF-8 becomes a
+    dead letter (no Beam coder can carry its name); such a mask is left out with a warning."""
+    for path in match_files(pattern, exclude):
+        yield from _by_stem(path, kind)
+
+
+def _by_stem(path: str, kind: str):
+    printable = printable_path(path)
     if printable is None:
-        yield file_stem(metadata.path), metadata.path
+        yield file_stem(path), path
     elif kind == "image":
         key = sanitise_key(strip_extension(posixpath.basename(printable)).replace("\\", "_"))
         yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
@@ -87,17 +94,58 @@ def _by_stem(metadata, kind: str):
 
 
 class FindFiles(beam.PTransform):
-    """pipeline -> (ImageRefs, dead letters, number of inputs) for loose image files."""
+    """pipeline -> (ImageRefs, dead letters, number of inputs, masks no image took) for loose
+    image files."""
 
-    def __init__(self, images: str, masks: Optional[str]):
+    def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None):
         super().__init__()
-        self._images, self._masks = images, masks
+        self._images, self._masks, self._exclude = images, masks, exclude
 
     def expand(self, pbegin):
-        refs, unpaired = pbegin | "MatchImages" >> MatchImages(self._images, self._masks)
+        refs, unpaired, unclaimed = pbegin | "MatchImages" >> MatchImages(
+            self._images, self._masks, self._exclude)
         inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
-        return refs, unpaired, inputs
+        return refs, unpaired, inputs, unclaimed
+
+
+def _sources_by_key(keyed):
+    key, sources = keyed
+    sources = sorted(sources)
+    if len(sources) > 1:
+        yield key, sources
+
+
+def _unique_or_dead(item, shared: dict):
+    sources = shared.get(item.key)
+    if sources is None:
+        yield item
+        return
+    others = [s for s in sources if s != item.source] or sources
+    more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
+        item.key, item.source, "pair",
+        f"{len(sources)} inputs share the key {item.key!r} (also {', '.join(others[:3])}{more})"
+        f"; their outputs cannot be told apart; rename all but one"))
+
+
+class UniqueKeys(beam.PTransform):
+    """items with ``key`` and ``source`` -> (items whose key no other input has, dead letters).
+
+    A key names an input's outputs, so two inputs sharing one would overwrite each other's mask
+    and give two metrics rows one name. Every input of a shared key becomes a dead letter, which
+    does not depend on the order inputs arrive in. Only (key, source) pairs are shuffled; the
+    items themselves pass through with the shared keys as a side input.
+    """
+
+    def expand(self, items):
+        shared = (items
+                  | "KeySource" >> beam.Map(lambda item: (item.key, item.source))
+                  | "ByKey" >> beam.GroupByKey()
+                  | "Shared" >> beam.FlatMap(_sources_by_key))
+        checked = items | "Check" >> beam.FlatMap(
+            _unique_or_dead, shared=beam.pvalue.AsDict(shared)).with_outputs(DEAD, main="unique")
+        return checked.unique, checked[DEAD]
 
 
 class ReadShardRecords(beam.PTransform):

@@ -1,0 +1,146 @@
+"""Which files a glob names, with nothing lost on the way.
+
+Beam's own matching drops three kinds of local file without a word: a name holding a backslash
+(its ``*`` stops at ``\\`` as well as ``/``), a dangling symbolic link and a symbolic-link loop
+(its listing calls ``getsize`` and skips what fails). Such files look like inputs to the user,
+so here they are matched like any other and fail later, at read, as dead letters with the
+reason. Glob syntax is Beam's: ``*`` stays within one folder, ``**`` crosses folders, ``?``
+is one character and ``[...]`` a class. The files a run writes under its output root (``exclude``)
+are left out, so a run never reads its own outputs back as inputs; other files there (the
+demo's generated inputs, say) stay inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, Optional
+
+from segbeam.layout import DEAD_LETTERS_DIR, MANIFEST_JSON, MASKS_DIR, METRICS_DIR, \
+    RAW_MASKS_DIR, REPORT_DIR, SUCCESS_MARKER, SUMMARY_JSON, SUMMARY_PARQUET
+
+_WILDCARDS = "*?["
+
+
+def pattern_regex(pattern: str) -> re.Pattern:
+    """The regular expression a glob stands for (every character but ``/`` for ``*``)."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if pattern[i:i + 1] == "*":
+                out.append(".*")
+                i += 1
+            else:
+                out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = i + (pattern[i:i + 1] == "!")
+            end += pattern[end:end + 1] == "]"
+            end = pattern.find("]", end)
+            if end == -1:
+                out.append(r"\[")
+                continue
+            body = pattern[i:end].replace("\\", "\\\\")
+            body = "^" + body[1:] if body.startswith("!") else \
+                "\\" + body if body.startswith("^") else body
+            out.append(f"[{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return re.compile("(?s)" + "".join(out) + r"\Z")
+
+
+def _wildcard_free_prefix(pattern: str) -> str:
+    return re.match(r"^[^*?\[]*", pattern).group(0)
+
+
+def _listing_root(pattern: str) -> str:
+    """The folder to list: the last folder of the pattern's wildcard-free prefix."""
+    prefix = _wildcard_free_prefix(pattern)
+    return prefix[: prefix.rfind("/") + 1] if "/" in prefix else ""
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+_OUTPUT_FOLDERS = {MASKS_DIR, RAW_MASKS_DIR, METRICS_DIR, DEAD_LETTERS_DIR, REPORT_DIR}
+_OUTPUT_FILES = {SUMMARY_JSON, SUMMARY_PARQUET, MANIFEST_JSON, SUCCESS_MARKER}
+
+
+def _is_output(path: str, root: Optional[str]) -> bool:
+    """Whether ``path`` is a file a run writes under the output root ``root`` (in the root or
+    in one of its ``date=`` partitions)."""
+    if not root:
+        return False
+    if not _is_remote(path):
+        path, root = os.path.abspath(path), os.path.abspath(root)
+    root = root.rstrip("/") + "/"
+    if not path.startswith(root):
+        return False
+    parts = path[len(root):].split("/")
+    if parts[0].startswith("date=") and len(parts) > 1:
+        parts = parts[1:]
+    return parts[0] in _OUTPUT_FOLDERS if len(parts) > 1 else parts[0] in _OUTPUT_FILES
+
+
+def _local_files(root: str, depth: Optional[int]) -> Iterator[str]:
+    """Every non-folder entry under ``root`` (a dangling link or a link loop included), ``depth``
+    folders deep at most (None: all). Links to folders are not followed, as in Beam."""
+    top = root.rstrip("/") or ("/" if root.startswith("/") else ".")
+    if not os.path.isdir(top):
+        return
+    for folder, subfolders, files in os.walk(top):
+        relative = os.path.relpath(folder, top)
+        level = 0 if relative == "." else relative.count(os.sep) + 1
+        if depth is not None and level >= depth:
+            subfolders[:] = []
+        for name in files:
+            path = os.path.join(folder, name)
+            yield path[2:] if top == "." and path.startswith("./") else path
+
+
+def match_files(pattern: str, exclude: Optional[str] = None) -> Iterator[str]:
+    """The files ``pattern`` matches, in listing order, none that a run writes under
+    ``exclude`` (an output root). A pattern
+    ending in ``/`` names every file in that folder, as in Beam."""
+    if pattern.endswith("/"):
+        pattern += "*"
+    if not any(c in pattern for c in _WILDCARDS):
+        from apache_beam.io.filesystems import FileSystems
+
+        local = not _is_remote(pattern)
+        found = os.path.lexists(pattern) and not os.path.isdir(pattern) if local \
+            else FileSystems.exists(pattern)
+        if found and not _is_output(pattern, exclude):
+            yield pattern
+        return
+    regex = pattern_regex(pattern)
+    root = _listing_root(pattern)
+    if _is_remote(pattern):
+        from apache_beam.io.filesystems import FileSystems
+
+        # "**" lists everything below the root; the filter below then applies the pattern.
+        listed = (m.path for m in FileSystems.match([root + "**"])[0].metadata_list)
+    else:
+        rest = pattern[len(root):]
+        listed = _local_files(root, None if "**" in rest else rest.count("/"))
+    for path in listed:
+        if regex.match(path) and not _is_output(path, exclude):
+            yield path
+
+
+def could_match_outputs(pattern: str, output_root: str) -> bool:
+    """Whether ``pattern`` would match files a run writes under ``output_root`` (masks, metrics,
+    summary), so that the launcher can say they are left out."""
+    regex = pattern_regex(pattern)
+    root = output_root.rstrip("/")
+    if not _is_remote(pattern) and not _is_remote(root):
+        root = os.path.abspath(root) if os.path.isabs(pattern) else os.path.relpath(root)
+    samples = ("masks/k.png", "masks_raw/k.png", "summary.json", "manifest.json",
+               "metrics/metrics-00000-of-00001.parquet", "date=2026-01-01/masks/k.png",
+               "report/report.html", "dead_letters/dead_letters-00000-of-00001.jsonl")
+    return any(regex.match(f"{root}/{sample}") for sample in samples)

@@ -1,0 +1,233 @@
+"""A hostile corpus, generated: keys that collide, masks that could pair with the wrong image,
+files Beam's matching used to drop, outputs inside the input glob, killed reruns. Every input
+ends as an output or a dead letter with its reason."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.dataset import pair_by_stem
+from segbeam.keys import sanitise_key
+from segbeam.matching import could_match_outputs, match_files, pattern_regex
+
+
+def _image(path, value=0, size=16):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = np.full((size, size, 3), value, np.uint8)
+    data[::2] = 200
+    Image.fromarray(data).save(path, format="PNG" if path.endswith(".png") else "JPEG")
+
+
+def _mask(path, size=16):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.ones((size, size), np.uint8)).save(path, format="PNG")
+
+
+def test_a_name_that_looks_hashed_cannot_take_a_sanitised_key():
+    hashed = sanitise_key("col a")
+    assert hashed.startswith("col_a-")
+    assert sanitise_key(hashed) != hashed  # the file literally named like the hashed key
+    assert sanitise_key("col_a-1234567") == "col_a-1234567"  # 7 digits: not a hash suffix
+    assert sanitise_key("x-ABCDEF12") == "x-ABCDEF12"  # upper case: not one either
+
+
+@pytest.mark.parametrize("raw", ["-rf", "--help", "a/-b", "-"])
+def test_no_key_or_key_component_starts_with_a_dash(raw):
+    key = sanitise_key(raw)
+    assert not any(part.startswith("-") for part in key.split("/")), key
+
+
+def test_glob_syntax_is_beams_but_a_backslash_is_an_ordinary_character():
+    assert pattern_regex("d/*.png").match("d/back\\slash.png")
+    assert not pattern_regex("d/*.png").match("d/sub/a.png")
+    assert pattern_regex("d/**").match("d/sub/a.png")
+    assert pattern_regex("d/[ab]?.png").match("d/bx.png")
+    assert not pattern_regex("d/[!ab]?.png").match("d/bx.png")
+
+
+def test_matching_keeps_what_beams_matching_dropped(tmp_path):
+    from apache_beam.io.filesystems import FileSystems
+
+    folder = tmp_path / "d"
+    _image(str(folder / "a.png"))
+    _image(str(folder / "back\\slash.png"))
+    os.symlink("missing.png", folder / "dangling.png")
+    os.symlink("loop.png", folder / "loop.png")
+    (folder / "sub").mkdir()
+    beam_sees = {os.path.basename(m.path)
+                 for m in FileSystems.match([f"{folder}/*"])[0].metadata_list}
+    ours = {os.path.basename(path) for path in match_files(f"{folder}/*")}
+    assert ours == {"a.png", "back\\slash.png", "dangling.png", "loop.png"}
+    assert beam_sees < ours  # the defect this module exists for
+    _image(str(folder / "masks" / "k.png"))  # as if an earlier run wrote under d/
+    (folder / "summary.json").write_text("{}")
+    assert "masks/k.png" not in {os.path.relpath(p, folder)
+                                 for p in match_files(f"{folder}/**", exclude=str(folder))}
+    assert "summary.json" not in {os.path.basename(p) for p in match_files(
+        f"{folder}/*", exclude=str(folder))}
+    assert len(list(match_files(f"{folder}/**", exclude=str(folder)))) == 4
+
+
+def test_outputs_inside_the_input_glob_are_recognised(tmp_path):
+    assert could_match_outputs(f"{tmp_path}/**", f"{tmp_path}/out")
+    assert could_match_outputs(f"{tmp_path}/*/*/*.png", f"{tmp_path}/out")
+    assert not could_match_outputs(f"{tmp_path}/*.png", f"{tmp_path}/out")
+    assert not could_match_outputs(f"{tmp_path}/in/**", f"{tmp_path}/out")
+
+
+def test_pairing_prefers_the_relative_path_and_refuses_to_guess():
+    base, masks = "/d/", "/m/"
+    mirrored = pair_by_stem("a", ["/d/s1/a.png", "/d/s2/a.png"], ["/m/s1/a.png", "/m/s2/a.png"],
+                            base, masks)
+    assert [(r.key, r.mask_source) for r in mirrored.refs] == [("s1/a", "/m/s1/a.png"),
+                                                              ("s2/a", "/m/s2/a.png")]
+    flat = pair_by_stem("a", ["/d/s1/a.png", "/d/s2/a.png"], ["/m/a.png"], base, masks)
+    assert flat.refs == [] and [d.key for d in flat.dead] == ["s1/a", "s2/a"]
+    assert "share the stem 'a'" in flat.dead[0].reason
+    by_stem = pair_by_stem("a", ["/d/s1/a.png"], ["/m/a.png"], base, masks)
+    assert [(r.key, r.mask_source) for r in by_stem.refs] == [("s1/a", "/m/a.png")]
+    extra = pair_by_stem("b", ["/d/b.jpg"], ["/m/b.png", "/m/old/b.png"], base, masks)
+    assert [r.mask_source for r in extra.refs] == ["/m/b.png"]
+    assert extra.unclaimed_masks == ["/m/old/b.png"]
+    twins = pair_by_stem("dup", ["/d/dup.jpg", "/d/dup.png"], ["/m/dup.png"], base, masks)
+    assert twins.refs == [] and len(twins.dead) == 2 and twins.unclaimed_masks == []
+    orphan = pair_by_stem("o", [], ["/m/o.png"], base, masks)
+    assert orphan.unclaimed_masks == ["/m/o.png"]
+
+
+def test_shared_keys_across_stems_are_all_dead_letters():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from segbeam.records import ImageRef
+    from segbeam.transforms.read import UniqueKeys
+
+    refs = [ImageRef("k", "shard-1#x.png"), ImageRef("k", "shard-2#x.png"), ImageRef("j", "y")]
+    with TestPipeline() as p:
+        unique, dead = p | beam.Create(refs) | UniqueKeys()
+        assert_that(unique | beam.Map(lambda r: r.key), equal_to(["j"]), label="unique")
+        assert_that(dead | beam.Map(lambda d: (d.source, "2 inputs share the key 'k'" in
+                                               d.reason and "also shard-" in d.reason)),
+                    equal_to([("shard-1#x.png", True), ("shard-2#x.png", True)]), label="dead")
+
+
+@pytest.fixture
+def hostile_tree(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    hashed = sanitise_key("col a")
+    for name in ("col a.png", f"{hashed}.png", "-rf.png", "s1/a.png", "s2/a.png", "s3/b.png",
+                 "dup.jpg", "dup.png", "back\\slash.png", "c.png"):
+        _image(str(images / name), value=len(name))
+    os.symlink("missing.png", images / "dangling.png")
+    os.symlink("loop.png", images / "loop.png")
+    for name in ("a.png", "s3/b.png", "b.png", "dup.png", "orphan.png"):
+        _mask(str(masks / name))
+    os.symlink("c.png", masks / "c.png")  # a mask that is a link loop
+    return tmp_path, hashed
+
+
+def _run(root, output, *extra):
+    from segbeam.pipeline.run import run
+
+    return run(["--input", f"{root}/images/**", "--masks", str(root / "masks"),
+                "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "16", "--no-crf",
+                "--output", str(output), *extra])
+
+
+def _dead_letters(output):
+    return {d["source"].split("/images/")[-1]: d
+            for path in (output / "dead_letters").iterdir()
+            for d in map(json.loads, path.read_text().splitlines())}
+
+
+def test_a_hostile_corpus_is_accounted_for_input_by_input(hostile_tree):
+    root, hashed = hostile_tree
+    outcome = _run(root, root / "out")
+    counts = outcome.summary["counts"]
+    assert counts["accounted_for"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (12, 5, 7)
+    masks = sorted(str(p.relative_to(root / "out" / "masks"))
+                   for p in (root / "out" / "masks").rglob("*.png"))
+    # "col a" keeps its hashed key; the file named like that hash gets one of its own
+    assert f"{hashed}.png" in masks and f"{sanitise_key(hashed)}.png" in masks
+    assert len(masks) == 5
+    assert not any(part.startswith("-") for m in masks for part in m.split("/"))
+    dead = _dead_letters(root / "out")
+    assert set(dead) == {"s1/a.png", "s2/a.png", "dup.jpg", "dup.png", "dangling.png",
+                         "loop.png", "c.png"}
+    assert "share the stem 'a'" in dead["s1/a.png"]["reason"]
+    assert "2 files share the key 'dup'" in dead["dup.png"]["reason"]
+    assert "does not exist" in dead["dangling.png"]["reason"]
+    assert "loops" in dead["loop.png"]["reason"] and "loops" in dead["c.png"]["reason"]
+    assert counts["masks_without_image"] == 2
+    assert [os.path.basename(p) for p in outcome.summary["masks_without_image"]] == \
+        ["b.png", "orphan.png"]
+    assert counts["images_with_mask"] == 1  # s3/b, by its relative path
+
+
+def test_outputs_inside_the_input_glob_are_not_read_back(hostile_tree, caplog):
+    root, _ = hostile_tree
+    first = _run(root, root / "images" / "out")
+    with caplog.at_level("WARNING"):
+        second = _run(root, root / "images" / "out")
+    assert first.summary["counts"]["inputs"] == second.summary["counts"]["inputs"] == 12
+    assert any("lies inside the input glob" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rerun_invalidates_the_earlier_run_first_and_marks_completion_last(hostile_tree):
+    from segbeam.layout import begin_run
+
+    root, _ = hostile_tree
+    out = root / "out"
+    _run(root, out)
+    assert (out / "_SUCCESS").exists() and (out / "summary.json").exists()
+    leftover = out / "metrics" / "beam-temp-metrics-0123"
+    leftover.mkdir()
+    (leftover / "part").write_bytes(b"x")
+    (out / "beam-temp-summary.json-4567").mkdir()
+    removed = begin_run(str(out))  # what a rerun does first; a kill after it leaves no marker
+    assert {os.path.basename(p.rstrip("/")) for p in removed} == {
+        "_SUCCESS", "summary.json", "summary.parquet", "manifest.json",
+        "beam-temp-metrics-0123", "beam-temp-summary.json-4567"}
+    assert not (out / "_SUCCESS").exists() and not leftover.exists()
+    assert (out / "masks").exists()  # masks stay: --skip_existing reuses them
+    _run(root, out)
+    assert (out / "_SUCCESS").exists() and (out / "manifest.json").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith((".", "beam-temp"))) == []
+
+
+def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    from segbeam.pipeline.cli import main
+
+    _image(str(tmp_path / "images" / "a.png"))
+    (tmp_path / "taken").write_text("a file")
+    for output in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        code = main(["run", "--input", f"{tmp_path}/images/*.png", "--model", "tiny_fcn",
+                     "--num_classes", "3", "--input_size", "16", "--no-crf",
+                     "--output", str(output)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "--output" in err[0], err
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_code_5(tmp_path, capsys, monkeypatch):
+    from segbeam.pipeline import cli, run
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("something segbeam did not expect\nsecond line")
+
+    monkeypatch.setattr(run, "execute", broken)
+    _image(str(tmp_path / "images" / "a.png"))
+    code = cli.main(["run", "--input", f"{tmp_path}/images/*.png", "--output",
+                     str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 5 and len(err) == 1
+    assert "internal error: RuntimeError: something segbeam did not expect" in err[0]
+    saved = err[0].split("traceback is in ")[1].split(";")[0]
+    assert "Traceback" in open(saved).read()
+    os.remove(saved)
