@@ -78,3 +78,17 @@ def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
     if kind not in MODEL_OUTPUTS:
         raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
     return softmax(outputs.copy())
+
+
+_OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating",
+                  "Failed to allocate memory", "failed to allocate")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that the device or the host ran out of memory, as TensorFlow
+    (``ResourceExhaustedError``), JAX/XLA (``RESOURCE_EXHAUSTED``), ONNX Runtime, PyTorch and
+    numpy (``MemoryError``) report it."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "ResourceExhaustedError":
+        return True
+    message = str(error)
+    return any(marker in message for marker in _OUT_OF_MEMORY)

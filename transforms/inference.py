@@ -12,17 +12,18 @@ import contextlib
 import itertools
 import logging
 import threading
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from segbeam import compat
 from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
-from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, looks_like_probabilities, \
-    to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, is_out_of_memory, \
+    looks_like_probabilities, to_probabilities
 from segbeam.models.keras_runtime import compiled_predict
 from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
@@ -155,6 +156,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         self._source = source
         self._inference = inference
         self._keep_probabilities = keep_probabilities
+        self._fitting_rows: Optional[int] = None  # lowered after an out-of-memory error
         compat.restore_beam_inference_memory_metric()
 
     def __setstate__(self, state):
@@ -171,10 +173,12 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
 
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
                       inference_args: Optional[dict[str, Any]] = None
-                      ) -> Iterable[SegmentationRecord]:
+                      ) -> Iterable[Union[SegmentationRecord, DeadLetter]]:
+        """Each record with its probabilities and labels; a record the model fails on comes
+        back as a DeadLetter (see ``_isolating``), the rest of its batch as results."""
         input_size = self._source.input_size or model.fixed_input_size()
         if input_size is not None or self._inference.resize_mode == "pad":
-            return self._run_batch(batch, model, input_size)
+            return self._isolating(batch, model, input_size)
         # Neither --input_size nor a fixed model input: images of one size batch together, each
         # group at its own size padded up to --size_multiple (a batch of mixed sizes cannot
         # stack, and there is no size to resize to).
@@ -183,10 +187,43 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
             by_size.setdefault(record.image.shape[:2], []).append(index)
         results: list = [None] * len(batch)
         for members in by_size.values():
-            group = self._run_batch([batch[i] for i in members], model, None, "pad")
+            group = self._isolating([batch[i] for i in members], model, None, "pad")
             for index, result in zip(members, group):
                 results[index] = result
         return results
+
+    def _isolating(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
+                   input_size: Optional[tuple[int, int]], resize_mode: Optional[str] = None
+                   ) -> list:
+        """``_run_batch`` in chunks of at most the size that last fitted in memory; a chunk that
+        fails is split in halves and each half run again, so that only the records the model
+        fails on become dead letters (at most 2n-1 calls for a batch of n). An out-of-memory
+        failure also lowers the chunk size for later batches of this worker (logged and
+        counted as ``inference_oom_splits``)."""
+        limit = self._fitting_rows or len(batch)
+        if len(batch) > limit:
+            return [result for start in range(0, len(batch), limit)
+                    for result in self._isolating(batch[start:start + limit], model,
+                                                  input_size, resize_mode)]
+        try:
+            return self._run_batch(batch, model, input_size, resize_mode)
+        except Exception as error:  # noqa: BLE001 - isolated per record below
+            if len(batch) == 1:
+                LOG.warning("inference failed for %s: %r", batch[0].key, error)
+                return [DeadLetter(batch[0].key, batch[0].source, "inference",
+                                   one_line_reason(error))]
+            half = len(batch) // 2
+            if is_out_of_memory(error):
+                self._fitting_rows = half
+                Metrics.counter("segbeam", "inference_oom_splits").inc()
+                LOG.warning("out of memory at a batch of %d images; retrying in batches of %d",
+                            len(batch), half)
+            else:
+                Metrics.counter("segbeam", "inference_batches_bisected").inc()
+                LOG.warning("inference failed for a batch of %d (%s); retrying its halves to "
+                            "find the images that fail", len(batch), one_line_reason(error))
+            return (self._isolating(batch[:half], model, input_size, resize_mode)
+                    + self._isolating(batch[half:], model, input_size, resize_mode))
 
     def _run_batch(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
                    input_size: Optional[tuple[int, int]], resize_mode: Optional[str] = None
@@ -243,10 +280,19 @@ def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
         yield DeadLetter(record.key, record.source, "inference", one_line_reason(error))
 
 
+def _route(result):
+    if isinstance(result, DeadLetter):
+        Metrics.counter("segbeam", "dead_letters_inference").inc()
+        yield beam.pvalue.TaggedOutput("dead", result)
+    else:
+        yield result
+
+
 class RunSegmentationInference(beam.PTransform):
     """records -> (records with probabilities and raw labels, dead letters).
 
-    A batch whose inference raises is not dropped: each of its records becomes a dead letter.
+    The records the model fails on become dead letters, found by bisecting their batch; a batch
+    that fails outside the model call (Beam's own batching) is dead-lettered whole.
     """
 
     def __init__(self, handler: KerasSegmentationHandler):
@@ -254,8 +300,10 @@ class RunSegmentationInference(beam.PTransform):
         self._handler = handler
 
     def expand(self, records):
-        predicted, failures = records | "RunInference" >> RunInference(
+        results, failures = records | "RunInference" >> RunInference(
             self._handler).with_exception_handling()
+        routed = results | "FailedRecords" >> beam.FlatMap(_route).with_outputs(
+            "dead", main="predicted")
         dead = failures.failed_inferences | "BatchFailuresToDeadLetters" >> beam.FlatMap(
             _dead_letters_of_batch)
-        return predicted, dead
+        return routed.predicted, (routed.dead, dead) | "InferenceFailures" >> beam.Flatten()
