@@ -14,6 +14,7 @@ from segbeam.pipeline.options import Settings
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
+from segbeam.transforms.progress import CountProgress
 from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, UniqueKeys
 from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
@@ -60,7 +61,9 @@ class ReadInputs(beam.PTransform):
         else:
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
                 s.input, s.masks, exclude=s.layout.root)
+            _ = unusable | "ProgressUnpaired" >> beam.ParDo(CountProgress("dead"))
         items, shared = items | "UniqueKeys" >> UniqueKeys()
+        _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))
         unusable = (unusable, shared) | "UnusableOrShared" >> beam.Flatten()
         if s.skip_existing:
             items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
@@ -122,7 +125,8 @@ class PipelineOutputs(NamedTuple):
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
                    fingerprint: str) -> PipelineOutputs:
     """Adds the whole segmentation job to ``pipeline``; everything is written under
-    ``settings.run_dir``. ``fingerprint`` is the run's ``config_fingerprint``."""
+    ``settings.run_dir``. ``fingerprint`` is the run's ``config_fingerprint``. Inputs are
+    counted as they finish (``segbeam.transforms.progress``)."""
     s, run_dir = settings, settings.run_dir
     records, read_failed, inputs, reused_rows, skipped, unclaimed = \
         pipeline | "Read" >> ReadInputs(s, fingerprint)
@@ -141,6 +145,10 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     dead_files = dead | "WriteDeadLetters" >> WriteDeadLetters(run_dir)
     _ = dead_files | "RemoveStaleDeadLetters" >> RemoveStaleShards(
         shard_pattern(run_dir, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, ".jsonl"))
+
+    for name, finished in (("Segmented", written), ("Reused", reused_rows),
+                           ("Skipped", skipped)):
+        _ = finished | f"Progress{name}" >> beam.ParDo(CountProgress("done"))
 
     totals = rows | "Aggregate" >> beam.CombineGlobally(ConfusionSum(s.num_classes))
     segmented = new_rows | "CountSegmented" >> beam.combiners.Count.Globally()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import os
 import re
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
+from segbeam.pipeline.flags import UsageError, reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord")
@@ -32,10 +32,6 @@ STAGE_SPLITS = ("auto", "reshuffle", "fused")
 # crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner",
                  "BundleBasedDirectRunner", "TestDirectRunner")
-
-
-class UsageError(ValueError):
-    """A mistake in the command line or its settings: reported in one line, exit 2."""
 
 
 def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -69,7 +65,8 @@ class SegmentationOptions(PipelineOptions):
                              ".tfrecord/.tfrec files, else image files.")
         io.add_argument("--masks", default=None,
                         help="Folder or glob of ground-truth masks (class ids as pixel values), "
-                             "paired to images by file stem. Optional; any image may lack one.")
+                             "paired by relative path below it (sub/a.jpg -> sub/a.png), else by "
+                             "file stem where that is unambiguous. Optional.")
         io.add_argument("--output", default="segbeam-demo",
                         help="Output root: masks/, metrics/, summary.json, summary.parquet, "
                              "dead_letters/, manifest.json.")
@@ -83,6 +80,8 @@ class SegmentationOptions(PipelineOptions):
         io.add_argument("--report", action="store_true", default=False,
                         help="Also write the evaluation report (OUTPUT/report/report.html, "
                              ".md, .json) at the end of the run; see `segbeam report`.")
+        io.add_argument("--quiet", action="store_true", default=False,
+                        help="No progress lines on stderr during a local run.")
         nightly = parser.add_argument_group("incremental (nightly) runs")
         nightly.add_argument("--run_date", default=None,
                              help="Write this run under OUTPUT/date=YYYY-MM-DD/ (Hive-style "
@@ -345,49 +344,6 @@ def run_parser() -> argparse.ArgumentParser:
                "it.")
     SegmentationOptions._add_argparse_args(parser)
     return parser
-
-
-class _OptionsCollector(argparse.ArgumentParser):
-    """Collects flag names only; it also takes the templated (ValueProvider) flags that an
-    options class may declare through Beam's parser."""
-
-    def add_value_provider_argument(self, *args, **kwargs):
-        kwargs.pop("type", None)
-        self.add_argument(*args, **kwargs)
-
-
-def _beam_parser() -> argparse.ArgumentParser:
-    """Every flag of every registered PipelineOptions class, as Beam collects them."""
-    try:  # registers Beam's Dask options (--dask_client_address, ...) where dask is installed
-        import apache_beam.runners.dask.dask_runner  # noqa: F401
-    except ImportError:
-        pass
-    parser = _OptionsCollector(allow_abbrev=False, add_help=False)
-    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
-    for cls in classes.values():
-        cls._add_argparse_args(parser)
-    return parser
-
-
-def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
-    return [option for action in parser._actions for option in action.option_strings
-            if option.startswith("--")]
-
-
-def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> None:
-    """Raises UsageError for the first argument in ``rest`` (what ``ours`` did not take) that
-    no Beam option takes either, naming the closest known flag."""
-    beam_parser = _beam_parser()
-    _, unknown = beam_parser.parse_known_args(list(rest))
-    for argument in unknown:
-        if not argument.startswith("-"):
-            raise UsageError(f"unexpected argument {argument!r}; every value follows its flag "
-                             f"(quote globs: --input 'data/*.png')")
-        flag = argument.split("=", 1)[0]
-        close = difflib.get_close_matches(
-            flag, _option_strings(ours) + _option_strings(beam_parser), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
-        raise UsageError(f"unknown flag {flag}{hint}")
 
 
 def parse_run_argv(argv: Sequence[str]) -> PipelineOptions:

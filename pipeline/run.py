@@ -5,6 +5,7 @@ its staged packages) but nothing runs and nothing is written."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,8 +31,9 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, o
     read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.options import SegmentationOptions, Settings, UsageError, \
+from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
+from segbeam.pipeline.progress import ProgressReporter
 
 LOG = logging.getLogger(__name__)
 _PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
@@ -90,6 +92,13 @@ def _check_inputs_exist(settings: Settings) -> None:
     if next(iter(match_files(settings.input, exclude)), None) is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
+
+
+def _count_inputs(settings: Settings) -> Optional[int]:
+    """The number of inputs, for progress: the files matched (shards hold an unknown number)."""
+    if settings.input_format == "tfrecord":
+        return None
+    return sum(1 for _ in match_files(settings.input, settings.layout.root))
 
 
 def _note_outputs_inside_inputs(settings: Settings) -> None:
@@ -195,6 +204,10 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     started = datetime.datetime.now(datetime.timezone.utc)
     clock = time.perf_counter()
     pipeline = test_pipeline or beam.Pipeline(options=options)
+    progress = None
+    if not dry_run and not options.view_as(SegmentationOptions).quiet and \
+            (runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS):
+        progress = ProgressReporter(lambda: _count_inputs(settings))
     build_pipeline(pipeline, settings, fingerprint)
     manifest = {
         "started_utc": started.isoformat(),
@@ -217,11 +230,16 @@ def execute(options: PipelineOptions, argv: Sequence[str],
         result = pipeline.run() if dataflow else None
         manifest["dry_run"] = _job_description(pipeline, result)
         return RunOutcome(settings, None, manifest)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with progress or contextlib.nullcontext():
+        result = pipeline.run()
+        result.wait_until_finish()
     manifest["wall_time_seconds"] = round(time.perf_counter() - clock, 3)
     manifest["beam_counters"] = beam_counters(result)
     summary = read_json(output_path(settings.run_dir, SUMMARY_JSON))
+    if progress:
+        counts = summary["counts"]
+        progress.finish(counts["segmented"] + counts["reused"] + counts["skipped"]
+                        + counts["dead_letters"], counts["dead_letters"])
     manifest["counts"] = summary["counts"]
     write_bytes_atomically(output_path(settings.run_dir, MANIFEST_JSON),
                            json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())

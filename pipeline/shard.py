@@ -14,7 +14,7 @@ from PIL import Image
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import read_bytes
-from segbeam.pipeline.options import reject_unknown_flags
+from segbeam.pipeline.flags import reject_unknown_flags
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
 from segbeam.transforms.safe_map import SafeMap

@@ -139,7 +139,8 @@ def test_flags_of_templated_options_classes_are_known():
     and a mistyped one is still named."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from segbeam.pipeline.options import UsageError, reject_unknown_flags, run_parser
+    from segbeam.pipeline.flags import UsageError, reject_unknown_flags
+    from segbeam.pipeline.options import run_parser
 
     class TemplatedOptions(PipelineOptions):
         @classmethod

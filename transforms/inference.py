@@ -29,6 +29,7 @@ from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
+from segbeam.transforms.progress import tally
 
 LOG = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
     batch, error = failure
     LOG.warning("inference failed for a batch of %d (%s): %r", len(batch),
                 ", ".join(r.key for r in batch[:5]), error)
+    tally("dead", len(batch))
     for record in batch:
         yield DeadLetter(record.key, record.source, "inference", one_line_reason(error))
 
@@ -283,6 +285,7 @@ def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
 def _route(result):
     if isinstance(result, DeadLetter):
         Metrics.counter("segbeam", "dead_letters_inference").inc()
+        tally("dead")
         yield beam.pvalue.TaggedOutput("dead", result)
     else:
         yield result

@@ -9,6 +9,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from segbeam.records import dead_letter_from_failure
+from segbeam.transforms.progress import tally
 
 
 class SafeMap(beam.PTransform):
@@ -31,4 +32,5 @@ class SafeMap(beam.PTransform):
 
 def _to_dead_letter(failure, stage):
     Metrics.counter("segbeam", f"dead_letters_{stage}").inc()
+    tally("dead")
     return dead_letter_from_failure(stage, failure)

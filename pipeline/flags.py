@@ -1,0 +1,58 @@
+"""Flag checking shared by the commands: a flag that neither the command nor any of Beam's
+options takes is an error naming the closest valid one (Beam itself would drop it with a
+warning, and argparse's prefix matching would read ``--mask`` as ``--masks``)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its settings: reported in one line, exit 2."""
+
+
+class _OptionsCollector(argparse.ArgumentParser):
+    """Collects flag names only; it also takes the templated (ValueProvider) flags that an
+    options class may declare through Beam's parser."""
+
+    def add_value_provider_argument(self, *args, **kwargs):
+        kwargs.pop("type", None)
+        self.add_argument(*args, **kwargs)
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """Every flag of every registered PipelineOptions class, as Beam collects them."""
+    try:  # registers Beam's Dask options (--dask_client_address, ...) where dask is installed
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
+    parser = _OptionsCollector(allow_abbrev=False, add_help=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [option for action in parser._actions for option in action.option_strings
+            if option.startswith("--")]
+
+
+def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> None:
+    """Raises UsageError for the first argument in ``rest`` (what ``ours`` did not take) that
+    no Beam option takes either, naming the closest known flag."""
+    beam_parser = _beam_parser()
+    _, unknown = beam_parser.parse_known_args(list(rest))
+    for argument in unknown:
+        if not argument.startswith("-"):
+            raise UsageError(f"unexpected argument {argument!r}; every value follows its flag "
+                             f"(quote globs: --input 'data/*.png')")
+        flag = argument.split("=", 1)[0]
+        close = difflib.get_close_matches(
+            flag, _option_strings(ours) + _option_strings(beam_parser), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
+        raise UsageError(f"unknown flag {flag}{hint}")
