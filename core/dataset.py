@@ -18,7 +18,7 @@ import posixpath
 import struct
 from typing import Iterable, NamedTuple, Optional, Union
 
-from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_pair
+from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input, decode_pair
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
@@ -168,7 +168,7 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                    labels: Optional[MaskLabels] = None) -> SegmentationRecord:
     """Decodes an input; with ``labels``, its mask goes through the label map and its
     unexpected values are counted (or, with ``labels.strict``, refused)."""
-    image, mask = decode_pair(item.image_bytes, item.mask_bytes, max_pixels)
+    image, mask, frames = decode_input(item.image_bytes, item.mask_bytes, max_pixels)
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
         mask, *unexpected = labels.prepare(mask)
@@ -176,7 +176,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               mask_source=item.mask_source, height=image.shape[0],
                               width=image.shape[1], has_mask=mask is not None,
                               content_sha256=item.content_sha256,
-                              unexpected_pixels=unexpected[0], unexpected_values=unexpected[1])
+                              unexpected_pixels=unexpected[0], unexpected_values=unexpected[1],
+                              frames=frames)
 
 
 class ShardRecord(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -79,12 +79,21 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                  what: str = "image") -> np.ndarray:
-    """Decodes JPEG/PNG (or anything Pillow reads) bytes into an HxWx3 uint8 RGB array."""
-    image = _oriented(_open(data, what, max_pixels))
+    """Decodes JPEG/PNG (or anything Pillow reads) bytes into an HxWx3 uint8 RGB array; of a
+    multi-frame file (animated GIF/PNG/WebP, multi-page TIFF), the first frame."""
+    return decode_image_frames(data, max_pixels, what)[0]
+
+
+def decode_image_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        what: str = "image") -> tuple[np.ndarray, int]:
+    """``decode_image`` and the number of frames the file holds (1 for a still image)."""
+    opened = _open(data, what, max_pixels)
+    frames = int(getattr(opened, "n_frames", 1) or 1)
+    image = _oriented(opened)
     array = np.array(_to_rgb(image), dtype=np.uint8, order="C")  # owned and writable
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"{what} decoded to an unusable shape {array.shape}")
-    return array
+    return array, frames
 
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -122,16 +131,28 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     return np.array(values, dtype=np.uint8, order="C")
 
 
+class DecodedInput(NamedTuple):
+    image: np.ndarray
+    mask: Optional[np.ndarray]
+    frames: int  # the image file's frame count; the first frame is used
+
+
 def decode_pair(image_bytes: bytes, mask_bytes: Optional[bytes],
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Decodes an image and its optional mask and checks that their sizes agree."""
-    image = decode_image(image_bytes, max_pixels)
+    return decode_input(image_bytes, mask_bytes, max_pixels)[:2]
+
+
+def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedInput:
+    """``decode_pair``, with the image file's frame count."""
+    image, frames = decode_image_frames(image_bytes, max_pixels)
     if mask_bytes is None:
-        return image, None
+        return DecodedInput(image, None, frames)
     mask = decode_mask(mask_bytes, max_pixels)
     if mask.shape != image.shape[:2]:
         raise InvalidInputError(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); a mask must match its image "
             f"pixel for pixel")
-    return image, mask
+    return DecodedInput(image, mask, frames)

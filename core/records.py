@@ -54,6 +54,8 @@ class SegmentationRecord:
     content_sha256: the hash of the encoded image and mask bytes the record was decoded from.
     unexpected_pixels / unexpected_values: mask pixels whose value is neither a class nor the
     ignore index, and those values (``segbeam.labels``); counted at decode.
+    frames: how many frames the image file holds (animated or multi-page files: the first one
+    is segmented).
     """
 
     key: str
@@ -74,6 +76,7 @@ class SegmentationRecord:
     content_sha256: str = ""
     unexpected_pixels: int = 0
     unexpected_values: tuple = ()
+    frames: int = 1
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

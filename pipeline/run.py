@@ -285,6 +285,9 @@ def format_report(outcome: RunOutcome) -> str:
              f"{outcome.manifest['wall_time_seconds']:.1f} s"]
     for stage, count in counts["dead_letters_by_stage"].items():
         lines.append(f"  dead letters at {stage}: {count}")
+    if counts.get("multi_frame_images"):
+        lines.append(f"  {counts['multi_frame_images']} images are animated or multi-page: "
+                     f"the first frame was segmented (column image_frames)")
     if counts.get("masks_without_image"):
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "

@@ -112,3 +112,17 @@ def test_mask_size_must_match_image(rng):
         decode_pair(image, png_bytes(np.zeros((4, 5), dtype=np.uint8)))
     decoded, mask = decode_pair(image, png_bytes(np.ones((4, 6), dtype=np.uint8)))
     assert decoded.shape == (4, 6, 3) and mask.shape == (4, 6)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_a_multi_frame_file_gives_its_first_frame_and_its_frame_count(fmt):
+    from segbeam.decode import decode_image_frames, decode_input
+
+    frames = [Image.new("RGB", (12, 8), (value, value, value)) for value in (30, 130, 230)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    image, count = decode_image_frames(buffer.getvalue())
+    assert count == 3 and image.shape == (8, 12, 3)
+    assert abs(int(image.mean()) - 30) <= 2  # the first frame, not the last
+    assert decode_input(buffer.getvalue(), None).frames == 3
+    assert decode_input(png_bytes(np.zeros((8, 12, 3), np.uint8)), None).frames == 1

@@ -129,6 +129,8 @@ def hostile_tree(tmp_path):
     for name in ("a.png", "s3/b.png", "b.png", "dup.png", "orphan.png"):
         _mask(str(masks / name))
     os.symlink("c.png", masks / "c.png")  # a mask that is a link loop
+    frames = [Image.new("RGB", (16, 16), (value, 0, 0)) for value in (10, 120, 240)]
+    frames[0].save(images / "anim.gif", save_all=True, append_images=frames[1:])
     return tmp_path, hashed
 
 
@@ -151,12 +153,12 @@ def test_a_hostile_corpus_is_accounted_for_input_by_input(hostile_tree):
     outcome = _run(root, root / "out")
     counts = outcome.summary["counts"]
     assert counts["accounted_for"]
-    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (12, 5, 7)
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (13, 6, 7)
     masks = sorted(str(p.relative_to(root / "out" / "masks"))
                    for p in (root / "out" / "masks").rglob("*.png"))
     # "col a" keeps its hashed key; the file named like that hash gets one of its own
     assert f"{hashed}.png" in masks and f"{sanitise_key(hashed)}.png" in masks
-    assert len(masks) == 5
+    assert len(masks) == 6
     assert not any(part.startswith("-") for m in masks for part in m.split("/"))
     dead = _dead_letters(root / "out")
     assert set(dead) == {"s1/a.png", "s2/a.png", "dup.jpg", "dup.png", "dangling.png",
@@ -169,6 +171,12 @@ def test_a_hostile_corpus_is_accounted_for_input_by_input(hostile_tree):
     assert [os.path.basename(p) for p in outcome.summary["masks_without_image"]] == \
         ["b.png", "orphan.png"]
     assert counts["images_with_mask"] == 1  # s3/b, by its relative path
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(str(root / "out" / "metrics")).to_pylist()
+    assert {row["key"]: row["image_frames"] for row in rows}["anim"] == 3  # the first is used
+    assert sum(row["image_frames"] == 1 for row in rows) == 5
+    assert counts["multi_frame_images"] == 1
 
 
 def test_outputs_inside_the_input_glob_are_not_read_back(hostile_tree, caplog):
@@ -176,7 +184,7 @@ def test_outputs_inside_the_input_glob_are_not_read_back(hostile_tree, caplog):
     first = _run(root, root / "images" / "out")
     with caplog.at_level("WARNING"):
         second = _run(root, root / "images" / "out")
-    assert first.summary["counts"]["inputs"] == second.summary["counts"]["inputs"] == 12
+    assert first.summary["counts"]["inputs"] == second.summary["counts"]["inputs"] == 13
     assert any("lies inside the input glob" in r.getMessage() for r in caplog.records)
 
 

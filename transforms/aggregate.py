@@ -32,10 +32,12 @@ class ConfusionSum(beam.CombineFn):
         zeros = np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
         return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
                 "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
-                "images_unchecked": 0, "unexpected_values": frozenset()}
+                "images_unchecked": 0, "unexpected_values": frozenset(),
+                "multi_frame_images": 0}
 
     def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
+        accumulator["multi_frame_images"] += (row.get("image_frames") or 1) > 1
         if row["confusion_raw"] is not None:
             accumulator["images_with_mask"] += 1
             accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
@@ -92,7 +94,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     mask pixels that were neither a class nor the ignore index (not scored), the images that
     had them and their values; ``images_not_checked``, rows reused from runs that did not
     count them. ``masks_without_image``: mask files that no input image took (not an input, so
-    not in the accounting), with the first few by path.
+    not in the accounting), with the first few by path. ``multi_frame_images``: images whose
+    file held several frames (animated, multi-page), of which the first was segmented.
     """
     dead = dict(sorted(dead_by_stage))
     dead_total = sum(dead.values())
@@ -107,6 +110,7 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
             "skipped": skipped, "dead_letters": dead_total, "dead_letters_by_stage": dead,
             "images_with_mask": totals["images_with_mask"],
             "masks_without_image": masks_without_image,
+            "multi_frame_images": totals["multi_frame_images"],
             "accounted_for": inputs == segmented + reused + skipped + dead_total
             and totals["images"] == outputs,
         },

@@ -44,7 +44,8 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     the rows of any subset of images, and a later incremental run can reuse the row as it is.
     ``unexpected_pixels`` / ``unexpected_values``: mask pixels that are neither a class nor
     the ignore index, and their values (null without a mask, and in rows made before they
-    were counted).
+    were counted). ``image_frames``: the image file's frame count (an animated GIF or a
+    multi-page TIFF has several; the first is segmented); null in rows made before it was kept.
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -69,6 +70,7 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("confusion_crf", pa.list_(CONFUSION_CELL)),
         pa.field("unexpected_pixels", pa.int64()),
         pa.field("unexpected_values", pa.list_(pa.int32())),
+        pa.field("image_frames", pa.int32()),
     ]
     metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
     return pa.schema(fields, metadata=metadata)
@@ -105,12 +107,13 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
         "confusion_crf": _cells(record.confusion_crf),
         "unexpected_pixels": record.unexpected_pixels if record.has_mask else None,
         "unexpected_values": list(record.unexpected_values) if record.has_mask else None,
+        "image_frames": record.frames,
     }
 
 
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
-ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None}
+ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None}
 
 
 def complete_row(row: dict) -> dict:
