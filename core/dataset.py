@@ -4,7 +4,7 @@ read and decoded. One set of rules and one set of reject reasons for both; every
 through Beam's FileSystems, so local and ``gs://`` data read alike.
 
 The pipeline applies ``pair_by_stem`` per stem after a CoGroupByKey (``segbeam.transforms.read``);
-``find_pairs`` applies it in memory for training.
+``find_pairs`` applies it in memory for training (``segbeam.training_items``).
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import hashlib
 import logging
 import os
 import posixpath
-import struct
 from typing import Iterable, NamedTuple, Optional, Union
 
-from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input, decode_pair
+from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
-from segbeam.layout import matching_paths, open_file, read_bytes
+from segbeam.layout import read_bytes
 from segbeam.matching import match_files
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 
@@ -217,83 +216,3 @@ def parse_shard_record(record: ShardRecord) -> EncodedImage:
     return EncodedImage(key, source, encoded[0], mask_bytes,
                         f"{source}:{MASK_FEATURE}" if mask_bytes else None,
                         content_sha256(encoded[0], mask_bytes))
-
-
-# Training reads records on demand, in any order, so it indexes shards by byte offset.
-
-class ShardEntry(NamedTuple):
-    """One record of a TFRecord shard, located by byte offset so it is read on demand."""
-
-    shard: str
-    offset: int
-    length: int
-
-
-TrainingItem = Union[ImageRef, ShardEntry]
-
-
-def tfrecord_entries(shard: str) -> list[ShardEntry]:
-    """The records of one TFRecord file (uncompressed): each is an 8-byte length, a 4-byte
-    CRC, the data and another 4-byte CRC."""
-    entries = []
-    with open_file(shard) as handle:
-        offset = 0
-        while True:
-            header = handle.read(12)
-            if not header:
-                break
-            if len(header) < 12:
-                raise ValueError(f"{shard} is truncated at byte {offset}")
-            (length,) = struct.unpack("<Q", header[:8])
-            entries.append(ShardEntry(shard, offset + 12, length))
-            offset += 12 + length + 4
-            handle.seek(offset)
-    return entries
-
-
-def find_shard_entries(pattern: str) -> list[ShardEntry]:
-    shards = matching_paths(pattern)
-    if not shards:
-        raise ValueError(f"no TFRecord shards match {pattern!r}")
-    return [entry for shard in shards for entry in tfrecord_entries(shard)]
-
-
-def find_training_pairs(images: str, masks: str) -> list[ImageRef]:
-    """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
-    them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
-    reason; images without a mask are left out with a count, since they cannot be trained on."""
-    refs, dead, _ = find_pairs(folder_glob(images), masks)
-    if not refs and not dead:
-        raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
-                         f"'data/train/*.png'")
-    for letter in dead:
-        LOG.warning("training pair skipped: %s: %s", letter.source, letter.reason)
-    pairs = [ref for ref in refs if ref.mask_source]
-    unmatched = [ref.source for ref in refs if not ref.mask_source]
-    if unmatched:
-        LOG.warning("%d of %d images have no mask in %s and are not used for training "
-                    "(first: %s)", len(unmatched), len(refs), masks, unmatched[0])
-    if not pairs:
-        raise ValueError(f"none of the {len(refs)} images under {images!r} has a mask "
-                         f"with the same file stem under {masks!r}")
-    return pairs
-
-
-def load_item(item: TrainingItem) -> tuple:
-    """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask)."""
-    if isinstance(item, ImageRef):
-        encoded = read_encoded(item)
-    else:
-        with open_file(item.shard) as handle:
-            handle.seek(item.offset)
-            data = handle.read(item.length)
-        encoded = parse_shard_record(ShardRecord(f"{item.shard}@{item.offset}", item.shard,
-                                                 data))
-        if encoded.mask_bytes is None:
-            raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
-                                    f"{MASK_FEATURE!r}")
-    return decode_pair(encoded.image_bytes, encoded.mask_bytes)
-
-
-def describe(item: TrainingItem) -> str:
-    return item.source if isinstance(item, ImageRef) else f"{item.shard}@{item.offset}"

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from segbeam.dataset import TrainingItem, load_item
+from segbeam.training_items import TrainingItem, load_item
 from segbeam.labels import MaskLabels
 
 

@@ -105,8 +105,8 @@ def compiled_predict(model):
     second input size it retraces with unknown height and width, where resize ops fail
     (``OperatorNotAllowedInGraphError``), so batches of varying sizes (``--resize_mode pad``,
     batching by size) broke every model that resizes inside. A ``tf.function`` per image size
-    (any batch size) avoids that, each traced once. Can go when Keras's predict function handles dynamic spatial
-    sizes under TensorFlow."""
+    (any batch size) avoids that, each traced once. Can go when Keras's predict function
+    handles dynamic spatial sizes under TensorFlow."""
     import keras
 
     if keras.backend.backend() != "tensorflow":

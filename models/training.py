@@ -50,11 +50,11 @@ class WallTimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _items(images, masks, shards):
-    from segbeam.dataset import find_shard_entries, find_training_pairs
+def _items(images, masks, shards, containers):
+    from segbeam.training_items import find_shard_entries, find_training_pairs
 
     if shards:
-        return find_shard_entries(shards)
+        return find_shard_entries(shards, containers)
     if not images or not masks:
         raise ValueError("training needs --images and --masks (folders or globs), or --shards")
     return find_training_pairs(images, masks)
@@ -64,7 +64,7 @@ def _usable(items, labels: MaskLabels):
     """Decodes every pair once: drops (with a warning naming each) those that fail, or whose
     mask holds unexpected values under ``labels.strict``; counts unexpected pixels otherwise
     (a warning: they carry no weight), and class pixels for the weights and the log."""
-    from segbeam.dataset import describe, load_item
+    from segbeam.training_items import describe, load_item
     from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
@@ -106,7 +106,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
     from segbeam import models
-    from segbeam.dataset import find_training_pairs
+    from segbeam.training_items import find_training_pairs
     from segbeam.models.data import SegmentationDataset, median_frequency_weights
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
@@ -114,7 +114,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map)
     items, (pixels, present_in), dropped = _usable(
-        _items(config.images, config.masks, config.shards), labels)
+        _items(config.images, config.masks, config.shards, config.containers), labels)
     if config.val_images:
         if not config.val_masks:
             raise ValueError("--val_images needs --val_masks")

@@ -8,6 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from segbeam.containers import ContainerFields
+
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -22,6 +24,7 @@ class TrainingConfig:
     images: Optional[str] = None
     masks: Optional[str] = None
     shards: Optional[str] = None
+    containers: ContainerFields = ContainerFields()  # where Parquet / WebDataset shards keep them
     val_images: Optional[str] = None
     val_masks: Optional[str] = None
     val_split: float = 0.0

@@ -56,3 +56,20 @@ def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> 
             flag, _option_strings(ours) + _option_strings(beam_parser), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
         raise UsageError(f"unknown flag {flag}{hint}")
+
+
+def add_container_flags(group, key_column: bool) -> None:
+    """Where Parquet and WebDataset shards keep images and masks (``ContainerFields``); the
+    same flags for ``segbeam run`` and ``segbeam train``."""
+    group.add_argument("--image_column", default="image",
+                       help="Parquet: the column of encoded images (the datasets library's "
+                            "{bytes, path} struct, or binary).")
+    group.add_argument("--mask_column", default=None,
+                       help="Parquet: the column of encoded masks, if any.")
+    if key_column:
+        group.add_argument("--key_column", default=None,
+                           help="Parquet: a column naming each row (default: the image's "
+                                "stored path without its extension).")
+    group.add_argument("--mask_ext", default=None,
+                       help="WebDataset: the extension of each sample's mask member, e.g. "
+                            "seg.png for KEY.seg.png beside KEY.jpg.")

@@ -10,9 +10,10 @@ import apache_beam as beam
 
 from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX, \
     SUMMARY_JSON, SUMMARY_PARQUET, output_path, shard_pattern
-from segbeam.pipeline.options import Settings
+from segbeam.pipeline.options import SHARD_FORMATS, Settings
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
+from segbeam.transforms.containers import ReadParquetShards, ReadWebDatasetShards
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
 from segbeam.transforms.progress import CountProgress
 from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, UniqueKeys
@@ -55,8 +56,11 @@ class ReadInputs(beam.PTransform):
 
     def expand(self, pbegin):
         s = self._settings
-        if s.input_format == "tfrecord":
-            items, unusable, count = pbegin | "ReadShards" >> ReadShardRecords(s.input)
+        if s.input_format in SHARD_FORMATS:
+            reader = {"tfrecord": lambda: ReadShardRecords(s.input),
+                      "parquet": lambda: ReadParquetShards(s.input, s.containers),
+                      "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers)}
+            items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()
             unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
         else:
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.config import Effect, fingerprint_entries, setting
+from segbeam.containers import ContainerFields, container_format
 from segbeam.crf import CrfParams
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -23,10 +24,11 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
-from segbeam.pipeline.flags import UsageError, reject_unknown_flags
+from segbeam.pipeline.flags import UsageError, add_container_flags, reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
-INPUT_FORMATS = ("auto", "images", "tfrecord")
+INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
+SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
 STAGE_SPLITS = ("auto", "reshuffle", "fused")
 # Runners that execute in this process (or its worker subprocesses) and hold every element that
 # crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
@@ -61,8 +63,10 @@ class SegmentationOptions(PipelineOptions):
                         help="Glob of image files (any Beam filesystem: local, gs://, ...) or of "
                              "TFRecord shards. Without --input, a demo runs on generated data.")
         io.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
-                        help="How to read --input; auto: TFRecord when the glob names "
-                             ".tfrecord/.tfrec files, else image files.")
+                        help="How to read --input; auto: from the glob's suffix: .tfrecord/"
+                             ".tfrec TFRecord, .parquet Parquet, .tar/.tar.gz WebDataset, "
+                             "else image files.")
+        add_container_flags(io, key_column=True)
         io.add_argument("--masks", default=None,
                         help="Folder or glob of ground-truth masks (class ids as pixel values), "
                              "paired by relative path below it (sub/a.jpg -> sub/a.png), else by "
@@ -228,6 +232,7 @@ class Settings:
     reshuffle: bool = setting(Effect.NONE, True)
     inference_hints: tuple = setting(Effect.NONE, ())  # (name, value) pairs for Beam
     crf_hints: tuple = setting(Effect.NONE, ())
+    containers: ContainerFields = setting(Effect.NESTED, ContainerFields())
 
     @property
     def num_classes(self) -> int:
@@ -275,7 +280,9 @@ def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
 def _input_format(choice: str, pattern: str) -> str:
     if choice != "auto":
         return choice
-    return "tfrecord" if any(s in pattern.lower() for s in (".tfrecord", ".tfrec")) else "images"
+    if any(s in pattern.lower() for s in (".tfrecord", ".tfrec")):
+        return "tfrecord"
+    return container_format(pattern) or "images"
 
 
 def _crf_params(o: SegmentationOptions) -> Optional[CrfParams]:
@@ -299,9 +306,10 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         raise UsageError("--num_classes is required: the number of classes the model predicts "
                          "(or a --dataset preset)")
     input_format = _input_format(o.input_format, o.input)
-    if input_format == "tfrecord" and o.masks:
-        raise UsageError("--masks applies to image files; TFRecord shards carry their masks "
-                         "in image/segmentation/class/encoded")
+    if input_format in SHARD_FORMATS and o.masks:
+        raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
+                         f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "
+                         f"--mask_column; WebDataset: --mask_ext)")
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
@@ -327,7 +335,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         inference_hints=tuple((name, value) for name, value in (
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
             if value),
-        crf_hints=(("min_ram", o.crf_min_ram),) if o.crf_min_ram else ())
+        crf_hints=(("min_ram", o.crf_min_ram),) if o.crf_min_ram else (),
+        containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext))
 
 
 def run_parser() -> argparse.ArgumentParser:

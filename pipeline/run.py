@@ -23,12 +23,13 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, TestOptions)
 
 from segbeam import compat
+from segbeam.containers import ContainerFields, check_parquet_columns
 from segbeam.dataset import mask_glob
 from segbeam.labels import label_warnings
 from segbeam.matching import could_match_outputs, match_files
 from segbeam.metrics import DATASET_METRICS
-from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, output_path, \
-    read_json, write_bytes_atomically
+from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, open_file, \
+    output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
@@ -88,15 +89,34 @@ def beam_counters(result) -> Optional[dict]:
 def _check_inputs_exist(settings: Settings) -> None:
     """Fails before the pipeline starts when the input glob matches nothing: a clearer message
     than the runner's, and no empty outputs."""
-    exclude = settings.layout.root if settings.input_format != "tfrecord" else None
-    if next(iter(match_files(settings.input, exclude)), None) is None:
+    exclude = settings.layout.root if settings.input_format == "images" else None
+    first = next(iter(match_files(settings.input, exclude)), None)
+    if first is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
+    if settings.input_format == "parquet":
+        _check_parquet_columns(first, settings.containers)
+
+
+def _check_parquet_columns(shard: str, fields: ContainerFields) -> None:
+    """A column flag that names no column of the first shard is a usage error, not a dead
+    letter per shard."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open_file(shard) as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+    except Exception:  # noqa: BLE001 - an unreadable shard is the pipeline's dead letter
+        return
+    try:
+        check_parquet_columns(names, fields, shard)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _count_inputs(settings: Settings) -> Optional[int]:
     """The number of inputs, for progress: the files matched (shards hold an unknown number)."""
-    if settings.input_format == "tfrecord":
+    if settings.input_format != "images":
         return None
     return sum(1 for _ in match_files(settings.input, settings.layout.root))
 
@@ -105,7 +125,7 @@ def _note_outputs_inside_inputs(settings: Settings) -> None:
     """Says so when the input glob would match this run's own outputs: they are left out."""
     root = settings.layout.root
     globs = [settings.input] + ([mask_glob(settings.masks)] if settings.masks else [])
-    if settings.input_format != "tfrecord" and any(could_match_outputs(g, root) for g in globs):
+    if settings.input_format == "images" and any(could_match_outputs(g, root) for g in globs):
         LOG.warning("the output folder %s lies inside the input glob; the files runs write "
                     "there are not read as inputs", root)
 

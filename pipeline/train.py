@@ -16,7 +16,9 @@ import json
 import logging
 from typing import Optional, Sequence
 
+from segbeam.containers import ContainerFields
 from segbeam.dataset_presets import DATASETS, resolve_convention
+from segbeam.pipeline.flags import add_container_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import ExitCode
 
@@ -33,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--masks", help="training masks (class-id PNGs, paired with images by "
                                       "file stem): a folder or a glob")
     data.add_argument("--shards", help="instead of --images/--masks: a glob of TFRecord "
-                                       "shards as `segbeam shard` writes them")
+                                       "shards as `segbeam shard` writes them, of Parquet "
+                                       "shards (with --mask_column) or of uncompressed "
+                                       "WebDataset .tar shards (with --mask_ext)")
+    add_container_flags(data, key_column=False)
     data.add_argument("--val_images", help="validation images (folder or glob)")
     data.add_argument("--val_masks", help="validation masks (folder or glob)")
     data.add_argument("--val_split", type=float, default=DEFAULTS.val_split,
@@ -109,6 +114,9 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
                          f"{args.scale_max}")
     values = vars(args)
     del values["dataset"]
+    values["containers"] = ContainerFields(values.pop("image_column"),
+                                           values.pop("mask_column"), None,
+                                           values.pop("mask_ext"))
     values.update(num_classes=convention.num_classes, ignore_index=convention.ignore_index,
                   label_map=convention.label_map, input_size=parse_size(args.input_size))
     values["verbose"] = 0 if values.pop("quiet") else 2

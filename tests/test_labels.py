@@ -113,7 +113,7 @@ def test_rows_from_runs_that_did_not_count_are_reported_as_not_checked():
 
 
 def test_training_counts_unexpected_values_and_skips_them_when_strict(tmp_path, caplog):
-    from segbeam.dataset import find_training_pairs
+    from segbeam.training_items import find_training_pairs
     from segbeam.models.training import _usable
 
     _pets_like(str(tmp_path / "pets"), np.random.default_rng(2), count=2)
@@ -208,7 +208,7 @@ def test_pets_with_a_label_map_scores_every_pixel(tmp_path, demo_model_path):
 
 
 def test_training_data_goes_through_the_label_map(tmp_path):
-    from segbeam.dataset import find_training_pairs
+    from segbeam.training_items import find_training_pairs
     from segbeam.models.data import SegmentationDataset
 
     _pets_like(str(tmp_path / "pets"), np.random.default_rng(5), count=2)

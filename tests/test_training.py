@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segbeam.dataset import find_shard_entries, find_training_pairs, load_item
+from segbeam.training_items import find_shard_entries, find_training_pairs, load_item
 from segbeam.models.data import (SegmentationDataset, augment_pair, class_statistics,
                                  median_frequency_weights, resize_pair, weight_table)
 from segbeam.records import ImageRef

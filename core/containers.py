@@ -1,0 +1,171 @@
+"""Images (and masks) inside containers: Parquet shards in the layout of the Hugging Face
+``datasets`` library, and WebDataset tar shards. Plain functions on file handles and Arrow
+tables, so that ``segbeam run`` (``segbeam.transforms.containers``) and ``segbeam train`` read
+them alike.
+
+Parquet: one row per image; the image column holds either ``datasets``' ``Image`` struct
+(``{bytes, path}``) or plain binary; an optional mask column of the same kind; an optional key
+column. WebDataset: tar members grouped by key (the member name up to the first dot of its base
+name, ``sub/a.jpg`` -> ``sub/a``); the image is the member with an image extension, the mask the
+member whose extension is ``mask_ext`` (``seg.png`` for ``sub/a.seg.png``).
+
+Keys follow the loose-file rule where they can: the stored path without its extension, so the
+same images as files, Parquet rows or tar members get the same keys and the same outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import posixpath
+import tarfile
+from typing import Any, Iterator, NamedTuple, Optional, Union
+
+from segbeam.config import Effect, setting
+from segbeam.decode import InvalidInputError
+from segbeam.incremental import content_sha256
+from segbeam.keys import sanitise_key, strip_extension
+from segbeam.records import DeadLetter, EncodedImage
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerFields:
+    """Where a container keeps its images: ``image_column`` / ``mask_column`` / ``key_column``
+    (Parquet), ``mask_ext`` (WebDataset: the extension of the mask member, e.g. ``seg.png``)."""
+
+    image_column: str = setting(Effect.NONE, "image")
+    mask_column: Optional[str] = setting(Effect.NONE, None)
+    key_column: Optional[str] = setting(Effect.NONE, None)
+    mask_ext: Optional[str] = setting(Effect.NONE, None)
+
+
+def container_format(pattern: str) -> Optional[str]:
+    """``parquet`` or ``webdataset`` from a glob's file suffix; None for anything else."""
+    lowered = pattern.lower()
+    if lowered.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if lowered.endswith(TAR_SUFFIXES):
+        return "webdataset"
+    return None
+
+
+def _stored_path_key(path: str) -> str:
+    """The key a stored file name gives: a relative path keeps its folders; an absolute one
+    (the machine the dataset was made on) keeps only its base name."""
+    return strip_extension(posixpath.basename(path) if path.startswith("/") else path)
+
+
+class ParquetRow(NamedTuple):
+    """One row of a Parquet shard, as read (before its bytes are checked)."""
+
+    key: str
+    source: str
+    values: dict
+
+
+def _cell_bytes(value: Any, column: str) -> tuple[Optional[bytes], Optional[str]]:
+    """(bytes, stored path) of an image cell: ``datasets``' struct or plain binary."""
+    if value is None:
+        return None, None
+    if isinstance(value, dict):
+        return value.get("bytes"), value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value), None
+    raise InvalidInputError(f"column {column!r} holds {type(value).__name__}, not image bytes "
+                            f"or a {{bytes, path}} struct")
+
+
+def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[ParquetRow]:
+    """The rows of one row group (an Arrow table), each named provisionally by its key column,
+    its stored image path, or the shard and a hash of its image bytes."""
+    for values in table.to_pylist():
+        key = values.get(fields.key_column) if fields.key_column else None
+        if not key:
+            cell = values.get(fields.image_column)
+            path = cell.get("path") if isinstance(cell, dict) else None
+            data = cell.get("bytes") if isinstance(cell, dict) else cell
+            digest = hashlib.sha1(data if isinstance(data, bytes) else b"").hexdigest()[:12]
+            key = _stored_path_key(path) if path else f"{posixpath.basename(shard)}@{digest}"
+        yield ParquetRow(str(key), f"{shard}#{key}", values)
+
+
+def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
+    """A Parquet row -> EncodedImage; a row without image bytes is refused with the reason."""
+    image, _ = _cell_bytes(row.values.get(fields.image_column), fields.image_column)
+    if not image:
+        raise InvalidInputError(f"row {row.key!r} has no bytes in column "
+                                f"{fields.image_column!r}")
+    mask = None
+    if fields.mask_column:
+        mask, _ = _cell_bytes(row.values.get(fields.mask_column), fields.mask_column)
+    key = sanitise_key(row.key)
+    return EncodedImage(key, row.source, image, mask or None,
+                        f"{row.source}:{fields.mask_column}" if mask else None,
+                        content_sha256(image, mask or None))
+
+
+def check_parquet_columns(schema_names: list[str], fields: ContainerFields, shard: str) -> None:
+    """Raises ValueError naming the columns when a configured column is missing."""
+    wanted = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
+    missing = [c for c in wanted if c not in schema_names]
+    if missing:
+        flags = {fields.image_column: "--image_column", fields.mask_column: "--mask_column",
+                 fields.key_column: "--key_column"}
+        raise ValueError(f"{shard} has no column {missing[0]!r} ({flags[missing[0]]}); its "
+                         f"columns are {', '.join(schema_names)}")
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """``sub/a.seg.png`` -> (``sub/a``, ``seg.png``): WebDataset's key and extension."""
+    folder, base = posixpath.split(name)
+    stem, dot, extension = base.partition(".")
+    return posixpath.join(folder, stem) if folder else stem, extension.lower() if dot else ""
+
+
+def _sample(shard: str, key: str, members: dict[str, bytes],
+            mask_ext: Optional[str]) -> Union[EncodedImage, DeadLetter]:
+    source = f"{shard}#{key}"
+    mask_ext = mask_ext.lower().lstrip(".") if mask_ext else None
+    images = sorted(ext for ext in members
+                    if ext != mask_ext and ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS)
+    if len(images) != 1:
+        found = ", ".join(sorted(members)) or "nothing"
+        problem = "no image member" if not images else "several image members"
+        hint = "; name the mask's extension with --mask_ext" if len(images) > 1 else ""
+        return DeadLetter(sanitise_key(key), source, "parse",
+                          f"sample {key!r} has {problem} (found {found}){hint}")
+    image = members[images[0]]
+    mask = members.get(mask_ext) if mask_ext else None
+    return EncodedImage(sanitise_key(key), source, image, mask,
+                        f"{source}.{mask_ext}" if mask is not None else None,
+                        content_sha256(image, mask))
+
+
+def webdataset_samples(shard: str, handle, mask_ext: Optional[str]
+                       ) -> Iterator[Union[EncodedImage, DeadLetter]]:
+    """The samples of a tar shard, streamed member by member (plain or gzip-compressed). A
+    shard that breaks off yields a dead letter naming the shard and the last good sample."""
+    key, members, last = None, {}, None
+    try:
+        with tarfile.open(fileobj=handle, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                sample_key, extension = member_key(member.name)
+                if sample_key != key and key is not None:
+                    yield _sample(shard, key, members, mask_ext)
+                    last, members = key, {}
+                key = sample_key
+                members[extension] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as error:
+        after = f"after sample {last!r}" if last else "before its first sample"
+        yield DeadLetter(sanitise_key(f"{posixpath.basename(shard)}-rest"), shard, "read",
+                         f"the shard breaks off {after} ({type(error).__name__}: {error}); "
+                         f"the samples after it are lost")
+        return
+    if key is not None:
+        yield _sample(shard, key, members, mask_ext)

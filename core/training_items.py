@@ -1,0 +1,197 @@
+"""What ``segbeam train`` reads: image files paired as ``segbeam run`` pairs them, and the
+records of TFRecord, Parquet and WebDataset shards, indexed up front (by byte offset, row
+group or member range) and read on demand, in any order, by the training data sequence.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import struct
+import tarfile
+from typing import NamedTuple, Union
+
+from segbeam.containers import IMAGE_EXTENSIONS, ContainerFields, check_parquet_columns, \
+    container_format, member_key, parquet_rows, parse_parquet_row
+from segbeam.dataset import ShardRecord, find_pairs, folder_glob, parse_shard_record, \
+    read_encoded
+from segbeam.decode import InvalidInputError, decode_pair
+from segbeam.example_proto import MASK_FEATURE
+from segbeam.layout import matching_paths, open_file
+from segbeam.records import ImageRef
+
+LOG = logging.getLogger(__name__)
+
+
+class ShardEntry(NamedTuple):
+    """One record of a TFRecord shard, located by byte offset so it is read on demand."""
+
+    shard: str
+    offset: int
+    length: int
+
+
+class ParquetEntry(NamedTuple):
+    """One row of a Parquet shard: its row group and its index in it."""
+
+    shard: str
+    row_group: int
+    row: int
+    fields: ContainerFields
+
+
+class TarEntry(NamedTuple):
+    """One WebDataset sample of an uncompressed tar shard, by its members' byte ranges."""
+
+    shard: str
+    key: str
+    image: tuple[int, int]  # (offset, size)
+    mask: tuple[int, int]
+
+
+TrainingItem = Union[ImageRef, ShardEntry, ParquetEntry, TarEntry]
+
+
+def tfrecord_entries(shard: str) -> list[ShardEntry]:
+    """The records of one TFRecord file (uncompressed): each is an 8-byte length, a 4-byte
+    CRC, the data and another 4-byte CRC."""
+    entries = []
+    with open_file(shard) as handle:
+        offset = 0
+        while True:
+            header = handle.read(12)
+            if not header:
+                break
+            if len(header) < 12:
+                raise ValueError(f"{shard} is truncated at byte {offset}")
+            (length,) = struct.unpack("<Q", header[:8])
+            entries.append(ShardEntry(shard, offset + 12, length))
+            offset += 12 + length + 4
+            handle.seek(offset)
+    return entries
+
+
+def parquet_entries(shard: str, fields: ContainerFields) -> list[ParquetEntry]:
+    import pyarrow.parquet as pq
+
+    with open_file(shard) as handle:
+        parquet = pq.ParquetFile(handle)
+        check_parquet_columns(parquet.schema_arrow.names, fields, shard)
+        return [ParquetEntry(shard, group, row, fields)
+                for group in range(parquet.num_row_groups)
+                for row in range(parquet.metadata.row_group(group).num_rows)]
+
+
+def tar_entries(shard: str, mask_ext: str) -> list[TarEntry]:
+    """The samples of an uncompressed tar shard that have an image and a mask member."""
+    samples: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
+    with open_file(shard) as handle:
+        with tarfile.open(fileobj=handle, mode="r:") as archive:
+            for member in archive:
+                if member.isfile():
+                    key, extension = member_key(member.name)
+                    samples[key][extension] = (member.offset_data, member.size)
+    entries, unmasked = [], 0
+    for key, members in samples.items():
+        images = [e for e in members if e != mask_ext and
+                  e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+        if len(images) == 1 and mask_ext in members:
+            entries.append(TarEntry(shard, key, members[images[0]], members[mask_ext]))
+        else:
+            unmasked += 1
+    if unmasked:
+        LOG.warning("%d samples of %s lack one image or a %r mask and are not used for "
+                    "training", unmasked, shard, mask_ext)
+    return entries
+
+
+def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()) -> list:
+    """The training records of TFRecord, Parquet (with ``fields.mask_column``) or WebDataset
+    (uncompressed ``.tar``, with ``fields.mask_ext``) shards."""
+    shards = matching_paths(pattern)
+    kind = container_format(pattern) or "TFRecord"
+    if not shards:
+        raise ValueError(f"no {kind} shards match {pattern!r}")
+    if kind == "parquet":
+        if not fields.mask_column:
+            raise ValueError("training on Parquet shards needs --mask_column")
+        return [entry for shard in shards for entry in parquet_entries(shard, fields)]
+    if kind == "webdataset":
+        if not fields.mask_ext or not pattern.endswith(".tar"):
+            raise ValueError("training on WebDataset shards needs --mask_ext and uncompressed "
+                             ".tar shards (samples are read by byte offset)")
+        return [entry for shard in shards for entry in tar_entries(shard, fields.mask_ext)]
+    return [entry for shard in shards for entry in tfrecord_entries(shard)]
+
+
+@functools.lru_cache(maxsize=4)
+def _row_group(shard: str, group: int, columns: tuple):
+    import pyarrow.parquet as pq
+
+    with open_file(shard) as handle:
+        return pq.ParquetFile(handle).read_row_group(group, list(columns))
+
+
+def _read_range(shard: str, span: tuple[int, int]) -> bytes:
+    with open_file(shard) as handle:
+        handle.seek(span[0])
+        return handle.read(span[1])
+
+
+def find_training_pairs(images: str, masks: str) -> list[ImageRef]:
+    """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
+    them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
+    reason; images without a mask are left out with a count, since they cannot be trained on."""
+    refs, dead, _ = find_pairs(folder_glob(images), masks)
+    if not refs and not dead:
+        raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
+                         f"'data/train/*.png'")
+    for letter in dead:
+        LOG.warning("training pair skipped: %s: %s", letter.source, letter.reason)
+    pairs = [ref for ref in refs if ref.mask_source]
+    unmatched = [ref.source for ref in refs if not ref.mask_source]
+    if unmatched:
+        LOG.warning("%d of %d images have no mask in %s and are not used for training "
+                    "(first: %s)", len(unmatched), len(refs), masks, unmatched[0])
+    if not pairs:
+        raise ValueError(f"none of the {len(refs)} images under {images!r} has a mask "
+                         f"with the same file stem under {masks!r}")
+    return pairs
+
+
+def load_item(item: TrainingItem) -> tuple:
+    """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask)."""
+    if isinstance(item, ImageRef):
+        encoded = read_encoded(item)
+    elif isinstance(item, ParquetEntry):
+        fields = item.fields
+        columns = tuple(c for c in (fields.image_column, fields.mask_column, fields.key_column)
+                        if c)
+        table = _row_group(item.shard, item.row_group, columns).slice(item.row, 1)
+        encoded = parse_parquet_row(next(parquet_rows(item.shard, table, fields)), fields)
+        if encoded.mask_bytes is None:
+            raise InvalidInputError(f"row {item.row} of row group {item.row_group} of "
+                                    f"{item.shard} has no mask")
+    elif isinstance(item, TarEntry):
+        return decode_pair(_read_range(item.shard, item.image), _read_range(item.shard, item.mask))
+    else:
+        with open_file(item.shard) as handle:
+            handle.seek(item.offset)
+            data = handle.read(item.length)
+        encoded = parse_shard_record(ShardRecord(f"{item.shard}@{item.offset}", item.shard,
+                                                 data))
+        if encoded.mask_bytes is None:
+            raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
+                                    f"{MASK_FEATURE!r}")
+    return decode_pair(encoded.image_bytes, encoded.mask_bytes)
+
+
+def describe(item: TrainingItem) -> str:
+    if isinstance(item, ImageRef):
+        return item.source
+    if isinstance(item, ParquetEntry):
+        return f"{item.shard} row group {item.row_group} row {item.row}"
+    if isinstance(item, TarEntry):
+        return f"{item.shard}#{item.key}"
+    return f"{item.shard}@{item.offset}"

@@ -1,0 +1,246 @@
+"""Images in containers: Parquet shards in the Hugging Face ``datasets`` layout (written here
+with pyarrow) and WebDataset tar shards (written with ``tarfile``). The same images as loose
+files, Parquet rows and tar members give the same masks and metrics rows; broken shards and
+records become dead letters that name them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from segbeam.containers import webdataset_samples
+from segbeam.records import DeadLetter
+from tests.conftest import png_bytes
+
+NAMES = ("a", "b", "sub/c", "sub/d")
+IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _dataset(seed=0):
+    """{name: (image PNG bytes, mask PNG bytes)}; two image sizes, masks with classes 0..2."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    for index, name in enumerate(NAMES):
+        height, width = (24, 32) if index % 2 else (32, 32)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
+        data[name] = (png_bytes(image), png_bytes(mask))
+    return data
+
+
+def write_files(root, data):
+    for name, (image, mask) in data.items():
+        for folder, content in (("images", image), ("masks", mask)):
+            path = os.path.join(root, folder, name + ".png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(content)
+
+
+def parquet_table(data, names=None):
+    names = list(names or data)
+    return pa.table({
+        "image": pa.array([{"bytes": data[n][0], "path": f"{n}.png"} for n in names],
+                          IMAGE_STRUCT),
+        "annotation": pa.array([{"bytes": data[n][1], "path": f"{n}.png"} for n in names],
+                               IMAGE_STRUCT),
+        "label": pa.array([index for index, _ in enumerate(names)], pa.int64()),
+    })
+
+
+def write_tar(path, members):
+    with tarfile.open(path, "w") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+
+
+def tar_members(data, names=None):
+    return [member for n in (names or data)
+            for member in ((f"{n}.png", data[n][0]), (f"{n}.seg.png", data[n][1]))]
+
+
+def _run(tmp_path, name, *input_args):
+    from segbeam.pipeline.run import run
+
+    output = tmp_path / name
+    outcome = run([*input_args, "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+                   "--crf_iterations", "2", "--output", str(output), "--quiet"])
+    rows = pq.read_table(str(output / "metrics")).to_pylist()
+    masks = {str(p.relative_to(output / "masks")): p.read_bytes()
+             for p in (output / "masks").rglob("*.png")}
+    return outcome.summary, rows, masks
+
+
+def _comparable(rows):
+    varying = {"source", "mask_source", "mask_path"}
+    return sorted(({k: v for k, v in row.items() if k not in varying} for row in rows),
+                  key=lambda row: row["key"])
+
+
+def test_files_parquet_and_webdataset_give_identical_outputs(tmp_path):
+    data = _dataset()
+    write_files(str(tmp_path / "files"), data)
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(parquet_table(data, NAMES[:3]), str(tmp_path / "pq" / "train-0.parquet"),
+                   row_group_size=2)  # two row groups in the first shard
+    pq.write_table(parquet_table(data, NAMES[3:]), str(tmp_path / "pq" / "train-1.parquet"))
+    os.makedirs(tmp_path / "wds")
+    write_tar(str(tmp_path / "wds" / "shard-0.tar"), tar_members(data, NAMES[:2]))
+    write_tar(str(tmp_path / "wds" / "shard-1.tar"), tar_members(data, NAMES[2:]))
+
+    files = _run(tmp_path, "out_files", "--input", f"{tmp_path}/files/images/**",
+                 "--masks", str(tmp_path / "files" / "masks"))
+    parquet = _run(tmp_path, "out_parquet", "--input", f"{tmp_path}/pq/*.parquet",
+                   "--mask_column", "annotation")
+    webdataset = _run(tmp_path, "out_wds", "--input", f"{tmp_path}/wds/*.tar",
+                      "--mask_ext", "seg.png")
+    for summary, rows, masks in (files, parquet, webdataset):
+        assert summary["counts"]["inputs"] == summary["counts"]["segmented"] == 4
+        assert summary["counts"]["images_with_mask"] == 4
+        assert sorted(masks) == ["a.png", "b.png", "sub/c.png", "sub/d.png"]
+    assert parquet[2] == files[2] and webdataset[2] == files[2]
+    assert _comparable(parquet[1]) == _comparable(files[1]) == _comparable(webdataset[1])
+    assert parquet[0]["evaluation"] == files[0]["evaluation"] == webdataset[0]["evaluation"]
+    assert parquet[1][0]["source"].split("#")[0].endswith(".parquet")
+
+
+def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
+    data = _dataset(1)
+    os.makedirs(tmp_path / "pq")
+    table = parquet_table(data, NAMES[:3])
+    cells = table.column("image").to_pylist()
+    cells[1] = {"bytes": None, "path": "b.png"}  # a row without image bytes
+    table = table.set_column(0, "image", pa.array(cells, IMAGE_STRUCT))
+    pq.write_table(table, str(tmp_path / "pq" / "good.parquet"))
+    whole = io.BytesIO()
+    pq.write_table(parquet_table(data, NAMES[3:]), whole)
+    (tmp_path / "pq" / "cut.parquet").write_bytes(whole.getvalue()[:-20])  # footer cut off
+    duplicate = parquet_table(data, ["a"])
+    pq.write_table(duplicate, str(tmp_path / "pq" / "again.parquet"))  # key a, second time
+    summary, _, masks = _run(tmp_path, "out", "--input", f"{tmp_path}/pq/*.parquet",
+                             "--mask_column", "annotation")
+    counts = summary["counts"]
+    assert counts["accounted_for"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (5, 1, 4)
+    assert sorted(masks) == ["sub/c.png"]
+    dead = {(d["source"].rsplit("/", 1)[-1], d["stage"]): d["reason"]
+            for path in (tmp_path / "out" / "dead_letters").iterdir()
+            for d in map(json.loads, path.read_text().splitlines())}
+    assert "no bytes in column 'image'" in dead[("good.parquet#b", "parse")]
+    assert "not a readable Parquet shard" in dead[("cut.parquet", "read")]
+    assert "2 inputs share the key 'a'" in dead[("again.parquet#a", "pair")]
+    assert "2 inputs share the key 'a'" in dead[("good.parquet#a", "pair")]
+
+
+def test_a_parquet_column_that_does_not_exist_is_a_usage_error(tmp_path, capsys):
+    from segbeam.pipeline.cli import main
+
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(parquet_table(_dataset(), ["a"]), str(tmp_path / "pq" / "x.parquet"))
+    code = main(["run", "--input", f"{tmp_path}/pq/*.parquet", "--mask_column", "mask",
+                 "--model", "tiny_fcn", "--num_classes", "3", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "no column 'mask' (--mask_column)" in err[0] and "annotation" in err[0]
+
+
+def test_webdataset_samples_stream_and_say_what_is_wrong():
+    data = _dataset(2)
+    buffer = io.BytesIO()
+    members = tar_members(data, ["a", "b"]) + [("odd.json", b"{}"), ("two.jpg", data["a"][0]),
+                                               ("two.png", data["a"][0])]
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    items = list(webdataset_samples("s.tar", io.BytesIO(buffer.getvalue()), "seg.png"))
+    assert [(i.key, i.mask_bytes is not None) for i in items[:2]] == [("a", True), ("b", True)]
+    assert isinstance(items[2], DeadLetter) and "no image member (found json)" in items[2].reason
+    assert isinstance(items[3], DeadLetter) and "several image members" in items[3].reason
+    cut = list(webdataset_samples("s.tar", io.BytesIO(buffer.getvalue()[:1500]), "seg.png"))
+    assert isinstance(cut[-1], DeadLetter) and cut[-1].stage == "read"
+    assert "breaks off" in cut[-1].reason and "s.tar" == cut[-1].source
+
+
+def test_a_truncated_tar_shard_loses_only_what_follows_the_break(tmp_path):
+    data = _dataset(3)
+    os.makedirs(tmp_path / "wds")
+    write_tar(str(tmp_path / "whole.tar"), tar_members(data))
+    whole = (tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "wds" / "cut.tar").write_bytes(whole[: len(whole) // 2])
+    summary, _, masks = _run(tmp_path, "out", "--input", f"{tmp_path}/wds/*.tar",
+                             "--mask_ext", "seg.png")
+    counts = summary["counts"]
+    assert counts["accounted_for"] and counts["dead_letters"] == 1
+    assert counts["segmented"] == len(masks) >= 1
+
+
+@pytest.mark.parametrize("suffix, expected", [(".parquet", "parquet"), (".tar", "webdataset"),
+                                              (".tar.gz", "webdataset"), (".png", None)])
+def test_the_container_is_told_by_the_suffix(suffix, expected):
+    from segbeam.containers import container_format
+
+    assert container_format(f"data/*{suffix}") == expected
+
+
+def test_a_parquet_shard_on_cloud_storage(tmp_path, gcs_bucket):
+    from tests.conftest import put
+
+    gcs = gcs_bucket()
+    data = _dataset(4)
+    buffer = io.BytesIO()
+    pq.write_table(parquet_table(data), buffer, row_group_size=3)
+    put(f"{gcs}/data/train-0.parquet", buffer.getvalue())
+    from segbeam.pipeline.run import run
+
+    outcome = run(["--input", f"{gcs}/data/*.parquet", "--mask_column", "annotation",
+                   "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+                   "--no-crf", "--output", str(tmp_path / "out"), "--no_auth", "--quiet"])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["images_with_mask"]) == (4, 4, 4)
+    assert sorted(str(p.relative_to(tmp_path / "out" / "masks"))
+                  for p in (tmp_path / "out" / "masks").rglob("*.png")) == \
+        ["a.png", "b.png", "sub/c.png", "sub/d.png"]
+
+
+def test_training_reads_parquet_and_webdataset_shards_as_it_reads_files(tmp_path):
+    from segbeam.containers import ContainerFields
+    from segbeam.pipeline.train import train_command
+    from segbeam.training_items import find_shard_entries, find_training_pairs, load_item
+
+    data = _dataset(5)
+    write_files(str(tmp_path / "files"), data)
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(parquet_table(data), str(tmp_path / "pq" / "t.parquet"), row_group_size=3)
+    os.makedirs(tmp_path / "wds")
+    write_tar(str(tmp_path / "wds" / "t.tar"), tar_members(data) + [("lonely.png", data["a"][0])])
+
+    def by_content(pairs):
+        return sorted((image.tobytes() + mask.tobytes() for image, mask in pairs))
+
+    files = by_content(load_item(ref) for ref in find_training_pairs(
+        str(tmp_path / "files" / "images" / "**"), str(tmp_path / "files" / "masks")))
+    parquet = find_shard_entries(str(tmp_path / "pq" / "*.parquet"),
+                                 ContainerFields(mask_column="annotation"))
+    tar = find_shard_entries(str(tmp_path / "wds" / "*.tar"), ContainerFields(mask_ext="seg.png"))
+    assert len(parquet) == len(tar) == 4  # the sample without a mask is left out
+    assert by_content(map(load_item, parquet)) == files == by_content(map(load_item, tar))
+    with pytest.raises(ValueError, match="needs --mask_column"):
+        find_shard_entries(str(tmp_path / "pq" / "*.parquet"))
+
+    code = train_command(["--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+                          "--shards", f"{tmp_path}/pq/*.parquet", "--mask_column", "annotation",
+                          "--epochs", "1", "--batch_size", "2", "--output",
+                          str(tmp_path / "run"), "--quiet"])
+    assert code == 0 and (tmp_path / "run" / "model.keras").exists()

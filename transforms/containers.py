@@ -1,0 +1,105 @@
+"""Reading containers in Beam, thin shells over ``segbeam.containers``: Parquet shards through
+Beam's Parquet IO (row groups streamed, any Beam filesystem) and WebDataset tar shards streamed
+member by member through Beam's FileSystems. Each gives (EncodedImages, dead letters, number of
+inputs), as ``ReadShardRecords`` does for TFRecord shards.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import apache_beam as beam
+from apache_beam.io.parquetio import ReadAllFromParquetBatched
+
+from segbeam.containers import ContainerFields, check_parquet_columns, parquet_rows, \
+    parse_parquet_row, webdataset_samples
+from segbeam.keys import sanitise_key
+from segbeam.layout import open_file
+from segbeam.matching import match_files
+from segbeam.records import DeadLetter, one_line_reason
+from segbeam.transforms.progress import tally
+from segbeam.transforms.safe_map import SafeMap
+
+DEAD = "dead_letter"
+
+
+def _shard_dead_letter(shard: str, reason: str) -> beam.pvalue.TaggedOutput:
+    tally("dead")
+    return beam.pvalue.TaggedOutput(DEAD, DeadLetter(
+        sanitise_key(posixpath.basename(shard)), shard, "read", reason))
+
+
+def _readable_parquet(shard: str, fields: ContainerFields):
+    """The shard, when its footer reads and it has the configured columns; else a dead letter
+    for the whole shard (a truncated file has no footer, so its rows cannot be counted)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open_file(shard) as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+        check_parquet_columns(names, fields, shard)
+    except Exception as error:  # noqa: BLE001 - any unreadable shard becomes a dead letter
+        yield _shard_dead_letter(shard, f"not a readable Parquet shard: "
+                                        f"{one_line_reason(error)}")
+        return
+    yield shard
+
+
+class ReadParquetShards(beam.PTransform):
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for Parquet shards of
+    encoded images (the ``datasets`` layout)."""
+
+    def __init__(self, pattern: str, fields: ContainerFields):
+        super().__init__()
+        self._pattern, self._fields = pattern, fields
+
+    def expand(self, pbegin):
+        fields = self._fields
+        columns = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
+        shards = (pbegin
+                  | "Pattern" >> beam.Create([self._pattern])
+                  | "MatchShards" >> beam.FlatMap(match_files)
+                  | "CheckShards" >> beam.FlatMap(_readable_parquet, fields).with_outputs(
+                      DEAD, main="readable"))
+        rows = (shards.readable
+                | "ReadRowGroups" >> ReadAllFromParquetBatched(columns=columns,
+                                                               with_filename=True)
+                | "Rows" >> beam.FlatMap(lambda named: parquet_rows(*named, fields)))
+        encoded, unparsable = rows | "Parse" >> SafeMap("parse", parse_parquet_row, fields)
+        dead = (shards[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
+        inputs = ((rows, shards[DEAD]) | "AllInputs" >> beam.Flatten()
+                  | "CountInputs" >> beam.combiners.Count.Globally())
+        return encoded, dead, inputs
+
+
+def _tar_samples(shard: str, mask_ext):
+    try:
+        with open_file(shard) as handle:
+            for item in webdataset_samples(shard, handle, mask_ext):
+                if isinstance(item, DeadLetter):
+                    tally("dead")
+                    yield beam.pvalue.TaggedOutput(DEAD, item)
+                else:
+                    yield item
+    except OSError as error:
+        yield _shard_dead_letter(shard, f"cannot open the shard: {one_line_reason(error)}")
+
+
+class ReadWebDatasetShards(beam.PTransform):
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for WebDataset tar shards;
+    each shard is read by one worker, the shards spread over workers."""
+
+    def __init__(self, pattern: str, fields: ContainerFields):
+        super().__init__()
+        self._pattern, self._fields = pattern, fields
+
+    def expand(self, pbegin):
+        samples = (pbegin
+                   | "Pattern" >> beam.Create([self._pattern])
+                   | "MatchShards" >> beam.FlatMap(match_files)
+                   | "SpreadShards" >> beam.Reshuffle()
+                   | "Samples" >> beam.FlatMap(_tar_samples, self._fields.mask_ext).with_outputs(
+                       DEAD, main="encoded"))
+        inputs = ((samples.encoded, samples[DEAD]) | "AllInputs" >> beam.Flatten()
+                  | "CountInputs" >> beam.combiners.Count.Globally())
+        return samples.encoded, samples[DEAD], inputs
