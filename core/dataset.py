@@ -167,7 +167,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                    labels: Optional[MaskLabels] = None) -> SegmentationRecord:
     """Decodes an input; with ``labels``, its mask goes through the label map and its
     unexpected values are counted (or, with ``labels.strict``, refused)."""
-    image, mask, frames = decode_input(item.image_bytes, item.mask_bytes, max_pixels)
+    colour = labels is not None and labels.colours is not None
+    image, mask, frames = decode_input(item.image_bytes, item.mask_bytes, max_pixels, colour)
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
         mask, *unexpected = labels.prepare(mask)

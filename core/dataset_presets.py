@@ -1,8 +1,9 @@
 """``--dataset NAME``: the label conventions of common datasets, as one table of data.
 
 Each preset names the classes (their count follows), the ignore index, the label map from the
-values its masks store to class ids (``segbeam.labels``), and the colours the classes are
-drawn in (mask PNGs, report overlays and legends). Explicit flags override a preset.
+values its masks store to class ids (``segbeam.labels``), the colours the classes are drawn in
+(mask PNGs, report overlays and legends), and the colours of the dataset's colour-coded masks
+(``segbeam.mask_colours``). Explicit flags override a preset.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import NamedTuple, Optional
 from segbeam.classes import CAMVID_COLOURS, resolve_class_names
 from segbeam.classes import PRESETS as CLASS_NAME_PRESETS
 from segbeam.labels import IGNORE, parse_label_map
+from segbeam.mask_colours import parse_mask_palette
 
 
 class DatasetPreset(NamedTuple):
@@ -20,6 +22,7 @@ class DatasetPreset(NamedTuple):
     ignore_index: Optional[int]
     label_map: Optional[tuple] = None  # (stored value, class id or "ignore") pairs
     colours: Optional[tuple] = None  # RGB per class id; None: PASCAL VOC's colour map
+    mask_colours: Optional[tuple] = None  # ((r, g, b), stored value): colour-coded masks
 
 
 # Cityscapes' label ids and the train ids they map to (cityscapesScripts' labels.py): the 19
@@ -36,6 +39,34 @@ CITYSCAPES_COLOURS = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
                       (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
                       (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100),
                       (0, 0, 230), (119, 11, 32))
+
+# The colours of Cityscapes' *_color.png, per label id 0..33 (cityscapesScripts' labels.py).
+# Ids 0-4 share black, polegroup (18) shares pole's grey and license plate car's blue: a colour
+# reads as the first id that has it (0, 17, 26), so the colour masks cannot tell those apart;
+# *_labelIds.png can.
+CITYSCAPES_ID_COLOURS = (
+    (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (111, 74, 0), (81, 0, 81),
+    (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140), (70, 70, 70),
+    (102, 102, 156), (190, 153, 153), (180, 165, 180), (150, 100, 100), (150, 120, 90),
+    (153, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35),
+    (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+    (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100), (0, 0, 230), (119, 11, 32))
+
+
+def first_value_per_colour(colours) -> tuple:
+    """((r, g, b), value) pairs from colours listed per value; the first value keeps a colour
+    that several share."""
+    pairs: dict = {}
+    for value, colour in enumerate(colours):
+        pairs.setdefault(tuple(colour), value)
+    return tuple(sorted(pairs.items()))
+
+
+# CamVid's colour labels: the 11 classes' colours (SegNet's sidewalk colour and CamVid's own
+# 0,0,192 both), black for void. CamVid's other 21 original colours are not classes here, so
+# they are counted as unexpected; pass --mask_palette to map them.
+CAMVID_MASK_COLOURS = tuple(sorted(
+    first_value_per_colour(CAMVID_COLOURS) + (((0, 0, 192), 4), ((0, 0, 0), 11))))
 
 # ADE20K SceneParsing's 150 classes; masks store 0 for "other" and 1..150 for the classes.
 ADE20K = (
@@ -70,7 +101,7 @@ CIHP_COLOURS = ((0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (
 DATASETS = {
     "camvid": DatasetPreset(
         "CamVid, SegNet's 11 classes; 11 = void (ignored)", tuple(CLASS_NAME_PRESETS["camvid"]),
-        11, colours=tuple(CAMVID_COLOURS)),
+        11, colours=tuple(CAMVID_COLOURS), mask_colours=CAMVID_MASK_COLOURS),
     "pascal_voc": DatasetPreset(
         "PASCAL VOC 2012: background + 20 classes; 255 = object borders (ignored)",
         tuple(CLASS_NAME_PRESETS["voc"]), 255),
@@ -78,7 +109,7 @@ DATASETS = {
         "Cityscapes *_labelIds.png: label ids -> the 19 train ids, every other id ignored",
         CITYSCAPES, 255, CITYSCAPES_TRAIN_IDS + tuple(
             (label, IGNORE) for label in range(34) if label not in dict(CITYSCAPES_TRAIN_IDS)),
-        CITYSCAPES_COLOURS),
+        CITYSCAPES_COLOURS, first_value_per_colour(CITYSCAPES_ID_COLOURS)),
     "ade20k": DatasetPreset(
         "ADE20K SceneParsing: 150 classes stored as 1..150 (shifted down by one); 0 = other "
         "(ignored)", ADE20K, 255, ((0, IGNORE),) + tuple((v, v - 1) for v in range(1, 151))),
@@ -86,7 +117,8 @@ DATASETS = {
         "Oxford-IIIT Pets trimaps: 1 pet, 2 background, 3 border -> classes 0..2",
         ("pet", "background", "border"), None, ((1, 0), (2, 1), (3, 2))),
     "cihp": DatasetPreset(
-        "CIHP human parsing: 20 classes, 0 = background", CIHP, 255, colours=CIHP_COLOURS),
+        "CIHP human parsing: 20 classes, 0 = background", CIHP, 255, colours=CIHP_COLOURS,
+        mask_colours=first_value_per_colour(CIHP_COLOURS)),
 }
 
 
@@ -105,11 +137,13 @@ class LabelConvention(NamedTuple):
     ignore_index: Optional[int]
     label_map: Optional[tuple]
     palette: Optional[tuple]
+    mask_colours: Optional[tuple] = None
 
 
 def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
                        class_names: Optional[str], ignore_index: Optional[int],
-                       label_map: Optional[str]) -> LabelConvention:
+                       label_map: Optional[str], mask_palette: Optional[str] = None
+                       ) -> LabelConvention:
     """Explicit flags first, then the ``--dataset`` preset, then the defaults (ignore index
     255, ``class_i`` names). ``ignore_index`` is None when not given and -1 for none.
     ``class_names`` is None while the class count is unknown."""
@@ -129,4 +163,6 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
             names = resolve_class_names(class_names, num_classes)
         if fits:
             palette = tuple(preset.colours) if preset.colours else None
-    return LabelConvention(num_classes, names, ignore_index, mapping, palette)
+    colours = parse_mask_palette(mask_palette) if mask_palette else \
+        (preset.mask_colours if preset else None)
+    return LabelConvention(num_classes, names, ignore_index, mapping, palette, colours)

@@ -97,13 +97,14 @@ def decode_image_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                what: str = "mask") -> np.ndarray:
+                what: str = "mask", colour: bool = False) -> np.ndarray:
     """Decodes a class-id mask into HxW uint8.
 
     Palette ('P') and grayscale ('L') masks are read as stored values (for a palette PNG the
     palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
     fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
-    class map: convert them to class ids first.
+    class map, unless ``colour`` (a mask palette is configured): then an RGB(A) mask comes back
+    as HxWx3 uint8, for ``segbeam.labels`` to read through the palette.
     """
     image = _oriented(_open(data, what, max_pixels))
     mode = image.mode
@@ -117,10 +118,13 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                 f"0..255")
     elif mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB"))
+        if colour:
+            return np.array(rgb, dtype=np.uint8, order="C")
         if not (np.array_equal(rgb[..., 0], rgb[..., 1])
                 and np.array_equal(rgb[..., 0], rgb[..., 2])):
             raise InvalidInputError(
-                f"{what} is a colour ({mode}) image, not class ids; convert it to a "
+                f"{what} is a colour ({mode}) image, not class ids; pass --mask_palette FILE "
+                f"(its colours) or a --dataset whose colours it uses, or convert it to a "
                 f"single-channel PNG whose pixel values are class ids")
         values = rgb[..., 0]
     elif mode == "LA":
@@ -138,19 +142,22 @@ class DecodedInput(NamedTuple):
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: Optional[bytes],
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Optional[np.ndarray]]:
+                max_pixels: int = DEFAULT_MAX_PIXELS, colour_masks: bool = False
+                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Decodes an image and its optional mask and checks that their sizes agree."""
-    return decode_input(image_bytes, mask_bytes, max_pixels)[:2]
+    return decode_input(image_bytes, mask_bytes, max_pixels, colour_masks)[:2]
 
 
 def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedInput:
-    """``decode_pair``, with the image file's frame count."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, colour_masks: bool = False
+                 ) -> DecodedInput:
+    """``decode_pair``, with the image file's frame count; with ``colour_masks``, an RGB mask
+    is kept as colours (HxWx3)."""
     image, frames = decode_image_frames(image_bytes, max_pixels)
     if mask_bytes is None:
         return DecodedInput(image, None, frames)
-    mask = decode_mask(mask_bytes, max_pixels)
-    if mask.shape != image.shape[:2]:
+    mask = decode_mask(mask_bytes, max_pixels, colour=colour_masks)
+    if mask.shape[:2] != image.shape[:2]:
         raise InvalidInputError(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); a mask must match its image "

@@ -17,6 +17,7 @@ import numpy as np
 
 from segbeam.config import Effect, setting
 from segbeam.decode import InvalidInputError
+from segbeam.mask_colours import decode_colours, format_value
 
 SHOWN_VALUES = 10  # distinct unexpected values named in a message
 
@@ -30,12 +31,14 @@ class MaskLabels:
     strict: a mask with unexpected values is an error (a dead letter), not a warning.
     label_map: (stored value, class id or ``"ignore"``) pairs applied to every mask before
     scoring and training; with one, the stored values it does not map are the unexpected
-    ones."""
+    ones. colours: ((r, g, b), stored value) pairs that read colour-coded (RGB) masks
+    (``segbeam.mask_colours``); colours it lacks are unexpected."""
 
     num_classes: int = setting(Effect.OUTPUT)
     ignore_index: Optional[int] = setting(Effect.OUTPUT, None)
     strict: bool = setting(Effect.OUTPUT, False, omit_default=True)
     label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
+    colours: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)  # mask palette
 
     def __post_init__(self):
         if self.label_map is None:
@@ -68,13 +71,25 @@ class MaskLabels:
     def prepare(self, mask: np.ndarray, what: str = "mask"
                 ) -> tuple[np.ndarray, int, tuple[int, ...]]:
         """(the mask as class ids, its unexpected pixel count, their stored values); raises an
-        ``InvalidInputError`` for a mask with unexpected values under ``strict``."""
+        ``InvalidInputError`` for a mask with unexpected values under ``strict``. An HxWx3
+        mask is colour-coded: it is read through ``colours`` first."""
+        unknown, colour_codes = None, ()
+        if mask.ndim == 3:
+            if self.colours is None:
+                raise InvalidInputError(
+                    f"{what} is a colour image, not class ids; pass --mask_palette FILE (its "
+                    f"colours) or a --dataset whose colours it uses, or convert it to a "
+                    f"single-channel PNG of class ids")
+            mask, unknown, colour_codes = decode_colours(mask, self.colours)
+        counted = mask if unknown is None or not unknown.any() else mask[~unknown]
         if self.label_map is None:
-            count, values = unexpected_labels(mask, self.num_classes, self.ignore_index)
+            count, values = unexpected_labels(counted, self.num_classes, self.ignore_index)
         else:
-            counts = np.bincount(mask.ravel(), minlength=256)
+            counts = np.bincount(counted.ravel(), minlength=256)
             counts[[source for source, _ in self.label_map]] = 0
             count, values = int(counts.sum()), tuple(int(v) for v in np.flatnonzero(counts))
+        if colour_codes:
+            count, values = count + int(unknown.sum()), values + colour_codes
         if count and self.strict:
             raise InvalidInputError(
                 f"{what} has {count} pixels of values {format_values(values)} that are not "
@@ -83,6 +98,9 @@ class MaskLabels:
                 f"count them")
         if self.label_map is not None:
             mask = self.lookup_table()[mask]
+        if colour_codes:
+            mask = np.where(unknown, self.ignore_index if self.ignore_index is not None else 255,
+                            mask).astype(np.uint8)
         return mask, count, values
 
 
@@ -151,7 +169,7 @@ def unexpected_labels(mask: np.ndarray, num_classes: int, ignore_index: Optional
 
 
 def format_values(values) -> str:
-    shown = ", ".join(str(v) for v in list(values)[:SHOWN_VALUES])
+    shown = ", ".join(format_value(v) for v in list(values)[:SHOWN_VALUES])
     return f"[{shown}{', ...' if len(values) > SHOWN_VALUES else ''}]"
 
 

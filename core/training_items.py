@@ -160,8 +160,9 @@ def find_training_pairs(images: str, masks: str) -> list[ImageRef]:
     return pairs
 
 
-def load_item(item: TrainingItem) -> tuple:
-    """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask)."""
+def load_item(item: TrainingItem, colour_masks: bool = False) -> tuple:
+    """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask); with
+    ``colour_masks``, an RGB mask stays HxWx3 colours (``MaskLabels.prepare`` reads them)."""
     if isinstance(item, ImageRef):
         encoded = read_encoded(item)
     elif isinstance(item, ParquetEntry):
@@ -174,7 +175,8 @@ def load_item(item: TrainingItem) -> tuple:
             raise InvalidInputError(f"row {item.row} of row group {item.row_group} of "
                                     f"{item.shard} has no mask")
     elif isinstance(item, TarEntry):
-        return decode_pair(_read_range(item.shard, item.image), _read_range(item.shard, item.mask))
+        return decode_pair(_read_range(item.shard, item.image),
+                           _read_range(item.shard, item.mask), colour_masks=colour_masks)
     else:
         with open_file(item.shard) as handle:
             handle.seek(item.offset)
@@ -184,7 +186,7 @@ def load_item(item: TrainingItem) -> tuple:
         if encoded.mask_bytes is None:
             raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
                                     f"{MASK_FEATURE!r}")
-    return decode_pair(encoded.image_bytes, encoded.mask_bytes)
+    return decode_pair(encoded.image_bytes, encoded.mask_bytes, colour_masks=colour_masks)
 
 
 def describe(item: TrainingItem) -> str:

@@ -148,8 +148,9 @@ class SegmentationDataset(keras.utils.PyDataset):
             < 256 else 255
         images, labels = [], []
         for position in chosen:
-            image, mask = load_item(self.items[position])
-            if self.labels is not None and self.labels.label_map is not None:
+            colours = self.labels is not None and self.labels.colours is not None
+            image, mask = load_item(self.items[position], colour_masks=colours)
+            if self.labels is not None and (self.labels.label_map is not None or colours):
                 mask = self.labels.prepare(mask)[0]
             if self.augment:
                 image, mask = augment_pair(image, mask, self.size, rng, self.scale_range,

@@ -71,7 +71,7 @@ def _usable(items, labels: MaskLabels):
     unexpected, unexpected_pairs, values = 0, 0, set()
     for item in items:
         try:
-            _, mask = load_item(item)
+            _, mask = load_item(item, colour_masks=labels.colours is not None)
             mask, count, found = labels.prepare(mask)
         except (OSError, ValueError) as error:
             dropped.append(f"{describe(item)}: {error}")
@@ -112,7 +112,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
-                        config.label_map)
+                        config.label_map, config.mask_colours)
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards, config.containers), labels)
     if config.val_images:

@@ -38,6 +38,7 @@ class TrainingConfig:
     ignore_index: Optional[int] = None
     strict_labels: bool = False  # skip pairs whose masks hold values that are not classes
     label_map: Optional[tuple] = None  # applied to masks first (segbeam.labels.MaskLabels)
+    mask_colours: Optional[tuple] = None  # ((r, g, b), stored value): colour-coded masks
     augment: bool = True
     flip: bool = True
     scale_min: float = 0.75

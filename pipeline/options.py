@@ -201,6 +201,11 @@ class SegmentationOptions(PipelineOptions):
                                      "before scoring: inline (1:0,2:1,3:2,0:ignore) or a "
                                      ".json / .csv file; values it does not map count as "
                                      "unexpected.")
+        evaluation.add_argument("--mask_palette", default=None,
+                                help="Colour-coded (RGB) masks: a .json ({\"#804080\": 0}) or "
+                                     ".csv (r,g,b,value) file of colour -> stored value; exact "
+                                     "colours only, others count as unexpected. --dataset "
+                                     "camvid, cityscapes and cihp bring theirs.")
         evaluation.add_argument("--strict_labels", action="store_true", default=False,
                                 help="A mask with values that are neither a class nor the "
                                      "ignore index becomes a dead letter; by default such "
@@ -225,6 +230,7 @@ class Settings:
     layout: OutputLayout = setting(Effect.NESTED)
     strict_labels: bool = setting(Effect.OUTPUT, False, omit_default=True)
     label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
+    mask_colours: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
     palette: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)  # RGB per class
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
@@ -242,7 +248,7 @@ class Settings:
     def mask_labels(self) -> MaskLabels:
         """What a mask pixel may hold (``segbeam.labels``)."""
         return MaskLabels(self.num_classes, self.ignore_index, self.strict_labels,
-                          self.label_map)
+                          self.label_map, self.mask_colours)
 
     @property
     def run_dir(self) -> str:
@@ -301,7 +307,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     if not o.input:
         raise UsageError("--input is required (a glob of images or TFRecord shards)")
     convention = resolve_convention(o.dataset, o.num_classes, o.class_names, o.ignore_index,
-                                    o.label_map)
+                                    o.label_map, o.mask_palette)
     if convention.num_classes is None:
         raise UsageError("--num_classes is required: the number of classes the model predicts "
                          "(or a --dataset preset)")
@@ -320,7 +326,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
     labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
-                        convention.label_map)
+                        convention.label_map, convention.mask_colours)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
                           parse_run_date(o.run_date), o.write_raw_masks)
     return Settings(
@@ -329,7 +335,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         inference=inference, crf=_crf_params(o),
         ignore_index=labels.ignore_index,
         class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
-        label_map=labels.label_map, palette=convention.palette,
+        label_map=labels.label_map, mask_colours=labels.colours, palette=convention.palette,
         fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (

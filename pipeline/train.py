@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stored mask value -> class id, applied to every mask first: inline "
                           "(1:0,2:1,3:2,0:ignore), or a .json / .csv file; values it does not "
                           "map count as unexpected")
+    fit.add_argument("--mask_palette", default=None,
+                     help="colour-coded (RGB) masks: a .json or .csv file of colour -> stored "
+                          "value (see `segbeam run --help`)")
     fit.add_argument("--strict_labels", action="store_true",
                      help="skip pairs whose masks hold values that are neither a class nor "
                           "--ignore_index (by default they are counted, warned about and "
@@ -104,7 +107,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     args = build_parser().parse_args(argv)
     convention = resolve_convention(args.dataset, args.num_classes, None,
                                     -1 if args.ignore_index is None and not args.dataset
-                                    else args.ignore_index, args.label_map)
+                                    else args.ignore_index, args.label_map, args.mask_palette)
     if convention.num_classes is None:
         raise ValueError("--num_classes is required (or a --dataset preset)")
     if convention.num_classes < 2:
@@ -113,12 +116,13 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
         raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
                          f"{args.scale_max}")
     values = vars(args)
-    del values["dataset"]
+    del values["dataset"], values["mask_palette"]
     values["containers"] = ContainerFields(values.pop("image_column"),
                                            values.pop("mask_column"), None,
                                            values.pop("mask_ext"))
     values.update(num_classes=convention.num_classes, ignore_index=convention.ignore_index,
-                  label_map=convention.label_map, input_size=parse_size(args.input_size))
+                  label_map=convention.label_map, mask_colours=convention.mask_colours,
+                  input_size=parse_size(args.input_size))
     values["verbose"] = 0 if values.pop("quiet") else 2
     return TrainingConfig(**values)
 

@@ -1,0 +1,107 @@
+"""Colour-coded masks: exact colours read through a palette (a preset's or --mask_palette),
+unknown colours counted as unexpected, never guessed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.dataset_presets import resolve_convention
+from segbeam.decode import InvalidInputError
+from segbeam.labels import MaskLabels, format_values
+from segbeam.mask_colours import colour_code, decode_colours, format_value, parse_mask_palette
+
+
+def _paint(rows):
+    """An HxWx3 mask from rows of RGB triples."""
+    return np.array(rows, dtype=np.uint8)
+
+
+def test_exact_colours_become_values_and_others_are_reported():
+    colours = (((128, 64, 128), 0), ((0, 0, 142), 1))
+    stored, unknown, codes = decode_colours(
+        _paint([[(128, 64, 128), (0, 0, 142), (0, 0, 143)]]), colours)
+    assert stored[0, :2].tolist() == [0, 1] and unknown.tolist() == [[False, False, True]]
+    assert codes == (colour_code(0, 0, 143),) and format_value(codes[0]) == "#00008f"
+    assert format_value(7) == "7"
+
+
+def test_labels_read_colour_masks_and_count_unknown_colours():
+    labels = MaskLabels(2, 255, colours=(((10, 20, 30), 0), ((40, 50, 60), 1)))
+    mask, count, values = labels.prepare(_paint([[(10, 20, 30), (40, 50, 60), (9, 9, 9)]]))
+    assert mask.tolist() == [[0, 1, 255]]  # the unknown colour is not scored
+    assert count == 1 and format_values(values) == "[#090909]"
+    strict = MaskLabels(2, 255, strict=True, colours=labels.colours)
+    with pytest.raises(InvalidInputError, match="#090909"):
+        strict.prepare(_paint([[(9, 9, 9)]]))
+    with pytest.raises(InvalidInputError, match="--mask_palette"):
+        MaskLabels(2, 255).prepare(_paint([[(10, 20, 30)]]))
+
+
+def test_cityscapes_colour_masks_follow_the_official_ids_to_train_ids():
+    convention = resolve_convention("cityscapes", None, None, None, None)
+    labels = MaskLabels(convention.num_classes, convention.ignore_index,
+                        label_map=convention.label_map, colours=convention.mask_colours)
+    painted = _paint([[(128, 64, 128), (244, 35, 232), (0, 0, 142), (119, 11, 32)],
+                      [(0, 0, 0), (250, 170, 160), (153, 153, 153), (1, 2, 3)]])
+    mask, count, values = labels.prepare(painted)
+    # road 7 -> 0, sidewalk 8 -> 1, car 26 -> 13, bicycle 33 -> 18; unlabeled and parking are
+    # ignored; grey reads as pole (17 -> 5, polegroup shares it); 1,2,3 is no colour of theirs
+    assert mask.tolist() == [[0, 1, 13, 18], [255, 255, 5, 255]]
+    assert count == 1 and values == (colour_code(1, 2, 3),)
+
+
+def test_camvid_colour_labels_read_with_the_preset():
+    convention = resolve_convention("camvid", None, None, None, None)
+    labels = MaskLabels(convention.num_classes, convention.ignore_index,
+                        colours=convention.mask_colours)
+    painted = _paint([[(128, 128, 128), (0, 0, 192), (60, 40, 222), (0, 0, 0),
+                       (128, 0, 192)]])  # sky, sidewalk twice, void, lane marking
+    mask, count, values = labels.prepare(painted)
+    assert mask.tolist() == [[0, 4, 4, 11, 11]]
+    assert count == 1 and format_values(values) == "[#8000c0]"
+
+
+def test_mask_palette_files(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"#804080": 0, "0, 0, 142": 1}))
+    (tmp_path / "p.csv").write_text("r,g,b,value\n128,64,128,0\n0,0,142,1\n")
+    (tmp_path / "hex.csv").write_text("#804080,0\n#00008e,1\n")
+    expected = (((0, 0, 142), 1), ((128, 64, 128), 0))
+    for name in ("p.json", "p.csv", "hex.csv"):
+        assert parse_mask_palette(str(tmp_path / name)) == expected
+    (tmp_path / "bad.csv").write_text("128,64,128,300\n")
+    with pytest.raises(ValueError, match="is not a colour"):
+        parse_mask_palette(str(tmp_path / "bad.csv"))
+
+
+def test_a_run_scores_colour_masks_through_a_palette_file(tmp_path):
+    from segbeam.pipeline.run import run
+
+    rng = np.random.default_rng(0)
+    palette = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"i{index}.png")
+        classes = rng.integers(0, 3, (16, 16))
+        painted = np.array(palette, np.uint8)[classes]
+        painted[0, 0] = (7, 7, 7)  # one pixel of a colour the palette lacks
+        Image.fromarray(painted).save(tmp_path / "masks" / f"i{index}.png")
+    (tmp_path / "palette.csv").write_text("".join(f"{r},{g},{b},{value}\n" for value, (r, g, b)
+                                                  in enumerate(palette)))
+    argv = ["--input", f"{tmp_path}/images/*.png", "--masks", str(tmp_path / "masks"),
+            "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "16", "--no-crf",
+            "--quiet"]
+    outcome = run(argv + ["--mask_palette", str(tmp_path / "palette.csv"),
+                          "--output", str(tmp_path / "out")])
+    counts, labels = outcome.summary["counts"], outcome.summary["labels"]
+    assert counts["images_with_mask"] == 3 and counts["dead_letters"] == 0
+    assert labels["unexpected_pixels"] == 3 and labels["unexpected_values"] == \
+        [colour_code(7, 7, 7)]
+    assert outcome.summary["evaluation"]["raw"]["labelled_pixels"] == 3 * (16 * 16 - 1)
+    without = run(argv + ["--output", str(tmp_path / "out2")])
+    assert without.summary["counts"]["dead_letters"] == 3  # refused, with the hint, not guessed
