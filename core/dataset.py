@@ -52,6 +52,30 @@ def relative_stem(path: str, base: str) -> str:
     return file_stem(path)
 
 
+class Naming(NamedTuple):
+    """File-name suffixes that images and masks carry besides their shared stem, as in
+    Cityscapes (``x_leftImg8bit.png`` <-> ``x_gtFine_labelIds.png``). With a mask suffix, only
+    files whose stem ends with it are masks (``x_gtFine_color.png`` beside them is not)."""
+
+    image_suffix: str = ""
+    mask_suffix: str = ""
+
+    def _strip(self, stem: str, kind: str) -> Optional[str]:
+        suffix = self.image_suffix if kind == "image" else self.mask_suffix
+        if suffix and stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[:-len(suffix)]
+        return None if suffix and kind == "mask" else stem
+
+    def pairing_stem(self, path: str, kind: str) -> Optional[str]:
+        """The stem an image and its mask share; None for a file that is not a mask."""
+        return self._strip(file_stem(path), kind)
+
+    def relative(self, path: str, base: str, kind: str) -> str:
+        """``relative_stem`` without the suffix."""
+        relative = relative_stem(path, base)
+        return self._strip(relative, kind) or relative
+
+
 class Pairing(NamedTuple):
     """What pairing one stem's files gave: images (with or without a mask), dead letters, and
     masks no image took."""
@@ -68,7 +92,7 @@ def _names(paths: Iterable[str], limit: int = 4) -> str:
 
 
 def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_base: str,
-                 mask_base: str = "") -> Pairing:
+                 mask_base: str = "", naming: Naming = Naming()) -> Pairing:
     """Pairs the images and masks that share a file stem.
 
     An image takes the mask at its own relative path (``sub/a.jpg`` below the input glob's
@@ -83,10 +107,10 @@ def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_b
         by_key[key_for_path(path, image_base)].append(path)
     masks_at: dict[str, list[str]] = collections.defaultdict(list)
     for path in masks:
-        masks_at[relative_stem(path, mask_base)].append(path)
+        masks_at[naming.relative(path, mask_base, "mask")].append(path)
     refs, dead, named, left = [], [], set(), []
     for key, paths in sorted(by_key.items()):
-        relative = relative_stem(paths[0], image_base)
+        relative = naming.relative(paths[0], image_base, "image")
         exact = masks_at.get(relative, [])
         named.update(exact)
         if len(paths) > 1:
@@ -106,7 +130,8 @@ def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_b
         spare = []
     elif left and spare:
         dead += [DeadLetter(key, path, "pair",
-                            f"no mask at its relative path {relative_stem(path, image_base)!r}, "
+                            f"no mask at its relative path "
+                            f"{naming.relative(path, image_base, 'image')!r}, "
                             f"and {len(left)} image(s) and {len(spare)} mask(s) share the stem "
                             f"{stem!r} (masks: {_names(spare)}); lay masks out in the images' "
                             f"sub-folders") for key, path in left]
@@ -116,21 +141,23 @@ def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_b
     return Pairing(refs, dead, spare)
 
 
-def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None
-               ) -> tuple[list[ImageRef], list[DeadLetter], list[str]]:
+def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None,
+               naming: Naming = Naming()) -> tuple[list[ImageRef], list[DeadLetter], list[str]]:
     """The files of the glob ``images``, paired with ``masks`` (a folder or glob) as the
     pipeline pairs them, in memory: (images, dead letters, masks no image took). Files under
     ``exclude`` are not read."""
     by_stem: dict[str, dict[str, list[str]]] = collections.defaultdict(
         lambda: {"images": [], "masks": []})
     for path in match_files(images, exclude):
-        by_stem[file_stem(path)]["images"].append(path)
+        by_stem[naming.pairing_stem(path, "image")]["images"].append(path)
     for path in match_files(mask_glob(masks), exclude) if masks else ():
-        by_stem[file_stem(path)]["masks"].append(path)
+        stem = naming.pairing_stem(path, "mask")
+        if stem is not None:
+            by_stem[stem]["masks"].append(path)
     refs, dead, unclaimed = [], [], []
     for stem, grouped in sorted(by_stem.items()):
         pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], glob_base(images),
-                               glob_base(mask_glob(masks)) if masks else "")
+                               glob_base(mask_glob(masks)) if masks else "", naming)
         refs += pairing.refs
         dead += pairing.dead
         unclaimed += pairing.unclaimed_masks

@@ -23,6 +23,8 @@ class DatasetPreset(NamedTuple):
     label_map: Optional[tuple] = None  # (stored value, class id or "ignore") pairs
     colours: Optional[tuple] = None  # RGB per class id; None: PASCAL VOC's colour map
     mask_colours: Optional[tuple] = None  # ((r, g, b), stored value): colour-coded masks
+    image_suffix: str = ""  # file-name suffixes beside the stem an image and its mask share
+    mask_suffix: str = ""
 
 
 # Cityscapes' label ids and the train ids they map to (cityscapesScripts' labels.py): the 19
@@ -109,7 +111,8 @@ DATASETS = {
         "Cityscapes *_labelIds.png: label ids -> the 19 train ids, every other id ignored",
         CITYSCAPES, 255, CITYSCAPES_TRAIN_IDS + tuple(
             (label, IGNORE) for label in range(34) if label not in dict(CITYSCAPES_TRAIN_IDS)),
-        CITYSCAPES_COLOURS, first_value_per_colour(CITYSCAPES_ID_COLOURS)),
+        CITYSCAPES_COLOURS, first_value_per_colour(CITYSCAPES_ID_COLOURS),
+        "_leftImg8bit", "_gtFine_labelIds"),
     "ade20k": DatasetPreset(
         "ADE20K SceneParsing: 150 classes stored as 1..150 (shifted down by one); 0 = other "
         "(ignored)", ADE20K, 255, ((0, IGNORE),) + tuple((v, v - 1) for v in range(1, 151))),
@@ -138,11 +141,14 @@ class LabelConvention(NamedTuple):
     label_map: Optional[tuple]
     palette: Optional[tuple]
     mask_colours: Optional[tuple] = None
+    image_suffix: str = ""
+    mask_suffix: str = ""
 
 
 def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
                        class_names: Optional[str], ignore_index: Optional[int],
-                       label_map: Optional[str], mask_palette: Optional[str] = None
+                       label_map: Optional[str], mask_palette: Optional[str] = None,
+                       image_suffix: Optional[str] = None, mask_suffix: Optional[str] = None
                        ) -> LabelConvention:
     """Explicit flags first, then the ``--dataset`` preset, then the defaults (ignore index
     255, ``class_i`` names). ``ignore_index`` is None when not given and -1 for none.
@@ -165,4 +171,9 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
             palette = tuple(preset.colours) if preset.colours else None
     colours = parse_mask_palette(mask_palette) if mask_palette else \
         (preset.mask_colours if preset else None)
-    return LabelConvention(num_classes, names, ignore_index, mapping, palette, colours)
+    if image_suffix is None:
+        image_suffix = preset.image_suffix if preset else ""
+    if mask_suffix is None:
+        mask_suffix = preset.mask_suffix if preset else ""
+    return LabelConvention(num_classes, names, ignore_index, mapping, palette, colours,
+                           image_suffix, mask_suffix)

@@ -50,14 +50,14 @@ class WallTimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _items(images, masks, shards, containers):
+def _items(images, masks, shards, containers, naming):
     from segbeam.training_items import find_shard_entries, find_training_pairs
 
     if shards:
         return find_shard_entries(shards, containers)
     if not images or not masks:
         raise ValueError("training needs --images and --masks (folders or globs), or --shards")
-    return find_training_pairs(images, masks)
+    return find_training_pairs(images, masks, naming)
 
 
 def _usable(items, labels: MaskLabels):
@@ -106,6 +106,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
     from segbeam import models
+    from segbeam.dataset import Naming
     from segbeam.training_items import find_training_pairs
     from segbeam.models.data import SegmentationDataset, median_frequency_weights
 
@@ -113,12 +114,14 @@ def train(config: TrainingConfig) -> TrainingResult:
     _optimizer(config)  # flag errors before any data is read
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
+    naming = Naming(config.image_suffix, config.mask_suffix)
     items, (pixels, present_in), dropped = _usable(
-        _items(config.images, config.masks, config.shards, config.containers), labels)
+        _items(config.images, config.masks, config.shards, config.containers, naming), labels)
     if config.val_images:
         if not config.val_masks:
             raise ValueError("--val_images needs --val_masks")
-        val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks),
+        val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks,
+                                                      naming),
                                   labels)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:

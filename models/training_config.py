@@ -39,6 +39,8 @@ class TrainingConfig:
     strict_labels: bool = False  # skip pairs whose masks hold values that are not classes
     label_map: Optional[tuple] = None  # applied to masks first (segbeam.labels.MaskLabels)
     mask_colours: Optional[tuple] = None  # ((r, g, b), stored value): colour-coded masks
+    image_suffix: str = ""  # file-name suffixes beside the shared stem (segbeam.dataset.Naming)
+    mask_suffix: str = ""
     augment: bool = True
     flip: bool = True
     scale_min: float = 0.75

@@ -73,3 +73,13 @@ def add_container_flags(group, key_column: bool) -> None:
     group.add_argument("--mask_ext", default=None,
                        help="WebDataset: the extension of each sample's mask member, e.g. "
                             "seg.png for KEY.seg.png beside KEY.jpg.")
+
+
+def add_pairing_flags(group) -> None:
+    """File-name suffixes beside the stem an image and its mask share (``Naming``)."""
+    group.add_argument("--image_suffix", default=None,
+                       help="A suffix image stems carry beside the stem they share with their "
+                            "mask, e.g. _leftImg8bit (--dataset cityscapes sets it).")
+    group.add_argument("--mask_suffix", default=None,
+                       help="The suffix of mask stems, e.g. _gtFine_labelIds; with one, files "
+                            "whose stem lacks it are not masks (--dataset cityscapes sets it).")

@@ -64,7 +64,7 @@ class ReadInputs(beam.PTransform):
             unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
         else:
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
-                s.input, s.masks, exclude=s.layout.root)
+                s.input, s.masks, exclude=s.layout.root, naming=s.naming)
             _ = unusable | "ProgressUnpaired" >> beam.ParDo(CountProgress("dead"))
         items, shared = items | "UniqueKeys" >> UniqueKeys()
         _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))

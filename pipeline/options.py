@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.containers import ContainerFields, container_format
 from segbeam.crf import CrfParams
+from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.geometry import RESIZE_MODES
@@ -24,7 +25,8 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
-from segbeam.pipeline.flags import UsageError, add_container_flags, reject_unknown_flags
+from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
+    reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
@@ -67,6 +69,7 @@ class SegmentationOptions(PipelineOptions):
                              ".tfrec TFRecord, .parquet Parquet, .tar/.tar.gz WebDataset, "
                              "else image files.")
         add_container_flags(io, key_column=True)
+        add_pairing_flags(io)
         io.add_argument("--masks", default=None,
                         help="Folder or glob of ground-truth masks (class ids as pixel values), "
                              "paired by relative path below it (sub/a.jpg -> sub/a.png), else by "
@@ -239,6 +242,8 @@ class Settings:
     inference_hints: tuple = setting(Effect.NONE, ())  # (name, value) pairs for Beam
     crf_hints: tuple = setting(Effect.NONE, ())
     containers: ContainerFields = setting(Effect.NESTED, ContainerFields())
+    image_suffix: str = setting(Effect.NONE, "")  # file-name suffixes for pairing (Naming)
+    mask_suffix: str = setting(Effect.NONE, "")
 
     @property
     def num_classes(self) -> int:
@@ -249,6 +254,10 @@ class Settings:
         """What a mask pixel may hold (``segbeam.labels``)."""
         return MaskLabels(self.num_classes, self.ignore_index, self.strict_labels,
                           self.label_map, self.mask_colours)
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(self.image_suffix, self.mask_suffix)
 
     @property
     def run_dir(self) -> str:
@@ -307,7 +316,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     if not o.input:
         raise UsageError("--input is required (a glob of images or TFRecord shards)")
     convention = resolve_convention(o.dataset, o.num_classes, o.class_names, o.ignore_index,
-                                    o.label_map, o.mask_palette)
+                                    o.label_map, o.mask_palette, o.image_suffix,
+                                    o.mask_suffix)
     if convention.num_classes is None:
         raise UsageError("--num_classes is required: the number of classes the model predicts "
                          "(or a --dataset preset)")
@@ -342,7 +352,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
             if value),
         crf_hints=(("min_ram", o.crf_min_ram),) if o.crf_min_ram else (),
-        containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext))
+        containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext),
+        image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix)
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from segbeam.containers import ContainerFields
 from segbeam.dataset_presets import DATASETS, resolve_convention
-from segbeam.pipeline.flags import add_container_flags
+from segbeam.pipeline.flags import add_container_flags, add_pairing_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import ExitCode
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "shards (with --mask_column) or of uncompressed "
                                        "WebDataset .tar shards (with --mask_ext)")
     add_container_flags(data, key_column=False)
+    add_pairing_flags(data)
     data.add_argument("--val_images", help="validation images (folder or glob)")
     data.add_argument("--val_masks", help="validation masks (folder or glob)")
     data.add_argument("--val_split", type=float, default=DEFAULTS.val_split,
@@ -107,7 +108,8 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     args = build_parser().parse_args(argv)
     convention = resolve_convention(args.dataset, args.num_classes, None,
                                     -1 if args.ignore_index is None and not args.dataset
-                                    else args.ignore_index, args.label_map, args.mask_palette)
+                                    else args.ignore_index, args.label_map, args.mask_palette,
+                                    args.image_suffix, args.mask_suffix)
     if convention.num_classes is None:
         raise ValueError("--num_classes is required (or a --dataset preset)")
     if convention.num_classes < 2:
@@ -122,6 +124,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
                                            values.pop("mask_ext"))
     values.update(num_classes=convention.num_classes, ignore_index=convention.ignore_index,
                   label_map=convention.label_map, mask_colours=convention.mask_colours,
+                  image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix,
                   input_size=parse_size(args.input_size))
     values["verbose"] = 0 if values.pop("quiet") else 2
     return TrainingConfig(**values)

@@ -113,3 +113,41 @@ def test_train_takes_a_preset():
     plain = config_from(["--images", "i", "--masks", "m", "--model", "tiny_fcn",
                          "--num_classes", "3", "--input_size", "64", "--output", "o"])
     assert (plain.ignore_index, plain.label_map) == (None, None)
+
+
+def test_cityscapes_file_names_pair_with_the_preset(tmp_path):
+    """x_leftImg8bit.png takes x_gtFine_labelIds.png, not the *_color.png or *_instanceIds.png
+    beside it (before, stem pairing matched nothing and every image ran without a mask)."""
+    import numpy as np
+    from PIL import Image
+
+    from segbeam.dataset import Naming, find_pairs
+    from segbeam.pipeline.run import run
+
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "leftImg8bit" / "val", tmp_path / "gtFine" / "val"
+    for city, frame in (("aachen", "aachen_000000_000019"), ("bochum", "bochum_000000_000313")):
+        (images / city).mkdir(parents=True)
+        (masks / city).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)).save(
+            images / city / f"{frame}_leftImg8bit.png")
+        label_ids = np.array([7, 8, 26, 0] * 128, np.uint8).reshape(16, 32)
+        Image.fromarray(label_ids).save(masks / city / f"{frame}_gtFine_labelIds.png")
+        Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(
+            masks / city / f"{frame}_gtFine_color.png")
+        Image.fromarray(label_ids).save(masks / city / f"{frame}_gtFine_instanceIds.png")
+    naming = Naming("_leftImg8bit", "_gtFine_labelIds")
+    refs, dead, unclaimed = find_pairs(f"{images}/*/*_leftImg8bit.png", str(masks),
+                                       naming=naming)
+    assert [(r.key, r.mask_source.rsplit("/", 1)[-1]) for r in refs] == [
+        ("aachen/aachen_000000_000019_leftImg8bit", "aachen_000000_000019_gtFine_labelIds.png"),
+        ("bochum/bochum_000000_000313_leftImg8bit", "bochum_000000_000313_gtFine_labelIds.png")]
+    assert dead == [] and unclaimed == []
+    outcome = run(["--input", f"{images}/*/*_leftImg8bit.png", "--masks", str(masks),
+                   "--dataset", "cityscapes", "--model", "tiny_fcn", "--input_size", "16x32",
+                   "--no-crf", "--quiet", "--output", str(tmp_path / "out")])
+    counts, labels = outcome.summary["counts"], outcome.summary["labels"]
+    assert counts["images_with_mask"] == 2 and counts["masks_without_image"] == 0
+    assert labels["unexpected_pixels"] == 0
+    # road, sidewalk and car scored; label id 0 (unlabeled) ignored: 3/4 of the pixels
+    assert outcome.summary["evaluation"]["raw"]["labelled_pixels"] == 2 * 16 * 32 * 3 // 4

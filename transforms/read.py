@@ -14,10 +14,10 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
-from segbeam.dataset import decode_encoded, ensure_encoded, mask_glob, pair_by_stem, \
+from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, pair_by_stem, \
     parse_shard_record, shard_record
 from segbeam.decode import DEFAULT_MAX_PIXELS
-from segbeam.keys import file_stem, glob_base, printable_path, sanitise_key, strip_extension
+from segbeam.keys import glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.matching import match_files
 from segbeam.records import DeadLetter
@@ -31,13 +31,13 @@ UNCLAIMED = "unclaimed_mask"
 
 
 class _PairByStem(beam.DoFn):
-    def __init__(self, image_base: str, mask_base: str):
-        self._image_base, self._mask_base = image_base, mask_base
+    def __init__(self, image_base: str, mask_base: str, naming: Naming):
+        self._image_base, self._mask_base, self._naming = image_base, mask_base, naming
 
     def process(self, element):
         stem, grouped = element
         pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], self._image_base,
-                               self._mask_base)
+                               self._mask_base, self._naming)
         yield from pairing.refs
         for letter in pairing.dead:
             yield beam.pvalue.TaggedOutput(DEAD, letter)
@@ -51,38 +51,46 @@ class MatchImages(beam.PTransform):
     (``segbeam.dataset.pair_by_stem``). Files under ``exclude`` (the output root) are not
     inputs."""
 
-    def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None):
+    def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None,
+                 naming: Naming = Naming()):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
+        self._naming = naming
 
     def expand(self, pbegin):
         images = (pbegin
                   | "ImageGlob" >> beam.Create([self._images])
-                  | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude
+                  | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude,
+                                                      self._naming
                                                       ).with_outputs(DEAD, main="named"))
         masks = (pbegin
                  | "MaskGlob" >> beam.Create([mask_glob(self._masks)] if self._masks else [])
-                 | "MatchMaskFiles" >> beam.FlatMap(_matched_by_stem, "mask", self._exclude))
+                 | "MatchMaskFiles" >> beam.FlatMap(_matched_by_stem, "mask", self._exclude,
+                                                    self._naming))
         mask_base = glob_base(mask_glob(self._masks)) if self._masks else ""
         paired = ({"images": images.named, "masks": masks}
                   | "JoinOnStem" >> beam.CoGroupByKey()
-                  | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images), mask_base)
+                  | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images), mask_base,
+                                                     self._naming)
                                          ).with_outputs(DEAD, UNCLAIMED, main="refs"))
         unusable = (paired[DEAD], images[DEAD]) | "UnpairedAndUnnamed" >> beam.Flatten()
         return paired.refs, unusable, paired[UNCLAIMED]
 
 
-def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str]):
-    """(stem, path) of each file the glob matches. An image whose name is not UTF-8 becomes a
-    dead letter (no Beam coder can carry its name); such a mask is left out with a warning."""
+def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str], naming: Naming):
+    """(stem, path) of each file the glob matches (a file without the mask suffix is no mask).
+    An image whose name is not UTF-8 becomes a dead letter (no Beam coder can carry its name);
+    such a mask is left out with a warning."""
     for path in match_files(pattern, exclude):
-        yield from _by_stem(path, kind)
+        yield from _by_stem(path, kind, naming)
 
 
-def _by_stem(path: str, kind: str):
+def _by_stem(path: str, kind: str, naming: Naming):
     printable = printable_path(path)
     if printable is None:
-        yield file_stem(path), path
+        stem = naming.pairing_stem(path, kind)
+        if stem is not None:
+            yield stem, path
     elif kind == "image":
         key = sanitise_key(strip_extension(posixpath.basename(printable)).replace("\\", "_"))
         yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
@@ -97,13 +105,15 @@ class FindFiles(beam.PTransform):
     """pipeline -> (ImageRefs, dead letters, number of inputs, masks no image took) for loose
     image files."""
 
-    def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None):
+    def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None,
+                 naming: Naming = Naming()):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
+        self._naming = naming
 
     def expand(self, pbegin):
         refs, unpaired, unclaimed = pbegin | "MatchImages" >> MatchImages(
-            self._images, self._masks, self._exclude)
+            self._images, self._masks, self._exclude, self._naming)
         inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
         return refs, unpaired, inputs, unclaimed
