@@ -22,6 +22,7 @@ setup(
         "numpy>=1.24",
         "pillow>=10",
         "pyarrow>=14",
+        "scipy>=1.10",  # boundary metrics (distance transforms)
         "pydensecrf2>=1.1",
     ],
     extras_require={

@@ -77,6 +77,8 @@ class SegmentationRecord:
     unexpected_pixels: int = 0
     unexpected_values: tuple = ()
     frames: int = 1
+    boundary_raw: Any = None  # segbeam.boundary.BoundaryScores, where there is a mask
+    boundary_crf: Any = None
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

@@ -318,9 +318,9 @@ def format_report(outcome: RunOutcome) -> str:
         variants = [v for v in ("raw", "crf") if v in evaluation]
         fmt = lambda x: "   -  " if x is None else f"{100 * x:6.2f}"  # noqa: E731
         lines.append("  " + f"{'':22s}" + "".join(f"{v:>8s}" for v in variants))
-        for figure in DATASET_METRICS:
+        for figure in (*DATASET_METRICS, "boundary_f1", "boundary_iou"):
             lines.append(f"  {figure:22s}" + "".join(
-                f"  {fmt(evaluation[v][figure])}" for v in variants))
+                f"  {fmt(evaluation[v].get(figure))}" for v in variants))
         lines.append("  per-class IoU (%):")
         for index, name in enumerate(summary["class_names"]):
             lines.append(f"    {name:20s}" + "".join(

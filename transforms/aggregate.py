@@ -11,6 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from segbeam.boundary import BoundaryTotals
 from segbeam.metrics import DATASET_METRICS, dense_confusion, nan_to_none, \
     summarise_confusion
 
@@ -33,7 +34,8 @@ class ConfusionSum(beam.CombineFn):
         return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
                 "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
                 "images_unchecked": 0, "unexpected_values": frozenset(),
-                "multi_frame_images": 0}
+                "multi_frame_images": 0,
+                **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS}}
 
     def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
@@ -41,6 +43,7 @@ class ConfusionSum(beam.CombineFn):
         if row["confusion_raw"] is not None:
             accumulator["images_with_mask"] += 1
             accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
+            accumulator["boundary_raw"].add(row, "raw")
             unexpected = row.get("unexpected_pixels")
             if unexpected is None:  # a row reused from a run that did not count them
                 accumulator["images_unchecked"] += 1
@@ -51,6 +54,7 @@ class ConfusionSum(beam.CombineFn):
         if row["confusion_crf"] is not None:
             accumulator["crf_images"] += 1
             accumulator["crf"] += dense_confusion(row["confusion_crf"], self._num_classes)
+            accumulator["boundary_crf"].add(row, "crf")
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -66,17 +70,24 @@ class ConfusionSum(beam.CombineFn):
         return accumulator
 
 
-def _variant_summary(confusion: np.ndarray, class_names: list[str]) -> dict:
+def _variant_summary(confusion: np.ndarray, class_names: list[str],
+                     boundary: BoundaryTotals) -> dict:
     figures = summarise_confusion(confusion)
+    edges = boundary.summary()
     per_class = [
         {"class_id": i, "name": class_names[i], "iou": iou, "accuracy": accuracy, "dice": dice,
+         "boundary_f1": bf, "boundary_iou": biou,
          "truth_pixels": int(figures["truth_pixels"][i]),
          "predicted_pixels": int(figures["predicted_pixels"][i])}
-        for i, (iou, accuracy, dice) in enumerate(zip(
+        for i, (iou, accuracy, dice, bf, biou) in enumerate(zip(
             nan_to_none(figures["iou"]), nan_to_none(figures["class_accuracy"]),
-            nan_to_none(figures["dice"])))]
+            nan_to_none(figures["dice"]), nan_to_none(edges["per_class_boundary_f1"]),
+            nan_to_none(edges["per_class_boundary_iou"])))]
     overall = dict(zip(DATASET_METRICS, nan_to_none([figures[k] for k in DATASET_METRICS])))
-    return {**overall, "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
+    return {**overall, "boundary_f1": edges["boundary_f1"],
+            "boundary_iou": edges["boundary_iou"], "boundary_images": edges["boundary_images"],
+            "rows_without_boundary": edges["rows_without_boundary"],
+            "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
             "confusion": confusion.tolist()}
 
 
@@ -128,9 +139,11 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     if palette:  # the classes' colours (--dataset), for reports; VOC's colour map otherwise
         summary["palette"] = [list(colour) for colour in palette]
     if totals["images_with_mask"]:
-        summary["evaluation"]["raw"] = _variant_summary(totals["raw"], class_names)
+        summary["evaluation"]["raw"] = _variant_summary(totals["raw"], class_names,
+                                                        totals["boundary_raw"])
         if totals["crf_images"]:
-            summary["evaluation"]["crf"] = _variant_summary(totals["crf"], class_names)
+            summary["evaluation"]["crf"] = _variant_summary(totals["crf"], class_names,
+                                                            totals["boundary_crf"])
     return summary
 
 
@@ -145,6 +158,10 @@ def summary_schema(class_names: list[str]) -> pa.Schema:
         pa.field("dice", values),
         pa.field("truth_pixels", pa.list_(pa.int64())),
         pa.field("predicted_pixels", pa.list_(pa.int64())),
+        pa.field("boundary_f1", pa.float64()),
+        pa.field("boundary_iou", pa.float64()),
+        pa.field("class_boundary_f1", values),
+        pa.field("class_boundary_iou", values),
     ], metadata={"class_names": json.dumps(class_names)})
 
 
@@ -164,5 +181,8 @@ def summary_rows(summary: dict) -> list[dict]:
             "dice": [c["dice"] for c in per_class],
             "truth_pixels": [c["truth_pixels"] for c in per_class],
             "predicted_pixels": [c["predicted_pixels"] for c in per_class],
+            "boundary_f1": figures["boundary_f1"], "boundary_iou": figures["boundary_iou"],
+            "class_boundary_f1": [c["boundary_f1"] for c in per_class],
+            "class_boundary_iou": [c["boundary_iou"] for c in per_class],
         })
     return rows

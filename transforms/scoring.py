@@ -8,6 +8,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from segbeam.boundary import BoundaryScores, score_boundaries
 from segbeam.heap import release_freed_memory
 from segbeam.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
     summarise_confusion
@@ -21,14 +22,19 @@ def score_record(record: SegmentationRecord, num_classes: int,
     drops the arrays no later stage needs (image, mask, probabilities). Once per image, it also
     hands the memory the previous images freed back to the system (``segbeam.heap``)."""
     release_freed_memory()
-    confusion_raw = confusion_crf = None
+    confusion_raw = confusion_crf = boundary_raw = boundary_crf = None
     if record.mask is not None:
         confusion_raw = confusion_matrix(record.raw_labels, record.mask, num_classes,
                                          ignore_index)
+        boundary_raw = score_boundaries(record.raw_labels, record.mask, num_classes,
+                                        ignore_index)
         if record.crf_labels is not None:
             confusion_crf = confusion_matrix(record.crf_labels, record.mask, num_classes,
                                              ignore_index)
+            boundary_crf = score_boundaries(record.crf_labels, record.mask, num_classes,
+                                            ignore_index)
     return record.replace(confusion_raw=confusion_raw, confusion_crf=confusion_crf,
+                          boundary_raw=boundary_raw, boundary_crf=boundary_crf,
                           image=None, mask=None, probabilities=None)
 
 
@@ -46,6 +52,9 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     the ignore index, and their values (null without a mask, and in rows made before they
     were counted). ``image_frames``: the image file's frame count (an animated GIF or a
     multi-page TIFF has several; the first is segmented); null in rows made before it was kept.
+    ``bf_raw`` / ``bf_crf``: the image's boundary F1, ``bf_classes_*`` per class (null for
+    classes absent from both maps), ``boundary_intersection_*`` / ``boundary_union_*``: the
+    boundary-IoU pixel counts per class (``segbeam.boundary``); null without a mask.
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -71,6 +80,11 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("unexpected_pixels", pa.int64()),
         pa.field("unexpected_values", pa.list_(pa.int32())),
         pa.field("image_frames", pa.int32()),
+        *[field for variant in ("raw", "crf") for field in (
+            pa.field(f"bf_{variant}", pa.float64()),
+            pa.field(f"bf_classes_{variant}", iou),
+            pa.field(f"boundary_intersection_{variant}", pa.list_(pa.int64())),
+            pa.field(f"boundary_union_{variant}", pa.list_(pa.int64())))],
     ]
     metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
     return pa.schema(fields, metadata=metadata)
@@ -108,12 +122,24 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
         "unexpected_pixels": record.unexpected_pixels if record.has_mask else None,
         "unexpected_values": list(record.unexpected_values) if record.has_mask else None,
         "image_frames": record.frames,
+        **_boundary_fields(record.boundary_raw, "raw"),
+        **_boundary_fields(record.boundary_crf, "crf"),
     }
+
+
+def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
+    if scores is None:
+        return {f"bf_{variant}": None, f"bf_classes_{variant}": None,
+                f"boundary_intersection_{variant}": None, f"boundary_union_{variant}": None}
+    return {f"bf_{variant}": scores.bf, f"bf_classes_{variant}": nan_to_none(scores.bf_per_class),
+            f"boundary_intersection_{variant}": scores.intersections.tolist(),
+            f"boundary_union_{variant}": scores.unions.tolist()}
 
 
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
-ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None}
+ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None,
+                **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf")}
 
 
 def complete_row(row: dict) -> dict:
