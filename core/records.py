@@ -79,6 +79,8 @@ class SegmentationRecord:
     frames: int = 1
     boundary_raw: Any = None  # segbeam.boundary.BoundaryScores, where there is a mask
     boundary_crf: Any = None
+    calibration_raw: Any = None  # segbeam.calibration.CalibrationSums, where probabilities were
+    calibration_crf: Any = None
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

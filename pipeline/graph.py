@@ -26,7 +26,8 @@ from segbeam.transforms.write import RemoveStaleShards, WriteDeadLetters, WriteJ
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
     return KerasSegmentationHandler(settings.model, settings.inference,
-                                    keep_probabilities=settings.crf is not None)
+                                    keep_probabilities=settings.crf is not None
+                                    or settings.calibration)
 
 
 class Inputs(NamedTuple):
@@ -104,12 +105,13 @@ class SegmentAndScore(beam.PTransform):
         if s.reshuffle:
             predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
-            refine = RefineWithCRF(s.crf)
+            refine = RefineWithCRF(s.crf, s.num_classes, s.ignore_index)
             if s.crf_hints:
                 refine = refine.with_resource_hints(**dict(s.crf_hints))
             refined, crf_failed = predicted | "Refine" >> refine
         else:
-            refined = predicted | "DropProbabilities" >> beam.Map(drop_probabilities)
+            refined = predicted | "DropProbabilities" >> beam.Map(
+                drop_probabilities, *((s.num_classes, s.ignore_index) if s.calibration else ()))
             crf_failed = predicted.pipeline | "NoCrfFailures" >> beam.Create([])
         scored, scoring_failed = refined | "Score" >> ScoreImages(s.num_classes, s.ignore_index)
         dead = ((inference_failed, crf_failed, scoring_failed)

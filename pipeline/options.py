@@ -204,6 +204,10 @@ class SegmentationOptions(PipelineOptions):
                                      "before scoring: inline (1:0,2:1,3:2,0:ignore) or a "
                                      ".json / .csv file; values it does not map count as "
                                      "unexpected.")
+        evaluation.add_argument("--calibration", action="store_true", default=False,
+                                help="Calibration figures (ECE, NLL, Brier) also without the "
+                                     "CRF (with it they are always computed); keeps class "
+                                     "probabilities until scoring.")
         evaluation.add_argument("--mask_palette", default=None,
                                 help="Colour-coded (RGB) masks: a .json ({\"#804080\": 0}) or "
                                      ".csv (r,g,b,value) file of colour -> stored value; exact "
@@ -235,6 +239,7 @@ class Settings:
     label_map: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
     mask_colours: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)
     palette: Optional[tuple] = setting(Effect.OUTPUT, None, omit_default=True)  # RGB per class
+    calibration: bool = setting(Effect.OUTPUT, False, omit_default=True)  # without the CRF too
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
     report: bool = setting(Effect.NONE, False)
@@ -346,7 +351,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         ignore_index=labels.ignore_index,
         class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
         label_map=labels.label_map, mask_colours=labels.colours, palette=convention.palette,
-        fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
+        calibration=o.calibration, fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))

@@ -321,6 +321,14 @@ def format_report(outcome: RunOutcome) -> str:
         for figure in (*DATASET_METRICS, "boundary_f1", "boundary_iou"):
             lines.append(f"  {figure:22s}" + "".join(
                 f"  {fmt(evaluation[v].get(figure))}" for v in variants))
+        calibrated = [evaluation[v].get("calibration") for v in variants]
+        if any(calibrated):
+            lines.append(f"  {'ece':22s}" + "".join(
+                f"  {fmt(c['ece'] if c else None)}" for c in calibrated))
+            lines.append(f"  {'nll (nats/pixel)':22s}" + "".join(
+                "     -  " if c is None else f"  {c['nll']:6.3f}" for c in calibrated))
+            lines.append(f"  {'brier':22s}" + "".join(
+                "     -  " if c is None else f"  {c['brier']:6.3f}" for c in calibrated))
         lines.append("  per-class IoU (%):")
         for index, name in enumerate(summary["class_names"]):
             lines.append(f"    {name:20s}" + "".join(

@@ -31,6 +31,16 @@ def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
+def write_random_pairs(folder, masks: list, seed: int = 0) -> None:
+    """``folder/images/i<k>.png`` (random RGB) and ``folder/masks/i<k>.png`` for each mask."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    for index, mask in enumerate(masks):
+        Image.fromarray(random_image(rng, *mask.shape)).save(folder / "images" / f"i{index}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"i{index}.png")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

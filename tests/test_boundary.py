@@ -105,21 +105,18 @@ def test_a_run_reports_boundary_figures_from_its_rows(tmp_path):
     """Dataset BF is the mean of the rows' BF; dataset boundary IoU comes from the summed
     counts; a row without them (from an older run) is counted, not silently averaged in."""
     import pyarrow.parquet as pq
-    from PIL import Image
 
     from segbeam.boundary import BoundaryTotals
     from segbeam.pipeline.run import format_report, run
+    from tests.conftest import write_random_pairs
 
-    rng = np.random.default_rng(0)
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
+    masks = []
     for index in range(4):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-            tmp_path / "images" / f"i{index}.png")
         mask = np.zeros((32, 32), np.uint8)
         mask[:, 8 + 4 * index:] = 1
         mask[20:, :10] = 2
-        Image.fromarray(mask).save(tmp_path / "masks" / f"i{index}.png")
+        masks.append(mask)
+    write_random_pairs(tmp_path, masks)
     outcome = run(["--input", f"{tmp_path}/images/*.png", "--masks", str(tmp_path / "masks"),
                    "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
                    "--crf_iterations", "2", "--quiet", "--output", str(tmp_path / "out")])

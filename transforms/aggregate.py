@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from segbeam.boundary import BoundaryTotals
+from segbeam.calibration import VECTOR_LENGTH, calibration_figures, from_vector
 from segbeam.metrics import DATASET_METRICS, dense_confusion, nan_to_none, \
     summarise_confusion
 
@@ -35,7 +36,9 @@ class ConfusionSum(beam.CombineFn):
                 "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
                 "images_unchecked": 0, "unexpected_values": frozenset(),
                 "multi_frame_images": 0,
-                **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS}}
+                **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS},
+                **{f"calibration_{v}": np.zeros(VECTOR_LENGTH) for v in VARIANTS},
+                **{f"calibrated_images_{v}": 0 for v in VARIANTS}}
 
     def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
@@ -44,6 +47,7 @@ class ConfusionSum(beam.CombineFn):
             accumulator["images_with_mask"] += 1
             accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
             accumulator["boundary_raw"].add(row, "raw")
+            _add_calibration(accumulator, row, "raw")
             unexpected = row.get("unexpected_pixels")
             if unexpected is None:  # a row reused from a run that did not count them
                 accumulator["images_unchecked"] += 1
@@ -55,6 +59,7 @@ class ConfusionSum(beam.CombineFn):
             accumulator["crf_images"] += 1
             accumulator["crf"] += dense_confusion(row["confusion_crf"], self._num_classes)
             accumulator["boundary_crf"].add(row, "crf")
+            _add_calibration(accumulator, row, "crf")
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -70,8 +75,16 @@ class ConfusionSum(beam.CombineFn):
         return accumulator
 
 
+def _add_calibration(accumulator: dict, row: dict, variant: str) -> None:
+    vector = row.get(f"calibration_{variant}")
+    if vector is not None:
+        accumulator[f"calibration_{variant}"] += np.asarray(vector, dtype=np.float64)
+        accumulator[f"calibrated_images_{variant}"] += 1
+
+
 def _variant_summary(confusion: np.ndarray, class_names: list[str],
-                     boundary: BoundaryTotals) -> dict:
+                     boundary: BoundaryTotals, calibration: np.ndarray,
+                     calibrated_images: int) -> dict:
     figures = summarise_confusion(confusion)
     edges = boundary.summary()
     per_class = [
@@ -87,6 +100,8 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str],
     return {**overall, "boundary_f1": edges["boundary_f1"],
             "boundary_iou": edges["boundary_iou"], "boundary_images": edges["boundary_images"],
             "rows_without_boundary": edges["rows_without_boundary"],
+            "calibration": calibration_figures(from_vector(calibration)),
+            "calibrated_images": calibrated_images,
             "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
             "confusion": confusion.tolist()}
 
@@ -139,11 +154,10 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     if palette:  # the classes' colours (--dataset), for reports; VOC's colour map otherwise
         summary["palette"] = [list(colour) for colour in palette]
     if totals["images_with_mask"]:
-        summary["evaluation"]["raw"] = _variant_summary(totals["raw"], class_names,
-                                                        totals["boundary_raw"])
-        if totals["crf_images"]:
-            summary["evaluation"]["crf"] = _variant_summary(totals["crf"], class_names,
-                                                            totals["boundary_crf"])
+        for variant in VARIANTS if totals["crf_images"] else ("raw",):
+            summary["evaluation"][variant] = _variant_summary(
+                totals[variant], class_names, totals[f"boundary_{variant}"],
+                totals[f"calibration_{variant}"], totals[f"calibrated_images_{variant}"])
     return summary
 
 

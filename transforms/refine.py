@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import apache_beam as beam
 
+from segbeam.calibration import calibration_sums
 from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
 from segbeam.records import SegmentationRecord
 from segbeam.transforms.safe_map import SafeMap
 
 
-def refine_record(record: SegmentationRecord, params: CrfParams) -> SegmentationRecord:
-    """Adds CRF-refined labels and drops the probabilities, which no later stage needs."""
+def _calibration(record: SegmentationRecord, probabilities, num_classes: Optional[int],
+                 ignore_index: Optional[int]):
+    if record.mask is None or num_classes is None:
+        return None
+    return calibration_sums(probabilities, record.mask, num_classes, ignore_index)
+
+
+def refine_record(record: SegmentationRecord, params: CrfParams,
+                  num_classes: Optional[int] = None, ignore_index: Optional[int] = None
+                  ) -> SegmentationRecord:
+    """Adds CRF-refined labels and drops the probabilities, which no later stage needs; with
+    ``num_classes``, the calibration sums of the probabilities before and after the CRF."""
     marginals = dense_crf(record.image, record.probabilities, params)
-    return record.replace(crf_labels=labels_from_probabilities(marginals), probabilities=None,
-                          crf_applied=True)
+    return record.replace(
+        crf_labels=labels_from_probabilities(marginals), probabilities=None, crf_applied=True,
+        calibration_raw=_calibration(record, record.probabilities, num_classes, ignore_index),
+        calibration_crf=_calibration(record, marginals, num_classes, ignore_index))
 
 
-def drop_probabilities(record: SegmentationRecord) -> SegmentationRecord:
-    return record.replace(probabilities=None)
+def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = None,
+                       ignore_index: Optional[int] = None) -> SegmentationRecord:
+    """Drops the probabilities; with ``num_classes`` (``--calibration`` without the CRF), keeps
+    their calibration sums first."""
+    return record.replace(
+        probabilities=None,
+        calibration_raw=_calibration(record, record.probabilities, num_classes, ignore_index)
+        if record.probabilities is not None else None)
 
 
 class RefineWithCRF(beam.PTransform):
     """records with probabilities -> (records with CRF labels, dead letters)."""
 
-    def __init__(self, params: CrfParams):
+    def __init__(self, params: CrfParams, num_classes: Optional[int] = None,
+                 ignore_index: Optional[int] = None):
         super().__init__()
-        self._params = params
+        self._params, self._num_classes, self._ignore_index = params, num_classes, ignore_index
 
     def expand(self, records):
-        return records | "DenseCRF" >> SafeMap("crf", refine_record, self._params)
+        return records | "DenseCRF" >> SafeMap("crf", refine_record, self._params,
+                                               self._num_classes, self._ignore_index)

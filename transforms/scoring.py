@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from segbeam.boundary import BoundaryScores, score_boundaries
+from segbeam.calibration import CalibrationSums, to_vector
 from segbeam.heap import release_freed_memory
 from segbeam.metrics import confusion_matrix, nan_to_none, sparse_confusion, \
     summarise_confusion
@@ -55,6 +56,9 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     ``bf_raw`` / ``bf_crf``: the image's boundary F1, ``bf_classes_*`` per class (null for
     classes absent from both maps), ``boundary_intersection_*`` / ``boundary_union_*``: the
     boundary-IoU pixel counts per class (``segbeam.boundary``); null without a mask.
+    ``calibration_raw`` / ``calibration_crf``: the calibration sums (``segbeam.calibration``:
+    15 bins of pixel counts, confidence sums and correct counts, then the NLL and Brier sums);
+    null without probabilities or a mask.
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -84,7 +88,8 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
             pa.field(f"bf_{variant}", pa.float64()),
             pa.field(f"bf_classes_{variant}", iou),
             pa.field(f"boundary_intersection_{variant}", pa.list_(pa.int64())),
-            pa.field(f"boundary_union_{variant}", pa.list_(pa.int64())))],
+            pa.field(f"boundary_union_{variant}", pa.list_(pa.int64())),
+            pa.field(f"calibration_{variant}", pa.list_(pa.float64())))],
     ]
     metadata = {"class_names": ",".join(class_names), "num_classes": str(num_classes)}
     return pa.schema(fields, metadata=metadata)
@@ -124,7 +129,13 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
         "image_frames": record.frames,
         **_boundary_fields(record.boundary_raw, "raw"),
         **_boundary_fields(record.boundary_crf, "crf"),
+        "calibration_raw": _calibration_vector(record.calibration_raw),
+        "calibration_crf": _calibration_vector(record.calibration_crf),
     }
+
+
+def _calibration_vector(sums: Optional[CalibrationSums]) -> Optional[list]:
+    return None if sums is None else to_vector(sums).tolist()
 
 
 def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
@@ -139,7 +150,8 @@ def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
 ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None,
-                **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf")}
+                **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf"),
+                "calibration_raw": None, "calibration_crf": None}
 
 
 def complete_row(row: dict) -> dict:
