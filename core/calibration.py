@@ -4,7 +4,8 @@ pixels. Pure numpy.
 
 Each image keeps sums, not figures: per bin the pixel count, the summed confidence (top-class
 probability) and the count of pixels whose top class is the truth; the summed NLL and Brier
-score (``to_vector``: what a metrics row stores). Dataset figures (and those of any subset of rows, or of several runs) come from sums:
+score (``to_vector``: what a metrics row stores). Dataset figures (and those of any subset
+of rows, or of several runs) come from sums:
 ``ECE = sum_b |accuracy_b - confidence_b| * n_b / N``.
 """
 

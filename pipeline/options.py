@@ -351,7 +351,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         ignore_index=labels.ignore_index,
         class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
         label_map=labels.label_map, mask_colours=labels.colours, palette=convention.palette,
-        calibration=o.calibration, fail_on_errors=o.fail_on_errors, skip_existing=o.skip_existing, report=o.report,
+        calibration=o.calibration, fail_on_errors=o.fail_on_errors,
+        skip_existing=o.skip_existing, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
