@@ -20,6 +20,8 @@ from segbeam.config import Effect, setting
 
 MASKS_DIR = "masks"
 RAW_MASKS_DIR = "masks_raw"
+OVERLAYS_DIR = "overlays"
+CONFIDENCE_DIR = "confidence"
 METRICS_DIR = "metrics"
 METRICS_PREFIX = "metrics"
 DEAD_LETTERS_DIR = "dead_letters"
@@ -50,11 +52,15 @@ def run_directory(output: str, run_date: Optional[str]) -> str:
 @dataclasses.dataclass(frozen=True)
 class OutputLayout:
     """root: the ``--output`` folder. run_date: the ``date=`` partition this run writes, or
-    None. write_raw_masks: also write the labels before the CRF under ``masks_raw/``."""
+    None. write_raw_masks: also write the labels before the CRF under ``masks_raw/``.
+    write_overlays / write_confidence: also write ``overlays/<key>.jpg`` (the image blended with
+    its final labels) / ``confidence/<key>.png`` (top-class probability, 0..255)."""
 
     root: str = setting(Effect.NONE)
     run_date: Optional[str] = setting(Effect.NONE, None)
     write_raw_masks: bool = setting(Effect.OUTPUT, False)
+    write_overlays: bool = setting(Effect.OUTPUT, False, omit_default=True)
+    write_confidence: bool = setting(Effect.OUTPUT, False, omit_default=True)
 
     @property
     def run_dir(self) -> str:
@@ -119,10 +125,10 @@ def shard_pattern(root: str, folder: str, prefix: str, suffix: str) -> str:
     return output_path(root, folder, f"{prefix}-*-of-*{suffix}")
 
 
-def mask_png_path(root: str, key: str, folder: str = MASKS_DIR) -> str:
+def mask_png_path(root: str, key: str, folder: str = MASKS_DIR, suffix: str = ".png") -> str:
     if key.startswith("/") or ".." in key.split("/"):
         raise ValueError(f"key {key!r} is not sanitised; refusing to write outside {root}")
-    return output_path(root, folder, key + ".png")
+    return output_path(root, folder, key + suffix)
 
 
 def write_bytes_atomically(path: str, data: bytes) -> None:

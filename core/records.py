@@ -81,6 +81,7 @@ class SegmentationRecord:
     boundary_crf: Any = None
     calibration_raw: Any = None  # segbeam.calibration.CalibrationSums, where probabilities were
     calibration_crf: Any = None
+    confidence: Optional[np.ndarray] = None  # HxW uint8 top-class probability (--write_confidence)
 
     @property
     def final_labels(self) -> Optional[np.ndarray]:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
+from segbeam.classes import class_colours
 from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX, \
     SUMMARY_JSON, SUMMARY_PARQUET, output_path, shard_pattern
 from segbeam.pipeline.options import SHARD_FORMATS, Settings
@@ -20,14 +21,15 @@ from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, 
 from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
+from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.write import RemoveStaleShards, WriteDeadLetters, WriteJson, \
-    WriteLabelMasks
+    WriteLabelMasks, write_views
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
     return KerasSegmentationHandler(settings.model, settings.inference,
                                     keep_probabilities=settings.crf is not None
-                                    or settings.calibration)
+                                    or settings.calibration or settings.layout.write_confidence)
 
 
 class Inputs(NamedTuple):
@@ -105,16 +107,24 @@ class SegmentAndScore(beam.PTransform):
         if s.reshuffle:
             predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
-            refine = RefineWithCRF(s.crf, s.num_classes, s.ignore_index)
+            refine = RefineWithCRF(s.crf, s.num_classes, s.ignore_index,
+                                   s.layout.write_confidence)
             if s.crf_hints:
                 refine = refine.with_resource_hints(**dict(s.crf_hints))
             refined, crf_failed = predicted | "Refine" >> refine
         else:
+            calibrate = (s.num_classes, s.ignore_index) if s.calibration else (None, None)
             refined = predicted | "DropProbabilities" >> beam.Map(
-                drop_probabilities, *((s.num_classes, s.ignore_index) if s.calibration else ()))
+                drop_probabilities, *calibrate, s.layout.write_confidence)
             crf_failed = predicted.pipeline | "NoCrfFailures" >> beam.Create([])
+        views_failed = refined.pipeline | "NoViewFailures" >> beam.Create([])
+        if s.layout.write_overlays or s.layout.write_confidence:
+            colours = class_colours(s.class_names, s.palette) if s.layout.write_overlays \
+                else None
+            refined, views_failed = refined | "WriteViews" >> SafeMap(
+                "write", write_views, s.run_dir, colours)
         scored, scoring_failed = refined | "Score" >> ScoreImages(s.num_classes, s.ignore_index)
-        dead = ((inference_failed, crf_failed, scoring_failed)
+        dead = ((inference_failed, crf_failed, views_failed, scoring_failed)
                 | "StageFailures" >> beam.Flatten())
         return scored, dead
 

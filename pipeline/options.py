@@ -84,6 +84,13 @@ class SegmentationOptions(PipelineOptions):
         io.add_argument("--write_raw_masks", action="store_true", default=False,
                         help="Also write the model's labels before the CRF as "
                              "masks_raw/<key>.png (the report's gallery then shows both).")
+        io.add_argument("--write_overlays", action="store_true", default=False,
+                        help="Also write overlays/<key>.jpg: the image blended with its final "
+                             "labels in the classes' colours, for people to browse.")
+        io.add_argument("--write_confidence", action="store_true", default=False,
+                        help="Also write confidence/<key>.png: the top-class probability "
+                             "(after the CRF where it ran) as 0..255, to find uncertain "
+                             "regions.")
         io.add_argument("--report", action="store_true", default=False,
                         help="Also write the evaluation report (OUTPUT/report/report.html, "
                              ".md, .json) at the end of the run; see `segbeam report`.")
@@ -343,7 +350,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
                         convention.label_map, convention.mask_colours)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
-                          parse_run_date(o.run_date), o.write_raw_masks)
+                          parse_run_date(o.run_date), o.write_raw_masks, o.write_overlays,
+                          o.write_confidence)
     return Settings(
         input=absolute_local(o.input), input_format=input_format,
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,

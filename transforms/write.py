@@ -11,15 +11,16 @@ run never leaves duplicate rows behind.
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, RAW_MASKS_DIR, \
-    mask_png_path, output_path, write_bytes_atomically
+from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, \
+    OVERLAYS_DIR, RAW_MASKS_DIR, mask_png_path, output_path, write_bytes_atomically
 from segbeam.masks_png import encode_label_png, palette_bytes
 from segbeam.records import SegmentationRecord
+from segbeam.views import confidence_png, overlay_jpeg
 from segbeam.transforms.safe_map import SafeMap
 
 
@@ -35,6 +36,20 @@ def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = Fal
         write_bytes_atomically(mask_png_path(root, record.key, RAW_MASKS_DIR),
                                encode_label_png(record.raw_labels, palette))
     return record.replace(mask_path=path, raw_labels=None, crf_labels=None)
+
+
+def write_views(record: SegmentationRecord, root: str, colours: Optional[Sequence] = None
+                ) -> SegmentationRecord:
+    """With ``colours``, writes ``<root>/overlays/<key>.jpg`` (the image blended with its final
+    labels); where the record carries a confidence map, ``<root>/confidence/<key>.png``; drops
+    the confidence map."""
+    if colours is not None:
+        write_bytes_atomically(mask_png_path(root, record.key, OVERLAYS_DIR, ".jpg"),
+                               overlay_jpeg(record.image, record.final_labels, colours))
+    if record.confidence is not None:
+        write_bytes_atomically(mask_png_path(root, record.key, CONFIDENCE_DIR),
+                               confidence_png(record.confidence))
+    return record.replace(confidence=None)
 
 
 class WriteLabelMasks(beam.PTransform):
