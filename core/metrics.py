@@ -19,7 +19,10 @@ import numpy as np
 DATASET_METRICS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
 METRIC_LABELS = {"pixel_accuracy": "pixel accuracy", "mean_class_accuracy":
                  "mean class accuracy", "miou": "mIoU", "fwiou": "frequency-weighted IoU",
-                 "mean_dice": "mean Dice / F1"}
+                 "mean_dice": "mean Dice / F1", "boundary_f1": "boundary F1 (BF)",
+                 "boundary_iou": "boundary IoU"}
+# The dataset figures of the report's and the terminal's tables: region, then boundary.
+REPORTED_METRICS = DATASET_METRICS + ("boundary_f1", "boundary_iou")
 
 
 def confusion_matrix(prediction: np.ndarray, truth: np.ndarray, num_classes: int,

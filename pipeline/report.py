@@ -19,7 +19,7 @@ import numpy as np
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
     mask_png_path, output_path, write_bytes_atomically
 from segbeam.labels import label_warnings
-from segbeam.metrics import DATASET_METRICS, METRIC_LABELS
+from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
@@ -61,21 +61,27 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
     names = summary["class_names"]
     aggregate = {metric: {"raw": raw.get(metric), "crf": crf.get(metric) if crf else None,
                           "delta": _delta(crf.get(metric), raw.get(metric)) if crf else None}
-                 for metric in DATASET_METRICS}
+                 for metric in REPORTED_METRICS}
     truth = np.asarray(raw["confusion"], dtype=np.int64).sum(axis=1)
     labelled = max(int(truth.sum()), 1)
     per_class = []
     for index, name in enumerate(names):
         iou_raw = raw["per_class"][index]["iou"]
         iou_crf = crf["per_class"][index]["iou"] if crf else None
+        edges = {f"{figure}_{variant}": figures["per_class"][index].get(figure)
+                 for variant, figures in (("raw", raw), ("crf", crf)) if figures
+                 for figure in ("boundary_f1", "boundary_iou")}
         per_class.append({"class_id": index, "class": name, "iou_raw": iou_raw,
                           "iou_crf": iou_crf, "delta": _delta(iou_crf, iou_raw),
-                          "pixel_share": float(truth[index]) / labelled})
+                          "pixel_share": float(truth[index]) / labelled, **edges})
     final = crf or raw
     scored = [r for r in rows if r.get("has_mask") and r.get("miou_raw") is not None]
     final_miou = lambda r: r["miou_crf"] if r.get("miou_crf") is not None else r["miou_raw"]  # noqa: E731
     gains = [r["miou_crf"] - r["miou_raw"] for r in scored if r.get("miou_crf") is not None]
     ranked = sorted(scored, key=lambda r: (final_miou(r), r["key"]))
+    final_bf = lambda r: r.get("bf_crf") if r.get("bf_crf") is not None else r.get("bf_raw")  # noqa: E731
+    by_boundary = sorted((r for r in scored if final_bf(r) is not None),
+                         key=lambda r: (final_bf(r), r["key"]))
     worst = ranked[:gallery_size]
     best = list(reversed(ranked[-gallery_size:])) if len(ranked) > gallery_size else []
     span = max([abs(g) for g in gains] + [0.01])
@@ -90,6 +96,10 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
         "crf_gain": histogram(gains, 10, -span, span) if gains else None,
         "crf_gain_mean": float(np.mean(gains)) if gains else None,
         "worst": [_gallery_entry(r, working_directory, root) for r in worst],
+        "worst_boundary": [dict(_gallery_entry(r, working_directory, root), bf=final_bf(r))
+                           for r in by_boundary[:gallery_size]],
+        "calibration": {variant: figures.get("calibration")
+                        for variant, figures in (("raw", raw), ("crf", crf)) if figures},
         "best": [_gallery_entry(r, working_directory, root) for r in best],
     }
 

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from segbeam.classes import class_colours
-from segbeam.metrics import DATASET_METRICS, METRIC_LABELS
+from segbeam.metrics import METRIC_LABELS, REPORTED_METRICS
+from segbeam.pipeline.report_svg import svg_bars, svg_heatmap, svg_histogram, svg_reliability
 
 RAW_COLOUR, CRF_COLOUR = "#8da0cb", "#e78ac3"
 PANEL_WIDTH = 240
@@ -69,7 +70,7 @@ def render_markdown(report: dict) -> str:
     else:
         lines += ["", "## Aggregate (%)", "", "| metric | raw | CRF | CRF - raw |",
                   "| --- | ---: | ---: | ---: |"]
-        for metric in DATASET_METRICS:
+        for metric in REPORTED_METRICS:
             figures = evaluation["aggregate"][metric]
             lines.append(f"| {METRIC_LABELS[metric]} | {_pct(figures['raw'])} | "
                          f"{_pct(figures['crf'])} | {_pct(figures['delta'], True)} |")
@@ -78,6 +79,11 @@ def render_markdown(report: dict) -> str:
         for row in evaluation["per_class"]:
             lines.append(f"| {row['class']} | {_pct(row['iou_raw'])} | {_pct(row['iou_crf'])} "
                          f"| {_pct(row['delta'], True)} | {_pct(row['pixel_share'])} |")
+        lines += ["", "## Calibration", ""]
+        for variant, figures in evaluation["calibration"].items():
+            lines.append(f"- {variant}: " + ("no probabilities kept" if not figures else
+                                             f"ECE {_pct(figures['ece'])} %, NLL "
+                                             f"{figures['nll']:.3f}, Brier {figures['brier']:.3f}"))
         lines += ["", "## Worst images", ""]
         lines += [f"- `{e['key']}`: mIoU raw {_pct(e['miou_raw'])}, CRF {_pct(e['miou_crf'])}"
                   for e in evaluation["worst"]]
@@ -100,76 +106,6 @@ def render_markdown(report: dict) -> str:
 
 
 # ---- HTML -------------------------------------------------------------------------------
-
-def _svg_bars(labels: list[str], series: list[tuple[str, str, list[Optional[float]]]],
-              height: int = 220) -> str:
-    """A grouped bar chart of values in [0, 1], one group per label."""
-    group = 14 * len(series) + 10
-    width = 40 + group * len(labels) + 60  # room for the last rotated label
-    parts = [f'<svg class="chart" width="{width}" height="{height + 90}" role="img">',
-             f'<line x1="36" y1="{height}" x2="{width}" y2="{height}" stroke="#555"/>']
-    for tick in (0, 0.25, 0.5, 0.75, 1.0):
-        y = height - tick * (height - 10)
-        parts.append(f'<text x="32" y="{y + 4:.1f}" text-anchor="end">{tick * 100:.0f}</text>'
-                     f'<line x1="36" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="#eee"/>')
-    for g, label in enumerate(labels):
-        x0 = 40 + g * group
-        for s, (name, colour, values) in enumerate(series):
-            value = values[g]
-            if value is None:
-                continue
-            bar = value * (height - 10)
-            parts.append(f'<rect x="{x0 + s * 14}" y="{height - bar:.1f}" width="12" '
-                         f'height="{bar:.1f}" fill="{colour}"><title>{html.escape(label)} '
-                         f'{name}: {value * 100:.2f}</title></rect>')
-        parts.append(f'<text transform="translate({x0 + group / 2 - 4},{height + 8}) '
-                     f'rotate(60)">{html.escape(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _svg_histogram(hist: dict, colour: str, label: Callable[[float], str]) -> str:
-    counts, edges = hist["counts"], hist["edges"]
-    top = max(counts + [1])
-    width, height = 30 * len(counts) + 70, 160
-    parts = [f'<svg class="chart" width="{width}" height="{height + 40}" role="img">']
-    for i, count in enumerate(counts):
-        bar = count / top * (height - 20)
-        parts.append(f'<rect x="{30 + i * 30}" y="{height - bar:.1f}" width="28" '
-                     f'height="{bar:.1f}" fill="{colour}"><title>{label(edges[i])} to '
-                     f'{label(edges[i + 1])}: {count}</title></rect>'
-                     f'<text x="{44 + i * 30}" y="{height - bar - 3:.1f}" '
-                     f'text-anchor="middle">{count}</text>')
-    for i in (0, len(counts) // 2, len(counts)):
-        parts.append(f'<text x="{30 + i * 30}" y="{height + 16}" text-anchor="middle">'
-                     f'{label(edges[i])}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _svg_heatmap(matrix: list[list[Optional[float]]], names: list[str]) -> str:
-    cell, margin = 30, 110
-    size = margin + cell * len(names)
-    parts = [f'<svg class="chart" width="{size + 10}" height="{size + 10}" role="img">']
-    for i, name in enumerate(names):
-        parts.append(f'<text x="{margin - 4}" y="{margin + i * cell + 19}" text-anchor="end">'
-                     f'{html.escape(name)}</text>'
-                     f'<text transform="translate({margin + i * cell + 19},{margin - 4}) '
-                     f'rotate(-60)">{html.escape(name)}</text>')
-        for j, value in enumerate(matrix[i]):
-            shade = "#f4f4f4" if value is None else \
-                f"rgb({255 - int(value * 220)},{255 - int(value * 160)},255)"
-            text = "" if value is None or value < 0.005 else f"{value * 100:.0f}"
-            parts.append(f'<rect x="{margin + j * cell}" y="{margin + i * cell}" width="{cell}" '
-                         f'height="{cell}" fill="{shade}" stroke="#fff"><title>truth '
-                         f'{html.escape(name)}, predicted {html.escape(names[j])}: '
-                         f'{"-" if value is None else f"{value * 100:.1f}%"}</title></rect>'
-                         f'<text x="{margin + j * cell + 15}" y="{margin + i * cell + 19}" '
-                         f'text-anchor="middle" class="{"light" if (value or 0) > 0.6 else ""}">'
-                         f'{text}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
 
 def _jpeg_data_uri(array: np.ndarray) -> str:
     """Panels are photographs with overlays: JPEG keeps a report of dozens of them small."""
@@ -329,7 +265,7 @@ def render_html(report: dict) -> str:
 def _evaluation_html(evaluation: dict, names: list[str], colours: np.ndarray) -> str:
     out = ['<section id="aggregate"><h2>Aggregate</h2><table><tr><th>metric (%)</th>'
            "<th>raw</th><th>CRF</th><th>CRF - raw</th></tr>"]
-    for metric in DATASET_METRICS:
+    for metric in REPORTED_METRICS:
         figures = evaluation["aggregate"][metric]
         out.append(f"<tr><td>{METRIC_LABELS[metric]}</td><td>{_pct(figures['raw'])}</td>"
                    f"<td>{_pct(figures['crf'])}</td>{_signed_cell(figures['delta'])}</tr>")
@@ -338,34 +274,81 @@ def _evaluation_html(evaluation: dict, names: list[str], colours: np.ndarray) ->
                "the summed confusion matrix.</p></section>")
     per_class = evaluation["per_class"]
     out.append('<section id="per-class"><h2>Per-class IoU</h2>')
-    out.append(_svg_bars([r["class"] for r in per_class],
+    out.append(svg_bars([r["class"] for r in per_class],
                          [("raw", RAW_COLOUR, [r["iou_raw"] for r in per_class]),
                           ("CRF", CRF_COLOUR, [r["iou_crf"] for r in per_class])]))
-    out.append(f'<div class="legend"><span><i style="background:{RAW_COLOUR}"></i>raw</span>'
-               f'<span><i style="background:{CRF_COLOUR}"></i>CRF</span></div>')
+    out.append(_variant_legend())
     out.append("<table><tr><th>class</th><th>IoU raw</th><th>IoU CRF</th><th>CRF - raw</th>"
                "<th>pixel share</th></tr>")
     out += [f"<tr><td>{html.escape(r['class'])}</td><td>{_pct(r['iou_raw'])}</td>"
             f"<td>{_pct(r['iou_crf'])}</td>{_signed_cell(r['delta'])}"
             f"<td>{_pct(r['pixel_share'])}</td></tr>" for r in per_class]
     out.append("</table></section>")
+    out.append(_boundaries_html(per_class))
+    out.append(_calibration_html(evaluation["calibration"]))
     out.append(f'<section id="confusion"><h2>Confusion matrix ({evaluation["confusion_variant"]}'
                f', rows = ground truth, % of each row)</h2>'
-               f'{_svg_heatmap(evaluation["confusion_normalised"], names)}</section>')
+               f'{svg_heatmap(evaluation["confusion_normalised"], names)}</section>')
     out.append('<section id="distributions"><h2>Per-image distributions</h2><div class="flex">'
                f'<div><h3>per-image mIoU (final)</h3>'
-               f'{_svg_histogram(evaluation["per_image_miou"], CRF_COLOUR, _whole_pct)}</div>')
+               f'{svg_histogram(evaluation["per_image_miou"], CRF_COLOUR, _whole_pct)}</div>')
     if evaluation["crf_gain"]:
         out.append(f'<div><h3>CRF gain in per-image mIoU (points; mean '
                    f'{_pct(evaluation["crf_gain_mean"], True)})</h3>'
-                   f'{_svg_histogram(evaluation["crf_gain"], RAW_COLOUR, lambda v: _pct(v, True))}'
+                   f'{svg_histogram(evaluation["crf_gain"], RAW_COLOUR, lambda v: _pct(v, True))}'
                    "</div>")
     out.append("</div></section>")
     out.append(f'<section id="gallery"><h2>Worst images</h2>{_legend(names, colours)}'
                f'{_gallery(evaluation["worst"], colours)}')
     if evaluation["best"]:
         out.append(f'<h2>Best images</h2>{_gallery(evaluation["best"], colours)}')
+    if evaluation["worst_boundary"]:
+        out.append(f'<h2 id="worst-boundary">Worst images by boundary F1</h2>'
+                   f'{_gallery(evaluation["worst_boundary"], colours)}')
     out.append("</section>")
+    return "\n".join(out)
+
+
+def _variant_legend() -> str:
+    return (f'<div class="legend"><span><i style="background:{RAW_COLOUR}"></i>raw</span>'
+            f'<span><i style="background:{CRF_COLOUR}"></i>CRF</span></div>')
+
+
+def _boundaries_html(per_class: list[dict]) -> str:
+    """Per-class boundary F1 and boundary IoU, raw against CRF."""
+    out = ['<section id="boundaries"><h2>Boundaries per class</h2>',
+           svg_bars([r["class"] for r in per_class],
+                    [("BF raw", RAW_COLOUR, [r.get("boundary_f1_raw") for r in per_class]),
+                     ("BF CRF", CRF_COLOUR, [r.get("boundary_f1_crf") for r in per_class])]),
+           _variant_legend(),
+           "<table><tr><th>class</th><th>BF raw</th><th>BF CRF</th><th>boundary IoU raw</th>"
+           "<th>boundary IoU CRF</th></tr>"]
+    out += [f"<tr><td>{html.escape(r['class'])}</td><td>{_pct(r.get('boundary_f1_raw'))}</td>"
+            f"<td>{_pct(r.get('boundary_f1_crf'))}</td><td>{_pct(r.get('boundary_iou_raw'))}"
+            f"</td><td>{_pct(r.get('boundary_iou_crf'))}</td></tr>" for r in per_class]
+    out.append("</table><p class='note'>BF: per image, the mean over classes of the boundary "
+               "F1 within 0.75% of the diagonal; per class, the mean over the images where the "
+               "class occurs. Boundary IoU: Cheng et al. at 2% of the diagonal, from summed "
+               "counts.</p></section>")
+    return "\n".join(out)
+
+
+def _calibration_html(calibration: dict) -> str:
+    """Reliability diagrams with ECE, NLL and Brier score, raw and after the CRF."""
+    present = {variant: figures for variant, figures in calibration.items() if figures}
+    if not present:
+        return ('<section id="calibration"><h2>Calibration</h2><p class="note">No class '
+                "probabilities were kept in this run (run with the CRF, or --calibration)."
+                "</p></section>")
+    out = ['<section id="calibration"><h2>Calibration (reliability: accuracy against '
+           'confidence per bin; dashed: perfect)</h2><div class="flex">']
+    for variant, figures in present.items():
+        colour = RAW_COLOUR if variant == "raw" else CRF_COLOUR
+        out.append(f"<div><h3>{'raw' if variant == 'raw' else 'CRF'}: ECE "
+                   f"{_pct(figures['ece'])}, NLL {figures['nll']:.3f}, Brier "
+                   f"{figures['brier']:.3f}</h3>{svg_reliability(figures['bins'], colour)}"
+                   "</div>")
+    out.append("</div></section>")
     return "\n".join(out)
 
 

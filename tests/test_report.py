@@ -15,8 +15,9 @@ from segbeam.pipeline.demo import DEMO_CLASSES, write_demo_inputs
 from segbeam.pipeline.report import build_report, compare_reports, load_run, normalised_confusion
 from segbeam.pipeline.report_render import colourise, render_html, render_json, render_markdown
 
-SECTIONS_WITH_MASKS = ("run", "aggregate", "per-class", "confusion", "distributions",
-                       "gallery", "without-masks")
+SECTIONS_WITH_MASKS = ("run", "aggregate", "per-class", "boundaries", "calibration",
+                       "confusion", "distributions", "gallery", "worst-boundary",
+                       "without-masks")
 
 
 def _run(output, images, masks, model, extra=()):
@@ -61,6 +62,11 @@ def test_figures_agree_with_the_run_summary(runs):
     assert report["without_masks"]["count"] == 1
     assert report["run"]["counts"]["dead_letters"] == 1
     assert [d["stage"] for d in report["run"]["dead_letters_by_reason"]] == ["decode"]
+    for metric in ("boundary_f1", "boundary_iou"):
+        assert evaluation["aggregate"][metric]["crf"] == summary["crf"][metric]
+    by_bf = [e["bf"] for e in evaluation["worst_boundary"]]
+    assert by_bf == sorted(by_bf) and by_bf[0] == min(r["bf_crf"] for r in scored)
+    assert evaluation["calibration"]["crf"]["ece"] == summary["crf"]["calibration"]["ece"]
 
 
 def test_renderings_hold_every_section(runs):
@@ -68,10 +74,13 @@ def test_renderings_hold_every_section(runs):
     page = render_html(report)
     for section in SECTIONS_WITH_MASKS:
         assert f'id="{section}"' in page, section
-    # worst and best 3: image | ground truth | prediction | CRF; the unmasked one: 3 panels
+    # worst and best 3 by mIoU, worst 3 by BF: image | ground truth | prediction | CRF; the
+    # unmasked one: 3 panels
     assert all(entry["raw_mask_path"] for entry in report["evaluation"]["worst"])
-    assert page.count("data:image/jpeg;base64,") == 6 * 4 + 3
-    assert page.count("<figcaption>CRF</figcaption>") == 7
+    assert page.count("data:image/jpeg;base64,") == 9 * 4 + 3
+    assert page.count("<figcaption>CRF</figcaption>") == 10
+    assert page.count('<svg class="chart"') >= 2 + 5  # two reliability diagrams among them
+    assert "ECE" in page and "## Calibration" in render_markdown(report)
     assert "http://" not in page and "https://" not in page  # opens offline
     markdown = render_markdown(report)
     assert "| mIoU |" in markdown and "| disc |" in markdown
