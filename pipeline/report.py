@@ -50,6 +50,12 @@ def _reason_group(reason: str) -> str:
     return reason.split(";")[0].split(" (")[0][:160]
 
 
+def _final(row: dict, figure: str) -> Optional[float]:
+    """A row's figure for its final labels: after the CRF where it ran."""
+    after = row.get(f"{figure}_crf")
+    return after if after is not None else row.get(f"{figure}_raw")
+
+
 def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
                        working_directory: Optional[str] = None,
                        root: Optional[str] = None) -> Optional[dict]:
@@ -76,10 +82,10 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
                           "pixel_share": float(truth[index]) / labelled, **edges})
     final = crf or raw
     scored = [r for r in rows if r.get("has_mask") and r.get("miou_raw") is not None]
-    final_miou = lambda r: r["miou_crf"] if r.get("miou_crf") is not None else r["miou_raw"]  # noqa: E731
+    final_miou = lambda r: _final(r, "miou")  # noqa: E731
     gains = [r["miou_crf"] - r["miou_raw"] for r in scored if r.get("miou_crf") is not None]
     ranked = sorted(scored, key=lambda r: (final_miou(r), r["key"]))
-    final_bf = lambda r: r.get("bf_crf") if r.get("bf_crf") is not None else r.get("bf_raw")  # noqa: E731
+    final_bf = lambda r: _final(r, "bf")  # noqa: E731
     by_boundary = sorted((r for r in scored if final_bf(r) is not None),
                          key=lambda r: (final_bf(r), r["key"]))
     worst = ranked[:gallery_size]
