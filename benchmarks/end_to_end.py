@@ -93,7 +93,8 @@ def plain_loop(argv: list[str]) -> int:
             ref = ImageRef(key, path, os.path.join(settings.masks, os.path.basename(path)))
             batch.append(decode_encoded(read_encoded(ref), settings.max_image_pixels))
         for record in handler.run_inference(batch, model):
-            record = refine_record(record, settings.crf)
+            record = refine_record(record, settings.crf, settings.num_classes,
+                                   settings.ignore_index)
             record = score_record(record, settings.num_classes, settings.ignore_index)
             rows.append(metrics_row(write_label_png(record, settings.run_dir), "plain"))
     schema = metrics_schema(settings.num_classes, settings.class_names)

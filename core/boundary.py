@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy import ndimage
+
+from segbeam.metrics import FIXED_POINT, fixed_point, from_fixed_point
 from scipy.spatial import cKDTree
 
 BF_TOLERANCE = 0.0075  # of the image diagonal
@@ -139,8 +141,8 @@ class BoundaryTotals:
     Rows without the columns (kept from runs before they existed) are counted apart."""
 
     def __init__(self, num_classes: int):
-        self.bf_sum, self.images, self.rows_without = 0.0, 0, 0
-        self.bf_class = np.zeros((2, num_classes))  # sums, images
+        self.bf_sum, self.images, self.rows_without = 0, 0, 0  # bf_sum: fixed point
+        self.bf_class = fixed_point(np.zeros((2, num_classes)))  # sums (fixed point), images
         self.counts = np.zeros((2, num_classes), dtype=np.int64)  # intersections, unions
 
     def add(self, row: dict, variant: str) -> None:
@@ -149,12 +151,12 @@ class BoundaryTotals:
             self.rows_without += 1
             return
         if bf is not None:
-            self.bf_sum += bf
+            self.bf_sum += int(fixed_point(bf))
             self.images += 1
         classes = np.array([np.nan if x is None else x for x in row[f"bf_classes_{variant}"]])
         scored = ~np.isnan(classes)
-        self.bf_class[0, scored] += classes[scored]
-        self.bf_class[1, scored] += 1
+        self.bf_class[0, scored] += fixed_point(classes[scored])
+        self.bf_class[1, scored] += FIXED_POINT
         self.counts[0] += np.asarray(row[f"boundary_intersection_{variant}"], dtype=np.int64)
         self.counts[1] += np.asarray(row[f"boundary_union_{variant}"], dtype=np.int64)
 
@@ -171,11 +173,13 @@ class BoundaryTotals:
     def summary(self) -> dict:
         """Dataset BF (mean over images), boundary IoU (mean over classes with a band), per
         class; None where nothing was scored."""
+        sums, images = from_fixed_point(self.bf_class)
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_class_bf = self.bf_class[0] / self.bf_class[1]
+            per_class_bf = sums / images
             per_class_iou = self.counts[0] / self.counts[1]
         valid_iou = per_class_iou[~np.isnan(per_class_iou)]
-        return {"boundary_f1": self.bf_sum / self.images if self.images else None,
+        return {"boundary_f1": float(from_fixed_point(self.bf_sum)) / self.images
+                if self.images else None,
                 "boundary_iou": float(valid_iou.mean()) if valid_iou.size else None,
                 "boundary_images": self.images, "rows_without_boundary": self.rows_without,
                 "per_class_boundary_f1": per_class_bf, "per_class_boundary_iou": per_class_iou}

@@ -13,8 +13,8 @@ import pyarrow as pa
 
 from segbeam.boundary import BoundaryTotals
 from segbeam.calibration import VECTOR_LENGTH, calibration_figures, from_vector
-from segbeam.metrics import DATASET_METRICS, dense_confusion, nan_to_none, \
-    summarise_confusion
+from segbeam.metrics import DATASET_METRICS, dense_confusion, fixed_point, from_fixed_point, \
+    nan_to_none, summarise_confusion
 
 VARIANTS = ("raw", "crf")
 
@@ -37,7 +37,7 @@ class ConfusionSum(beam.CombineFn):
                 "images_unchecked": 0, "unexpected_values": frozenset(),
                 "multi_frame_images": 0,
                 **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS},
-                **{f"calibration_{v}": np.zeros(VECTOR_LENGTH) for v in VARIANTS},
+                **{f"calibration_{v}": fixed_point(np.zeros(VECTOR_LENGTH)) for v in VARIANTS},
                 **{f"calibrated_images_{v}": 0 for v in VARIANTS}}
 
     def add_input(self, accumulator, row: dict):
@@ -78,7 +78,7 @@ class ConfusionSum(beam.CombineFn):
 def _add_calibration(accumulator: dict, row: dict, variant: str) -> None:
     vector = row.get(f"calibration_{variant}")
     if vector is not None:
-        accumulator[f"calibration_{variant}"] += np.asarray(vector, dtype=np.float64)
+        accumulator[f"calibration_{variant}"] += fixed_point(vector)
         accumulator[f"calibrated_images_{variant}"] += 1
 
 
@@ -100,7 +100,7 @@ def _variant_summary(confusion: np.ndarray, class_names: list[str],
     return {**overall, "boundary_f1": edges["boundary_f1"],
             "boundary_iou": edges["boundary_iou"], "boundary_images": edges["boundary_images"],
             "rows_without_boundary": edges["rows_without_boundary"],
-            "calibration": calibration_figures(from_vector(calibration)),
+            "calibration": calibration_figures(from_vector(from_fixed_point(calibration))),
             "calibrated_images": calibrated_images,
             "labelled_pixels": figures["labelled_pixels"], "per_class": per_class,
             "confusion": confusion.tolist()}
