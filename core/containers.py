@@ -108,6 +108,16 @@ def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
                         content_sha256(image, mask or None))
 
 
+def parquet_columns(shard: str) -> list[str]:
+    """The column names in a Parquet shard's footer (raises where the footer cannot be read)."""
+    import pyarrow.parquet as pq
+
+    from segbeam.layout import open_file
+
+    with open_file(shard) as handle:
+        return pq.ParquetFile(handle).schema_arrow.names
+
+
 def check_parquet_columns(schema_names: list[str], fields: ContainerFields, shard: str) -> None:
     """Raises ValueError naming the columns when a configured column is missing."""
     wanted = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]

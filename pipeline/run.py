@@ -23,12 +23,12 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, TestOptions)
 
 from segbeam import compat
-from segbeam.containers import ContainerFields, check_parquet_columns
+from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
 from segbeam.dataset import mask_glob
 from segbeam.labels import label_warnings
 from segbeam.matching import could_match_outputs, match_files
 from segbeam.metrics import DATASET_METRICS
-from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, open_file, \
+from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
@@ -101,11 +101,8 @@ def _check_inputs_exist(settings: Settings) -> None:
 def _check_parquet_columns(shard: str, fields: ContainerFields) -> None:
     """A column flag that names no column of the first shard is a usage error, not a dead
     letter per shard."""
-    import pyarrow.parquet as pq
-
     try:
-        with open_file(shard) as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
+        names = parquet_columns(shard)
     except Exception:  # noqa: BLE001 - an unreadable shard is the pipeline's dead letter
         return
     try:

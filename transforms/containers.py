@@ -11,8 +11,8 @@ import posixpath
 import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from segbeam.containers import ContainerFields, check_parquet_columns, parquet_rows, \
-    parse_parquet_row, webdataset_samples
+from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns, \
+    parquet_rows, parse_parquet_row, webdataset_samples
 from segbeam.keys import sanitise_key
 from segbeam.layout import open_file
 from segbeam.matching import match_files
@@ -32,12 +32,8 @@ def _shard_dead_letter(shard: str, reason: str) -> beam.pvalue.TaggedOutput:
 def _readable_parquet(shard: str, fields: ContainerFields):
     """The shard, when its footer reads and it has the configured columns; else a dead letter
     for the whole shard (a truncated file has no footer, so its rows cannot be counted)."""
-    import pyarrow.parquet as pq
-
     try:
-        with open_file(shard) as handle:
-            names = pq.ParquetFile(handle).schema_arrow.names
-        check_parquet_columns(names, fields, shard)
+        check_parquet_columns(parquet_columns(shard), fields, shard)
     except Exception as error:  # noqa: BLE001 - any unreadable shard becomes a dead letter
         yield _shard_dead_letter(shard, f"not a readable Parquet shard: "
                                         f"{one_line_reason(error)}")
