@@ -91,15 +91,24 @@ def _is_output(path: str, root: Optional[str]) -> bool:
 
 def _local_files(root: str, depth: Optional[int]) -> Iterator[str]:
     """Every non-folder entry under ``root`` (a dangling link or a link loop included), ``depth``
-    folders deep at most (None: all). Links to folders are not followed, as in Beam."""
+    folders deep at most (None: all). Links to folders are followed (Beam skips what lies
+    behind them without a word), each real folder once, in name order, so a loop ends."""
     top = root.rstrip("/") or ("/" if root.startswith("/") else ".")
     if not os.path.isdir(top):
         return
-    for folder, subfolders, files in os.walk(top):
+    seen = {os.path.realpath(top)}
+    for folder, subfolders, files in os.walk(top, followlinks=True):
         relative = os.path.relpath(folder, top)
         level = 0 if relative == "." else relative.count(os.sep) + 1
         if depth is not None and level >= depth:
             subfolders[:] = []
+        kept = []
+        for name in sorted(subfolders):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        subfolders[:] = kept
         for name in files:
             path = os.path.join(folder, name)
             yield path[2:] if top == "." and path.startswith("./") else path

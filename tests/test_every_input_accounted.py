@@ -73,6 +73,24 @@ def test_matching_keeps_what_beams_matching_dropped(tmp_path):
     assert len(list(match_files(f"{folder}/**", exclude=str(folder)))) == 4
 
 
+def test_files_behind_a_link_to_a_folder_are_matched_once_and_a_loop_ends(tmp_path):
+    """Beam's listing does not follow links to folders, so images on another disk linked into
+    the data folder were silently not inputs."""
+    from apache_beam.io.filesystems import FileSystems
+
+    elsewhere = tmp_path / "elsewhere"
+    _image(str(elsewhere / "far.png"))
+    data = tmp_path / "data"
+    _image(str(data / "near.png"))
+    os.symlink(elsewhere, data / "camera1")
+    os.symlink(data, data / "loop")  # a link back up: walked once, not forever
+    found = sorted(os.path.relpath(p, data) for p in match_files(f"{data}/**"))
+    assert found == ["camera1/far.png", "near.png"]
+    beam_sees = sorted(os.path.relpath(m.path, data)
+                       for m in FileSystems.match([f"{data}/**"])[0].metadata_list)
+    assert "camera1/far.png" not in beam_sees  # the defect
+
+
 def test_outputs_inside_the_input_glob_are_recognised(tmp_path):
     assert could_match_outputs(f"{tmp_path}/**", f"{tmp_path}/out")
     assert could_match_outputs(f"{tmp_path}/*/*/*.png", f"{tmp_path}/out")
