@@ -56,8 +56,14 @@ def effect_of(field: dataclasses.Field, owner: type) -> Effect:
 
 
 def _plain(value: Any) -> Any:
+    """A configuration value as plain data; a dataclass's ``omit_default`` fields left out
+    where they hold their default (so they leave earlier fingerprints as they were)."""
     if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+        plain = dataclasses.asdict(value)
+        for field in dataclasses.fields(value):
+            if field.metadata.get(OMIT_DEFAULT) and getattr(value, field.name) == field.default:
+                plain.pop(field.name)
+        return plain
     return value
 
 

@@ -19,6 +19,12 @@ resolution, 1% class floor; ``scale=1, class_floor=0`` is the plain call):
   the floor anywhere in it: each mean-field step costs in proportion to the classes, and an
   image holds few of a 21-class dataset's. A pixel's most probable class is always kept (the
   floor is capped at 1 / classes); a left-out class gets zero probability.
+
+Two backends compute the same inference (``backend``): ``pydensecrf``, the reference C++
+implementation, and ``keras`` (``segbeam.crf_keras``), the same mean field and permutohedral
+lattice in ``keras.ops``, on whatever device the Keras backend uses. The keras backend leaves
+classes out by giving them zero probability rather than by dropping them, so that its
+compiled functions keep one shape per image size; the marginals are the same.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from PIL import Image
 from segbeam.config import Effect, setting
 from segbeam.geometry import resize_bilinear
 
+CRF_BACKENDS = ("pydensecrf", "keras")
+
 
 @dataclasses.dataclass(frozen=True)
 class CrfParams:
@@ -38,8 +46,9 @@ class CrfParams:
     deviation (pixels). bi_*: the bilateral term's weight, spatial and colour standard
     deviations (pixels, intensity levels). scale: the fraction of the image's resolution the
     CRF runs at (1: full), never below min_side pixels on the short side. class_floor:
-    classes below this probability everywhere are left out (0: keep all). Every field changes
-    the refined labels. Checked on construction."""
+    classes below this probability everywhere are left out (0: keep all). backend: which
+    implementation computes it (``CRF_BACKENDS``; labels differ only on near ties). Every
+    field changes the refined labels. Checked on construction."""
 
     iterations: int = setting(Effect.OUTPUT, 10)
     pos_w: float = setting(Effect.OUTPUT, 3.0)
@@ -50,6 +59,7 @@ class CrfParams:
     scale: float = setting(Effect.OUTPUT, 0.5)
     class_floor: float = setting(Effect.OUTPUT, 0.01)
     min_side: int = setting(Effect.OUTPUT, 128)
+    backend: str = setting(Effect.OUTPUT, "pydensecrf", omit_default=True)
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -63,6 +73,9 @@ class CrfParams:
             raise ValueError(f"CRF class_floor must be in [0, 1); received {self.class_floor}")
         if self.min_side < 1:
             raise ValueError(f"CRF min_side must be at least 1; received {self.min_side}")
+        if self.backend not in CRF_BACKENDS:
+            raise ValueError(f"CRF backend must be one of {', '.join(CRF_BACKENDS)}; received "
+                             f"{self.backend!r}")
 
     def replace(self, **changes) -> "CrfParams":
         return dataclasses.replace(self, **changes)
@@ -114,7 +127,20 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams = 
         marginals = np.zeros((height, width, classes), dtype=np.float32)
         marginals[..., kept[0]] = 1.0
         return marginals
-    subset = probabilities if kept.size == classes else probabilities[..., kept]
+    if params.backend == "keras":
+        from segbeam.crf_keras import shared_crf
+
+        mask = np.zeros(classes, dtype=bool)
+        mask[kept] = True
+        subset = probabilities  # left-out classes come back with probability 0
+
+        def core(crf_image, probs, crf_params):
+            return shared_crf().marginals(crf_image, probs, crf_params, min_probability, mask)
+    else:
+        subset = probabilities if kept.size == classes else probabilities[..., kept]
+
+        def core(crf_image, probs, crf_params):
+            return _pydensecrf(crf_image, probs, crf_params, min_probability)
     scale = max(params.scale, min(1.0, params.min_side / min(height, width)))
     if scale < 1:
         small = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -123,12 +149,11 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams = 
         small_params = params.replace(
             pos_xy_std=max(params.pos_xy_std * factor, min(params.pos_xy_std, 1.0)),
             bi_xy_std=params.bi_xy_std * factor)
-        refined = _pydensecrf(small_image, resize_bilinear(subset, *small), small_params,
-                              min_probability)
-        refined = resize_bilinear(refined, height, width)
+        refined = resize_bilinear(core(small_image, resize_bilinear(subset, *small),
+                                       small_params), height, width)
     else:
-        refined = _pydensecrf(image, subset, params, min_probability)
-    if kept.size == classes:
+        refined = core(image, subset, params)
+    if refined.shape[-1] == classes:
         return refined
     marginals = np.zeros((height, width, classes), dtype=np.float32)
     marginals[..., kept] = refined

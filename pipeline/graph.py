@@ -108,7 +108,7 @@ class SegmentAndScore(beam.PTransform):
             predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
             refine = RefineWithCRF(s.crf, s.num_classes, s.ignore_index,
-                                   s.layout.write_confidence)
+                                   s.layout.write_confidence, s.crf_processes)
             if s.crf_hints:
                 refine = refine.with_resource_hints(**dict(s.crf_hints))
             refined, crf_failed = predicted | "Refine" >> refine

@@ -10,11 +10,12 @@ import os
 import re
 from typing import Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.containers import ContainerFields, container_format
 from segbeam.crf import CrfParams
+from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -169,33 +170,7 @@ class SegmentationOptions(PipelineOptions):
                                 "e.g. 16GB.")
         scale.add_argument("--crf_min_ram", default=None,
                            help="Resource hint: memory per worker for the CRF stage, e.g. 8GB.")
-        crf = parser.add_argument_group("dense CRF (defaults: DeepLab v2)")
-        crf.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
-                         help="Refine predictions with a dense CRF (--no-crf to skip).")
-        defaults = CrfParams()
-        crf.add_argument("--crf_iterations", type=int, default=defaults.iterations,
-                         help="Mean-field iterations.")
-        crf.add_argument("--crf_pos_w", type=float, default=defaults.pos_w,
-                         help="Weight of the Gaussian (smoothness) term.")
-        crf.add_argument("--crf_pos_xy_std", type=float, default=defaults.pos_xy_std,
-                         help="Spatial std (pixels) of the Gaussian term.")
-        crf.add_argument("--crf_bi_w", type=float, default=defaults.bi_w,
-                         help="Weight of the bilateral (appearance) term.")
-        crf.add_argument("--crf_bi_xy_std", type=float, default=defaults.bi_xy_std,
-                         help="Spatial std (pixels) of the bilateral term.")
-        crf.add_argument("--crf_bi_rgb_std", type=float, default=defaults.bi_rgb_std,
-                         help="Colour std (intensity levels) of the bilateral term.")
-        crf.add_argument("--crf_scale", type=float, default=defaults.scale,
-                         help="Run the CRF at this fraction of each image's resolution "
-                              "(spatial stds scaled to match) and upsample its marginals; "
-                              "1 is the plain full-resolution CRF.")
-        crf.add_argument("--crf_min_side", type=int, default=defaults.min_side,
-                         help="With --crf_scale below 1: the reduced copy keeps at least this "
-                              "many pixels on its short side (smaller images stay at full "
-                              "resolution).")
-        crf.add_argument("--crf_class_floor", type=float, default=defaults.class_floor,
-                         help="Leave out of an image's CRF the classes whose probability "
-                              "stays below this everywhere in it; 0 keeps every class.")
+        add_crf_flags(parser)
         evaluation = parser.add_argument_group("evaluation")
         evaluation.add_argument("--dataset", default=None, choices=tuple(DATASETS),
                                 help="A dataset's label conventions in one flag: class names "
@@ -253,6 +228,7 @@ class Settings:
     reshuffle: bool = setting(Effect.NONE, True)
     inference_hints: tuple = setting(Effect.NONE, ())  # (name, value) pairs for Beam
     crf_hints: tuple = setting(Effect.NONE, ())
+    crf_processes: int = setting(Effect.NONE, 1)  # pydensecrf processes per worker
     containers: ContainerFields = setting(Effect.NESTED, ContainerFields())
     image_suffix: str = setting(Effect.NONE, "")  # file-name suffixes for pairing (Naming)
     mask_suffix: str = setting(Effect.NONE, "")
@@ -312,14 +288,6 @@ def _input_format(choice: str, pattern: str) -> str:
     return container_format(pattern) or "images"
 
 
-def _crf_params(o: SegmentationOptions) -> Optional[CrfParams]:
-    if not o.crf:
-        return None
-    return CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
-                     o.crf_bi_xy_std, o.crf_bi_rgb_std, o.crf_scale, o.crf_class_floor,
-                     o.crf_min_side)
-
-
 def settings_from(options: SegmentationOptions, runner: Optional[str] = None) -> Settings:
     """Checks the flags together and returns typed settings; errors say what to change.
 
@@ -355,7 +323,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     return Settings(
         input=absolute_local(o.input), input_format=input_format,
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
-        inference=inference, crf=_crf_params(o),
+        inference=inference, crf=crf_params(o),
         ignore_index=labels.ignore_index,
         class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
         label_map=labels.label_map, mask_colours=labels.colours, palette=convention.palette,
@@ -366,6 +334,9 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
             if value),
         crf_hints=(("min_ram", o.crf_min_ram),) if o.crf_min_ram else (),
+        crf_processes=crf_processes(
+            o.crf_processes, o.crf_backend, (runner or "DirectRunner").rsplit(".", 1)[-1]
+            in LOCAL_RUNNERS, options.view_as(DirectOptions).direct_num_workers),
         containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext),
         image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix)
 

@@ -1,16 +1,31 @@
-"""The dense-CRF stage: a thin Beam shell over ``segbeam.crf.dense_crf``."""
+"""The dense-CRF stage: a thin Beam shell over ``segbeam.crf.dense_crf``.
+
+pydensecrf holds the GIL for a whole image and uses one core, and the local runner runs a
+stage's elements one at a time in one thread: left alone, the CRF stage used one core of the
+machine (``benchmarks/RESULTS.md``, the CPU stage). With ``processes`` > 1 the stage hands
+its images to that many worker processes and keeps them all busy.
+"""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import logging
+import multiprocessing
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from segbeam.calibration import calibration_sums
 from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
-from segbeam.records import SegmentationRecord
+from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.views import confidence_map
+from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
+
+LOG = logging.getLogger(__name__)
 
 
 def _calibration(record: SegmentationRecord, probabilities, num_classes: Optional[int],
@@ -48,16 +63,70 @@ def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = 
         if keep_confidence and probabilities is not None else None)
 
 
+class RefineInProcesses(beam.DoFn):
+    """``refine_record`` in a pool of ``processes`` worker processes (started in ``setup``,
+    spawned rather than forked: the worker may hold TensorFlow's threads). At most twice as
+    many records are in flight; results leave in input order, and a record that fails, or
+    whose process dies, leaves as a dead letter (main output and ``dead``)."""
+
+    def __init__(self, processes: int, *args):
+        self._processes, self._args = processes, args
+        self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._pending: collections.deque = collections.deque()
+
+    def setup(self):
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            self._processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, record, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        future = self._pool.submit(refine_record, record, *self._args)
+        self._pending.append((record, future, timestamp, window))
+        while self._pending and (len(self._pending) > 2 * self._processes
+                                 or self._pending[0][1].done()):
+            yield self._result(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            yield self._result(*self._pending.popleft())
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _result(self, record, future, timestamp, window):
+        try:
+            return WindowedValue(future.result(), timestamp, (window,))
+        except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
+            if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                LOG.warning("a CRF process died (out of memory?); starting the pool again")
+                self.teardown()
+                self.setup()
+            Metrics.counter("segbeam", "dead_letters_crf").inc()
+            tally("dead")
+            letter = DeadLetter(record.key, record.source, "crf", one_line_reason(error))
+            return beam.pvalue.TaggedOutput("dead", WindowedValue(letter, timestamp, (window,)))
+
+
 class RefineWithCRF(beam.PTransform):
-    """records with probabilities -> (records with CRF labels, dead letters)."""
+    """records with probabilities -> (records with CRF labels, dead letters); with
+    ``processes`` > 1, in that many processes per worker (``RefineInProcesses``)."""
 
     def __init__(self, params: CrfParams, num_classes: Optional[int] = None,
-                 ignore_index: Optional[int] = None, keep_confidence: bool = False):
+                 ignore_index: Optional[int] = None, keep_confidence: bool = False,
+                 processes: int = 1):
         super().__init__()
         self._params, self._num_classes, self._ignore_index = params, num_classes, ignore_index
         self._keep_confidence = keep_confidence
+        self._processes = processes
 
     def expand(self, records):
-        return records | "DenseCRF" >> SafeMap("crf", refine_record, self._params,
-                                               self._num_classes, self._ignore_index,
-                                               self._keep_confidence)
+        args = (self._params, self._num_classes, self._ignore_index, self._keep_confidence)
+        if self._processes > 1:
+            results = records | "DenseCRF" >> beam.ParDo(
+                RefineInProcesses(self._processes, *args)).with_outputs("dead", main="refined")
+            return results.refined, results.dead
+        return records | "DenseCRF" >> SafeMap("crf", refine_record, *args)

@@ -1,0 +1,166 @@
+"""Dense-CRF inference in ``keras.ops``: pydensecrf's ``DenseCRF2D`` with a Gaussian and a
+bilateral term, for any Keras backend (TensorFlow, JAX, PyTorch) and any device.
+
+The same inference as ``DenseCRF::inference``: Potts compatibility, symmetric kernel
+normalisation (``1 / sqrt(K 1)`` on both sides), the unary ``-log(max(p, floor))``, and
+``Q <- softmax(-U + w_g K_g(Q) + w_b K_b(Q))`` for the given number of steps, with both kernels
+computed by the permutohedral lattice exactly as pydensecrf builds it
+(``segbeam.permutohedral``). Labels agree with pydensecrf's on all but a few pixels whose
+classes are near ties (float sums in another order).
+
+Two compiled steps per image: the lattices (from the image alone), then the mean field on
+vertex tables cut to the lattices' true sizes, rounded up to one of a few sizes per octave so
+that images of one size share a handful of compiled functions. Between the two only the two
+sizes (scalars) reach the host; the tensors stay where the backend put them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import numpy as np
+
+from segbeam.permutohedral import Lattice, blur_neighbours, build_lattice, filter_values
+
+LEFT_OUT = np.float32(1e30)  # the unary of a class left out of the CRF: probability 0
+
+
+def gaussian_features(ops, height: int, width: int, sxy: float):
+    """(H W, 2) float32: column / sxy, row / sxy, row-major (``DenseCRF2D``'s order)."""
+    x = ops.arange(width, dtype="float32") / np.float32(sxy)
+    y = ops.arange(height, dtype="float32") / np.float32(sxy)
+    grid = ops.stack([ops.broadcast_to(ops.expand_dims(x, 0), (height, width)),
+                      ops.broadcast_to(ops.expand_dims(y, 1), (height, width))], axis=-1)
+    return ops.reshape(grid, (height * width, 2))
+
+
+def bilateral_features(ops, image, sxy: float, srgb: float):
+    """(H W, 5) float32: column / sxy, row / sxy, then R, G, B / srgb."""
+    height, width = int(image.shape[0]), int(image.shape[1])
+    colour = ops.reshape(ops.cast(image, "float32"), (height * width, 3)) / np.float32(srgb)
+    return ops.concatenate([gaussian_features(ops, height, width, sxy), colour], axis=1)
+
+
+def _bucket(size: int, capacity: int) -> int:
+    """``size`` rounded up to at most 1/8 more (a few table sizes per octave), within
+    ``capacity``."""
+    step = 2 ** max(0, int(size).bit_length() - 4)
+    return int(min(capacity, max(16, -(-int(size) // step) * step)))
+
+
+def _normaliser(ops, lattice: Lattice, neighbours):
+    """pydensecrf's NORMALIZE_SYMMETRIC factor, 1 / sqrt(K 1), per point (N, 1)."""
+    ones = ops.ones((int(lattice.weights.shape[0]), 1), "float32")
+    return ops.rsqrt(filter_values(lattice, neighbours, ones) + np.float32(1e-20))
+
+
+def feature_bounds(height: int, width: int, params) -> tuple:
+    """The static bounds (low, high) of the Gaussian and the bilateral features."""
+    gaussian = ([0.0, 0.0], [(width - 1) / params.pos_xy_std, (height - 1) / params.pos_xy_std])
+    bilateral = ([0.0] * 5, [(width - 1) / params.bi_xy_std, (height - 1) / params.bi_xy_std]
+                 + [255.0 / params.bi_rgb_std] * 3)
+    return gaussian, bilateral
+
+
+def lattices(image, params) -> tuple[Lattice, Lattice]:
+    """The Gaussian and the bilateral lattice of an (H, W, 3) uint8 image (tensors)."""
+    from keras import ops
+
+    height, width = int(image.shape[0]), int(image.shape[1])
+    (g_low, g_high), (b_low, b_high) = feature_bounds(height, width, params)
+    gaussian = build_lattice(gaussian_features(ops, height, width, params.pos_xy_std),
+                             g_low, g_high)
+    bilateral = build_lattice(bilateral_features(ops, image, params.bi_xy_std,
+                                                 params.bi_rgb_std), b_low, b_high)
+    return gaussian, bilateral
+
+
+def mean_field(probabilities, kept, gaussian: Lattice, bilateral: Lattice, params,
+               min_probability: float, rows: tuple[int, int], height: int, width: int):
+    """Marginals (H W, C) float32 after ``params.iterations`` mean-field steps, from
+    probabilities (H W, C) and a (C,) bool mask of the classes taking part (the others get
+    probability 0, as if left out). ``rows``: the vertex rows each lattice's table uses (at
+    least its size)."""
+    from keras import ops
+
+    unary = -ops.log(ops.clip(ops.cast(probabilities, "float32"), min_probability, 1.0))
+    unary = ops.where(ops.expand_dims(kept, 0), unary, LEFT_OUT)
+    terms = []
+    for lattice, weight, count, (low, high) in zip(
+            (gaussian, bilateral), (params.pos_w, params.bi_w), rows,
+            feature_bounds(height, width, params)):
+        neighbours = blur_neighbours(lattice, low, high, count)
+        terms.append((lattice, neighbours, np.float32(weight),
+                      _normaliser(ops, lattice, neighbours)))
+
+    def step(_, q):
+        logits = -unary
+        for lattice, neighbours, weight, norm in terms:
+            logits = logits + weight * (norm * filter_values(lattice, neighbours, norm * q))
+        return ops.softmax(logits, axis=-1)
+
+    return ops.fori_loop(0, params.iterations, step, ops.softmax(-unary, axis=-1))
+
+
+def _compile(function):
+    """``function`` compiled by the backend: ``jax.jit``, a TensorFlow graph, or as is."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, reduce_retracing=False)
+    return function
+
+
+class KerasDenseCrf:
+    """The keras backend of the CRF stage: compiled functions per image size and settings,
+    built on first use and kept (one object per worker process)."""
+
+    def __init__(self):
+        self._functions: dict = {}
+        self._lock = threading.Lock()
+
+    def _function(self, key, make):
+        with self._lock:
+            function = self._functions.get(key)
+            if function is None:
+                function = self._functions[key] = _compile(make())
+            return function
+
+    def marginals(self, image: np.ndarray, probabilities: np.ndarray, params,
+                  min_probability: float, kept: Optional[np.ndarray] = None) -> np.ndarray:
+        """(H, W, C) float32 marginals, as ``segbeam.crf._pydensecrf`` returns them."""
+        height, width, classes = probabilities.shape
+        kept = np.ones(classes, bool) if kept is None else np.asarray(kept, bool)
+        settings = (params.iterations, params.pos_w, params.pos_xy_std, params.bi_w,
+                    params.bi_xy_std, params.bi_rgb_std, float(min_probability))
+        build = self._function(("lattices", height, width, settings),
+                               lambda: lambda img: lattices(img, params))
+        gaussian, bilateral = build(image)
+        rows = (_bucket(int(gaussian.size), gaussian.capacity),
+                _bucket(int(bilateral.size), bilateral.capacity))
+        field = self._function(
+            ("field", height, width, classes, rows, settings),
+            lambda: lambda probs, mask, g, b: mean_field(probs, mask, g, b, params,
+                                                         min_probability, rows, height, width))
+        result = field(np.reshape(probabilities, (height * width, classes)), kept,
+                       gaussian, bilateral)
+        return np.asarray(result, dtype=np.float32).reshape(height, width, classes)
+
+
+_SHARED: Optional[KerasDenseCrf] = None
+
+
+def shared_crf() -> KerasDenseCrf:
+    """This process's ``KerasDenseCrf`` (its compiled functions are reused by every call)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = KerasDenseCrf()
+    return _SHARED

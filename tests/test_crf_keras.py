@@ -1,0 +1,123 @@
+"""The keras CRF backend (``segbeam.crf_keras``) against pydensecrf: the same labels under
+TensorFlow and JAX, the same through the pipeline, and the lattice's own pieces."""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.config import _plain, fingerprint_entries
+from segbeam.crf import CrfParams
+from segbeam.crf_keras import _bucket
+from segbeam.permutohedral import INT32_LIMIT, _plan_digits
+from segbeam.pipeline.cli import main
+from segbeam.pipeline.crf_flags import crf_processes
+from tests.test_end_to_end import _scenes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax")])
+def test_keras_backend_gives_pydensecrfs_labels(backend, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed; `pip install -e '.[test]'` installs it")
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "tests.crf_backend_check"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert reports[0] == {"check": "backend", "backend": backend}
+    scenes = {r["name"]: r for r in reports[1:]}
+    assert set(scenes) == {"two_classes", "five_classes", "class_floor_21", "fine_colour_std",
+                           "half_resolution"}
+    for name, report in scenes.items():
+        # The CRF moved labels (else agreement would show nothing), and the two backends
+        # moved the same ones.
+        assert report["changed_by_crf"] > 0.05, report
+        assert report["agreement"] >= 0.99, report
+        assert report["max_marginal_difference"] < 1e-3, report
+        assert report["sums_to_one"] and report["left_out_zero"], report
+    assert scenes["fine_colour_std"]["bilateral_levels"] >= 3  # the multi-level keys ran
+
+
+def test_digit_plans_fit_int32_at_every_level():
+    for d, high, entries in ((2, [2047.0, 1023.0], 3 * 2048 * 1024),
+                             (5, [30.6, 15.3, 85.0, 85.0, 85.0], 6 * 2048 * 1024),
+                             (5, [7.2, 5.4, 1020.0, 1020.0, 1020.0], 6 * 360 * 480)):
+        plan = _plan_digits(d, [0.0] * d, high, entries)
+        for index, level in enumerate(plan.levels):
+            product = int(np.prod([base for _, _, base in level], dtype=np.float64))
+            assert product * (entries if index else 1) <= INT32_LIMIT, (d, high, plan)
+        covered = sorted({source for level in plan.levels for source, _, _ in level})
+        assert covered == list(range(-1, d))  # the remainder and every coordinate
+    assert len(_plan_digits(2, [0.0, 0.0], [2047.0, 1023.0], 3 * 2048 * 1024).levels) == 1
+
+
+def test_vertex_tables_round_up_by_at_most_an_eighth():
+    assert _bucket(3, 100) == 16 and _bucket(40, 30) == 30
+    for size in (17, 100, 113037, 200078, 999999):
+        rows = _bucket(size, 10 ** 7)
+        assert size <= rows <= size * 1.125 + 16
+
+
+def test_backend_is_checked_and_the_default_keeps_earlier_fingerprints():
+    with pytest.raises(ValueError, match="backend must be one of pydensecrf, keras"):
+        CrfParams(backend="cuda")
+    # Settings holds CrfParams whole: its fingerprint entry is _plain(CrfParams), which
+    # leaves the default backend out, as it was before the flag existed.
+    assert "backend" not in _plain(CrfParams())
+    assert _plain(CrfParams(backend="keras"))["backend"] == "keras"
+    assert "backend" not in fingerprint_entries(CrfParams())
+    assert fingerprint_entries(CrfParams(backend="keras"))["backend"] == "keras"
+
+
+def test_crf_processes_auto_uses_the_cores_on_the_local_runner(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert crf_processes(0, "pydensecrf", True, None) == 8
+    assert crf_processes(0, "pydensecrf", True, 2) == 4  # shared among Beam's workers
+    assert crf_processes(0, "pydensecrf", False, None) == 1  # Dataflow: a process per core
+    assert crf_processes(0, "keras", True, None) == 1  # its kernels use the cores already
+    assert crf_processes(3, "pydensecrf", False, None) == 3
+    with pytest.raises(ValueError, match="--crf_processes"):
+        crf_processes(-1, "pydensecrf", True, None)
+
+
+def test_a_mistyped_backend_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:  # argparse: usage line and exit 2
+        main(["run", "--input", str(tmp_path / "*.png"), "--model", "tiny_fcn",
+              "--num_classes", "3", "--crf_backend", "kera", "--output", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'kera'" in capsys.readouterr().err
+    code = main(["run", "--input", str(tmp_path / "*.png"), "--model", "tiny_fcn",
+                 "--num_classes", "3", "--crf_processes", "-1", "--output", str(tmp_path)])
+    assert code == 2
+    assert "--crf_processes must be 0 (auto) or more" in capsys.readouterr().err
+
+
+def test_the_pipeline_gives_the_same_masks_with_either_backend(tmp_path, demo_model_path):
+    rng = np.random.default_rng(5)
+    data = tmp_path / "data"
+    _scenes(str(data), [(64, 96), (80, 80), (72, 120)], rng, masks_for={0, 1, 2})
+    masks = {}
+    for backend in ("pydensecrf", "keras"):
+        output = tmp_path / backend
+        code = main(["run", "--input", f"{data}/images/*", "--masks", str(data / "masks"),
+                     "--output", str(output), "--model", demo_model_path, "--num_classes", "3",
+                     "--input_size", "64", "--ignore_index", "-1", "--crf_backend", backend,
+                     "--quiet"])
+        assert code == 0
+        masks[backend] = {os.path.basename(p): np.asarray(Image.open(p))
+                          for p in glob.glob(f"{output}/masks/*.png")}
+        manifest = json.load(open(output / "manifest.json"))
+        assert manifest["crf"]["backend"] == backend
+    assert sorted(masks["keras"]) == sorted(masks["pydensecrf"]) and len(masks["keras"]) == 3
+    agreement = np.mean([np.mean(masks["keras"][k] == masks["pydensecrf"][k])
+                         for k in masks["keras"]])
+    assert agreement >= 0.999

@@ -1,0 +1,37 @@
+"""The CRF stage in worker processes (``RefineInProcesses``): the same records as in the
+worker itself, in a real Beam pipeline, and a record that fails becomes a dead letter."""
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.testing.util import assert_that, equal_to
+
+from segbeam.crf import CrfParams
+from segbeam.records import DeadLetter, SegmentationRecord
+from segbeam.transforms.refine import RefineWithCRF, refine_record
+
+
+def _records(rng, count):
+    records = []
+    for index in range(count):
+        image = rng.integers(0, 256, (20 + index, 24, 3), dtype=np.uint8)
+        probabilities = rng.dirichlet(np.ones(3), size=image.shape[:2]).astype(np.float16)
+        records.append(SegmentationRecord(f"k{index}", f"s{index}", image=image,
+                                          probabilities=probabilities))
+    return records
+
+
+def test_processes_give_the_in_process_labels_and_dead_letter_failures(rng):
+    params = CrfParams(iterations=3, min_side=8)
+    records = _records(rng, 7)
+    broken = records[3].replace(probabilities=records[3].probabilities[:5])  # wrong shape
+    inputs = records[:3] + [broken] + records[4:]
+    expected = {r.key: refine_record(r, params).crf_labels.tobytes()
+                for r in records if r.key != "k3"}
+    with beam.Pipeline() as pipeline:
+        refined, dead = (pipeline | beam.Create(inputs)
+                         | RefineWithCRF(params, processes=2))
+        assert_that(refined | "Labels" >> beam.Map(lambda r: (r.key, r.crf_labels.tobytes())),
+                    equal_to(sorted(expected.items())), label="refined")
+        assert_that(dead | "Why" >> beam.Map(lambda d: (type(d), d.key, d.stage,
+                                                        d.reason.split(":")[0])),
+                    equal_to([(DeadLetter, "k3", "crf", "ValueError")]), label="dead")
