@@ -9,6 +9,8 @@ the stage's defaults for image sizes 360x480, 512x512, 1024x1024 and 2, 11, 21 c
 
 Without --model, a U-Net is trained on CamVid train for --train_minutes first (cached under
 benchmarks/.cache/). Both parts run single-threaded, one image at a time, as the stage does.
+``--part backends`` runs part 3 instead: the keras backend against the plain pydensecrf call
+(equivalence and speed; see ``benchmarks/crf_backends.py``).
 """
 
 from __future__ import annotations
@@ -218,7 +220,10 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=None, help="first N val images only")
     parser.add_argument("--per_cell", type=int, default=3,
                         help="images timed per size x classes cell (part 2)")
-    parser.add_argument("--output", help="JSON record path (default benchmarks/results/crf.json)")
+    parser.add_argument("--part", choices=("stage", "backends"), default="stage",
+                        help="stage: parts 1 and 2; backends: part 3 (keras vs pydensecrf)")
+    parser.add_argument("--output", help="JSON record path (default benchmarks/results/crf.json, "
+                                         "crf_backends.json for part 3)")
     args = parser.parse_args(argv)
     if not camvid_pairs("val"):
         parser.error(f"CamVid not found at {os.path.normpath(CAMVID)}; this benchmark measures "
@@ -226,6 +231,8 @@ def main(argv=None) -> int:
     model = args.model or _trained_model(args.train_minutes)
     images, masks, probabilities = predict_val(model, args.input_size, args.images)
     print(f"{len(images)} CamVid val images, model {model}", flush=True)
+    if args.part == "backends":
+        return compare_backends(model, images, masks, probabilities, args)
 
     curve = accuracy_curve(images, masks, probabilities)
     print_table(curve, [("variant", "variant", ""), ("ms_per_image", "ms/image", ".0f"),
@@ -250,6 +257,49 @@ def main(argv=None) -> int:
           f"mIoU {chosen['miou_change']:+.2f} points; {summary['min_speedup_over_sizes']:.2f}x "
           f"or more over every size and class count")
     write_record("crf", {"curve": curve, "sizes": grid}, summary, args.output)
+    return 0
+
+
+def compare_backends(model, images, masks, probabilities, args) -> int:
+    from benchmarks import crf_backends as part3
+
+    device = part3.keras_device()
+    camvid = part3.equivalence(images, masks, probabilities, plain_crf, CAMVID_CLASSES,
+                               CAMVID_IGNORE)
+    print_table([camvid], [("images", "images", "d"), ("agreement", "same label %", ".4f"),
+                           ("worst_image_agreement", "worst image %", ".4f"),
+                           ("changed_by_crf", "CRF changed %", ".2f"),
+                           ("miou_raw", "mIoU raw", ".2f"), ("miou_plain", "mIoU pydensecrf",
+                                                             ".3f"),
+                           ("miou_keras", "mIoU keras", ".3f"),
+                           ("miou_difference", "difference", "+.3f")],
+                f"Part 3a: keras backend ({device}) vs plain pydensecrf, CamVid val, full "
+                f"resolution")
+    synthetic = part3.scaled_inputs(images, probabilities, 512, 512, 21, args.per_cell * 2,
+                                    seed=1)
+    synthetic_row = part3.equivalence([i for i, _ in synthetic], None,
+                                      [p for _, p in synthetic], plain_crf, 21, 255)
+    print_table([synthetic_row], [("images", "images", "d"), ("agreement", "same label %",
+                                                              ".4f"),
+                                  ("worst_image_agreement", "worst image %", ".4f"),
+                                  ("changed_by_crf", "CRF changed %", ".2f")],
+                "Part 3b: the same on 512x512x21 inputs")
+    print("\nPart 3c: per-image time, side by side (median)", flush=True)
+    sizes = part3.speed(images, probabilities, plain_crf, args.per_cell)
+    print_table(sizes, [("size", "size", ""), ("plain_ms", "pydensecrf ms", ".0f"),
+                        ("keras_ms", "keras ms", ".0f"), ("speedup", "keras speed-up", ".2f"),
+                        ("keras_first_call_s", "first call s", ".1f"),
+                        ("agreement", "same label %", ".3f")],
+                f"Part 3c: keras backend ({device}) vs plain pydensecrf (one core)")
+    summary = {"model": model, "keras_device": device,
+               "camvid_agreement": camvid["agreement"],
+               "camvid_miou_difference": camvid["miou_difference"],
+               "synthetic_agreement": synthetic_row["agreement"],
+               "speedups": {row["size"]: row["speedup"] for row in sizes}}
+    write_record("crf", {"camvid": camvid, "synthetic_512x512x21": synthetic_row,
+                         "sizes": sizes}, summary,
+                 args.output or os.path.join(ROOT, "benchmarks", "results",
+                                             f"crf_backends_{device.split()[0]}.json"))
     return 0
 
 

@@ -4,6 +4,11 @@ rate on a batch already on the device (so that the handler's own overhead shows)
 
     python -m benchmarks.inference --model unet --input_size 360x480
     KERAS_BACKEND=jax python -m benchmarks.inference ...      # e.g. on a GPU without TensorFlow
+    KERAS_BACKEND=jax python -m benchmarks.inference --fused_crf ...   # + model and CRF fused
+
+With --fused_crf, two more variants run the handler with the keras CRF backend fused after
+the model on the device (``segbeam.transforms.fused_crf``; forced on a CPU too): at the CRF
+stage's defaults, and plain (full resolution, every class), against the model's raw rate.
 
 Each variant runs in a fresh process (its own peak memory, no warm-up shared with another
 variant) over the same images, CamVid val frames beside the repository (else generated
@@ -96,19 +101,23 @@ def _loop(model_path: str, images: list[np.ndarray], _batch: int):
 
 
 def _handler(model_path: str, images: list[np.ndarray], batch: int,
-             keep_probabilities: bool = True):
+             keep_probabilities: bool = True, crf=None):
     """The pipeline's handler: batch, fit to the canvas, predict, softmax, map back, labels
-    (with ``keep_probabilities=False``, as in a run without the CRF: labels alone)."""
+    (with ``keep_probabilities=False``, as in a run without the CRF: labels alone; with
+    ``crf``, CrfParams of the keras backend, the CRF fused after the model)."""
     from segbeam.inference import InferenceSettings
     from segbeam.models.source import ModelSource
     from segbeam.records import SegmentationRecord
+    from segbeam.transforms.fused_crf import FusedCrf
     from segbeam.transforms.inference import KerasSegmentationHandler
 
     records = [SegmentationRecord(f"k{i}", "s", image=image) for i, image in enumerate(images)]
     size = images[0].shape[:2]
     handler = KerasSegmentationHandler(ModelSource(model_path, input_size=size),
                                        InferenceSettings(batch_size=batch),
-                                       keep_probabilities=keep_probabilities)
+                                       keep_probabilities=keep_probabilities,
+                                       fused_crf=FusedCrf(crf) if crf else None,
+                                       fuse=True if crf else None)
     predictor = handler.load_model()
     for _ in range(2):  # warm-up: the first batch decides the output kind, the second compiles
         handler.run_inference(records[:batch], predictor)
@@ -156,10 +165,23 @@ def _handler_labels(model_path: str, images: list[np.ndarray], batch: int):
     return _handler(model_path, images, batch, keep_probabilities=False)
 
 
+def _handler_fused(model_path: str, images: list[np.ndarray], batch: int):
+    from segbeam.crf import CrfParams
+
+    return _handler(model_path, images, batch, crf=CrfParams(backend="keras"))
+
+
+def _handler_fused_plain(model_path: str, images: list[np.ndarray], batch: int):
+    from segbeam.crf import CrfParams
+
+    return _handler(model_path, images, batch,
+                    crf=CrfParams(backend="keras", scale=1.0, class_floor=0.0))
+
+
 # "handler" is what a run with the CRF does (probabilities kept for it); "handler --no-crf"
-# computes the same labels as the loop and nothing more.
+# computes the same labels as the loop and nothing more; the fused variants add the CRF.
 VARIANTS = {"loop": _loop, "handler": _handler, "handler --no-crf": _handler_labels,
-            "raw": _raw}
+            "raw": _raw, "fused crf": _handler_fused, "fused crf plain": _handler_fused_plain}
 
 
 def child(args) -> None:
@@ -187,6 +209,8 @@ def main(argv=None) -> int:
                         help="passes over the images per variant; the fastest counts")
     parser.add_argument("--output", help="JSON record path (default: "
                         "benchmarks/results/inference-MODEL-HxW.json)")
+    parser.add_argument("--fused_crf", action="store_true",
+                        help="also time the handler with the keras CRF fused after the model")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child runs
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,8 +221,9 @@ def main(argv=None) -> int:
     common = ["--model", model, "--input_size", args.input_size, "--images", str(args.images),
               "--repeats", str(args.repeats)]
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    plan = [("loop", 1)] + [(variant, b) for variant in ("handler", "handler --no-crf", "raw")
-                            for b in batches]
+    variants = ("handler", "handler --no-crf", "raw") + (
+        ("fused crf", "fused crf plain") if args.fused_crf else ())
+    plan = [("loop", 1)] + [(variant, b) for variant in variants for b in batches]
     rows = []
     for variant, batch in plan:
         print(f"running {variant} (batch {batch}) ...", flush=True)
@@ -215,7 +240,10 @@ def main(argv=None) -> int:
                 f"{rows[0]['images']} images")
     summary = {"model": args.model, "input_size": args.input_size, "device": rows[0]["device"]}
     print()
-    for variant, prefix in (("handler", "handler"), ("handler --no-crf", "handler_no_crf")):
+    measured = [("handler", "handler"), ("handler --no-crf", "handler_no_crf")]
+    if args.fused_crf:
+        measured += [("fused crf", "fused_crf"), ("fused crf plain", "fused_crf_plain")]
+    for variant, prefix in measured:
         best = max((r for r in rows if r["variant"] == variant), key=lambda r: r["images_per_s"])
         raw = next(r for r in rows if r["variant"] == "raw" and r["batch"] == best["batch"])
         summary.update({f"{prefix}_best_batch": best["batch"],

@@ -99,6 +99,22 @@ def _pydensecrf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams,
     return marginals.T.reshape(height, width, classes)
 
 
+def reduced(image: np.ndarray, params: CrfParams):
+    """Where ``params.scale`` (with ``min_side``) asks for a smaller CRF: the image resized
+    (bilinear) and the parameters with spatial stds scaled to it, the Gaussian's not below one
+    pixel (see the module docstring); None where the CRF runs at full resolution."""
+    height, width = image.shape[:2]
+    scale = max(params.scale, min(1.0, params.min_side / min(height, width)))
+    if scale >= 1:
+        return None
+    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    factor = (small[0] / height + small[1] / width) / 2
+    small_image = np.asarray(Image.fromarray(image).resize(small[::-1], Image.BILINEAR))
+    return small_image, params.replace(
+        pos_xy_std=max(params.pos_xy_std * factor, min(params.pos_xy_std, 1.0)),
+        bi_xy_std=params.bi_xy_std * factor)
+
+
 def kept_classes(probabilities: np.ndarray, class_floor: float) -> np.ndarray:
     """The class ids whose probability reaches ``class_floor`` somewhere (the floor is capped at
     1 / classes, so every pixel's most probable class stays)."""
@@ -130,30 +146,18 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams = 
     if params.backend == "keras":
         from segbeam.crf_keras import shared_crf
 
-        mask = np.zeros(classes, dtype=bool)
-        mask[kept] = True
-        subset = probabilities  # left-out classes come back with probability 0
-
-        def core(crf_image, probs, crf_params):
-            return shared_crf().marginals(crf_image, probs, crf_params, min_probability, mask)
+        return np.asarray(shared_crf().refine(image, probabilities, params, min_probability),
+                          dtype=np.float32)
+    subset = probabilities if kept.size == classes else probabilities[..., kept]
+    reduction = reduced(image, params)
+    if reduction is not None:
+        small_image, small_params = reduction
+        refined = _pydensecrf(small_image, resize_bilinear(subset, *small_image.shape[:2]),
+                              small_params, min_probability)
+        refined = resize_bilinear(refined, height, width)
     else:
-        subset = probabilities if kept.size == classes else probabilities[..., kept]
-
-        def core(crf_image, probs, crf_params):
-            return _pydensecrf(crf_image, probs, crf_params, min_probability)
-    scale = max(params.scale, min(1.0, params.min_side / min(height, width)))
-    if scale < 1:
-        small = (max(1, round(height * scale)), max(1, round(width * scale)))
-        factor = (small[0] / height + small[1] / width) / 2
-        small_image = np.asarray(Image.fromarray(image).resize(small[::-1], Image.BILINEAR))
-        small_params = params.replace(
-            pos_xy_std=max(params.pos_xy_std * factor, min(params.pos_xy_std, 1.0)),
-            bi_xy_std=params.bi_xy_std * factor)
-        refined = resize_bilinear(core(small_image, resize_bilinear(subset, *small),
-                                       small_params), height, width)
-    else:
-        refined = core(image, subset, params)
-    if refined.shape[-1] == classes:
+        refined = _pydensecrf(image, subset, params, min_probability)
+    if kept.size == classes:
         return refined
     marginals = np.zeros((height, width, classes), dtype=np.float32)
     marginals[..., kept] = refined

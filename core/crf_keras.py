@@ -119,9 +119,29 @@ def _compile(function):
     return function
 
 
+def resize_bilinear(values, height: int, width: int):
+    """``segbeam.geometry.resize_bilinear`` in ``keras.ops``: the same half-pixel-centre
+    weights and indices, applied along rows then columns, to an (h, w, C) tensor."""
+    from keras import ops
+
+    from segbeam.geometry import _linear_weights
+
+    out = ops.cast(values, "float32")
+    in_h, in_w = int(values.shape[0]), int(values.shape[1])
+    if in_h != height:
+        low, high, frac = _linear_weights(height, in_h)
+        frac = frac[:, None, None]
+        out = ops.take(out, low, axis=0) * (1 - frac) + ops.take(out, high, axis=0) * frac
+    if in_w != width:
+        low, high, frac = _linear_weights(width, in_w)
+        frac = frac[None, :, None]
+        out = ops.take(out, low, axis=1) * (1 - frac) + ops.take(out, high, axis=1) * frac
+    return out
+
+
 class KerasDenseCrf:
-    """The keras backend of the CRF stage: compiled functions per image size and settings,
-    built on first use and kept (one object per worker process)."""
+    """The keras backend of the CRF: compiled functions per image size and settings, built on
+    first use and kept (one object per worker process)."""
 
     def __init__(self):
         self._functions: dict = {}
@@ -134,11 +154,12 @@ class KerasDenseCrf:
                 function = self._functions[key] = _compile(make())
             return function
 
-    def marginals(self, image: np.ndarray, probabilities: np.ndarray, params,
-                  min_probability: float, kept: Optional[np.ndarray] = None) -> np.ndarray:
-        """(H, W, C) float32 marginals, as ``segbeam.crf._pydensecrf`` returns them."""
-        height, width, classes = probabilities.shape
-        kept = np.ones(classes, bool) if kept is None else np.asarray(kept, bool)
+    def field(self, image: np.ndarray, probabilities, params, min_probability: float, kept):
+        """(H, W, C) marginals (a tensor) of the CRF at the arrays' own size; ``kept``: a (C,)
+        bool mask (array or tensor) of the classes taking part."""
+        from keras import ops
+
+        height, width, classes = (int(n) for n in probabilities.shape)
         settings = (params.iterations, params.pos_w, params.pos_xy_std, params.bi_w,
                     params.bi_xy_std, params.bi_rgb_std, float(min_probability))
         build = self._function(("lattices", height, width, settings),
@@ -150,9 +171,34 @@ class KerasDenseCrf:
             ("field", height, width, classes, rows, settings),
             lambda: lambda probs, mask, g, b: mean_field(probs, mask, g, b, params,
                                                          min_probability, rows, height, width))
-        result = field(np.reshape(probabilities, (height * width, classes)), kept,
+        result = field(ops.reshape(probabilities, (height * width, classes)), kept,
                        gaussian, bilateral)
-        return np.asarray(result, dtype=np.float32).reshape(height, width, classes)
+        return ops.reshape(result, (height, width, classes))
+
+    def refine(self, image: np.ndarray, probabilities, params, min_probability: float = 1e-5):
+        """What ``segbeam.crf.dense_crf`` computes, with the probabilities and the result as
+        tensors where the backend keeps them (a GPU's memory): the class floor as a mask, the
+        reduced resolution (the image resized on the host, as the pydensecrf path does; the
+        probabilities and marginals resized by ``resize_bilinear``)."""
+        from keras import ops
+
+        from segbeam.crf import reduced
+
+        height, width, classes = (int(n) for n in probabilities.shape)
+        probabilities = ops.cast(probabilities, "float32")
+        if params.class_floor > 0:
+            peaks = ops.max(ops.reshape(probabilities, (-1, classes)), axis=0)
+            kept = peaks >= np.float32(min(params.class_floor, 1.0 / classes))
+        else:
+            kept = np.ones(classes, dtype=bool)
+        reduction = reduced(image, params)
+        if reduction is None:
+            return self.field(image, probabilities, params, min_probability, kept)
+        small_image, small_params = reduction
+        marginals = self.field(small_image, resize_bilinear(probabilities,
+                                                            *small_image.shape[:2]),
+                               small_params, min_probability, kept)
+        return resize_bilinear(marginals, height, width)
 
 
 _SHARED: Optional[KerasDenseCrf] = None

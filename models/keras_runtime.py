@@ -98,6 +98,24 @@ def _nhwc_single_output(model, index: int, layout: str):
     return keras.Model(inputs, outputs, name=f"{model.name}_nhwc")
 
 
+def _tensorflow_predict(model):
+    """``model`` under TensorFlow as one ``tf.function`` per image size and dtype (any batch
+    size), each traced once, returning TensorFlow tensors."""
+    import tensorflow as tf
+
+    functions = {}
+
+    def run(batch):
+        key = (batch.shape[1:], batch.dtype.str)
+        function = functions.get(key)
+        if function is None:
+            spec = tf.TensorSpec((None, *batch.shape[1:]), tf.as_dtype(batch.dtype))
+            function = functions.setdefault(key, tf.function(
+                lambda x: model(x, training=False), input_signature=[spec]))
+        return function(tf.convert_to_tensor(batch))
+    return run
+
+
 def compiled_predict(model):
     """``model`` as a compiled function of a numpy batch, returning numpy.
 
@@ -111,22 +129,56 @@ def compiled_predict(model):
 
     if keras.backend.backend() != "tensorflow":
         return model.predict_on_batch
-    import tensorflow as tf
-
-    functions = {}  # one function per image size and dtype, any batch size: traced once each
+    predict = _tensorflow_predict(model)
 
     def run(batch):
-        key = (batch.shape[1:], batch.dtype.str)
-        function = functions.get(key)
-        if function is None:
-            spec = tf.TensorSpec((None, *batch.shape[1:]), tf.as_dtype(batch.dtype))
-            function = functions.setdefault(key, tf.function(
-                lambda x: model(x, training=False), input_signature=[spec]))
-        outputs = function(tf.convert_to_tensor(batch))
+        outputs = predict(batch)
         if isinstance(outputs, (list, tuple)):
             return [np.asarray(o) for o in outputs]
         return np.asarray(outputs)
     return run
+
+
+def device_predict(model):
+    """``model`` (one output) as a compiled function of a numpy batch that returns the
+    backend's own tensor, left where the backend computed it (a GPU's memory), for work that
+    follows on the device (the fused CRF)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_predict(model)
+    if backend == "jax":
+        import jax
+
+        function = jax.jit(lambda trainable, fixed, x: model.stateless_call(
+            trainable, fixed, x, training=False)[0])
+        return lambda batch: function([v.value for v in model.trainable_variables],
+                                      [v.value for v in model.non_trainable_variables], batch)
+    import torch
+
+    def run(batch):
+        with torch.no_grad():
+            return model(keras.ops.convert_to_tensor(batch), training=False)
+    return run
+
+
+def keras_on_accelerator() -> bool:
+    """Whether the Keras backend computes on an accelerator (a GPU or TPU) in this process."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 class KerasRuntime(ModelRuntime):

@@ -15,6 +15,7 @@ from segbeam.pipeline.options import SHARD_FORMATS, Settings
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
 from segbeam.transforms.containers import ReadParquetShards, ReadWebDatasetShards
+from segbeam.transforms.fused_crf import FusedCrf
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
 from segbeam.transforms.progress import CountProgress
 from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, UniqueKeys
@@ -27,9 +28,14 @@ from segbeam.transforms.write import RemoveStaleShards, WriteDeadLetters, WriteJ
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
-    return KerasSegmentationHandler(settings.model, settings.inference,
-                                    keep_probabilities=settings.crf is not None
-                                    or settings.calibration or settings.layout.write_confidence)
+    """The inference handler; with the keras CRF backend, ready to run the CRF on the device
+    where the worker has an accelerator (the CRF stage then passes its records through)."""
+    s = settings
+    fused = FusedCrf(s.crf, s.num_classes, s.ignore_index, s.layout.write_confidence) \
+        if s.crf is not None and s.crf.backend == "keras" else None
+    return KerasSegmentationHandler(s.model, s.inference,
+                                    keep_probabilities=s.crf is not None or s.calibration
+                                    or s.layout.write_confidence, fused_crf=fused)
 
 
 class Inputs(NamedTuple):

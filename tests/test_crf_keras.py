@@ -101,23 +101,81 @@ def test_a_mistyped_backend_is_a_usage_error(tmp_path, capsys):
     assert "--crf_processes must be 0 (auto) or more" in capsys.readouterr().err
 
 
-def test_the_pipeline_gives_the_same_masks_with_either_backend(tmp_path, demo_model_path):
+def test_the_pipeline_gives_the_same_masks_with_either_backend(tmp_path, demo_model_path,
+                                                              monkeypatch, caplog):
+    """segbeam run with pydensecrf, with the keras backend as its own stage, and with it fused
+    after the model (a worker that reports an accelerator): the same masks and summary."""
+    import segbeam.transforms.inference as inference
+
     rng = np.random.default_rng(5)
     data = tmp_path / "data"
     _scenes(str(data), [(64, 96), (80, 80), (72, 120)], rng, masks_for={0, 1, 2})
-    masks = {}
-    for backend in ("pydensecrf", "keras"):
-        output = tmp_path / backend
-        code = main(["run", "--input", f"{data}/images/*", "--masks", str(data / "masks"),
-                     "--output", str(output), "--model", demo_model_path, "--num_classes", "3",
-                     "--input_size", "64", "--ignore_index", "-1", "--crf_backend", backend,
-                     "--quiet"])
+    masks, summaries = {}, {}
+    for name, backend, accelerator in (("pydensecrf", "pydensecrf", False),
+                                       ("keras", "keras", False),
+                                       ("keras_fused", "keras", True)):
+        monkeypatch.setattr(inference, "keras_on_accelerator", lambda: accelerator)
+        caplog.clear()
+        output = tmp_path / name
+        with caplog.at_level("INFO", logger="segbeam.transforms.inference"):
+            code = main(["run", "--input", f"{data}/images/*", "--masks", str(data / "masks"),
+                         "--output", str(output), "--model", demo_model_path,
+                         "--num_classes", "3", "--input_size", "64", "--ignore_index", "-1",
+                         "--crf_backend", backend, "--quiet"])
         assert code == 0
-        masks[backend] = {os.path.basename(p): np.asarray(Image.open(p))
-                          for p in glob.glob(f"{output}/masks/*.png")}
-        manifest = json.load(open(output / "manifest.json"))
-        assert manifest["crf"]["backend"] == backend
+        fused = "the keras CRF runs on the device right after the model" in caplog.text
+        assert fused == accelerator
+        masks[name] = {os.path.basename(p): np.asarray(Image.open(p))
+                       for p in glob.glob(f"{output}/masks/*.png")}
+        summaries[name] = json.load(open(output / "summary.json"))
+        assert json.load(open(output / "manifest.json"))["crf"]["backend"] == backend
     assert sorted(masks["keras"]) == sorted(masks["pydensecrf"]) and len(masks["keras"]) == 3
-    agreement = np.mean([np.mean(masks["keras"][k] == masks["pydensecrf"][k])
-                         for k in masks["keras"]])
-    assert agreement >= 0.999
+    for name in ("keras", "keras_fused"):
+        agreement = np.mean([np.mean(masks[name][k] == masks["pydensecrf"][k])
+                             for k in masks[name]])
+        assert agreement >= 0.999
+        assert summaries[name]["counts"] == summaries["pydensecrf"]["counts"]
+        assert summaries[name]["evaluation"]["crf"]["miou"] == pytest.approx(
+            summaries["pydensecrf"]["evaluation"]["crf"]["miou"], abs=0.005)
+
+
+def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_path):
+    """The handler with the CRF on the device (forced here on a CPU) against the handler and
+    the CRF stage apart: the same raw and refined labels, calibration sums (images with a
+    mask) and confidence maps, for images of several sizes placed on one canvas."""
+    from segbeam.inference import InferenceSettings
+    from segbeam.models.source import ModelSource
+    from segbeam.pipeline.demo import synthetic_scene
+    from segbeam.records import SegmentationRecord
+    from segbeam.transforms.fused_crf import FusedCrf
+    from segbeam.transforms.inference import KerasSegmentationHandler
+    from segbeam.transforms.refine import refine_record
+
+    params = CrfParams(backend="keras", min_side=32)
+    fused = FusedCrf(params, 3, 255, keep_confidence=True)
+    records = []
+    for index, size in enumerate([(64, 96), (80, 80), (72, 120), (64, 64)]):
+        image, mask = synthetic_scene(rng, *size)
+        records.append(SegmentationRecord(f"k{index}", f"s{index}", image=image,
+                                          mask=mask if index % 2 == 0 else None))
+    source = ModelSource(demo_model_path, num_classes=3, input_size=(64, 64))
+    results = {}
+    for fuse in (True, False):
+        handler = KerasSegmentationHandler(source, InferenceSettings(), fused_crf=fused,
+                                           fuse=fuse)
+        predicted = handler.run_inference(records, handler.load_model())
+        assert all(r.crf_applied == fuse for r in predicted)
+        results[fuse] = [refine_record(r, params, 3, 255, True) for r in predicted]
+    for device, stage in zip(results[True], results[False]):
+        assert device.probabilities is None and stage.probabilities is None
+        np.testing.assert_array_equal(device.raw_labels, stage.raw_labels)
+        assert np.mean(device.crf_labels == stage.crf_labels) >= 0.999
+        assert np.mean(device.crf_labels != device.raw_labels) > 0.005  # the CRF did work
+        assert np.abs(device.confidence.astype(int) - stage.confidence).max() <= 1
+        if device.mask is None:
+            assert device.calibration_raw is None and stage.calibration_raw is None
+        else:
+            for ours, theirs in ((device.calibration_raw, stage.calibration_raw),
+                                 (device.calibration_crf, stage.calibration_crf)):
+                for mine, other in zip(ours, theirs):
+                    np.testing.assert_allclose(mine, other, rtol=1e-3)

@@ -24,11 +24,13 @@ from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, is_out_of_memory, \
     looks_like_probabilities, to_probabilities
-from segbeam.models.keras_runtime import compiled_predict
+from segbeam.models.keras_runtime import compiled_predict, device_predict, \
+    keras_on_accelerator
 from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
+from segbeam.transforms.fused_crf import FusedCrf, refine_batch
 from segbeam.transforms.progress import tally
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class SegmentationPredictor:
         # sessions and TensorFlow signatures are, so those only serialise the first look.
         self._lock = threading.Lock()
         self._call_lock = self._lock if model is not None else contextlib.nullcontext()
+        self._device = None  # device_predict(model), made on first use
 
     def _scores(self, batch: np.ndarray) -> np.ndarray:
         with self._call_lock:
@@ -95,6 +98,23 @@ class SegmentationPredictor:
                 self._kind = "probabilities" if looks_like_probabilities(outputs) else "logits"
         probabilities = to_probabilities(outputs, self._kind)
         return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
+
+    def device_outputs(self, batch: np.ndarray):
+        """(The model's (N, h, w, C) outputs as a backend tensor, left on the device; what
+        they are: logits or probabilities). Keras models only."""
+        from keras import ops
+
+        with self._lock:
+            if self._device is None:
+                self._device = device_predict(self._runtime.keras_model)
+            outputs = self._device(batch)
+            if self._kind == "auto":  # one look at real outputs decides, then it is kept
+                self._kind = "probabilities" if looks_like_probabilities(
+                    np.asarray(ops.convert_to_numpy(outputs), np.float32)) else "logits"
+        return outputs, self._kind
+
+    def serves_keras(self) -> bool:
+        return self._serving is not None
 
     def predict_labels(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
@@ -146,10 +166,15 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
       keep_probabilities: False when no later stage needs the class probabilities (no CRF):
         batches whose images are at the model's input size then get labels alone, with no
         softmax and a byte per pixel to copy back instead of two per class.
+      fused_crf: with the keras CRF backend, its settings: on a worker whose Keras model runs
+        on an accelerator, the CRF then runs right after the model, on the device
+        (``segbeam.transforms.fused_crf``), and the CRF stage passes the records through.
+      fuse: force that on (tests on a CPU) or off; None decides on the worker.
     """
 
     def __init__(self, source: ModelSource, inference: InferenceSettings = InferenceSettings(),
-                 keep_probabilities: bool = True):
+                 keep_probabilities: bool = True, fused_crf: Optional[FusedCrf] = None,
+                 fuse: Optional[bool] = None):
         super().__init__(min_batch_size=inference.min_batch_size,
                          max_batch_size=inference.batch_size,
                          large_model=inference.large_model,
@@ -157,6 +182,8 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         self._source = source
         self._inference = inference
         self._keep_probabilities = keep_probabilities
+        self._fused_crf, self._fuse = fused_crf, fuse
+        self._fusing = False  # decided where the model is loaded
         self._fitting_rows: Optional[int] = None  # lowered after an out-of-memory error
         compat.restore_beam_inference_memory_metric()
 
@@ -170,6 +197,14 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         device = _configure_accelerators()
         with device if device is not None else contextlib.nullcontext():
             predictor = SegmentationPredictor(self._source.open(), self._inference.model_output)
+        # A model shared across processes (large_model) answers through a proxy, where device
+        # tensors cannot travel: the CRF stays its own stage there.
+        self._fusing = bool(self._fused_crf is not None and predictor.serves_keras()
+                            and not self._inference.large_model
+                            and (self._fuse if self._fuse is not None
+                                 else keras_on_accelerator()))
+        if self._fusing:
+            LOG.info("the keras CRF runs on the device right after the model")
         return predictor
 
     def run_inference(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor,
@@ -235,6 +270,10 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
                                         settings.size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
         inputs = preprocess(stacked.astype(np.float32), settings.preprocess)
+        if self._fusing:
+            outputs, kind = model.device_outputs(inputs)
+            self._check_outputs(tuple(outputs.shape), len(batch))
+            return refine_batch(batch, placements, canvas, outputs, kind, self._fused_crf)
         if not self._keep_probabilities and all(
                 (p.height, p.width) == canvas for p in placements):
             labels = model.predict_labels(inputs)
@@ -243,13 +282,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
                         for record, label in zip(batch, labels)]
             # A model that predicts at a stride: labels come from resized probabilities below.
         probabilities, labels = model.predict(inputs)
-        if probabilities.shape[0] != len(batch):
-            raise ValueError(f"the model returned {probabilities.shape[0]} outputs for a batch "
-                             f"of {len(batch)}")
-        if self._source.num_classes and probabilities.shape[-1] != self._source.num_classes:
-            raise ValueError(f"model {self._source.spec} returned {probabilities.shape[-1]} "
-                             f"class scores per pixel but --num_classes is "
-                             f"{self._source.num_classes}")
+        self._check_outputs(probabilities.shape, len(batch))
         keep = self._keep_probabilities
         results = []
         for record, placement, probs, label in zip(batch, placements, probabilities, labels):
@@ -263,6 +296,13 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
             results.append(record.replace(probabilities=full.astype(np.float16) if keep else None,
                                           raw_labels=labels_from_probabilities(full)))
         return results
+
+    def _check_outputs(self, shape: tuple, count: int) -> None:
+        if shape[0] != count:
+            raise ValueError(f"the model returned {shape[0]} outputs for a batch of {count}")
+        if self._source.num_classes and shape[-1] != self._source.num_classes:
+            raise ValueError(f"model {self._source.spec} returned {shape[-1]} class scores per "
+                             f"pixel but --num_classes is {self._source.num_classes}")
 
     def get_num_bytes(self, batch: Sequence[SegmentationRecord]) -> int:
         return sum(record.image.nbytes for record in batch)

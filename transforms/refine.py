@@ -35,18 +35,30 @@ def _calibration(record: SegmentationRecord, probabilities, num_classes: Optiona
     return calibration_sums(probabilities, record.mask, num_classes, ignore_index)
 
 
+def with_marginals(record: SegmentationRecord, probabilities, marginals,
+                   num_classes: Optional[int] = None, ignore_index: Optional[int] = None,
+                   keep_confidence: bool = False) -> SegmentationRecord:
+    """``record`` refined: CRF labels from ``marginals``, the probabilities dropped; with
+    ``num_classes``, the calibration sums before and after the CRF; with ``keep_confidence``,
+    the CRF's top-class probability as an image."""
+    return record.replace(
+        crf_labels=labels_from_probabilities(marginals), probabilities=None, crf_applied=True,
+        calibration_raw=_calibration(record, probabilities, num_classes, ignore_index),
+        calibration_crf=_calibration(record, marginals, num_classes, ignore_index),
+        confidence=confidence_map(marginals) if keep_confidence else None)
+
+
 def refine_record(record: SegmentationRecord, params: CrfParams,
                   num_classes: Optional[int] = None, ignore_index: Optional[int] = None,
                   keep_confidence: bool = False) -> SegmentationRecord:
-    """Adds CRF-refined labels and drops the probabilities, which no later stage needs; with
-    ``num_classes``, the calibration sums of the probabilities before and after the CRF; with
-    ``keep_confidence``, the CRF's top-class probability as an image."""
+    """Adds CRF-refined labels and drops the probabilities, which no later stage needs (see
+    ``with_marginals``). A record refined already, on the device right after the model
+    (``segbeam.transforms.fused_crf``), passes unchanged."""
+    if record.crf_applied:
+        return record
     marginals = dense_crf(record.image, record.probabilities, params)
-    return record.replace(
-        crf_labels=labels_from_probabilities(marginals), probabilities=None, crf_applied=True,
-        calibration_raw=_calibration(record, record.probabilities, num_classes, ignore_index),
-        calibration_crf=_calibration(record, marginals, num_classes, ignore_index),
-        confidence=confidence_map(marginals) if keep_confidence else None)
+    return with_marginals(record, record.probabilities, marginals, num_classes, ignore_index,
+                          keep_confidence)
 
 
 def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = None,

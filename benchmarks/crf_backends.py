@@ -1,0 +1,132 @@
+"""Part 3 of the CRF benchmark: the keras backend (``segbeam.crf_keras``) against the plain
+pydensecrf call, same parameters (DeepLab v2's), full resolution, 10 iterations.
+
+- Equivalence on CamVid val with the trained model: the share of pixels whose labels agree,
+  and dataset mIoU of each; the same on synthetic 512x512x21 inputs.
+- Speed, side by side in one run: per-image time of each at 360x480x11 (CamVid), 512x512x21
+  and 1024x2048x19 (CamVid frames and their probabilities upsampled, with the 21- and
+  19-class outputs' absent classes given a softmax's small probabilities). The keras backend's
+  first call per size compiles; it is timed apart and left out of the per-image figure.
+
+    python -m benchmarks.crf --part backends --model runs/unet/best.keras
+
+The Keras backend is ``KERAS_BACKEND`` (the record says which, and on which device).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PIL import Image
+
+from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
+from segbeam.metrics import confusion_matrix, summarise_confusion
+
+PLAIN = CrfParams(scale=1.0, class_floor=0.0)  # DeepLab v2's kernels, full resolution
+
+
+def keras_crf(image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The keras backend on the same inputs and parameters as the plain call."""
+    return labels_from_probabilities(dense_crf(image, probabilities.astype(np.float32),
+                                               PLAIN.replace(backend="keras")))
+
+
+def keras_device() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return f"jax {jax.__version__} on {jax.devices()[0].device_kind}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}"
+    return backend
+
+
+def _miou(labels, masks, classes, ignore) -> float:
+    confusion = sum(confusion_matrix(label, mask, classes, ignore)
+                    for label, mask in zip(labels, masks))
+    return 100 * summarise_confusion(confusion)["miou"]
+
+
+def equivalence(images, masks, probabilities, plain_crf, classes: int, ignore: int) -> dict:
+    """Labels of both backends on every image: pixel agreement, per-image worst, mIoU."""
+    plain, fast, agreement, times = [], [], [], {"plain": 0.0, "keras": 0.0}
+    keras_crf(images[0], probabilities[0])  # compiles for this size, untimed
+    for image, probs in zip(images, probabilities):
+        start = time.perf_counter()
+        plain.append(plain_crf(image, probs.astype(np.float32), PLAIN))
+        times["plain"] += time.perf_counter() - start
+        start = time.perf_counter()
+        fast.append(keras_crf(image, probs))
+        times["keras"] += time.perf_counter() - start
+        agreement.append(float(np.mean(plain[-1] == fast[-1])))
+    raw = [labels_from_probabilities(p) for p in probabilities]
+    row = {"images": len(images), "agreement": 100 * float(np.mean(agreement)),
+           "worst_image_agreement": 100 * min(agreement),
+           "changed_by_crf": 100 * float(np.mean([np.mean(r != p) for r, p in zip(raw, plain)])),
+           "plain_ms": 1000 * times["plain"] / len(images),
+           "keras_ms": 1000 * times["keras"] / len(images)}
+    if masks is not None:
+        row.update(miou_raw=_miou(raw, masks, classes, ignore),
+                   miou_plain=_miou(plain, masks, classes, ignore),
+                   miou_keras=_miou(fast, masks, classes, ignore))
+        row["miou_difference"] = row["miou_keras"] - row["miou_plain"]
+    return row
+
+
+def with_classes(probabilities: np.ndarray, classes: int, rng) -> np.ndarray:
+    """Probabilities over ``classes`` classes: the given ones, then absent classes with the
+    small probabilities a softmax gives them (1e-5 to 1e-3)."""
+    probs = probabilities.astype(np.float32)
+    extra = classes - probs.shape[-1]
+    if extra <= 0:
+        return probs
+    absent = 10 ** rng.uniform(-5, -3, size=probs.shape[:2] + (extra,)).astype(np.float32)
+    return np.concatenate([probs * (1 - absent.sum(-1, keepdims=True)), absent], -1)
+
+
+def scaled_inputs(images, probabilities, height: int, width: int, classes: int, count: int,
+                  seed: int = 0):
+    """CamVid frames and their probabilities resized to ``height`` x ``width``, with
+    ``classes`` classes."""
+    from segbeam.geometry import resize_bilinear
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for image, probs in list(zip(images, probabilities))[:count]:
+        scaled = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        pairs.append((scaled, with_classes(resize_bilinear(probs.astype(np.float32), height,
+                                                           width), classes, rng)))
+    return pairs
+
+
+def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:
+    rows = []
+    for height, width, classes in ((360, 480, 11), (512, 512, 21), (1024, 2048, 19)):
+        pairs = scaled_inputs(images, probabilities, height, width, classes, per_size)
+        start = time.perf_counter()
+        keras_crf(*pairs[0])
+        first = time.perf_counter() - start
+        timings = {"plain": [], "keras": []}
+        agreement = []
+        for image, probs in pairs:
+            start = time.perf_counter()
+            reference = plain_crf(image, probs, PLAIN)
+            timings["plain"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            labels = keras_crf(image, probs)
+            timings["keras"].append(time.perf_counter() - start)
+            agreement.append(float(np.mean(labels == reference)))
+        plain_ms, keras_ms = (1000 * float(np.median(timings[k])) for k in ("plain", "keras"))
+        rows.append({"size": f"{height}x{width}x{classes}", "images": len(pairs),
+                     "plain_ms": plain_ms, "keras_ms": keras_ms,
+                     "keras_first_call_s": first, "speedup": plain_ms / keras_ms,
+                     "agreement": 100 * float(np.mean(agreement))})
+        print(f"  {rows[-1]}", flush=True)
+    return rows
