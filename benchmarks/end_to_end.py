@@ -62,9 +62,12 @@ def _prepare_inputs(folder: str, count: int) -> tuple[str, str]:
 
 
 def _argv(args, images: str, masks: str, output: str) -> list[str]:
+    # One core per worker process, the CRF's included (its default on the local runner is a
+    # process per core): the variants compare runners, not core counts.
     return ["--input", images, "--masks", masks, "--output", output, "--model", args.model,
             "--num_classes", str(args.num_classes), "--ignore_index", str(args.ignore_index),
-            "--input_size", args.input_size, "--batch_size", str(args.batch_size)]
+            "--input_size", args.input_size, "--batch_size", str(args.batch_size),
+            "--crf_processes", "1"]
 
 
 def plain_loop(argv: list[str]) -> int:

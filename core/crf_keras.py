@@ -1,5 +1,6 @@
 """Dense-CRF inference in ``keras.ops``: pydensecrf's ``DenseCRF2D`` with a Gaussian and a
-bilateral term, for any Keras backend (TensorFlow, JAX, PyTorch) and any device.
+bilateral term, on whatever device the Keras backend uses (tested under TensorFlow and JAX;
+written in ``keras.ops`` only, with no backend-specific op).
 
 The same inference as ``DenseCRF::inference``: Potts compatibility, symmetric kernel
 normalisation (``1 / sqrt(K 1)`` on both sides), the unary ``-log(max(p, floor))``, and
@@ -130,11 +131,11 @@ def resize_bilinear(values, height: int, width: int):
     in_h, in_w = int(values.shape[0]), int(values.shape[1])
     if in_h != height:
         low, high, frac = _linear_weights(height, in_h)
-        frac = frac[:, None, None]
+        frac = ops.convert_to_tensor(frac[:, None, None])
         out = ops.take(out, low, axis=0) * (1 - frac) + ops.take(out, high, axis=0) * frac
     if in_w != width:
         low, high, frac = _linear_weights(width, in_w)
-        frac = frac[None, :, None]
+        frac = ops.convert_to_tensor(frac[None, :, None])
         out = ops.take(out, low, axis=1) * (1 - frac) + ops.take(out, high, axis=1) * frac
     return out
 
@@ -182,13 +183,13 @@ class KerasDenseCrf:
         probabilities and marginals resized by ``resize_bilinear``)."""
         from keras import ops
 
-        from segbeam.crf import reduced
+        from segbeam.crf_params import reduced
 
         height, width, classes = (int(n) for n in probabilities.shape)
         probabilities = ops.cast(probabilities, "float32")
         if params.class_floor > 0:
             peaks = ops.max(ops.reshape(probabilities, (-1, classes)), axis=0)
-            kept = peaks >= np.float32(min(params.class_floor, 1.0 / classes))
+            kept = ops.greater_equal(peaks, np.float32(min(params.class_floor, 1.0 / classes)))
         else:
             kept = np.ones(classes, dtype=bool)
         reduction = reduced(image, params)

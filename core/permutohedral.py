@@ -88,29 +88,38 @@ class _Digits(NamedTuple):
 
     q_low: tuple  # per coordinate, the smallest q that can occur (digit = q - q_low)
     q_range: tuple  # per coordinate, how many values its digit takes
-    levels: tuple  # per level, a tuple of (source, divisor, base): source -1 is r
+    levels: tuple  # per level, parts (source, divisor, base): (digit // divisor) % base;
+    #                source -1 is r
+
+
+MAX_ENTRIES = 2 ** 30  # (d+1) N: vertex references a lattice may have (int32 ranks, sentinel)
 
 
 def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: int) -> _Digits:
     """Static digit ranges from the feature bounds, and their grouping into int32 levels: the
     first level packs digits while their product fits; each later level packs the previous
-    level's rank (< ``entries``) times as many digits as fit beside it. A digit too wide to fit
-    is split into a high and a low part."""
+    level's rank (< ``entries``) times as many digits as fit beside it. A digit too wide to sit
+    beside a rank is written as several base-2^k parts, most significant first."""
+    if entries >= MAX_ENTRIES:
+        raise ValueError(f"a lattice of {entries} vertex references is too large for the keras "
+                         f"CRF backend (at most {MAX_ENTRIES - 1}); lower --crf_scale")
     q_low, q_range = [], []
     for lo, hi in _elevated_bounds(low, high):
         m_low = math.floor(lo / (d + 1)) - 1
         m_high = math.ceil(hi / (d + 1)) + 1
         q_low.append(m_low - _MARGIN)
         q_range.append(m_high - m_low + 2 * _MARGIN + 1)
-    parts = [(-1, 1, d + 1)]  # (source, divisor, base)
-    room = max(2, INT32_LIMIT // max(entries, 1))  # what fits beside a previous rank
+    room = INT32_LIMIT // entries  # the product of the digits that fit beside a rank (>= 2)
+    bits = int(math.log2(room))
+    parts = [(-1, 1, d + 1)]
     for source, size in enumerate(q_range):
         if size <= room:
             parts.append((source, 1, size))
             continue
-        low_bits = max(1, int(math.log2(room)))
-        parts.append((source, 2 ** low_bits, -(-size // 2 ** low_bits)))
-        parts.append((source, -(2 ** low_bits), 2 ** low_bits))  # negative divisor: remainder
+        count = -(-math.ceil(math.log2(size)) // bits)  # base-2^bits digits of size - 1
+        for place in range(count - 1, -1, -1):
+            divisor = 2 ** (bits * place)
+            parts.append((source, divisor, min(2 ** bits, -(-size // divisor))))
     levels, current, product = [], [], 1
     for part in parts:
         limit = INT32_LIMIT if not levels else room
@@ -126,7 +135,7 @@ def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: i
 def _level_values(ops, remainder, q, digits: _Digits, level: int, previous=None):
     """The int32 value of one level for vertices given as ``remainder`` (..., ) and ``q``
     (..., d): ``previous * product(bases) + digits`` (mixed radix)."""
-    value = previous if previous is not None else None
+    value = previous
     for source, divisor, base in digits.levels[level]:
         if source < 0:
             digit = remainder
@@ -134,8 +143,8 @@ def _level_values(ops, remainder, q, digits: _Digits, level: int, previous=None)
             digit = q[..., source] - digits.q_low[source]
             if divisor > 1:
                 digit = ops.floor_divide(digit, divisor)
-            elif divisor < 0:
-                digit = ops.mod(digit, -divisor)
+            if divisor > 1 or base < digits.q_range[source]:
+                digit = ops.mod(digit, base)
         value = digit if value is None else value * base + digit
     return value
 
@@ -168,7 +177,8 @@ def _simplices(ops, features, scale):
                                 - ops.cast(rank >= d + 1, "float32"))
     rank, rem0 = rank + wrap, rem0 + wrap
     v = (elevated - rem0) * down
-    onehot = ops.cast(ops.expand_dims(rank, 2) == np.arange(d + 1, dtype=np.float32),
+    onehot = ops.cast(ops.equal(ops.expand_dims(rank, 2),
+                                ops.convert_to_tensor(np.arange(d + 1, dtype=np.float32))),
                       "float32")
     by_rank = ops.sum(ops.expand_dims(v, 2) * onehot, axis=1)  # [n, k]: v of the rank-k one
     weights = [by_rank[:, d] + (np.float32(1) - by_rank[:, 0])]
@@ -179,18 +189,26 @@ def _simplices(ops, features, scale):
 
 def _rank_level(ops, values, entries: int):
     """Sorts one level's values: (dense rank of each value, the distinct values sorted and
-    padded with ``INT32_LIMIT`` to ``entries``, their count, the sort order, the sorted
-    ranks)."""
+    padded with ``INT32_LIMIT`` to ``entries``, their count, the sort order, and for each
+    rank the sorted position where it first occurs).
+
+    Only sorts, gathers and a permutation's scatter: Keras's segment reductions go through
+    float32 on some backends (PyTorch), which would round int32 keys above 2^24."""
     order = ops.argsort(values)
     ordered = ops.take(values, order)
     new = ops.concatenate([ops.ones((1,), "int32"),
                            ops.cast(ordered[1:] != ordered[:-1], "int32")])
-    sorted_rank = ops.cumsum(new) - 1
-    rank = ops.scatter(ops.expand_dims(order, 1), sorted_rank, (entries,))
+    sorted_rank = ops.cast(ops.cumsum(new), "int32") - 1
+    rank = ops.scatter_update(ops.zeros((entries,), "int32"), ops.expand_dims(order, 1),
+                              sorted_rank)
     count = sorted_rank[-1] + 1
-    distinct = ops.segment_max(ordered, sorted_rank, num_segments=entries)
-    distinct = ops.where(ops.arange(entries) < count, distinct, INT32_LIMIT)
-    return rank, distinct, count, order, sorted_rank
+    every = ops.arange(entries, dtype="int32")
+    # Each rank's first sorted position: the positions that start a rank write themselves
+    # there, the others into a spare slot that is dropped.
+    first = ops.scatter_update(ops.zeros((entries + 1,), "int32"), ops.expand_dims(
+        ops.where(new > 0, sorted_rank, entries), 1), every)[:entries]
+    distinct = ops.where(every < count, ops.take(ordered, first), INT32_LIMIT)
+    return rank, distinct, count, order, first
 
 
 def _lookup(ops, distinct_levels, remainder, q, digits: _Digits):
@@ -218,19 +236,19 @@ def build_lattice(features, low: Sequence[float], high: Sequence[float]) -> Latt
     q0, rank, weights = _simplices(ops, features, _scale_factors(d))
     # The vertex of remainder r: q = q0 - [rank > d - r] (pydensecrf's canonical simplex).
     remainders = np.arange(d + 1, dtype=np.int32)
-    q = ops.expand_dims(q0, 1) - ops.cast(
-        ops.expand_dims(rank[:, :d], 1) > (d - remainders)[None, :, None], "int32")
+    q = ops.expand_dims(q0, 1) - ops.cast(ops.greater(
+        ops.expand_dims(rank[:, :d], 1),
+        ops.convert_to_tensor((d - remainders)[None, :, None])), "int32")
     q = ops.reshape(q, (entries, d))
     remainder = ops.reshape(ops.broadcast_to(ops.convert_to_tensor(remainders)[None],
                                              (n, d + 1)), (entries,))
     distinct_levels, previous = [], None
     for level in range(len(digits.levels)):
         values = _level_values(ops, remainder, q, digits, level, previous)
-        previous, distinct, size, order, sorted_rank = _rank_level(ops, values, entries)
+        previous, distinct, size, order, first = _rank_level(ops, values, entries)
         distinct_levels.append(distinct)
     # One entry per vertex, to read its key from (rows past the size: entry 0, unused).
-    representative = ops.segment_max(order, sorted_rank, num_segments=entries)
-    representative = ops.where(ops.arange(entries) < size, representative, 0)
+    representative = ops.where(ops.arange(entries) < size, ops.take(order, first), 0)
     return Lattice(ops.reshape(previous, (n, d + 1)) + 1, weights, ops.cast(size, "int32"),
                    ops.take(remainder, representative), ops.take(q, representative, axis=0),
                    tuple(distinct_levels))
@@ -255,6 +273,7 @@ def blur_neighbours(lattice: Lattice, low: Sequence[float], high: Sequence[float
         step = np.zeros(d, dtype=np.int32)
         if j < d:
             step[j] = 1
+        step = ops.convert_to_tensor(step)
         # Along direction j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j, in (r, q) terms.
         n1 = _lookup(ops, distinct, ops.mod(vertex_r - 1, d + 1),
                      vertex_q + step - wrap_down, digits)

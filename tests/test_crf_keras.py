@@ -23,10 +23,14 @@ from tests.test_end_to_end import _scenes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax")])
+@pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax"),
+                                             ("torch", "torch")])
 def test_keras_backend_gives_pydensecrfs_labels(backend, module):
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed; `pip install -e '.[test]'` installs it")
+        pytest.skip(f"{module} is not installed; " + (
+            "`pip install -e '.[test]'` installs it" if module != "torch" else
+            "PyTorch is no test dependency (PyPI's Linux wheel brings ~3 GB of CUDA "
+            "libraries); install a CPU build to run this"))
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
            "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-m", "tests.crf_backend_check"], cwd=ROOT,
@@ -47,17 +51,37 @@ def test_keras_backend_gives_pydensecrfs_labels(backend, module):
     assert scenes["fine_colour_std"]["bilateral_levels"] >= 3  # the multi-level keys ran
 
 
-def test_digit_plans_fit_int32_at_every_level():
+def test_digit_plans_fit_int32_at_every_level_and_keep_keys_apart():
+    from keras import ops
+
+    from segbeam.permutohedral import MAX_ENTRIES, _level_values
+
+    rng = np.random.default_rng(0)
     for d, high, entries in ((2, [2047.0, 1023.0], 3 * 2048 * 1024),
                              (5, [30.6, 15.3, 85.0, 85.0, 85.0], 6 * 2048 * 1024),
-                             (5, [7.2, 5.4, 1020.0, 1020.0, 1020.0], 6 * 360 * 480)):
+                             (5, [7.2, 5.4, 1020.0, 1020.0, 1020.0], 6 * 360 * 480),
+                             # 4096 x 4096 with a 1-pixel Gaussian: digits split in parts
+                             (2, [4095.0, 4095.0], 3 * 4096 * 4096)):
         plan = _plan_digits(d, [0.0] * d, high, entries)
         for index, level in enumerate(plan.levels):
             product = int(np.prod([base for _, _, base in level], dtype=np.float64))
             assert product * (entries if index else 1) <= INT32_LIMIT, (d, high, plan)
         covered = sorted({source for level in plan.levels for source, _, _ in level})
         assert covered == list(range(-1, d))  # the remainder and every coordinate
+        # Distinct keys get distinct digits (each level on its own, without the ranks).
+        keys = np.unique(np.stack([rng.integers(0, d + 1, 4000)] + [
+            rng.integers(low, low + size, 4000)
+            for low, size in zip(plan.q_low, plan.q_range)], axis=1), axis=0)
+        remainder, q = keys[:, 0].astype(np.int32), keys[:, 1:].astype(np.int32)
+        digits = np.stack([ops.convert_to_numpy(_level_values(ops, remainder, q, plan, level))
+                           for level in range(len(plan.levels))], axis=1)
+        assert len(np.unique(digits, axis=0)) == len(keys)
     assert len(_plan_digits(2, [0.0, 0.0], [2047.0, 1023.0], 3 * 2048 * 1024).levels) == 1
+    assert any(divisor > 1 for level in _plan_digits(2, [0.0, 0.0], [4095.0, 4095.0],
+                                                     3 * 4096 * 4096).levels
+               for _, divisor, _ in level)
+    with pytest.raises(ValueError, match="too large for the keras CRF backend"):
+        _plan_digits(5, [0.0] * 5, [1.0] * 5, MAX_ENTRIES)
 
 
 def test_vertex_tables_round_up_by_at_most_an_eighth():
