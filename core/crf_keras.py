@@ -1,6 +1,6 @@
 """Dense-CRF inference in ``keras.ops``: pydensecrf's ``DenseCRF2D`` with a Gaussian and a
-bilateral term, on whatever device the Keras backend uses (tested under TensorFlow and JAX;
-written in ``keras.ops`` only, with no backend-specific op).
+bilateral term, on whatever device the Keras backend uses (tested under TensorFlow, JAX and
+PyTorch; ``keras.ops`` only, no backend-specific op).
 
 The same inference as ``DenseCRF::inference``: Potts compatibility, symmetric kernel
 normalisation (``1 / sqrt(K 1)`` on both sides), the unary ``-log(max(p, floor))``, and
