@@ -1,6 +1,8 @@
 """The CRF stage in worker processes (``RefineInProcesses``): the same records as in the
 worker itself, in a real Beam pipeline, and a record that fails becomes a dead letter."""
 
+import os
+
 import apache_beam as beam
 import numpy as np
 from apache_beam.testing.util import assert_that, equal_to
@@ -35,3 +37,37 @@ def test_processes_give_the_in_process_labels_and_dead_letter_failures(rng):
         assert_that(dead | "Why" >> beam.Map(lambda d: (type(d), d.key, d.stage,
                                                         d.reason.split(":")[0])),
                     equal_to([(DeadLetter, "k3", "crf", "ValueError")]), label="dead")
+
+
+class _KillsItsProcess:
+    """Unpickled in a CRF process (a spawned child), ends that process at once, as the
+    kernel's OOM killer would; unpickled in this process (Beam decodes elements between
+    steps), stays itself."""
+
+    def __reduce__(self):
+        return _unpickle_killer, ()
+
+
+def _unpickle_killer():
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        os._exit(3)
+    return _KillsItsProcess()
+
+
+def test_a_dying_process_loses_only_the_image_that_killed_it(rng):
+    params = CrfParams(iterations=3, min_side=8)
+    records = _records(rng, 6)
+    killer = records[2].replace(image=_KillsItsProcess())
+    inputs = records[:2] + [killer] + records[3:]
+    expected = {r.key: refine_record(r, params).crf_labels.tobytes()
+                for r in records if r.key != "k2"}
+    with beam.Pipeline() as pipeline:
+        refined, dead = (pipeline | beam.Create(inputs)
+                         | RefineWithCRF(params, processes=2))
+        assert_that(refined | "Labels" >> beam.Map(lambda r: (r.key, r.crf_labels.tobytes())),
+                    equal_to(sorted(expected.items())), label="refined")
+        assert_that(dead | "Why" >> beam.Map(lambda d: (d.key, d.stage,
+                                                        "died on this image twice" in d.reason)),
+                    equal_to([("k2", "crf", True)]), label="dead")

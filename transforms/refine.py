@@ -78,12 +78,15 @@ def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = 
 class RefineInProcesses(beam.DoFn):
     """``refine_record`` in a pool of ``processes`` worker processes (started in ``setup``,
     spawned rather than forked: the worker may hold TensorFlow's threads). At most twice as
-    many records are in flight; results leave in input order, and a record that fails, or
-    whose process dies, leaves as a dead letter (main output and ``dead``)."""
+    many records are in flight and results leave in input order. A record that fails leaves
+    as a dead letter (main output and ``dead``). When a process dies (out of memory, say),
+    every record then in flight fails with it: the pool is started again once, each of those
+    records is tried once more, and only one that breaks the new pool too is dead-lettered."""
 
     def __init__(self, processes: int, *args):
         self._processes, self._args = processes, args
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+        self._generation = 0  # which pool a future belongs to
         self._pending: collections.deque = collections.deque()
 
     def setup(self):
@@ -95,10 +98,9 @@ class RefineInProcesses(beam.DoFn):
 
     def process(self, record, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam):
-        future = self._pool.submit(refine_record, record, *self._args)
-        self._pending.append((record, future, timestamp, window))
+        self._pending.append((record, self._submit(record), timestamp, window))
         while self._pending and (len(self._pending) > 2 * self._processes
-                                 or self._pending[0][1].done()):
+                                 or self._pending[0][1][0].done()):
             yield self._result(*self._pending.popleft())
 
     def finish_bundle(self):
@@ -109,18 +111,34 @@ class RefineInProcesses(beam.DoFn):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _result(self, record, future, timestamp, window):
-        try:
-            return WindowedValue(future.result(), timestamp, (window,))
-        except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
-            if isinstance(error, concurrent.futures.process.BrokenProcessPool):
-                LOG.warning("a CRF process died (out of memory?); starting the pool again")
-                self.teardown()
-                self.setup()
-            Metrics.counter("segbeam", "dead_letters_crf").inc()
-            tally("dead")
-            letter = DeadLetter(record.key, record.source, "crf", one_line_reason(error))
-            return beam.pvalue.TaggedOutput("dead", WindowedValue(letter, timestamp, (window,)))
+    def _submit(self, record):
+        return self._pool.submit(refine_record, record, *self._args), self._generation
+
+    def _result(self, record, submitted, timestamp, window):
+        (future, generation), retried = submitted, False
+        while True:
+            try:
+                return WindowedValue(future.result(), timestamp, (window,))
+            except concurrent.futures.process.BrokenProcessPool as error:
+                if generation == self._generation:  # the first to find this pool broken
+                    LOG.warning("a CRF process died (out of memory?); starting the pool again")
+                    self.teardown()
+                    self.setup()
+                    self._generation += 1
+                if retried:
+                    failure = error
+                    break
+                (future, generation), retried = self._submit(record), True
+            except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
+                failure = error
+                break
+        Metrics.counter("segbeam", "dead_letters_crf").inc()
+        tally("dead")
+        reason = one_line_reason(failure)
+        if isinstance(failure, concurrent.futures.process.BrokenProcessPool):
+            reason = f"the CRF process died on this image twice ({reason})"
+        letter = DeadLetter(record.key, record.source, "crf", reason)
+        return beam.pvalue.TaggedOutput("dead", WindowedValue(letter, timestamp, (window,)))
 
 
 class RefineWithCRF(beam.PTransform):
