@@ -22,21 +22,29 @@ def _records(rng, count):
     return records
 
 
-def test_processes_give_the_in_process_labels_and_dead_letter_failures(rng):
-    params = CrfParams(iterations=3, min_side=8)
-    records = _records(rng, 7)
-    broken = records[3].replace(probabilities=records[3].probabilities[:5])  # wrong shape
-    inputs = records[:3] + [broken] + records[4:]
+def _assert_stage(inputs, records, params, dead_key, describe, description):
+    """The stage in 2 processes over ``inputs``: every record but ``dead_key`` refined as
+    in-process, and ``dead_key`` one dead letter that ``describe`` turns into
+    ``description``."""
     expected = {r.key: refine_record(r, params).crf_labels.tobytes()
-                for r in records if r.key != "k3"}
+                for r in records if r.key != dead_key}
     with beam.Pipeline() as pipeline:
         refined, dead = (pipeline | beam.Create(inputs)
                          | RefineWithCRF(params, processes=2))
         assert_that(refined | "Labels" >> beam.Map(lambda r: (r.key, r.crf_labels.tobytes())),
                     equal_to(sorted(expected.items())), label="refined")
-        assert_that(dead | "Why" >> beam.Map(lambda d: (type(d), d.key, d.stage,
-                                                        d.reason.split(":")[0])),
-                    equal_to([(DeadLetter, "k3", "crf", "ValueError")]), label="dead")
+        assert_that(dead | "Why" >> beam.Map(lambda d: (d.key, describe(d))),
+                    equal_to([(dead_key, description)]), label="dead")
+
+
+def test_processes_give_the_in_process_labels_and_dead_letter_failures(rng):
+    params = CrfParams(iterations=3, min_side=8)
+    records = _records(rng, 7)
+    broken = records[3].replace(probabilities=records[3].probabilities[:5])  # wrong shape
+    inputs = records[:3] + [broken] + records[4:]
+    _assert_stage(inputs, records, params, "k3", lambda d: (type(d), d.stage,
+                                                           d.reason.split(":")[0]),
+                  (DeadLetter, "crf", "ValueError"))
 
 
 class _KillsItsProcess:
@@ -61,13 +69,5 @@ def test_a_dying_process_loses_only_the_image_that_killed_it(rng):
     records = _records(rng, 6)
     killer = records[2].replace(image=_KillsItsProcess())
     inputs = records[:2] + [killer] + records[3:]
-    expected = {r.key: refine_record(r, params).crf_labels.tobytes()
-                for r in records if r.key != "k2"}
-    with beam.Pipeline() as pipeline:
-        refined, dead = (pipeline | beam.Create(inputs)
-                         | RefineWithCRF(params, processes=2))
-        assert_that(refined | "Labels" >> beam.Map(lambda r: (r.key, r.crf_labels.tobytes())),
-                    equal_to(sorted(expected.items())), label="refined")
-        assert_that(dead | "Why" >> beam.Map(lambda d: (d.key, d.stage,
-                                                        "died on this image twice" in d.reason)),
-                    equal_to([("k2", "crf", True)]), label="dead")
+    _assert_stage(inputs, records, params, "k2",
+                  lambda d: (d.stage, "died on this image twice" in d.reason), ("crf", True))
