@@ -163,10 +163,13 @@ def test_the_pipeline_gives_the_same_masks_with_either_backend(tmp_path, demo_mo
             summaries["pydensecrf"]["evaluation"]["crf"]["miou"], abs=0.005)
 
 
-def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_path):
+@pytest.mark.parametrize("resize_mode", ["resize", "letterbox", "pad"])
+def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_path,
+                                                               resize_mode):
     """The handler with the CRF on the device (forced here on a CPU) against the handler and
     the CRF stage apart: the same raw and refined labels, calibration sums (images with a
-    mask) and confidence maps, for images of several sizes placed on one canvas."""
+    mask) and confidence maps, for images of several sizes placed on one canvas in each way
+    (stretched, letterboxed, padded: each image's region is cropped back on the device)."""
     from segbeam.inference import InferenceSettings
     from segbeam.models.source import ModelSource
     from segbeam.pipeline.demo import synthetic_scene
@@ -182,11 +185,12 @@ def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_
         image, mask = synthetic_scene(rng, *size)
         records.append(SegmentationRecord(f"k{index}", f"s{index}", image=image,
                                           mask=mask if index % 2 == 0 else None))
-    source = ModelSource(demo_model_path, num_classes=3, input_size=(64, 64))
+    canvas = (128, 128) if resize_mode == "pad" else (64, 64)  # pad: every image must fit
+    source = ModelSource(demo_model_path, num_classes=3, input_size=canvas)
     results = {}
     for fuse in (True, False):
-        handler = KerasSegmentationHandler(source, InferenceSettings(), fused_crf=fused,
-                                           fuse=fuse)
+        handler = KerasSegmentationHandler(source, InferenceSettings(resize_mode=resize_mode),
+                                           fused_crf=fused, fuse=fuse)
         predicted = handler.run_inference(records, handler.load_model())
         assert all(r.crf_applied == fuse for r in predicted)
         results[fuse] = [refine_record(r, params, 3, 255, True) for r in predicted]
