@@ -291,13 +291,24 @@ def compare_backends(model, images, masks, probabilities, args) -> int:
                         ("keras_first_call_s", "first call s", ".1f"),
                         ("agreement", "same label %", ".3f")],
                 f"Part 3c: keras backend ({device}) vs plain pydensecrf (one core)")
+    mixed = part3.many_sizes(images, probabilities, 24)
+    print_table([mixed], [("sizes", "sizes", "d"),
+                          ("canvas_canvases", "canvases", "d"),
+                          ("canvas_compiled", "compiled", "d"), ("canvas_s", "total s", ".1f"),
+                          ("own_size_compiled", "compiled, own size", "d"),
+                          ("own_size_s", "total s, own size", ".1f"),
+                          ("agreement", "same label % (worst image)", ".4f")],
+                f"Part 3d: keras backend ({device}), {mixed['images']} images of as many "
+                f"sizes, on canvases vs each on its own size (compiles included)")
     summary = {"model": model, "keras_device": device,
                "camvid_agreement": camvid["agreement"],
                "camvid_miou_difference": camvid["miou_difference"],
                "synthetic_agreement": synthetic_row["agreement"],
-               "speedups": {row["size"]: row["speedup"] for row in sizes}}
+               "speedups": {row["size"]: row["speedup"] for row in sizes},
+               "many_sizes_seconds": {"canvas": mixed["canvas_s"],
+                                      "own_size": mixed["own_size_s"]}}
     write_record("crf", {"camvid": camvid, "synthetic_512x512x21": synthetic_row,
-                         "sizes": sizes}, summary,
+                         "sizes": sizes, "many_sizes": mixed}, summary,
                  args.output or os.path.join(ROOT, "benchmarks", "results",
                                              f"crf_backends_{device.split()[0]}.json"))
     return 0

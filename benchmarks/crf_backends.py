@@ -7,6 +7,9 @@ pydensecrf call, same parameters (DeepLab v2's), full resolution, 10 iterations.
   and 1024x2048x19 (CamVid frames and their probabilities upsampled, with the 21- and
   19-class outputs' absent classes given a softmax's small probabilities). The keras backend's
   first call per size compiles; it is timed apart and left out of the per-image figure.
+- Many sizes: CamVid frames resized to as many heights (width 480, as a dataset whose images
+  share their long side), refined by the keras backend on its canvases and on canvases of
+  each image's own size, side by side: compiled functions and total time, compiles included.
 
     python -m benchmarks.crf --part backends --model runs/unet/best.keras
 
@@ -104,6 +107,35 @@ def scaled_inputs(images, probabilities, height: int, width: int, classes: int, 
         pairs.append((scaled, with_classes(resize_bilinear(probs.astype(np.float32), height,
                                                            width), classes, rng)))
     return pairs
+
+
+def many_sizes(images, probabilities, count: int) -> dict:
+    """``count`` frames at as many heights from 240 to 476 (width 480), each refined by two
+    fresh keras CRFs, one on canvases (``canvas_for``), one on each image's own size:
+    compiled functions, canvases, total seconds (compiles included) and label agreement."""
+    from keras import ops
+
+    from segbeam.crf_keras import KerasDenseCrf
+
+    heights = np.linspace(240, 476, count).astype(int)
+    crfs = {"canvas": KerasDenseCrf(), "own_size": KerasDenseCrf(canvas=lambda h, w: (h, w))}
+    seconds = dict.fromkeys(crfs, 0.0)
+    agreement = []
+    for index, height in enumerate(heights):
+        image, probs = scaled_inputs(images[index % len(images):], probabilities[
+            index % len(images):], int(height), 480, 11, 1, seed=index)[0]
+        labels = {}
+        for name, crf in crfs.items():
+            start = time.perf_counter()
+            labels[name] = np.asarray(ops.convert_to_numpy(ops.argmax(
+                crf.refine(image, probs, PLAIN), axis=-1)))
+            seconds[name] += time.perf_counter() - start
+        agreement.append(float(np.mean(labels["canvas"] == labels["own_size"])))
+    row = {"images": count, "sizes": len(set(heights)), "agreement": 100 * min(agreement)}
+    for name, crf in crfs.items():
+        row.update({f"{name}_compiled": crf.compiled, f"{name}_canvases": len(crf.canvases),
+                    f"{name}_s": seconds[name]})
+    return row
 
 
 def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:

@@ -11,7 +11,9 @@ classes are near ties (float sums in another order).
 
 Two compiled steps per image: the lattices (from the image alone), then the mean field on
 vertex tables cut to the lattices' true sizes, rounded up to one of a few sizes per octave so
-that images of one size share a handful of compiled functions. Between the two only the two
+that images of one size share a handful of compiled functions. Images are refined on a canvas
+(each side rounded up by at most an eighth, the padding taking no part), so that images of
+many sizes share a few canvases per octave, and so a few compiled functions. Between the two only the two
 sizes (scalars) reach the host; the tensors stay where the backend put them.
 """
 
@@ -27,33 +29,52 @@ from segbeam.permutohedral import Lattice, blur_neighbours, build_lattice, filte
 LEFT_OUT = np.float32(1e30)  # the unary of a class left out of the CRF: probability 0
 
 
-def gaussian_features(ops, height: int, width: int, sxy: float):
-    """(H W, 2) float32: column / sxy, row / sxy, row-major (``DenseCRF2D``'s order)."""
-    x = ops.arange(width, dtype="float32") / np.float32(sxy)
-    y = ops.arange(height, dtype="float32") / np.float32(sxy)
+def gaussian_features(ops, height: int, width: int, sxy: float, size=None):
+    """(H W, 2) float32: column / sxy, row / sxy, row-major (``DenseCRF2D``'s order). With
+    ``size`` (the image's true (h, w), a tensor) on a larger (height, width) canvas, the
+    canvas's padding repeats the image's last column and row, as ``np.pad(mode="edge")``."""
+    x = ops.arange(width, dtype="float32")
+    y = ops.arange(height, dtype="float32")
+    if size is not None:
+        x = ops.minimum(x, ops.cast(size[1] - 1, "float32"))
+        y = ops.minimum(y, ops.cast(size[0] - 1, "float32"))
+    x, y = x / np.float32(sxy), y / np.float32(sxy)
     grid = ops.stack([ops.broadcast_to(ops.expand_dims(x, 0), (height, width)),
                       ops.broadcast_to(ops.expand_dims(y, 1), (height, width))], axis=-1)
     return ops.reshape(grid, (height * width, 2))
 
 
-def bilateral_features(ops, image, sxy: float, srgb: float):
+def bilateral_features(ops, image, sxy: float, srgb: float, size=None):
     """(H W, 5) float32: column / sxy, row / sxy, then R, G, B / srgb."""
     height, width = int(image.shape[0]), int(image.shape[1])
     colour = ops.reshape(ops.cast(image, "float32"), (height * width, 3)) / np.float32(srgb)
-    return ops.concatenate([gaussian_features(ops, height, width, sxy), colour], axis=1)
+    return ops.concatenate([gaussian_features(ops, height, width, sxy, size), colour], axis=1)
+
+
+def round_up_an_eighth(size: int) -> int:
+    """``size`` rounded up to the next of eight values per octave (at most 1/8 more): 16, 18,
+    ..., 30, 32, 36, ..., 60, 64, 72, ... (exact below 16)."""
+    step = 2 ** max(0, int(size).bit_length() - 4)
+    return -(-int(size) // step) * step
+
+
+def canvas_for(height: int, width: int) -> tuple[int, int]:
+    """The canvas an image of this size is refined on: each side rounded up by at most an
+    eighth, so that a worker compiles the CRF for a few canvases per octave of image sizes
+    rather than once per size (the padding takes no part: see ``KerasDenseCrf.field``)."""
+    return round_up_an_eighth(height), round_up_an_eighth(width)
 
 
 def _bucket(size: int, capacity: int) -> int:
     """``size`` rounded up to at most 1/8 more (a few table sizes per octave), within
     ``capacity``."""
-    step = 2 ** max(0, int(size).bit_length() - 4)
-    return int(min(capacity, max(16, -(-int(size) // step) * step)))
+    return int(min(capacity, max(16, round_up_an_eighth(size))))
 
 
-def _normaliser(ops, lattice: Lattice, neighbours):
-    """pydensecrf's NORMALIZE_SYMMETRIC factor, 1 / sqrt(K 1), per point (N, 1)."""
-    ones = ops.ones((int(lattice.weights.shape[0]), 1), "float32")
-    return ops.rsqrt(filter_values(lattice, neighbours, ones) + np.float32(1e-20))
+def _normaliser(ops, lattice: Lattice, neighbours, valid):
+    """pydensecrf's NORMALIZE_SYMMETRIC factor, 1 / sqrt(K 1), per point (N, 1); ``valid``
+    (N, 1) is 1 on the image's points and 0 on a canvas's padding."""
+    return ops.rsqrt(filter_values(lattice, neighbours, valid) + np.float32(1e-20))
 
 
 def feature_bounds(height: int, width: int, params) -> tuple:
@@ -64,41 +85,55 @@ def feature_bounds(height: int, width: int, params) -> tuple:
     return gaussian, bilateral
 
 
-def lattices(image, params) -> tuple[Lattice, Lattice]:
-    """The Gaussian and the bilateral lattice of an (H, W, 3) uint8 image (tensors)."""
+def lattices(image, size, params) -> tuple[Lattice, Lattice]:
+    """The Gaussian and the bilateral lattice of an (H, W, 3) uint8 canvas holding an image of
+    ``size`` (h, w) (an int32 tensor) in its top-left corner, padded by repeating its edge
+    (tensors). The padding's features repeat those of the image's edge, so it adds no
+    vertex: the lattices are the image's own."""
     from keras import ops
 
     height, width = int(image.shape[0]), int(image.shape[1])
     (g_low, g_high), (b_low, b_high) = feature_bounds(height, width, params)
-    gaussian = build_lattice(gaussian_features(ops, height, width, params.pos_xy_std),
+    gaussian = build_lattice(gaussian_features(ops, height, width, params.pos_xy_std, size),
                              g_low, g_high)
     bilateral = build_lattice(bilateral_features(ops, image, params.bi_xy_std,
-                                                 params.bi_rgb_std), b_low, b_high)
+                                                 params.bi_rgb_std, size), b_low, b_high)
     return gaussian, bilateral
 
 
-def mean_field(probabilities, kept, gaussian: Lattice, bilateral: Lattice, params,
+def _valid(ops, size, height: int, width: int):
+    """(H W, 1) float32: 1 on the image's pixels of an (H, W) canvas, 0 on the padding."""
+    rows = ops.cast(ops.arange(height) < size[0], "float32")
+    columns = ops.cast(ops.arange(width) < size[1], "float32")
+    return ops.reshape(ops.expand_dims(rows, 1) * ops.expand_dims(columns, 0),
+                       (height * width, 1))
+
+
+def mean_field(probabilities, kept, size, gaussian: Lattice, bilateral: Lattice, params,
                min_probability: float, rows: tuple[int, int], height: int, width: int):
     """Marginals (H W, C) float32 after ``params.iterations`` mean-field steps, from
-    probabilities (H W, C) and a (C,) bool mask of the classes taking part (the others get
-    probability 0, as if left out). ``rows``: the vertex rows each lattice's table uses (at
-    least its size)."""
+    probabilities (H W, C) on an (H, W) canvas holding an image of ``size`` (h, w) and a (C,)
+    bool mask of the classes taking part (the others get probability 0, as if left out).
+    The padding's values are zeroed before every splat, so it changes no sum: the image's
+    marginals are what the image alone gives; the padding's are meaningless. ``rows``: the
+    vertex rows each lattice's table uses (at least its size)."""
     from keras import ops
 
     unary = -ops.log(ops.clip(ops.cast(probabilities, "float32"), min_probability, 1.0))
     unary = ops.where(ops.expand_dims(kept, 0), unary, LEFT_OUT)
+    valid = _valid(ops, size, height, width)
     terms = []
     for lattice, weight, count, (low, high) in zip(
             (gaussian, bilateral), (params.pos_w, params.bi_w), rows,
             feature_bounds(height, width, params)):
         neighbours = blur_neighbours(lattice, low, high, count)
-        terms.append((lattice, neighbours, np.float32(weight),
-                      _normaliser(ops, lattice, neighbours)))
+        norm = _normaliser(ops, lattice, neighbours, valid)
+        terms.append((lattice, neighbours, np.float32(weight), norm, norm * valid))
 
     def step(_, q):
         logits = -unary
-        for lattice, neighbours, weight, norm in terms:
-            logits = logits + weight * (norm * filter_values(lattice, neighbours, norm * q))
+        for lattice, neighbours, weight, norm, splat in terms:
+            logits = logits + weight * (norm * filter_values(lattice, neighbours, splat * q))
         return ops.softmax(logits, axis=-1)
 
     return ops.fori_loop(0, params.iterations, step, ops.softmax(-unary, axis=-1))
@@ -141,10 +176,11 @@ def resize_bilinear(values, height: int, width: int):
 
 
 class KerasDenseCrf:
-    """The keras backend of the CRF: compiled functions per image size and settings, built on
-    first use and kept (one object per worker process)."""
+    """The keras backend of the CRF: compiled functions per canvas (``canvas_for``) and
+    settings, built on first use and kept (one object per worker process)."""
 
-    def __init__(self):
+    def __init__(self, canvas=canvas_for):
+        self._canvas = canvas
         self._functions: dict = {}
         self._lock = threading.Lock()
 
@@ -155,26 +191,46 @@ class KerasDenseCrf:
                 function = self._functions[key] = _compile(make())
             return function
 
+    @property
+    def compiled(self) -> int:
+        """How many functions this object has compiled: per canvas, one for the lattices and
+        one per vertex-table size of the mean field."""
+        return len(self._functions)
+
+    @property
+    def canvases(self) -> list[tuple[int, int]]:
+        """The canvases this object has compiled the CRF for."""
+        return sorted({key[1:3] for key in self._functions})
+
     def field(self, image: np.ndarray, probabilities, params, min_probability: float, kept):
         """(H, W, C) marginals (a tensor) of the CRF at the arrays' own size; ``kept``: a (C,)
-        bool mask (array or tensor) of the classes taking part."""
+        bool mask (array or tensor) of the classes taking part. The image is placed on its
+        canvas, padded by repeating its edge (features that add no lattice vertex) with the
+        padding left out of every sum, and the marginals are cut back to the image."""
         from keras import ops
 
         height, width, classes = (int(n) for n in probabilities.shape)
+        canvas_h, canvas_w = self._canvas(height, width)
+        size = np.array([height, width], dtype=np.int32)
+        if (canvas_h, canvas_w) != (height, width):
+            image = np.pad(image, ((0, canvas_h - height), (0, canvas_w - width), (0, 0)),
+                           mode="edge")
+            probabilities = ops.pad(probabilities, ((0, canvas_h - height),
+                                                    (0, canvas_w - width), (0, 0)))
         settings = (params.iterations, params.pos_w, params.pos_xy_std, params.bi_w,
                     params.bi_xy_std, params.bi_rgb_std, float(min_probability))
-        build = self._function(("lattices", height, width, settings),
-                               lambda: lambda img: lattices(img, params))
-        gaussian, bilateral = build(image)
+        build = self._function(("lattices", canvas_h, canvas_w, settings),
+                               lambda: lambda img, shape: lattices(img, shape, params))
+        gaussian, bilateral = build(image, size)
         rows = (_bucket(int(gaussian.size), gaussian.capacity),
                 _bucket(int(bilateral.size), bilateral.capacity))
         field = self._function(
-            ("field", height, width, classes, rows, settings),
-            lambda: lambda probs, mask, g, b: mean_field(probs, mask, g, b, params,
-                                                         min_probability, rows, height, width))
-        result = field(ops.reshape(probabilities, (height * width, classes)), kept,
+            ("field", canvas_h, canvas_w, classes, rows, settings),
+            lambda: lambda probs, mask, shape, g, b: mean_field(
+                probs, mask, shape, g, b, params, min_probability, rows, canvas_h, canvas_w))
+        result = field(ops.reshape(probabilities, (canvas_h * canvas_w, classes)), kept, size,
                        gaussian, bilateral)
-        return ops.reshape(result, (height, width, classes))
+        return ops.reshape(result, (canvas_h, canvas_w, classes))[:height, :width]
 
     def refine(self, image: np.ndarray, probabilities, params, min_probability: float = 1e-5):
         """What ``segbeam.crf.dense_crf`` computes, with the probabilities and the result as

@@ -39,7 +39,47 @@ CASES = {
     # A colour std of a quarter level: the bilateral keys need three int32 levels.
     "fine_colour_std": (30, 40, 4, 0.0, {"bi_rgb_std": 0.25, "bi_xy_std": 5.0}),
     "half_resolution": (64, 80, 3, 6.0, {"scale": 0.5, "min_side": 16}),
+    # 37 x 53 is refined on a 40 x 56 canvas.
+    "on_a_canvas": (37, 53, 4, 6.0, {}),
 }
+
+# Sizes that share the 40 x 56 canvas; the canvas check runs each on it and on its own size.
+CANVAS_SIZES = ((37, 53), (39, 56), (40, 54), (40, 56))
+
+
+def _traces(function) -> int:
+    """How many times a compiled function was traced (-1 where the backend cannot say)."""
+    if hasattr(function, "experimental_get_tracing_count"):  # tf.function
+        return function.experimental_get_tracing_count()
+    if hasattr(function, "_cache_size"):  # jax.jit
+        return function._cache_size()
+    return -1
+
+
+def canvas_check() -> dict:
+    """Images of several sizes on one canvas against each on a canvas of its own size: the
+    padding must change nothing, and one compiled lattice function must serve them all."""
+    from keras import ops
+
+    from segbeam.crf_keras import KerasDenseCrf
+
+    shared, exact = KerasDenseCrf(), KerasDenseCrf(canvas=lambda height, width: (height, width))
+    # Dark images (levels 8 to 14) and a wide colour std: padding of another colour (black)
+    # would add vertices beside the image's, through which the blur would carry values.
+    params = CrfParams(scale=1.0, class_floor=0.0, iterations=5, bi_rgb_std=10.0)
+    differences, agreements = [], []
+    for seed, (height, width) in enumerate(CANVAS_SIZES):
+        image, probabilities = scene(height, width, 4, 10 + seed)
+        image = image // 64 * 2 + 8
+        kept = np.ones(4, dtype=bool)
+        on_canvas, alone = (ops.convert_to_numpy(crf.field(image, probabilities, params, 1e-5,
+                                                           kept)) for crf in (shared, exact))
+        differences.append(float(np.abs(on_canvas - alone).max()))
+        agreements.append(float(np.mean(on_canvas.argmax(-1) == alone.argmax(-1))))
+    builds = [f for key, f in shared._functions.items() if key[0] == "lattices"]
+    return {"check": "canvas", "canvases": shared.canvases, "exact_canvases": len(exact.canvases),
+            "lattice_traces": [_traces(f) for f in builds],
+            "max_marginal_difference": max(differences), "min_agreement": min(agreements)}
 
 
 def main() -> None:
@@ -63,6 +103,7 @@ def main() -> None:
             "sums_to_one": bool(np.allclose(keras_result.sum(-1), 1, atol=1e-4)),
             "left_out_zero": bool(np.array_equal(reference == 0, keras_result == 0)),
             "bilateral_levels": bilateral_levels}), flush=True)
+    print(json.dumps(canvas_check()), flush=True)
 
 
 if __name__ == "__main__":

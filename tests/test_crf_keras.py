@@ -14,7 +14,7 @@ from PIL import Image
 
 from segbeam.config import _plain, fingerprint_entries
 from segbeam.crf import CrfParams
-from segbeam.crf_keras import _bucket
+from segbeam.crf_keras import _bucket, canvas_for
 from segbeam.permutohedral import INT32_LIMIT, _plan_digits
 from segbeam.pipeline.cli import main
 from segbeam.pipeline.crf_flags import crf_processes
@@ -38,9 +38,9 @@ def test_keras_backend_gives_pydensecrfs_labels(backend, module):
     assert result.returncode == 0, result.stderr[-4000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert reports[0] == {"check": "backend", "backend": backend}
-    scenes = {r["name"]: r for r in reports[1:]}
+    scenes = {r["name"]: r for r in reports if r["check"] == "scene"}
     assert set(scenes) == {"two_classes", "five_classes", "class_floor_21", "fine_colour_std",
-                           "half_resolution"}
+                           "half_resolution", "on_a_canvas"}
     for name, report in scenes.items():
         # The CRF moved labels (else agreement would show nothing), and the two backends
         # moved the same ones.
@@ -49,6 +49,12 @@ def test_keras_backend_gives_pydensecrfs_labels(backend, module):
         assert report["max_marginal_difference"] < 1e-3, report
         assert report["sums_to_one"] and report["left_out_zero"], report
     assert scenes["fine_colour_std"]["bilateral_levels"] >= 3  # the multi-level keys ran
+    # Four sizes on one canvas: the marginals of each are those on its own canvas (the
+    # padding takes no part), and one lattice function, traced once, serves all four.
+    canvas = next(r for r in reports if r["check"] == "canvas")
+    assert canvas["canvases"] == [[40, 56]] and canvas["exact_canvases"] == 4, canvas
+    assert canvas["lattice_traces"] in ([1], [-1]), canvas  # -1: PyTorch compiles nothing
+    assert canvas["max_marginal_difference"] <= 1e-6 and canvas["min_agreement"] == 1.0, canvas
 
 
 def test_digit_plans_fit_int32_at_every_level_and_keep_keys_apart():
@@ -84,8 +90,12 @@ def test_digit_plans_fit_int32_at_every_level_and_keep_keys_apart():
         _plan_digits(5, [0.0] * 5, [1.0] * 5, MAX_ENTRIES)
 
 
-def test_vertex_tables_round_up_by_at_most_an_eighth():
+def test_vertex_tables_and_canvases_round_up_by_at_most_an_eighth():
     assert _bucket(3, 100) == 16 and _bucket(40, 30) == 30
+    assert canvas_for(360, 480) == (384, 480) and canvas_for(1024, 2048) == (1024, 2048)
+    assert canvas_for(13, 37) == (13, 40)
+    sides = {canvas_for(side, 1)[0] for side in range(257, 513)}
+    assert len(sides) == 8 and max(sides) == 512  # eight canvas sides per octave
     for size in (17, 100, 113037, 200078, 999999):
         rows = _bucket(size, 10 ** 7)
         assert size <= rows <= size * 1.125 + 16
@@ -207,3 +217,4 @@ def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_
                                  (device.calibration_crf, stage.calibration_crf)):
                 for mine, other in zip(ours, theirs):
                     np.testing.assert_allclose(mine, other, rtol=1e-3)
+
