@@ -218,3 +218,43 @@ def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_
                 for mine, other in zip(ours, theirs):
                     np.testing.assert_allclose(mine, other, rtol=1e-3)
 
+
+@pytest.mark.parametrize("failure", ["error", "out_of_memory"])
+def test_a_fused_crf_failure_is_that_images_crf_dead_letter(rng, demo_model_path, monkeypatch,
+                                                           failure):
+    """The CRF fused after the model fails on one image of a batch: that image is a dead
+    letter of stage crf (not inference), the others are refined. Out of memory, the handler
+    first runs the batch in smaller parts (the batch's outputs share the device's memory)."""
+    from segbeam.crf_keras import KerasDenseCrf
+    from segbeam.inference import InferenceSettings
+    from segbeam.models.source import ModelSource
+    from segbeam.pipeline.demo import synthetic_scene
+    from segbeam.records import DeadLetter, SegmentationRecord
+    from segbeam.transforms.fused_crf import FusedCrf
+    from segbeam.transforms.inference import KerasSegmentationHandler
+
+    refine = KerasDenseCrf.refine
+    calls = []
+
+    def failing(self, image, probabilities, params, min_probability=1e-5):
+        calls.append(image.shape[:2])
+        if image.shape[:2] == (80, 80):
+            raise (MemoryError("out of memory refining") if failure == "out_of_memory"
+                   else ValueError("the lattice is too large"))
+        return refine(self, image, probabilities, params, min_probability)
+
+    monkeypatch.setattr(KerasDenseCrf, "refine", failing)
+    records = [SegmentationRecord(f"k{i}", f"s{i}", image=synthetic_scene(rng, *size)[0])
+               for i, size in enumerate([(64, 96), (80, 80), (72, 120), (64, 64)])]
+    handler = KerasSegmentationHandler(
+        ModelSource(demo_model_path, num_classes=3, input_size=(64, 64)), InferenceSettings(),
+        fused_crf=FusedCrf(CrfParams(backend="keras", min_side=32)), fuse=True)
+    results = handler.run_inference(records, handler.load_model())
+    assert [type(r).__name__ for r in results] == ["SegmentationRecord", "DeadLetter",
+                                                  "SegmentationRecord", "SegmentationRecord"]
+    assert results[1] == DeadLetter("k1", "s1", "crf", {
+        "error": "ValueError: the lattice is too large",
+        "out_of_memory": "MemoryError: out of memory refining"}[failure])
+    assert all(r.crf_applied and r.crf_labels is not None for r in results if r is not results[1])
+    # Out of memory, the batch of 4 ran again as 2 + 2, then the failing image alone.
+    assert calls.count((80, 80)) == (3 if failure == "out_of_memory" else 1)

@@ -12,14 +12,18 @@ it had an accelerator.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+import logging
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from segbeam.crf import CrfParams
 from segbeam.geometry import Placement
-from segbeam.records import SegmentationRecord
+from segbeam.inference import is_out_of_memory
+from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.transforms.refine import with_marginals
+
+LOG = logging.getLogger(__name__)
 
 
 class FusedCrf(NamedTuple):
@@ -43,14 +47,35 @@ def _labels(ops, values) -> np.ndarray:
         np.uint8 if classes <= 256 else np.uint16)
 
 
-def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Placement],
-                 canvas: tuple[int, int], outputs, kind: str,
-                 fused: FusedCrf) -> list[SegmentationRecord]:
-    """Each record with raw and CRF labels, from the model's (N, h, w, C) ``outputs`` (a
-    backend tensor; ``kind``: logits or probabilities) for a batch placed on ``canvas``."""
+def _refined(record: SegmentationRecord, probabilities, fused: FusedCrf) -> SegmentationRecord:
+    """The record with its CRF labels (and what ``with_marginals`` keeps), its probabilities
+    an (H, W, C) tensor; read back to the host here, so that a failure of the computation
+    (which some backends report only then) is this record's."""
     from keras import ops
 
-    from segbeam.crf_keras import resize_bilinear, shared_crf
+    from segbeam.crf_keras import shared_crf
+
+    marginals = shared_crf().refine(record.image, probabilities, fused.params)
+    if fused.needs_marginals(record):
+        return with_marginals(record, ops.convert_to_numpy(probabilities).astype(np.float16),
+                              np.asarray(ops.convert_to_numpy(marginals)), fused.num_classes,
+                              fused.ignore_index, fused.keep_confidence)
+    return record.replace(crf_labels=_labels(ops, marginals), probabilities=None,
+                          crf_applied=True)
+
+
+def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Placement],
+                 canvas: tuple[int, int], outputs, kind: str,
+                 fused: FusedCrf) -> list[Union[SegmentationRecord, DeadLetter]]:
+    """Each record with raw and CRF labels, from the model's (N, h, w, C) ``outputs`` (a
+    backend tensor; ``kind``: logits or probabilities) for a batch placed on ``canvas``. A
+    record whose CRF fails is a dead letter of stage ``crf``, as in the CRF stage; the
+    others of the batch are refined as usual. Out of memory in a batch of several, the error
+    goes up to the handler, which runs the batch again in smaller parts (the model's outputs
+    for the batch share the device's memory with the CRF)."""
+    from keras import ops
+
+    from segbeam.crf_keras import resize_bilinear
 
     scores = ops.cast(outputs, "float32")
     probabilities = ops.softmax(scores, axis=-1) if kind == "logits" else scores
@@ -68,14 +93,14 @@ def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Pla
                 placement.height, placement.width)
             raw = _labels(ops, restored)
             full = ops.cast(ops.cast(restored, "float16"), "float32")
-        marginals = shared_crf().refine(record.image, full, fused.params)
-        if fused.needs_marginals(record):
-            refined = with_marginals(record, ops.convert_to_numpy(full).astype(np.float16),
-                                     np.asarray(ops.convert_to_numpy(marginals)),
-                                     fused.num_classes, fused.ignore_index,
-                                     fused.keep_confidence)
-        else:
-            refined = record.replace(crf_labels=_labels(ops, marginals), probabilities=None,
-                                     crf_applied=True)
+        try:
+            refined = _refined(record, full, fused)
+        except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
+            if len(records) > 1 and is_out_of_memory(error):
+                raise
+            LOG.warning("the CRF failed for %s: %r", record.key, error)
+            results.append(DeadLetter(record.key, record.source, "crf",
+                                      one_line_reason(error)))
+            continue
         results.append(refined.replace(raw_labels=raw))
     return results

@@ -323,8 +323,8 @@ def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
 
 
 def _route(result):
-    if isinstance(result, DeadLetter):
-        Metrics.counter("segbeam", "dead_letters_inference").inc()
+    if isinstance(result, DeadLetter):  # of the model, or of the CRF fused after it
+        Metrics.counter("segbeam", f"dead_letters_{result.stage}").inc()
         tally("dead")
         yield beam.pvalue.TaggedOutput("dead", result)
     else:
