@@ -45,3 +45,23 @@ def test_a_long_multi_line_error_becomes_a_one_line_reason():
     long = one_line_reason(ValueError("y" * 5000))
     assert long.startswith("ValueError: yyy") and long.endswith("...")
     assert len(long) <= REASON_LENGTH + len("ValueError: ")
+
+
+def test_a_model_copy_computes_on_the_device_it_was_loaded_on(demo_model_path):
+    """TensorFlow places a compiled function where it is called, not where the model's weights
+    are: every call into a copy loaded on the second device (two logical CPUs standing in for
+    two GPUs) must run there, the model and the fused CRF alike. Before, they ran on the
+    first, whichever device the copy was given."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "tests.placement_check", demo_model_path],
+                            cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "KERAS_BACKEND": "tensorflow",
+                                 "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    devices = json.loads(result.stdout.strip().splitlines()[-1])
+    assert devices == {"model": ["CPU:1"], "crf": ["CPU:1"]}

@@ -63,14 +63,16 @@ class SegmentationPredictor:
 
     ``kind`` is what the model emits (``logits``, ``probabilities``, or ``auto``: decided on
     the first batch, then kept). A Keras model gets its post-processing compiled into its
-    graph; other formats return scores that are post-processed here, in numpy."""
+    graph; other formats return scores that are post-processed here, in numpy. ``device``:
+    the TensorFlow device this copy was loaded on; every call computes there."""
 
-    def __init__(self, runtime: ModelRuntime, kind: str = "auto"):
+    def __init__(self, runtime: ModelRuntime, kind: str = "auto", device: Optional[str] = None):
         if kind not in MODEL_OUTPUTS:
             raise ValueError(f"unknown model output kind {kind!r}; expected one of "
                              f"{MODEL_OUTPUTS}")
         self._runtime = runtime
         self._kind = kind
+        self._placement = device
         model = runtime.keras_model
         # Built now, so that on a GPU they live where the model was placed.
         self._serving = None if model is None else {
@@ -80,16 +82,20 @@ class SegmentationPredictor:
         # sessions and TensorFlow signatures are, so those only serialise the first look.
         self._lock = threading.Lock()
         self._call_lock = self._lock if model is not None else contextlib.nullcontext()
-        self._device = None  # device_predict(model), made on first use
+        self._device_function = None  # device_predict(model), made on first use
+
+    def placed(self):
+        """The device scope of this copy (see ``placed_on``)."""
+        return placed_on(self._placement)
 
     def _scores(self, batch: np.ndarray) -> np.ndarray:
-        with self._call_lock:
+        with self._call_lock, self.placed():
             return self._runtime.outputs(batch)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed batch."""
         if self._serving is not None and self._kind != "auto":
-            with self._lock:
+            with self._lock, self.placed():
                 probabilities, labels = self._serving[self._kind](batch)
             return np.asarray(probabilities), np.asarray(labels)
         outputs = self._scores(batch)
@@ -104,10 +110,10 @@ class SegmentationPredictor:
         they are: logits or probabilities). Keras models only."""
         from keras import ops
 
-        with self._lock:
-            if self._device is None:
-                self._device = device_predict(self._runtime.keras_model)
-            outputs = self._device(batch)
+        with self._lock, self.placed():
+            if self._device_function is None:
+                self._device_function = device_predict(self._runtime.keras_model)
+            outputs = self._device_function(batch)
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
                 self._kind = "probabilities" if looks_like_probabilities(
                     np.asarray(ops.convert_to_numpy(outputs), np.float32)) else "logits"
@@ -119,7 +125,7 @@ class SegmentationPredictor:
     def predict_labels(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
         if self._serving is not None:
-            with self._lock:
+            with self._lock, self.placed():
                 return np.asarray(self._serving["labels"](batch))
         return labels_from_probabilities(self._scores(batch))
 
@@ -133,9 +139,9 @@ class SegmentationPredictor:
 _DEVICE_COUNTER = itertools.count()
 
 
-def _configure_accelerators():
+def _configure_accelerators() -> Optional[str]:
     """TensorFlow: memory growth on every GPU (several model copies or processes can share a
-    card), and the next GPU in turn for this model copy. Returns a device scope or None."""
+    card), and the next GPU in turn for this model copy. Returns its device name or None."""
     keras = compat.import_keras_quietly()  # the first import of the backend in a worker
 
     if keras.backend.backend() != "tensorflow":
@@ -152,7 +158,18 @@ def _configure_accelerators():
         return None
     index = next(_DEVICE_COUNTER) % len(gpus)
     LOG.info("placing a model copy on GPU %d of %d", index, len(gpus))
-    return tf.device(f"/GPU:{index}")
+    return f"/GPU:{index}"
+
+
+def placed_on(device: Optional[str]):
+    """A TensorFlow device scope for ``device`` (None: no scope). TensorFlow places a compiled
+    function's ops where it is called, not where it was traced or where the model's weights
+    live, so every call into a model copy enters its GPU's scope."""
+    if device is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.device(device)
 
 
 class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationRecord,
@@ -195,8 +212,9 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
 
     def load_model(self) -> SegmentationPredictor:
         device = _configure_accelerators()
-        with device if device is not None else contextlib.nullcontext():
-            predictor = SegmentationPredictor(self._source.open(), self._inference.model_output)
+        with placed_on(device):
+            predictor = SegmentationPredictor(self._source.open(), self._inference.model_output,
+                                              device)
         # A model shared across processes (large_model) answers through a proxy, where device
         # tensors cannot travel: the CRF stays its own stage there.
         self._fusing = bool(self._fused_crf is not None and predictor.serves_keras()
@@ -273,7 +291,8 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         if self._fusing:
             outputs, kind = model.device_outputs(inputs)
             self._check_outputs(tuple(outputs.shape), len(batch))
-            return refine_batch(batch, placements, canvas, outputs, kind, self._fused_crf)
+            with model.placed():  # the CRF on the model's own GPU
+                return refine_batch(batch, placements, canvas, outputs, kind, self._fused_crf)
         if not self._keep_probabilities and all(
                 (p.height, p.width) == canvas for p in placements):
             labels = model.predict_labels(inputs)
