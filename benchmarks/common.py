@@ -17,7 +17,9 @@ from typing import Callable, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
-CAMVID = os.path.join(ROOT, "..", "shared", "data", "camvid")
+# CamVid beside the repository; SEGBEAM_CAMVID points elsewhere (a subset carried to a device
+# machine: benchmarks/device_prepare.py).
+CAMVID = os.environ.get("SEGBEAM_CAMVID") or os.path.join(ROOT, "..", "shared", "data", "camvid")
 
 
 def machine() -> dict:
