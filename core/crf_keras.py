@@ -11,10 +11,11 @@ classes are near ties (float sums in another order).
 
 Two compiled steps per image: the lattices (from the image alone), then the mean field on
 vertex tables cut to the lattices' true sizes, rounded up to one of a few sizes per octave so
-that images of one size share a handful of compiled functions. Images are refined on a canvas
-(each side rounded up by at most an eighth, the padding taking no part), so that images of
-many sizes share a few canvases per octave, and so a few compiled functions. Between the two only the two
-sizes (scalars) reach the host; the tensors stay where the backend put them.
+that images of one size share a handful of compiled functions. Between the two only the two
+sizes (scalars) reach the host; the tensors stay where the backend put them. Images are
+refined on a canvas (each side rounded up by at most an eighth, the padding taking no part),
+so that images of many sizes share a few canvases per octave, and so a few compiled
+functions.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ The model's output stays a backend tensor: softmax, the stride and placement res
 (``segbeam.crf_keras.resize_bilinear``, the host's ``segbeam.geometry`` arithmetic) and the
 CRF (``KerasDenseCrf.refine``) run where it is, and only the labels come back, raw and
 refined, one or two bytes a pixel, instead of two bytes per class. Probabilities and marginals
-come back only where the calibration sums (images with a mask) or confidence maps need them. The probabilities pass
-through float16 as they do between the stages, so a worker's results do not depend on whether
-it had an accelerator.
+come back only where the calibration sums (images with a mask) or confidence maps need them.
+The probabilities pass through float16 as they do between the stages, so a worker's results
+do not depend on whether it had an accelerator. An image whose CRF fails is a dead letter of
+stage ``crf``; the rest of its batch goes on.
 """
 
 from __future__ import annotations
