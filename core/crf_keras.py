@@ -9,10 +9,12 @@ computed by the permutohedral lattice exactly as pydensecrf builds it
 (``segbeam.permutohedral``). Labels agree with pydensecrf's on all but a few pixels whose
 classes are near ties (float sums in another order).
 
-Two compiled steps per image: the lattices (from the image alone), then the mean field on
-vertex tables cut to the lattices' true sizes, rounded up to one of a few sizes per octave so
-that images of one size share a handful of compiled functions. Between the two only the two
-sizes (scalars) reach the host; the tensors stay where the backend put them. Images are
+Two compiled steps per image: the bilateral lattice (from the image), then the mean field on
+a vertex table cut to that lattice's true size, rounded up to one of a few sizes per octave so
+that images of one size share a handful of compiled functions. Between the two only the
+lattice's size (a scalar) reaches the host; the tensors stay where the backend put them. The
+Gaussian kernel (lattice, blur neighbours, normaliser) depends on the image's size alone: it
+is built once per size and kept (a few sizes, least recently used first out). Images are
 refined on a canvas (each side rounded up by at most an eighth, the padding taking no part),
 so that images of many sizes share a few canvases per octave, and so a few compiled
 functions.
@@ -21,7 +23,8 @@ functions.
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from collections import OrderedDict
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -72,34 +75,67 @@ def _bucket(size: int, capacity: int) -> int:
     return int(min(capacity, max(16, round_up_an_eighth(size))))
 
 
-def _normaliser(ops, lattice: Lattice, neighbours, valid):
+class Kernel(NamedTuple):
+    """A lattice ready to filter with (tensors): its points' vertex rows and barycentric
+    weights, the blur neighbours of its first vertices (which set the vertex table's size),
+    and pydensecrf's symmetric normaliser per point."""
+
+    offsets: object
+    weights: object
+    neighbours: object
+    norm: object
+
+
+def _bytes(kernel: Kernel) -> int:
+    """The device memory a kernel holds (every tensor of it has 4-byte elements)."""
+    return 4 * sum(int(np.prod(tensor.shape)) for tensor in kernel)
+
+
+def _normaliser(ops, lattice, neighbours, valid):
     """pydensecrf's NORMALIZE_SYMMETRIC factor, 1 / sqrt(K 1), per point (N, 1); ``valid``
     (N, 1) is 1 on the image's points and 0 on a canvas's padding."""
     return ops.rsqrt(filter_values(lattice, neighbours, valid) + np.float32(1e-20))
 
 
-def feature_bounds(height: int, width: int, params) -> tuple:
-    """The static bounds (low, high) of the Gaussian and the bilateral features."""
-    gaussian = ([0.0, 0.0], [(width - 1) / params.pos_xy_std, (height - 1) / params.pos_xy_std])
-    bilateral = ([0.0] * 5, [(width - 1) / params.bi_xy_std, (height - 1) / params.bi_xy_std]
-                 + [255.0 / params.bi_rgb_std] * 3)
-    return gaussian, bilateral
+def kernel(lattice: Lattice, bounds: tuple, rows: int, valid) -> Kernel:
+    """``lattice``'s kernel on a vertex table of ``rows`` rows (at least its size); ``bounds``:
+    the (low, high) it was built with."""
+    from keras import ops
+
+    neighbours = blur_neighbours(lattice, *bounds, rows)
+    return Kernel(lattice.offsets, lattice.weights, neighbours,
+                  _normaliser(ops, lattice, neighbours, valid))
 
 
-def lattices(image, size, params) -> tuple[Lattice, Lattice]:
-    """The Gaussian and the bilateral lattice of an (H, W, 3) uint8 canvas holding an image of
-    ``size`` (h, w) (an int32 tensor) in its top-left corner, padded by repeating its edge
-    (tensors). The padding's features repeat those of the image's edge, so it adds no
-    vertex: the lattices are the image's own."""
+def gaussian_bounds(height: int, width: int, sxy: float) -> tuple:
+    """The static bounds (low, high) of the Gaussian features on an (H, W) canvas."""
+    return [0.0, 0.0], [(width - 1) / sxy, (height - 1) / sxy]
+
+
+def bilateral_bounds(height: int, width: int, params) -> tuple:
+    """The static bounds (low, high) of the bilateral features on an (H, W) canvas."""
+    return [0.0] * 5, ([(width - 1) / params.bi_xy_std, (height - 1) / params.bi_xy_std]
+                       + [255.0 / params.bi_rgb_std] * 3)
+
+
+def gaussian_lattice(size, height: int, width: int, sxy: float) -> Lattice:
+    """The Gaussian lattice of an (H, W) canvas holding an image of ``size`` (h, w) (an int32
+    tensor) in its top-left corner: the padding's positions repeat the image's edge, so it
+    adds no vertex."""
+    from keras import ops
+
+    return build_lattice(gaussian_features(ops, height, width, sxy, size),
+                         *gaussian_bounds(height, width, sxy))
+
+
+def bilateral_lattice(image, size, params) -> Lattice:
+    """The bilateral lattice of an (H, W, 3) uint8 canvas holding an image of ``size`` in its
+    top-left corner, padded by repeating its edge (features that add no vertex)."""
     from keras import ops
 
     height, width = int(image.shape[0]), int(image.shape[1])
-    (g_low, g_high), (b_low, b_high) = feature_bounds(height, width, params)
-    gaussian = build_lattice(gaussian_features(ops, height, width, params.pos_xy_std, size),
-                             g_low, g_high)
-    bilateral = build_lattice(bilateral_features(ops, image, params.bi_xy_std,
-                                                 params.bi_rgb_std, size), b_low, b_high)
-    return gaussian, bilateral
+    return build_lattice(bilateral_features(ops, image, params.bi_xy_std, params.bi_rgb_std,
+                                            size), *bilateral_bounds(height, width, params))
 
 
 def _valid(ops, size, height: int, width: int):
@@ -110,31 +146,28 @@ def _valid(ops, size, height: int, width: int):
                        (height * width, 1))
 
 
-def mean_field(probabilities, kept, size, gaussian: Lattice, bilateral: Lattice, params,
-               min_probability: float, rows: tuple[int, int], height: int, width: int):
+def mean_field(probabilities, kept, size, gaussian: Kernel, bilateral: Lattice, params,
+               min_probability: float, rows: int, height: int, width: int):
     """Marginals (H W, C) float32 after ``params.iterations`` mean-field steps, from
     probabilities (H W, C) on an (H, W) canvas holding an image of ``size`` (h, w) and a (C,)
     bool mask of the classes taking part (the others get probability 0, as if left out).
     The padding's values are zeroed before every splat, so it changes no sum: the image's
-    marginals are what the image alone gives; the padding's are meaningless. ``rows``: the
-    vertex rows each lattice's table uses (at least its size)."""
+    marginals are what the image alone gives; the padding's are meaningless. ``gaussian``:
+    the Gaussian kernel of this size; ``rows``: the vertex rows the bilateral table uses (at
+    least its lattice's size)."""
     from keras import ops
 
     unary = -ops.log(ops.clip(ops.cast(probabilities, "float32"), min_probability, 1.0))
     unary = ops.where(ops.expand_dims(kept, 0), unary, LEFT_OUT)
     valid = _valid(ops, size, height, width)
-    terms = []
-    for lattice, weight, count, (low, high) in zip(
-            (gaussian, bilateral), (params.pos_w, params.bi_w), rows,
-            feature_bounds(height, width, params)):
-        neighbours = blur_neighbours(lattice, low, high, count)
-        norm = _normaliser(ops, lattice, neighbours, valid)
-        terms.append((lattice, neighbours, np.float32(weight), norm, norm * valid))
+    bilateral = kernel(bilateral, bilateral_bounds(height, width, params), rows, valid)
+    terms = [(k, np.float32(weight), k.norm * valid)
+             for k, weight in ((gaussian, params.pos_w), (bilateral, params.bi_w))]
 
     def step(_, q):
         logits = -unary
-        for lattice, neighbours, weight, norm, splat in terms:
-            logits = logits + weight * (norm * filter_values(lattice, neighbours, splat * q))
+        for k, weight, splat in terms:
+            logits = logits + weight * (k.norm * filter_values(k, k.neighbours, splat * q))
         return ops.softmax(logits, axis=-1)
 
     return ops.fori_loop(0, params.iterations, step, ops.softmax(-unary, axis=-1))
@@ -178,12 +211,19 @@ def resize_bilinear(values, height: int, width: int):
 
 class KerasDenseCrf:
     """The keras backend of the CRF: compiled functions per canvas (``canvas_for``) and
-    settings, built on first use and kept (one object per worker process)."""
+    settings, built on first use and kept (one object per worker process), and the Gaussian
+    kernels of the image sizes seen last, as many as fit in ``kernel_bytes`` (per device:
+    they stay on the device that built them; 122 MB for a 1024x2048 image, about 10 MB for
+    360x480)."""
 
-    def __init__(self, canvas=canvas_for):
+    def __init__(self, canvas=canvas_for, kernel_bytes: int = 1 << 30):
         self._canvas = canvas
         self._functions: dict = {}
+        self._kernels: OrderedDict = OrderedDict()
+        self._kernel_bytes = kernel_bytes
+        self._gaussian_rows: dict = {}  # (canvas, sxy) -> the Gaussian vertex table's rows
         self._lock = threading.Lock()
+        self.kernels_built = 0  # Gaussian kernels built (a kernel found kept is not)
 
     def _function(self, key, make):
         with self._lock:
@@ -194,14 +234,50 @@ class KerasDenseCrf:
 
     @property
     def compiled(self) -> int:
-        """How many functions this object has compiled: per canvas, one for the lattices and
-        one per vertex-table size of the mean field."""
+        """How many functions this object has compiled: per canvas, the Gaussian lattice and
+        kernel (its vertex table sized for the whole canvas), the bilateral lattice, and one
+        mean field per bilateral vertex-table size."""
         return len(self._functions)
 
     @property
     def canvases(self) -> list[tuple[int, int]]:
         """The canvases this object has compiled the CRF for."""
         return sorted({key[1:3] for key in self._functions})
+
+    def gaussian_kernel(self, canvas: tuple[int, int], size: np.ndarray, sxy: float,
+                        device: str = "") -> Kernel:
+        """The Gaussian kernel of an image of ``size`` (h, w) on ``canvas``: kept from an
+        earlier image of that size on this ``device``, else built (two compiled steps: the
+        lattice, then its kernel on a vertex table of the canvas's size, so that one function
+        serves every image size of the canvas) and kept."""
+        from keras import ops
+
+        key = (canvas, int(size[0]), int(size[1]), float(sxy), device)
+        with self._lock:
+            kept = self._kernels.get(key)
+            if kept is not None:
+                self._kernels.move_to_end(key)
+                return kept
+        height, width = canvas
+        build = self._function(("gaussian lattice", height, width, sxy),
+                               lambda: lambda shape: gaussian_lattice(shape, height, width, sxy))
+        lattice = build(size)
+        rows = self._gaussian_rows.get((canvas, sxy))
+        if rows is None:  # an image's lattice is part of its whole canvas's: one size serves all
+            whole = build(np.array(canvas, dtype=np.int32))
+            rows = self._gaussian_rows.setdefault((canvas, sxy),
+                                                  _bucket(int(whole.size), whole.capacity))
+        bounds = gaussian_bounds(height, width, sxy)
+        finish = self._function(("gaussian kernel", height, width, sxy, rows), lambda: (
+            lambda lat, shape: kernel(lat, bounds, rows, _valid(ops, shape, height, width))))
+        built = finish(lattice, size)
+        with self._lock:
+            self.kernels_built += 1
+            self._kernels[key] = built
+            while self._kernels and sum(map(_bytes, self._kernels.values())) \
+                    > self._kernel_bytes:
+                self._kernels.popitem(last=False)  # the least recently used first
+        return built
 
     def field(self, image: np.ndarray, probabilities, params, min_probability: float, kept):
         """(H, W, C) marginals (a tensor) of the CRF at the arrays' own size; ``kept``: a (C,)
@@ -213,6 +289,8 @@ class KerasDenseCrf:
         height, width, classes = (int(n) for n in probabilities.shape)
         canvas_h, canvas_w = self._canvas(height, width)
         size = np.array([height, width], dtype=np.int32)
+        gaussian = self.gaussian_kernel((canvas_h, canvas_w), size, params.pos_xy_std,
+                                        str(getattr(probabilities, "device", "")))
         if (canvas_h, canvas_w) != (height, width):
             image = np.pad(image, ((0, canvas_h - height), (0, canvas_w - width), (0, 0)),
                            mode="edge")
@@ -220,13 +298,13 @@ class KerasDenseCrf:
                                                     (0, canvas_w - width), (0, 0)))
         settings = (params.iterations, params.pos_w, params.pos_xy_std, params.bi_w,
                     params.bi_xy_std, params.bi_rgb_std, float(min_probability))
-        build = self._function(("lattices", canvas_h, canvas_w, settings),
-                               lambda: lambda img, shape: lattices(img, shape, params))
-        gaussian, bilateral = build(image, size)
-        rows = (_bucket(int(gaussian.size), gaussian.capacity),
-                _bucket(int(bilateral.size), bilateral.capacity))
+        build = self._function(("bilateral lattice", canvas_h, canvas_w, settings),
+                               lambda: lambda img, shape: bilateral_lattice(img, shape, params))
+        bilateral = build(image, size)
+        rows = _bucket(int(bilateral.size), bilateral.capacity)
         field = self._function(
-            ("field", canvas_h, canvas_w, classes, rows, settings),
+            ("field", canvas_h, canvas_w, classes, int(gaussian.neighbours.shape[-1]), rows,
+             settings),
             lambda: lambda probs, mask, shape, g, b: mean_field(
                 probs, mask, shape, g, b, params, min_probability, rows, canvas_h, canvas_w))
         result = field(ops.reshape(probabilities, (canvas_h * canvas_w, classes)), kept, size,
@@ -240,13 +318,14 @@ class KerasDenseCrf:
         probabilities and marginals resized by ``resize_bilinear``)."""
         from keras import ops
 
-        from segbeam.crf_params import reduced
+        from segbeam.crf_params import class_threshold, reduced
 
         height, width, classes = (int(n) for n in probabilities.shape)
         probabilities = ops.cast(probabilities, "float32")
         if params.class_floor > 0:
             peaks = ops.max(ops.reshape(probabilities, (-1, classes)), axis=0)
-            kept = ops.greater_equal(peaks, np.float32(min(params.class_floor, 1.0 / classes)))
+            kept = ops.greater_equal(peaks, np.float32(class_threshold(params.class_floor,
+                                                                       classes)))
         else:
             kept = np.ones(classes, dtype=bool)
         reduction = reduced(image, params)

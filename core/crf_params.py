@@ -71,11 +71,17 @@ def reduced(image: np.ndarray, params: CrfParams):
         bi_xy_std=params.bi_xy_std * factor)
 
 
+def class_threshold(class_floor: float, classes: int) -> float:
+    """The peak probability a class needs to take part in the CRF: ``class_floor`` capped at
+    1 / classes, so that every pixel's most probable class stays (both backends use it)."""
+    return min(class_floor, 1.0 / classes)
+
+
 def kept_classes(probabilities: np.ndarray, class_floor: float) -> np.ndarray:
-    """The class ids whose probability reaches ``class_floor`` somewhere (the floor is capped at
-    1 / classes, so every pixel's most probable class stays)."""
+    """The class ids whose probability reaches ``class_floor`` somewhere (see
+    ``class_threshold``)."""
     classes = probabilities.shape[-1]
     if class_floor <= 0:
         return np.arange(classes)
     peaks = probabilities.reshape(-1, classes).max(axis=0)
-    return np.flatnonzero(peaks >= min(class_floor, 1.0 / classes))
+    return np.flatnonzero(peaks >= class_threshold(class_floor, classes))

@@ -291,10 +291,11 @@ def blur_neighbours(lattice: Lattice, low: Sequence[float], high: Sequence[float
 def filter_values(lattice: Lattice, neighbours, values):
     """The lattice's (approximate Gaussian) filter of ``values`` (N, C) float32: splat, blur
     along every direction, slice; pydensecrf's ``Permutohedral::compute``. ``neighbours``:
-    ``blur_neighbours(lattice, rows)``, which also sets the vertex table's size."""
+    ``blur_neighbours(lattice, rows)``, which also sets the vertex table's size. Only the
+    lattice's ``offsets`` and ``weights`` are read (any object that has them will do)."""
     from keras import ops
 
-    d = lattice.dimensions
+    d = int(lattice.offsets.shape[1]) - 1
     rows = int(neighbours.shape[-1])
     table = None
     for j in range(d + 1):

@@ -58,28 +58,43 @@ def _traces(function) -> int:
 
 def canvas_check() -> dict:
     """Images of several sizes on one canvas against each on a canvas of its own size: the
-    padding must change nothing, and one compiled lattice function must serve them all."""
+    padding must change nothing, one compiled function per lattice must serve them all, and
+    a Gaussian kernel kept from an earlier image must give what a new one gives."""
     from keras import ops
 
     from segbeam.crf_keras import KerasDenseCrf
 
     shared, exact = KerasDenseCrf(), KerasDenseCrf(canvas=lambda height, width: (height, width))
+    keeping_none = KerasDenseCrf(kernel_bytes=0)
     # Dark images (levels 8 to 14) and a wide colour std: padding of another colour (black)
     # would add vertices beside the image's, through which the blur would carry values.
     params = CrfParams(scale=1.0, class_floor=0.0, iterations=5, bi_rgb_std=10.0)
-    differences, agreements = [], []
+    differences, agreements, kept_differences, scenes = [], [], [], []
     for seed, (height, width) in enumerate(CANVAS_SIZES):
         image, probabilities = scene(height, width, 4, 10 + seed)
-        image = image // 64 * 2 + 8
-        kept = np.ones(4, dtype=bool)
-        on_canvas, alone = (ops.convert_to_numpy(crf.field(image, probabilities, params, 1e-5,
-                                                           kept)) for crf in (shared, exact))
+        scenes.append((image // 64 * 2 + 8, probabilities))
+    kept = np.ones(4, dtype=bool)
+
+    def field(crf, image, probabilities):
+        return ops.convert_to_numpy(crf.field(image, probabilities, params, 1e-5, kept))
+
+    for image, probabilities in scenes:
+        on_canvas, alone = field(shared, image, probabilities), field(exact, image, probabilities)
         differences.append(float(np.abs(on_canvas - alone).max()))
         agreements.append(float(np.mean(on_canvas.argmax(-1) == alone.argmax(-1))))
-    builds = [f for key, f in shared._functions.items() if key[0] == "lattices"]
+    built_once = shared.kernels_built
+    for image, probabilities in scenes:  # again: each size's kernel is kept from the first
+        again = field(shared, image, probabilities)
+        kept_differences.append(float(np.abs(
+            again - field(keeping_none, image, probabilities)).max()))
+    traces = {key[0]: _traces(f) for key, f in shared._functions.items()
+              if key[0].endswith("lattice")}
     return {"check": "canvas", "canvases": shared.canvases, "exact_canvases": len(exact.canvases),
-            "lattice_traces": [_traces(f) for f in builds],
-            "max_marginal_difference": max(differences), "min_agreement": min(agreements)}
+            "lattice_traces": traces, "max_marginal_difference": max(differences),
+            "min_agreement": min(agreements), "kernels_built": [built_once,
+                                                                shared.kernels_built],
+            "kernels_built_keeping_none": keeping_none.kernels_built,
+            "kept_kernel_difference": max(kept_differences)}
 
 
 def main() -> None:

@@ -50,11 +50,18 @@ def test_keras_backend_gives_pydensecrfs_labels(backend, module):
         assert report["sums_to_one"] and report["left_out_zero"], report
     assert scenes["fine_colour_std"]["bilateral_levels"] >= 3  # the multi-level keys ran
     # Four sizes on one canvas: the marginals of each are those on its own canvas (the
-    # padding takes no part), and one lattice function, traced once, serves all four.
+    # padding takes no part), and one function per lattice, traced once, serves all four.
     canvas = next(r for r in reports if r["check"] == "canvas")
     assert canvas["canvases"] == [[40, 56]] and canvas["exact_canvases"] == 4, canvas
-    assert canvas["lattice_traces"] in ([1], [-1]), canvas  # -1: PyTorch compiles nothing
+    traces = 1 if backend != "torch" else -1  # -1: PyTorch compiles nothing
+    assert canvas["lattice_traces"] == {"gaussian lattice": traces,
+                                        "bilateral lattice": traces}, canvas
     assert canvas["max_marginal_difference"] <= 1e-6 and canvas["min_agreement"] == 1.0, canvas
+    # The Gaussian kernel is built once per size, then kept: the same marginals, bit for bit,
+    # as from a CRF that keeps none and builds it for every image.
+    assert canvas["kernels_built"] == [4, 4], canvas
+    assert canvas["kernels_built_keeping_none"] == 4, canvas
+    assert canvas["kept_kernel_difference"] == 0.0, canvas
 
 
 def test_digit_plans_fit_int32_at_every_level_and_keep_keys_apart():
@@ -99,6 +106,27 @@ def test_vertex_tables_and_canvases_round_up_by_at_most_an_eighth():
     for size in (17, 100, 113037, 200078, 999999):
         rows = _bucket(size, 10 ** 7)
         assert size <= rows <= size * 1.125 + 16
+
+
+def test_gaussian_kernels_are_kept_within_their_memory_budget():
+    """Kernels are kept per image size, least recently used out first once the budget is
+    exceeded; a budget of 0 keeps none (every image builds its own)."""
+    from segbeam.crf_keras import KerasDenseCrf, _bytes
+    from tests.crf_backend_check import scene
+
+    params = CrfParams(scale=1.0, class_floor=0.0, iterations=2)
+    kept = np.ones(3, dtype=bool)
+    scenes = [scene(height, 24, 3, seed) for seed, height in enumerate((16, 20, 16))]
+    one = KerasDenseCrf(canvas=lambda height, width: (height, width))
+    one.field(*scenes[0], params, 1e-5, kept)
+    budget = _bytes(next(iter(one._kernels.values())))
+    for kernel_bytes, built in ((0, 3), (budget, 3), (10 * budget, 2)):
+        crf = KerasDenseCrf(canvas=lambda height, width: (height, width),
+                            kernel_bytes=kernel_bytes)
+        for image, probabilities in scenes:  # 16 rows, 20 rows, 16 rows again
+            crf.field(image, probabilities, params, 1e-5, kept)
+        assert crf.kernels_built == built, (kernel_bytes, crf.kernels_built)
+        assert sum(map(_bytes, crf._kernels.values())) <= kernel_bytes
 
 
 def test_backend_is_checked_and_the_default_keeps_earlier_fingerprints():
