@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=None, help="first N val images only")
     parser.add_argument("--per_cell", type=int, default=3,
                         help="images timed per size x classes cell (part 2)")
+    parser.add_argument("--many_sizes", type=int, default=24,
+                        help="part 3d: images of as many sizes (0 leaves the part out)")
     parser.add_argument("--part", choices=("stage", "backends"), default="stage",
                         help="stage: parts 1 and 2; backends: part 3 (keras vs pydensecrf)")
     parser.add_argument("--output", help="JSON record path (default benchmarks/results/crf.json, "
@@ -287,26 +289,35 @@ def compare_backends(model, images, masks, probabilities, args) -> int:
     print("\nPart 3c: per-image time, side by side (median)", flush=True)
     sizes = part3.speed(images, probabilities, plain_crf, args.per_cell)
     print_table(sizes, [("size", "size", ""), ("plain_ms", "pydensecrf ms", ".0f"),
-                        ("keras_ms", "keras ms", ".0f"), ("speedup", "keras speed-up", ".2f"),
+                        ("keras_ms", "keras ms", ".0f"), ("speedup", "speed-up", ".2f"),
+                        ("keras_labels_ms", "labels on device ms", ".0f"),
+                        ("speedup_labels", "speed-up", ".2f"),
+                        ("keras_kernel_built_ms", "kernel built ms", ".0f"),
+                        ("speedup_kernel_built", "speed-up", ".2f"),
+                        ("same_labels_every_way", "same", ""),
                         ("keras_first_call_s", "first call s", ".1f"),
                         ("agreement", "same label %", ".3f")],
                 f"Part 3c: keras backend ({device}) vs plain pydensecrf (one core)")
-    mixed = part3.many_sizes(images, probabilities, 24)
-    print_table([mixed], [("sizes", "sizes", "d"),
-                          ("canvas_canvases", "canvases", "d"),
-                          ("canvas_compiled", "compiled", "d"), ("canvas_s", "total s", ".1f"),
-                          ("own_size_compiled", "compiled, own size", "d"),
-                          ("own_size_s", "total s, own size", ".1f"),
-                          ("agreement", "same label % (worst image)", ".4f")],
-                f"Part 3d: keras backend ({device}), {mixed['images']} images of as many "
-                f"sizes, on canvases vs each on its own size (compiles included)")
+    mixed = part3.many_sizes(images, probabilities, args.many_sizes) if args.many_sizes else None
+    if mixed:
+        print_table([mixed], [("sizes", "sizes", "d"), ("canvas_canvases", "canvases", "d"),
+                              ("canvas_compiled", "compiled", "d"),
+                              ("canvas_s", "total s", ".1f"),
+                              ("own_size_compiled", "compiled, own size", "d"),
+                              ("own_size_s", "total s, own size", ".1f"),
+                              ("agreement", "same label % (worst image)", ".4f")],
+                    f"Part 3d: keras backend ({device}), {mixed['images']} images of as many "
+                    f"sizes, on canvases vs each on its own size (compiles included)")
     summary = {"model": model, "keras_device": device,
                "camvid_agreement": camvid["agreement"],
                "camvid_miou_difference": camvid["miou_difference"],
                "synthetic_agreement": synthetic_row["agreement"],
                "speedups": {row["size"]: row["speedup"] for row in sizes},
-               "many_sizes_seconds": {"canvas": mixed["canvas_s"],
-                                      "own_size": mixed["own_size_s"]}}
+               "speedups_labels": {row["size"]: row["speedup_labels"] for row in sizes},
+               "speedups_kernel_built": {row["size"]: row["speedup_kernel_built"]
+                                         for row in sizes},
+               "many_sizes_seconds": mixed and {"canvas": mixed["canvas_s"],
+                                                "own_size": mixed["own_size_s"]}}
     write_record("crf", {"camvid": camvid, "synthetic_512x512x21": synthetic_row,
                          "sizes": sizes, "many_sizes": mixed}, summary,
                  args.output or os.path.join(ROOT, "benchmarks", "results",

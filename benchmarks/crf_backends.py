@@ -6,7 +6,11 @@ pydensecrf call, same parameters (DeepLab v2's), full resolution, 10 iterations.
 - Speed, side by side in one run: per-image time of each at 360x480x11 (CamVid), 512x512x21
   and 1024x2048x19 (CamVid frames and their probabilities upsampled, with the 21- and
   19-class outputs' absent classes given a softmax's small probabilities). The keras backend's
-  first call per size compiles; it is timed apart and left out of the per-image figure.
+  first call per size compiles; it is timed apart and left out of the per-image figure. The
+  keras backend is timed three ways: as the CPU stage calls it (marginals read back, argmax
+  in numpy), as the fused path does (argmax on the device, only labels read back), and the
+  latter with no Gaussian kernel kept, built for every image (what a size seen once costs;
+  the kernel is the image size's alone).
 - Many sizes: CamVid frames resized to as many heights (width 480, as a dataset whose images
   share their long side), refined by the keras backend on its canvases and on canvases of
   each image's own size, side by side: compiled functions and total time, compiles included.
@@ -138,27 +142,53 @@ def many_sizes(images, probabilities, count: int) -> dict:
     return row
 
 
+def _labels_of(crf, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The keras backend through ``crf`` (a ``KerasDenseCrf``), its labels read back."""
+    from keras import ops
+
+    marginals = crf.refine(image, probabilities.astype(np.float32), PLAIN)
+    return np.asarray(ops.convert_to_numpy(ops.argmax(marginals, axis=-1))).astype(np.uint8)
+
+
 def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:
+    """Per-image time (median) of the plain pydensecrf call and of three ways through the
+    keras backend, side by side on the same inputs: as the CPU stage does (marginals read
+    back, argmax in numpy), as the fused path does (argmax on the device, labels read back),
+    and the latter with no Gaussian kernel kept (built for every image)."""
+    from segbeam.crf_keras import KerasDenseCrf
+
     rows = []
     for height, width, classes in ((360, 480, 11), (512, 512, 21), (1024, 2048, 19)):
         pairs = scaled_inputs(images, probabilities, height, width, classes, per_size)
+        keeping, rebuilding = KerasDenseCrf(), KerasDenseCrf(kernel_bytes=0)
         start = time.perf_counter()
         keras_crf(*pairs[0])
         first = time.perf_counter() - start
-        timings = {"plain": [], "keras": []}
-        agreement = []
+        for crf in (keeping, rebuilding):
+            _labels_of(crf, *pairs[0])  # compiles, untimed
+        ways = {"plain": lambda i, p: plain_crf(i, p, PLAIN), "stage": keras_crf,
+                "labels": lambda i, p: _labels_of(keeping, i, p),
+                "rebuilt": lambda i, p: _labels_of(rebuilding, i, p)}
+        timings = {name: [] for name in ways}
+        agreement, same = [], []
         for image, probs in pairs:
-            start = time.perf_counter()
-            reference = plain_crf(image, probs, PLAIN)
-            timings["plain"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            labels = keras_crf(image, probs)
-            timings["keras"].append(time.perf_counter() - start)
-            agreement.append(float(np.mean(labels == reference)))
-        plain_ms, keras_ms = (1000 * float(np.median(timings[k])) for k in ("plain", "keras"))
+            labels = {}
+            for name, way in ways.items():
+                start = time.perf_counter()
+                labels[name] = way(image, probs)
+                timings[name].append(time.perf_counter() - start)
+            agreement.append(float(np.mean(labels["stage"] == labels["plain"])))
+            same.append(all(np.array_equal(labels["stage"], labels[name])
+                            for name in ("labels", "rebuilt")))
+        ms = {name: 1000 * float(np.median(times)) for name, times in timings.items()}
         rows.append({"size": f"{height}x{width}x{classes}", "images": len(pairs),
-                     "plain_ms": plain_ms, "keras_ms": keras_ms,
-                     "keras_first_call_s": first, "speedup": plain_ms / keras_ms,
+                     "plain_ms": ms["plain"], "keras_ms": ms["stage"],
+                     "keras_first_call_s": first, "speedup": ms["plain"] / ms["stage"],
+                     "keras_labels_ms": ms["labels"],
+                     "speedup_labels": ms["plain"] / ms["labels"],
+                     "keras_kernel_built_ms": ms["rebuilt"],
+                     "speedup_kernel_built": ms["plain"] / ms["rebuilt"],
+                     "same_labels_every_way": all(same),
                      "agreement": 100 * float(np.mean(agreement))})
         print(f"  {rows[-1]}", flush=True)
     return rows

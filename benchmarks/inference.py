@@ -34,9 +34,10 @@ def _images(count: int, size: tuple[int, int]) -> list[np.ndarray]:
     from PIL import Image
 
     pairs = camvid_pairs("val", count)
-    if pairs:
-        return [np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR))
-                for p, _ in pairs]
+    if pairs:  # fewer frames than asked for (a subset carried to a device): used in turn
+        frames = [np.asarray(Image.open(p).convert("RGB").resize(size[::-1], Image.BILINEAR))
+                  for p, _ in pairs]
+        return [frames[i % len(frames)] for i in range(count)]
     from segbeam.pipeline.demo import synthetic_scene
 
     rng = np.random.default_rng(0)
@@ -229,6 +230,8 @@ def main(argv=None) -> int:
         print(f"running {variant} (batch {batch}) ...", flush=True)
         rows.append(run_child("benchmarks.inference",
                               [*common, "--variant", variant, "--batch", str(batch)]))
+        print(f"  {rows[-1]['images_per_s']:.2f} images/s, {rows[-1]['ms_per_image']:.1f} "
+              f"ms/image on {rows[-1]['device']}", flush=True)
     loop = rows[0]["images_per_s"]
     for row in rows:
         row["vs_loop"] = row["images_per_s"] / loop

@@ -71,3 +71,36 @@ def test_inference_variants_measure_the_same_images(tmp_path, tiny_model_path, c
                         "--variant", variant, "--batch", "2"])
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["images"] == 3 and result["seconds"] > 0 and result["peak_rss_mib"] > 0
+
+
+def test_the_model_carried_to_a_device_is_smaller_and_predicts_the_same(tmp_path,
+                                                                        tiny_model_path):
+    import zipfile
+
+    from benchmarks.device_prepare import slim_model
+    from segbeam.models.source import load_model
+
+    target = str(tmp_path / "slim.keras")
+    slim_model(tiny_model_path, target)
+    with zipfile.ZipFile(target) as archive:
+        assert all(item.compress_type == zipfile.ZIP_DEFLATED for item in archive.infolist())
+    assert os.path.getsize(target) < 0.8 * os.path.getsize(tiny_model_path)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 48, 3)).astype(np.float32)
+    original, slim = load_model(tiny_model_path), load_model(target)
+    for weight in slim.weights:  # every weight a float16 value, kept as float32
+        values = np.asarray(weight.numpy())
+        np.testing.assert_array_equal(values, values.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(np.asarray(slim(images)), np.asarray(original(images)),
+                               atol=1e-2)
+
+
+def test_the_inference_benchmark_uses_frames_in_turn_when_it_has_fewer(monkeypatch, tmp_path):
+    frames = []
+    for index in range(2):
+        path = tmp_path / f"f{index}.png"
+        Image.fromarray(np.full((8, 10, 3), 40 * index, np.uint8)).save(path)
+        frames.append((str(path), str(path)))
+    monkeypatch.setattr(inference, "camvid_pairs", lambda split, count: frames[:count])
+    images = inference._images(5, (4, 5))
+    assert len(images) == 5 and images[0].shape == (4, 5, 3)
+    assert [int(image[0, 0, 0]) for image in images] == [0, 40, 0, 40, 0]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one call of the device tool (see benchmarks/device_prepare.py, which
+# writes the .device/ this carries, and RESULTS.md §1 and §2b, which record what it printed):
+#
+#   run(carry=[".device"], timeout_s=600, command="bash benchmarks/device_run.sh")
+#
+# In the order the developers' guide asks for: the inference benchmark at 360x480 and
+# 1024x2048 under Keras on JAX (the per-image predict loop, the pipeline's handler, the model's
+# raw on-device rate, and the handler with the keras CRF fused after the model), then the two
+# CRF backends side by side. Each part has its own time limit, so that one that overruns
+# leaves the others their turn; each writes its log and JSON record to $OUT.
+#
+# Here, for a dry run on the CPU at small sizes:
+#   OUT=/tmp/out PYTHON=.venv/bin/python SKIP_INSTALL=1 LARGE=128x256 PER_CELL=1 \
+#     SEGBEAM_CAMVID=.device/camvid bash benchmarks/device_run.sh
+set -u
+OUT=${OUT:-/tmp/device-out}
+PYTHON=${PYTHON:-python3}
+LARGE=${LARGE:-1024x2048}
+PER_CELL=${PER_CELL:-2}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+export SEGBEAM_CAMVID=${SEGBEAM_CAMVID:-.device/camvid}
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+
+part() {  # part NAME SECONDS COMMAND...: runs COMMAND under a limit, its log in $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  stamp "$name (limit ${limit}s): $*"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local status=$?
+  tail -n 25 "$OUT/$name.log"
+  stamp "$name ended with status $status"
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem \
+    --format=csv 2>/dev/null || echo "no nvidia-smi"
+  nproc
+  "$PYTHON" --version
+} >"$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+if [ -z "${SKIP_INSTALL:-}" ]; then
+  stamp install
+  bash .device/install.sh >/tmp/install.log 2>&1 || { cp /tmp/install.log "$OUT"; tail -n 30 \
+    /tmp/install.log; exit 1; }
+  tail -n 2 /tmp/install.log
+fi
+"$PYTHON" -c "import jax, keras, numpy; print('jax', jax.__version__, jax.devices(), \
+'keras', keras.__version__, 'numpy', numpy.__version__)" | tee -a "$OUT/machine.txt"
+
+MODEL=.device/unet.keras
+part inference-360x480 150 "$PYTHON" -m benchmarks.inference --model "$MODEL" \
+  --input_size 360x480 --images 64 --batch_sizes 16 --fused_crf \
+  --output "$OUT/inference-360x480.json"
+part "inference-$LARGE" 170 "$PYTHON" -m benchmarks.inference --model "$MODEL" \
+  --input_size "$LARGE" --images 16 --batch_sizes 4 --fused_crf \
+  --output "$OUT/inference-$LARGE.json"
+part crf-backends 190 "$PYTHON" -m benchmarks.crf --part backends --model "$MODEL" \
+  --per_cell "$PER_CELL" --many_sizes 6 --output "$OUT/crf-backends.json"
+stamp done
