@@ -10,6 +10,12 @@
 # CRF backends side by side. Each part has its own time limit, so that one that overruns
 # leaves the others their turn; each writes its log and JSON record to $OUT.
 #
+# On an H200 (2026-12-04) each inference variant took 35-40 s (its own process: Python, JAX
+# and Keras start, compiles), so an inference part needs about 4 minutes, more than its
+# limit below: that run lost its raw and fused rows to the limits and ran them alone after.
+# PARTS chooses the parts (default "360 large crf"), e.g. PARTS="360 crf" in one call and
+# PARTS=large in the next, with limits raised through LIMIT_360, LIMIT_LARGE, LIMIT_CRF.
+#
 # Here, for a dry run on the CPU at small sizes:
 #   OUT=/tmp/out PYTHON=.venv/bin/python SKIP_INSTALL=1 LARGE=128x256 PER_CELL=1 \
 #     SEGBEAM_CAMVID=.device/camvid bash benchmarks/device_run.sh
@@ -18,6 +24,7 @@ OUT=${OUT:-/tmp/device-out}
 PYTHON=${PYTHON:-python3}
 LARGE=${LARGE:-1024x2048}
 PER_CELL=${PER_CELL:-2}
+PARTS=" ${PARTS:-360 large crf} "
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 export SEGBEAM_CAMVID=${SEGBEAM_CAMVID:-.device/camvid}
@@ -50,12 +57,18 @@ fi
 'keras', keras.__version__, 'numpy', numpy.__version__)" | tee -a "$OUT/machine.txt"
 
 MODEL=.device/unet.keras
-part inference-360x480 150 "$PYTHON" -m benchmarks.inference --model "$MODEL" \
-  --input_size 360x480 --images 64 --batch_sizes 16 --fused_crf \
-  --output "$OUT/inference-360x480.json"
-part "inference-$LARGE" 170 "$PYTHON" -m benchmarks.inference --model "$MODEL" \
-  --input_size "$LARGE" --images 16 --batch_sizes 4 --fused_crf \
-  --output "$OUT/inference-$LARGE.json"
-part crf-backends 190 "$PYTHON" -m benchmarks.crf --part backends --model "$MODEL" \
-  --per_cell "$PER_CELL" --many_sizes 6 --output "$OUT/crf-backends.json"
+if [[ $PARTS == *" 360 "* ]]; then
+  part inference-360x480 "${LIMIT_360:-150}" "$PYTHON" -m benchmarks.inference \
+    --model "$MODEL" --input_size 360x480 --images 64 --batch_sizes 16 --fused_crf \
+    --output "$OUT/inference-360x480.json"
+fi
+if [[ $PARTS == *" large "* ]]; then
+  part "inference-$LARGE" "${LIMIT_LARGE:-170}" "$PYTHON" -m benchmarks.inference \
+    --model "$MODEL" --input_size "$LARGE" --images 16 --batch_sizes 4 --fused_crf \
+    --output "$OUT/inference-$LARGE.json"
+fi
+if [[ $PARTS == *" crf "* ]]; then
+  part crf-backends "${LIMIT_CRF:-190}" "$PYTHON" -m benchmarks.crf --part backends \
+    --model "$MODEL" --per_cell "$PER_CELL" --many_sizes 6 --output "$OUT/crf-backends.json"
+fi
 stamp done
