@@ -222,6 +222,8 @@ def main(argv=None) -> int:
                         help="images timed per size x classes cell (part 2)")
     parser.add_argument("--many_sizes", type=int, default=24,
                         help="part 3d: images of as many sizes (0 leaves the part out)")
+    parser.add_argument("--crf_batch", type=int, default=4,
+                        help="part 3c: images of one size the keras backend refines together")
     parser.add_argument("--part", choices=("stage", "backends"), default="stage",
                         help="stage: parts 1 and 2; backends: part 3 (keras vs pydensecrf)")
     parser.add_argument("--output", help="JSON record path (default benchmarks/results/crf.json, "
@@ -287,7 +289,7 @@ def compare_backends(model, images, masks, probabilities, args) -> int:
                                   ("changed_by_crf", "CRF changed %", ".2f")],
                 "Part 3b: the same on 512x512x21 inputs")
     print("\nPart 3c: per-image time, side by side (median)", flush=True)
-    sizes = part3.speed(images, probabilities, plain_crf, args.per_cell)
+    sizes = part3.speed(images, probabilities, plain_crf, args.per_cell, args.crf_batch)
     print_table(sizes, [("size", "size", ""), ("plain_ms", "pydensecrf ms", ".0f"),
                         ("keras_ms", "keras ms", ".0f"), ("speedup", "speed-up", ".2f"),
                         ("keras_labels_ms", "labels on device ms", ".0f"),
@@ -295,6 +297,9 @@ def compare_backends(model, images, masks, probabilities, args) -> int:
                         ("keras_kernel_built_ms", "kernel built ms", ".0f"),
                         ("speedup_kernel_built", "speed-up", ".2f"),
                         ("same_labels_every_way", "same", ""),
+                        ("keras_batch_ms", f"batch of {args.crf_batch} ms", ".0f"),
+                        ("speedup_batch", "speed-up", ".2f"),
+                        ("batch_same_labels", "same as alone %", ".3f"),
                         ("keras_first_call_s", "first call s", ".1f"),
                         ("agreement", "same label %", ".3f")],
                 f"Part 3c: keras backend ({device}) vs plain pydensecrf (one core)")
@@ -316,6 +321,7 @@ def compare_backends(model, images, masks, probabilities, args) -> int:
                "speedups_labels": {row["size"]: row["speedup_labels"] for row in sizes},
                "speedups_kernel_built": {row["size"]: row["speedup_kernel_built"]
                                          for row in sizes},
+               "speedups_batch": {row["size"]: row["speedup_batch"] for row in sizes},
                "many_sizes_seconds": mixed and {"canvas": mixed["canvas_s"],
                                                 "own_size": mixed["own_size_s"]}}
     write_record("crf", {"camvid": camvid, "synthetic_512x512x21": synthetic_row,

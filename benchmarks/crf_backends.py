@@ -10,7 +10,9 @@ pydensecrf call, same parameters (DeepLab v2's), full resolution, 10 iterations.
   keras backend is timed three ways: as the CPU stage calls it (marginals read back, argmax
   in numpy), as the fused path does (argmax on the device, only labels read back), and the
   latter with no Gaussian kernel kept, built for every image (what a size seen once costs;
-  the kernel is the image size's alone).
+  the kernel is the image size's alone), and a fourth: a batch of images of one size refined
+  together (``KerasDenseCrf.refine_many``: one lattice for the batch, labels read back),
+  per image, with the share of labels that are the same as each image refined alone.
 - Many sizes: CamVid frames resized to as many heights (width 480, as a dataset whose images
   share their long side), refined by the keras backend on its canvases and on canvases of
   each image's own size, side by side: compiled functions and total time, compiles included.
@@ -150,11 +152,23 @@ def _labels_of(crf, image: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(ops.argmax(marginals, axis=-1))).astype(np.uint8)
 
 
-def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:
+def _batch_labels(crf, pairs) -> np.ndarray:
+    """The keras backend on a batch of (image, probabilities) of one size, refined together,
+    labels read back."""
+    from keras import ops
+
+    marginals = crf.refine_many([image for image, _ in pairs],
+                                np.stack([probs for _, probs in pairs]).astype(np.float32),
+                                PLAIN)
+    return np.asarray(ops.convert_to_numpy(ops.argmax(marginals, axis=-1))).astype(np.uint8)
+
+
+def speed(images, probabilities, plain_crf, per_size: int, batch: int = 4) -> list[dict]:
     """Per-image time (median) of the plain pydensecrf call and of three ways through the
     keras backend, side by side on the same inputs: as the CPU stage does (marginals read
     back, argmax in numpy), as the fused path does (argmax on the device, labels read back),
-    and the latter with no Gaussian kernel kept (built for every image)."""
+    and the latter with no Gaussian kernel kept (built for every image); then the fused way
+    on a ``batch`` of the same inputs (repeated to fill it) refined together, per image."""
     from segbeam.crf_keras import KerasDenseCrf
 
     rows = []
@@ -181,6 +195,13 @@ def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:
             same.append(all(np.array_equal(labels["stage"], labels[name])
                             for name in ("labels", "rebuilt")))
         ms = {name: 1000 * float(np.median(times)) for name, times in timings.items()}
+        together = [pairs[index % len(pairs)] for index in range(batch)]
+        _batch_labels(keeping, together)  # compiles for this batch size, untimed
+        start = time.perf_counter()
+        batched = _batch_labels(keeping, together)
+        ms["batch"] = 1000 * (time.perf_counter() - start) / batch
+        alone = [_labels_of(keeping, *pair) for pair in together]
+        batch_same = float(np.mean([np.mean(a == b) for a, b in zip(alone, batched)]))
         rows.append({"size": f"{height}x{width}x{classes}", "images": len(pairs),
                      "plain_ms": ms["plain"], "keras_ms": ms["stage"],
                      "keras_first_call_s": first, "speedup": ms["plain"] / ms["stage"],
@@ -189,6 +210,9 @@ def speed(images, probabilities, plain_crf, per_size: int) -> list[dict]:
                      "keras_kernel_built_ms": ms["rebuilt"],
                      "speedup_kernel_built": ms["plain"] / ms["rebuilt"],
                      "same_labels_every_way": all(same),
+                     "batch": batch, "keras_batch_ms": ms["batch"],
+                     "speedup_batch": ms["plain"] / ms["batch"],
+                     "batch_same_labels": 100 * batch_same,
                      "agreement": 100 * float(np.mean(agreement))})
         print(f"  {rows[-1]}", flush=True)
     return rows

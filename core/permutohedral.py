@@ -42,6 +42,7 @@ class Lattice(NamedTuple):
     weights: (N, d+1) float32, the barycentric weights.
     size: () int32, the number of distinct vertices.
     remainders, keys: (V,) and (V, d) int32, each vertex's (r, q), vertices in id order.
+    images: (V,) int32, the image each vertex belongs to (0 but for a lattice over a batch).
     distinct: per level, (V,) int32, the level's distinct values sorted (then padding).
     """
 
@@ -50,6 +51,7 @@ class Lattice(NamedTuple):
     size: object
     remainders: object
     keys: object
+    images: object
     distinct: tuple
 
     @property
@@ -89,17 +91,19 @@ class _Digits(NamedTuple):
     q_low: tuple  # per coordinate, the smallest q that can occur (digit = q - q_low)
     q_range: tuple  # per coordinate, how many values its digit takes
     levels: tuple  # per level, parts (source, divisor, base): (digit // divisor) % base;
-    #                source -1 is r
+    #                source -1 is r, -2 the image of a batch
 
 
 MAX_ENTRIES = 2 ** 30  # (d+1) N: vertex references a lattice may have (int32 ranks, sentinel)
 
 
-def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: int) -> _Digits:
+def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: int,
+                 batch: int = 1) -> _Digits:
     """Static digit ranges from the feature bounds, and their grouping into int32 levels: the
     first level packs digits while their product fits; each later level packs the previous
     level's rank (< ``entries``) times as many digits as fit beside it. A digit too wide to sit
-    beside a rank is written as several base-2^k parts, most significant first."""
+    beside a rank is written as several base-2^k parts, most significant first. With a
+    ``batch`` of images, the image is the first digit: vertices of two images never meet."""
     if entries >= MAX_ENTRIES:
         raise ValueError(f"a lattice of {entries} vertex references is too large for the keras "
                          f"CRF backend (at most {MAX_ENTRIES - 1}); lower --crf_scale")
@@ -111,7 +115,7 @@ def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: i
         q_range.append(m_high - m_low + 2 * _MARGIN + 1)
     room = INT32_LIMIT // entries  # the product of the digits that fit beside a rank (>= 2)
     bits = int(math.log2(room))
-    parts = [(-1, 1, d + 1)]
+    parts = ([(-2, 1, batch)] if batch > 1 else []) + [(-1, 1, d + 1)]
     for source, size in enumerate(q_range):
         if size <= room:
             parts.append((source, 1, size))
@@ -132,12 +136,15 @@ def _plan_digits(d: int, low: Sequence[float], high: Sequence[float], entries: i
     return _Digits(tuple(q_low), tuple(q_range), tuple(levels))
 
 
-def _level_values(ops, remainder, q, digits: _Digits, level: int, previous=None):
-    """The int32 value of one level for vertices given as ``remainder`` (..., ) and ``q``
-    (..., d): ``previous * product(bases) + digits`` (mixed radix)."""
+def _level_values(ops, remainder, q, digits: _Digits, level: int, previous=None, image=None):
+    """The int32 value of one level for vertices given as ``remainder`` (..., ), ``q``
+    (..., d) and (in a batch) ``image`` (..., ): ``previous * product(bases) + digits``
+    (mixed radix)."""
     value = previous
     for source, divisor, base in digits.levels[level]:
-        if source < 0:
+        if source == -2:
+            digit = image
+        elif source == -1:
             digit = remainder
         else:
             digit = q[..., source] - digits.q_low[source]
@@ -213,11 +220,12 @@ def _rank_level(ops, values, entries: int):
     return rank, distinct, count
 
 
-def _lookup(ops, distinct_levels, remainder, q, digits: _Digits):
-    """Vertex ids of the vertices ``(remainder, q)`` (..., d), or -1 where there is none."""
+def _lookup(ops, distinct_levels, remainder, q, digits: _Digits, image=None):
+    """Vertex ids of the vertices ``(remainder, q)`` (..., d) (of ``image``, in a batch), or
+    -1 where there is none."""
     found, index = None, None
     for level, distinct in enumerate(distinct_levels):
-        value = _level_values(ops, remainder, q, digits, level, index)
+        value = _level_values(ops, remainder, q, digits, level, index, image)
         position = ops.searchsorted(distinct, ops.reshape(value, (-1,)))
         position = ops.minimum(ops.cast(position, "int32"), distinct.shape[0] - 1)
         match = ops.take(distinct, position) == ops.reshape(value, (-1,))
@@ -226,15 +234,18 @@ def _lookup(ops, distinct_levels, remainder, q, digits: _Digits):
     return ops.where(ops.reshape(found, index.shape), index, -1)
 
 
-def build_lattice(features, low: Sequence[float], high: Sequence[float]) -> Lattice:
+def build_lattice(features, low: Sequence[float], high: Sequence[float],
+                  batch: int = 1) -> Lattice:
     """The lattice over ``features`` (N, d) float32, already divided by their standard
     deviations, each feature within ``[low[i], high[i]]`` (static bounds: they size the
-    digits; a feature outside them is an error of the caller)."""
+    digits; a feature outside them is an error of the caller). With a ``batch`` of images,
+    the features are theirs one after the other (N / batch points each) and the lattice is
+    theirs side by side: one sort for all, each image filtered as if alone."""
     from keras import ops
 
     n, d = int(features.shape[0]), int(features.shape[1])
     entries = n * (d + 1)
-    digits = _plan_digits(d, low, high, entries)
+    digits = _plan_digits(d, low, high, entries, batch)
     q0, rank, weights = _simplices(ops, features, _scale_factors(d))
     # The vertex of remainder r: q = q0 - [rank > d - r] (pydensecrf's canonical simplex).
     remainders = np.arange(d + 1, dtype=np.int32)
@@ -244,9 +255,10 @@ def build_lattice(features, low: Sequence[float], high: Sequence[float]) -> Latt
     q = ops.reshape(q, (entries, d))
     remainder = ops.reshape(ops.broadcast_to(ops.convert_to_tensor(remainders)[None],
                                              (n, d + 1)), (entries,))
+    image = ops.floor_divide(ops.arange(entries, dtype="int32"), entries // batch)
     distinct_levels, previous = [], None
     for level in range(len(digits.levels)):
-        values = _level_values(ops, remainder, q, digits, level, previous)
+        values = _level_values(ops, remainder, q, digits, level, previous, image)
         previous, distinct, size = _rank_level(ops, values, entries)
         distinct_levels.append(distinct)
     # One entry per vertex, to read its key from (rows past the size: entry 0, unused). The
@@ -256,20 +268,22 @@ def build_lattice(features, low: Sequence[float], high: Sequence[float]) -> Latt
                                         ops.arange(entries, dtype="int32"))
     return Lattice(ops.reshape(previous, (n, d + 1)) + 1, weights, ops.cast(size, "int32"),
                    ops.take(remainder, representative), ops.take(q, representative, axis=0),
-                   tuple(distinct_levels))
+                   ops.take(image, representative), tuple(distinct_levels))
 
 
-def blur_neighbours(lattice: Lattice, low: Sequence[float], high: Sequence[float], rows: int):
+def blur_neighbours(lattice: Lattice, low: Sequence[float], high: Sequence[float], rows: int,
+                    batch: int = 1):
     """(d+1, 2, rows) int32: for each lattice direction, the table rows of the two
     neighbours of each of the first ``rows`` vertices (0 where the lattice has none, and for
-    rows past the lattice's size). pydensecrf's ``blur_neighbors_``. ``low``, ``high``: the
-    bounds the lattice was built with."""
+    rows past the lattice's size). pydensecrf's ``blur_neighbors_``. ``low``, ``high``,
+    ``batch``: what the lattice was built with."""
     from keras import ops
 
     d = lattice.dimensions
-    digits = _plan_digits(d, low, high, lattice.capacity)
+    digits = _plan_digits(d, low, high, lattice.capacity, batch)
     distinct = [level[:rows] for level in lattice.distinct]
     vertex_r, vertex_q = lattice.remainders[:rows], lattice.keys[:rows]
+    vertex_image = lattice.images[:rows]
     live = ops.arange(rows) < lattice.size
     wrap_down = ops.cast(ops.expand_dims(vertex_r == 0, 1), "int32")
     wrap_up = ops.cast(ops.expand_dims(vertex_r == d, 1), "int32")
@@ -281,9 +295,9 @@ def blur_neighbours(lattice: Lattice, low: Sequence[float], high: Sequence[float
         step = ops.convert_to_tensor(step)
         # Along direction j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j, in (r, q) terms.
         n1 = _lookup(ops, distinct, ops.mod(vertex_r - 1, d + 1),
-                     vertex_q + step - wrap_down, digits)
+                     vertex_q + step - wrap_down, digits, vertex_image)
         n2 = _lookup(ops, distinct, ops.mod(vertex_r + 1, d + 1),
-                     vertex_q - step + wrap_up, digits)
+                     vertex_q - step + wrap_up, digits, vertex_image)
         neighbours.append(ops.stack([ops.where(live, n1 + 1, 0), ops.where(live, n2 + 1, 0)]))
     return ops.stack(neighbours)
 

@@ -76,7 +76,8 @@ def canvas_check() -> dict:
     kept = np.ones(4, dtype=bool)
 
     def field(crf, image, probabilities):
-        return ops.convert_to_numpy(crf.field(image, probabilities, params, 1e-5, kept))
+        return ops.convert_to_numpy(crf.field(image[None], probabilities[None], params, 1e-5,
+                                              kept[None]))[0]
 
     for image, probabilities in scenes:
         on_canvas, alone = field(shared, image, probabilities), field(exact, image, probabilities)
@@ -95,6 +96,38 @@ def canvas_check() -> dict:
                                                                 shared.kernels_built],
             "kernels_built_keeping_none": keeping_none.kernels_built,
             "kept_kernel_difference": max(kept_differences)}
+
+
+def batch_check() -> dict:
+    """Three images of one size refined together (as batches of 2 and 1) against each alone,
+    at full and half resolution, and the first image's marginals refined beside two other
+    images: a batch must not carry values from one image to another."""
+    from keras import ops
+
+    from segbeam.crf_keras import KerasDenseCrf
+
+    crf = KerasDenseCrf()
+    scenes = [scene(37, 53, 4, 30 + seed) for seed in range(3)]
+    images = [image for image, _ in scenes]
+    probabilities = np.stack([probs for _, probs in scenes])
+    report = {"check": "batch", "max_marginal_difference": 0.0, "min_agreement": 1.0}
+    for params in (CrfParams(iterations=5, class_floor=0.3, scale=1.0),
+                   CrfParams(iterations=5, class_floor=0.0, scale=0.5, min_side=16)):
+        together = ops.convert_to_numpy(crf.refine_many(images, probabilities, params))
+        for image, probs, batched in zip(images, probabilities, together):
+            alone = ops.convert_to_numpy(crf.refine(image, probs, params))
+            report["max_marginal_difference"] = max(report["max_marginal_difference"],
+                                                    float(np.abs(batched - alone).max()))
+            report["min_agreement"] = min(report["min_agreement"], float(np.mean(
+                batched.argmax(-1) == alone.argmax(-1))))
+    params = CrfParams(iterations=5, class_floor=0.0, scale=1.0)
+    beside = [ops.convert_to_numpy(crf.refine_many([images[0], images[other]],
+                                                   probabilities[[0, other]], params))[0]
+              for other in (1, 2)]
+    report["neighbour_difference"] = float(np.abs(beside[0] - beside[1]).max())
+    report["compiled_batch_sizes"] = sorted({key[3] for key in crf._functions
+                                             if key[0] == "bilateral lattice"})
+    return report
 
 
 def main() -> None:
@@ -119,6 +152,7 @@ def main() -> None:
             "left_out_zero": bool(np.array_equal(reference == 0, keras_result == 0)),
             "bilateral_levels": bilateral_levels}), flush=True)
     print(json.dumps(canvas_check()), flush=True)
+    print(json.dumps(batch_check()), flush=True)
 
 
 if __name__ == "__main__":

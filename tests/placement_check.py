@@ -41,15 +41,15 @@ def main(model_path: str) -> None:
             return outputs
         return call
 
-    refine = KerasDenseCrf.refine
+    refine_many = KerasDenseCrf.refine_many
 
     def watched_refine(self, *args, **kwargs):
-        marginals = refine(self, *args, **kwargs)
+        marginals = refine_many(self, *args, **kwargs)
         devices["crf"].add(marginals.device.split("device:")[-1])
         return marginals
 
     keras_runtime._tensorflow_predict = watched_predict
-    KerasDenseCrf.refine = watched_refine
+    KerasDenseCrf.refine_many = watched_refine
     inference._configure_accelerators = lambda: "/CPU:1"
     rng = np.random.default_rng(0)
     records = [SegmentationRecord(f"k{i}", f"s{i}", image=synthetic_scene(rng, 64, 64)[0])

@@ -62,6 +62,12 @@ def test_keras_backend_gives_pydensecrfs_labels(backend, module):
     assert canvas["kernels_built"] == [4, 4], canvas
     assert canvas["kernels_built_keeping_none"] == 4, canvas
     assert canvas["kept_kernel_difference"] == 0.0, canvas
+    # Images of one size refined together give what each gives alone (another compiled
+    # program, so float rounding may differ), and nothing passes between them.
+    batch = next(r for r in reports if r["check"] == "batch")
+    assert batch["max_marginal_difference"] < 1e-3 and batch["min_agreement"] >= 0.999, batch
+    assert batch["neighbour_difference"] < 1e-4, batch
+    assert batch["compiled_batch_sizes"] == [1, 2], batch  # three images: a batch of 2, of 1
 
 
 def test_digit_plans_fit_int32_at_every_level_and_keep_keys_apart():
@@ -118,13 +124,14 @@ def test_gaussian_kernels_are_kept_within_their_memory_budget():
     kept = np.ones(3, dtype=bool)
     scenes = [scene(height, 24, 3, seed) for seed, height in enumerate((16, 20, 16))]
     one = KerasDenseCrf(canvas=lambda height, width: (height, width))
-    one.field(*scenes[0], params, 1e-5, kept)
+    one.field(scenes[0][0][None], scenes[0][1][None], params, 1e-5, kept[None])
     budget = _bytes(next(iter(one._kernels.values())))
     for kernel_bytes, built in ((0, 3), (budget, 3), (10 * budget, 2)):
         crf = KerasDenseCrf(canvas=lambda height, width: (height, width),
                             kernel_bytes=kernel_bytes)
+        crf._functions = one._functions  # compiled once (they hold no kernel), for speed
         for image, probabilities in scenes:  # 16 rows, 20 rows, 16 rows again
-            crf.field(image, probabilities, params, 1e-5, kept)
+            crf.field(image[None], probabilities[None], params, 1e-5, kept[None])
         assert crf.kernels_built == built, (kernel_bytes, crf.kernels_built)
         assert sum(map(_bytes, crf._kernels.values())) <= kernel_bytes
 
@@ -247,12 +254,14 @@ def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_
                     np.testing.assert_allclose(mine, other, rtol=1e-3)
 
 
+@pytest.mark.parametrize("sizes", ["different", "one"])
 @pytest.mark.parametrize("failure", ["error", "out_of_memory"])
 def test_a_fused_crf_failure_is_that_images_crf_dead_letter(rng, demo_model_path, monkeypatch,
-                                                           failure):
+                                                           failure, sizes):
     """The CRF fused after the model fails on one image of a batch: that image is a dead
-    letter of stage crf (not inference), the others are refined. Out of memory, the handler
-    first runs the batch in smaller parts (the batch's outputs share the device's memory)."""
+    letter of stage crf (not inference), the others are refined. Images of one size are
+    refined together; where that fails, each alone. Out of memory, the handler first runs
+    the batch in smaller parts (the batch's outputs share the device's memory)."""
     from segbeam.crf_keras import KerasDenseCrf
     from segbeam.inference import InferenceSettings
     from segbeam.models.source import ModelSource
@@ -261,19 +270,20 @@ def test_a_fused_crf_failure_is_that_images_crf_dead_letter(rng, demo_model_path
     from segbeam.transforms.fused_crf import FusedCrf
     from segbeam.transforms.inference import KerasSegmentationHandler
 
-    refine = KerasDenseCrf.refine
+    shapes = [(64, 96), (80, 80), (72, 120), (64, 64)] if sizes == "different" else [(64, 80)] * 4
+    records = [SegmentationRecord(f"k{i}", f"s{i}", image=synthetic_scene(rng, *size)[0])
+               for i, size in enumerate(shapes)]
+    refine_many = KerasDenseCrf.refine_many
     calls = []
 
-    def failing(self, image, probabilities, params, min_probability=1e-5):
-        calls.append(image.shape[:2])
-        if image.shape[:2] == (80, 80):
+    def failing(self, images, probabilities, params, min_probability=1e-5):
+        calls.append([next(r.key for r in records if r.image is image) for image in images])
+        if any(image is records[1].image for image in images):
             raise (MemoryError("out of memory refining") if failure == "out_of_memory"
                    else ValueError("the lattice is too large"))
-        return refine(self, image, probabilities, params, min_probability)
+        return refine_many(self, images, probabilities, params, min_probability)
 
-    monkeypatch.setattr(KerasDenseCrf, "refine", failing)
-    records = [SegmentationRecord(f"k{i}", f"s{i}", image=synthetic_scene(rng, *size)[0])
-               for i, size in enumerate([(64, 96), (80, 80), (72, 120), (64, 64)])]
+    monkeypatch.setattr(KerasDenseCrf, "refine_many", failing)
     handler = KerasSegmentationHandler(
         ModelSource(demo_model_path, num_classes=3, input_size=(64, 64)), InferenceSettings(),
         fused_crf=FusedCrf(CrfParams(backend="keras", min_side=32)), fuse=True)
@@ -284,5 +294,11 @@ def test_a_fused_crf_failure_is_that_images_crf_dead_letter(rng, demo_model_path
         "error": "ValueError: the lattice is too large",
         "out_of_memory": "MemoryError: out of memory refining"}[failure])
     assert all(r.crf_applied and r.crf_labels is not None for r in results if r is not results[1])
-    # Out of memory, the batch of 4 ran again as 2 + 2, then the failing image alone.
-    assert calls.count((80, 80)) == (3 if failure == "out_of_memory" else 1)
+    failed = [call for call in calls if "k1" in call]
+    if sizes == "different":  # every image on its own
+        # Out of memory, the batch of 4 ran again as 2 + 2, then the failing image alone.
+        assert failed == ([["k1"]] * 3 if failure == "out_of_memory" else [["k1"]])
+    elif failure == "error":  # the four together, then each alone
+        assert calls == [["k0", "k1", "k2", "k3"], ["k0"], ["k1"], ["k2"], ["k3"]]
+    else:  # the handler splits the batch: 4, then 2 + 2, then 1 + 1 for the pair with k1
+        assert failed == [["k0", "k1", "k2", "k3"], ["k0", "k1"], ["k1"]], calls

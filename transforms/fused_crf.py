@@ -48,60 +48,107 @@ def _labels(ops, values) -> np.ndarray:
         np.uint8 if classes <= 256 else np.uint16)
 
 
-def _refined(record: SegmentationRecord, probabilities, fused: FusedCrf) -> SegmentationRecord:
-    """The record with its CRF labels (and what ``with_marginals`` keeps), its probabilities
-    an (H, W, C) tensor; read back to the host here, so that a failure of the computation
-    (which some backends report only then) is this record's."""
+def _restored(probabilities, placement: Placement, canvas: tuple[int, int]):
+    """One image's probabilities cut from the model's output on ``canvas`` and resized back
+    to the image (tensors): (those its raw labels come from, the (h, w, C) float16-rounded
+    ones the CRF refines, as the stage hands them over)."""
+    from keras import ops
+
+    from segbeam.crf_keras import resize_bilinear
+
+    half = ops.cast(ops.cast(probabilities, "float16"), "float32")
+    if tuple(probabilities.shape[:2]) == (placement.height, placement.width) == canvas:
+        return probabilities, half
+    if tuple(probabilities.shape[:2]) != canvas:  # a model that predicts at a stride
+        half = resize_bilinear(half, *canvas)
+    restored = resize_bilinear(half[:placement.content_height, :placement.content_width],
+                               placement.height, placement.width)
+    return restored, ops.cast(ops.cast(restored, "float16"), "float32")
+
+
+def _refined(records: Sequence[SegmentationRecord], probabilities,
+             fused: FusedCrf) -> list[SegmentationRecord]:
+    """The records (images of one size) with their CRF labels (and what ``with_marginals``
+    keeps), refined together from their (B, H, W, C) probabilities (a tensor); read back to
+    the host here, so that a failure of the computation (which some backends report only
+    then) is theirs."""
     from keras import ops
 
     from segbeam.crf_keras import shared_crf
 
-    marginals = shared_crf().refine(record.image, probabilities, fused.params)
-    if fused.needs_marginals(record):
-        return with_marginals(record, ops.convert_to_numpy(probabilities).astype(np.float16),
-                              np.asarray(ops.convert_to_numpy(marginals)), fused.num_classes,
-                              fused.ignore_index, fused.keep_confidence)
-    return record.replace(crf_labels=_labels(ops, marginals), probabilities=None,
-                          crf_applied=True)
+    marginals = shared_crf().refine_many([r.image for r in records], probabilities,
+                                         fused.params)
+    labels = _labels(ops, marginals)
+    results = []
+    for index, record in enumerate(records):
+        if fused.needs_marginals(record):
+            results.append(with_marginals(
+                record, ops.convert_to_numpy(probabilities[index]).astype(np.float16),
+                np.asarray(ops.convert_to_numpy(marginals[index])), fused.num_classes,
+                fused.ignore_index, fused.keep_confidence))
+        else:
+            results.append(record.replace(crf_labels=labels[index], probabilities=None,
+                                          crf_applied=True))
+    return results
+
+
+def _by_size(records: Sequence[SegmentationRecord]) -> list[list[int]]:
+    """The records' indices grouped by image size, in order of first appearance."""
+    groups: dict = {}
+    for index, record in enumerate(records):
+        groups.setdefault(tuple(record.image.shape[:2]), []).append(index)
+    return list(groups.values())
+
+
+def _alone(record: SegmentationRecord, probabilities, fused: FusedCrf,
+           several: bool) -> Union[SegmentationRecord, DeadLetter]:
+    """One record refined from its (H, W, C) probabilities, or its dead letter of stage
+    ``crf``; out of memory in a batch of ``several``, the error goes up."""
+    from keras import ops
+
+    try:
+        return _refined([record], ops.expand_dims(probabilities, 0), fused)[0]
+    except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
+        if several and is_out_of_memory(error):
+            raise
+        LOG.warning("the CRF failed for %s: %r", record.key, error)
+        return DeadLetter(record.key, record.source, "crf", one_line_reason(error))
 
 
 def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Placement],
                  canvas: tuple[int, int], outputs, kind: str,
                  fused: FusedCrf) -> list[Union[SegmentationRecord, DeadLetter]]:
     """Each record with raw and CRF labels, from the model's (N, h, w, C) ``outputs`` (a
-    backend tensor; ``kind``: logits or probabilities) for a batch placed on ``canvas``. A
-    record whose CRF fails is a dead letter of stage ``crf``, as in the CRF stage; the
-    others of the batch are refined as usual. Out of memory in a batch of several, the error
-    goes up to the handler, which runs the batch again in smaller parts (the model's outputs
-    for the batch share the device's memory with the CRF)."""
+    backend tensor; ``kind``: logits or probabilities) for a batch placed on ``canvas``. The
+    images of one size are refined together (``KerasDenseCrf.refine_many``); where that
+    fails, each alone. A record whose CRF fails is a dead letter of stage ``crf``, as in the
+    CRF stage; the others of the batch are refined as usual. Out of memory in a batch of
+    several, the error goes up to the handler, which runs the batch again in smaller parts
+    (the model's outputs for the batch share the device's memory with the CRF)."""
     from keras import ops
-
-    from segbeam.crf_keras import resize_bilinear
 
     scores = ops.cast(outputs, "float32")
     probabilities = ops.softmax(scores, axis=-1) if kind == "logits" else scores
-    results = []
-    for index, (record, placement) in enumerate(zip(records, placements)):
-        probs = probabilities[index]
-        half = ops.cast(ops.cast(probs, "float16"), "float32")  # as the stage hands it over
-        if tuple(probs.shape[:2]) == (placement.height, placement.width) == canvas:
-            raw, full = _labels(ops, probs), half
-        else:
-            if tuple(probs.shape[:2]) != canvas:  # a model that predicts at a stride
-                half = resize_bilinear(half, *canvas)
-            restored = resize_bilinear(
-                half[:placement.content_height, :placement.content_width],
-                placement.height, placement.width)
-            raw = _labels(ops, restored)
-            full = ops.cast(ops.cast(restored, "float16"), "float32")
-        try:
-            refined = _refined(record, full, fused)
-        except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
-            if len(records) > 1 and is_out_of_memory(error):
-                raise
-            LOG.warning("the CRF failed for %s: %r", record.key, error)
-            results.append(DeadLetter(record.key, record.source, "crf",
-                                      one_line_reason(error)))
-            continue
-        results.append(refined.replace(raw_labels=raw))
+    restored = [_restored(probabilities[index], placement, canvas)
+                for index, placement in enumerate(placements)]
+    several = len(records) > 1
+    results: list = [None] * len(records)
+    for group in _by_size(records):
+        raw = _labels(ops, ops.stack([restored[index][0] for index in group]))
+        refined = None
+        if len(group) > 1:
+            try:
+                refined = _refined([records[index] for index in group],
+                                   ops.stack([restored[index][1] for index in group]), fused)
+            except Exception as error:  # noqa: BLE001 - each is refined alone below
+                if is_out_of_memory(error):
+                    raise
+                LOG.warning("the CRF failed for %d images together (%r); refining each alone",
+                            len(group), error)
+        if refined is None:
+            refined = [_alone(records[index], restored[index][1], fused, several)
+                       for index in group]
+        for position, (index, result) in enumerate(zip(group, refined)):
+            results[index] = result if isinstance(result, DeadLetter) \
+                else result.replace(raw_labels=raw[position])
     return results
