@@ -30,11 +30,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from segbeam import permutohedral
 from segbeam.crf_lattices import (Kernel, _bucket, _bytes, _valid, bilateral_lattice,
                                   canvas_for, gaussian_bounds, gaussian_lattice, kernel,
                                   mean_field, resize_bilinear)
 
 __all__ = ["KerasDenseCrf", "shared_crf", "canvas_for", "resize_bilinear", "powers_of_two"]
+
+
+def largest_batch(height: int, width: int) -> int:
+    """The most (H, W) canvases one bilateral lattice may hold (its 6 vertex references per
+    pixel must stay below ``permutohedral.MAX_ENTRIES``; 85 at 1024x2048), at least 1."""
+    return max(1, (permutohedral.MAX_ENTRIES - 1) // (6 * height * width))
 
 
 def powers_of_two(count: int) -> list[int]:
@@ -139,6 +146,13 @@ class KerasDenseCrf:
 
         batch, height, width, classes = (int(n) for n in probabilities.shape)
         canvas_h, canvas_w = self._canvas(height, width)
+        if batch > largest_batch(canvas_h, canvas_w):  # in halves, each within the limit
+            half = batch // 2
+            return ops.concatenate([
+                self.field(images[:half], probabilities[:half], params, min_probability,
+                           kept[:half]),
+                self.field(images[half:], probabilities[half:], params, min_probability,
+                           kept[half:])], axis=0)
         size = np.array([height, width], dtype=np.int32)
         gaussian = self.gaussian_kernel((canvas_h, canvas_w), size, params.pos_xy_std,
                                         str(getattr(probabilities, "device", "")))

@@ -114,6 +114,30 @@ def test_vertex_tables_and_canvases_round_up_by_at_most_an_eighth():
         assert size <= rows <= size * 1.125 + 16
 
 
+def test_a_batch_too_large_for_one_lattice_is_refined_in_parts(monkeypatch):
+    """A lattice holds fewer than MAX_ENTRIES vertex references: a larger batch is refined in
+    halves that fit (here the limit is lowered to make 8 images of 16x24 too many for one),
+    with the marginals of the batch refined whole."""
+    from keras import ops
+
+    from segbeam import permutohedral
+    from segbeam.crf_keras import KerasDenseCrf, largest_batch
+    from tests.crf_backend_check import scene
+
+    assert largest_batch(1024, 2048) == 85 and largest_batch(360, 480) == 1035
+    params = CrfParams(scale=1.0, class_floor=0.0, iterations=2)
+    scenes = [scene(16, 24, 3, seed) for seed in range(8)]
+    images = [image for image, _ in scenes]
+    probabilities = np.stack([probs for _, probs in scenes])
+    whole = ops.convert_to_numpy(KerasDenseCrf().refine_many(images, probabilities, params))
+    monkeypatch.setattr(permutohedral, "MAX_ENTRIES", 6 * 16 * 24 * 3 + 1)  # 3 per lattice
+    assert largest_batch(16, 24) == 3
+    crf = KerasDenseCrf()
+    parts = ops.convert_to_numpy(crf.refine_many(images, probabilities, params))
+    assert sorted({key[3] for key in crf._functions if key[0] == "bilateral lattice"}) == [2]
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
+
+
 def test_gaussian_kernels_are_kept_within_their_memory_budget():
     """Kernels are kept per image size, least recently used out first once the budget is
     exceeded; a budget of 0 keeps none (every image builds its own)."""
