@@ -13,8 +13,13 @@
 # On an H200 (2026-12-04) each inference variant took 35-40 s (its own process: Python, JAX
 # and Keras start, compiles), so an inference part needs about 4 minutes, more than its
 # limit below: that run lost its raw and fused rows to the limits and ran them alone after.
-# PARTS chooses the parts (default "360 large crf"), e.g. PARTS="360 crf" in one call and
-# PARTS=large in the next, with limits raised through LIMIT_360, LIMIT_LARGE, LIMIT_CRF.
+# CRF_BATCH (default 8) is how many images of one size the crf part's keras backend refines
+# together, one lattice for the batch (the first GPU figures were one image at a time). The
+# phases part times each compiled step of the keras CRF (benchmarks/crf_phases.py), alone and
+# in batches: where the time goes on the GPU, which no run has measured yet.
+# PARTS chooses the parts (default "360 large crf phases"), e.g. PARTS="360 crf" in one call
+# and PARTS="large phases" in the next, with limits raised through LIMIT_360, LIMIT_LARGE,
+# LIMIT_CRF and LIMIT_PHASES.
 #
 # Here, for a dry run on the CPU at small sizes:
 #   OUT=/tmp/out PYTHON=.venv/bin/python SKIP_INSTALL=1 LARGE=128x256 PER_CELL=1 \
@@ -24,7 +29,8 @@ OUT=${OUT:-/tmp/device-out}
 PYTHON=${PYTHON:-python3}
 LARGE=${LARGE:-1024x2048}
 PER_CELL=${PER_CELL:-2}
-PARTS=" ${PARTS:-360 large crf} "
+CRF_BATCH=${CRF_BATCH:-8}
+PARTS=" ${PARTS:-360 large crf phases} "
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 export SEGBEAM_CAMVID=${SEGBEAM_CAMVID:-.device/camvid}
@@ -69,6 +75,13 @@ if [[ $PARTS == *" large "* ]]; then
 fi
 if [[ $PARTS == *" crf "* ]]; then
   part crf-backends "${LIMIT_CRF:-190}" "$PYTHON" -m benchmarks.crf --part backends \
-    --model "$MODEL" --per_cell "$PER_CELL" --many_sizes 6 --output "$OUT/crf-backends.json"
+    --model "$MODEL" --per_cell "$PER_CELL" --many_sizes 6 --crf_batch "$CRF_BATCH" \
+    --output "$OUT/crf-backends.json"
+fi
+if [[ $PARTS == *" phases "* ]]; then
+  part crf-phases-360x480 "${LIMIT_PHASES:-150}" "$PYTHON" -m benchmarks.crf_phases \
+    --sizes 360x480x11 --batches 1 4 16 --output "$OUT/crf-phases-360x480.json"
+  part "crf-phases-$LARGE" "${LIMIT_PHASES:-150}" "$PYTHON" -m benchmarks.crf_phases \
+    --sizes "${LARGE}x19" --batches 1 4 --output "$OUT/crf-phases-$LARGE.json"
 fi
 stamp done

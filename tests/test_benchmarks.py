@@ -104,3 +104,22 @@ def test_the_inference_benchmark_uses_frames_in_turn_when_it_has_fewer(monkeypat
     images = inference._images(5, (4, 5))
     assert len(images) == 5 and images[0].shape == (4, 5, 3)
     assert [int(image[0, 0, 0]) for image in images] == [0, 40, 0, 40, 0]
+
+
+def test_the_crf_phases_benchmark_times_each_compiled_step(tmp_path, monkeypatch):
+    """Each step of the keras CRF is timed apart: the Gaussian kernel only where it is built
+    for every batch, the rest of the time left over as ``other``; the record is written."""
+    from benchmarks import crf_phases
+
+    monkeypatch.setattr(crf_phases, "camvid_pairs", lambda split, count: [])  # synthetic
+    output = tmp_path / "phases.json"
+    assert crf_phases.main(["--sizes", "24x32x3", "--batches", "2", "--repeats", "1",
+                            "--output", str(output)]) == 0
+    rows = json.loads(output.read_text())["rows"]
+    assert [(row["batch"], row["kernel"]) for row in rows] == [(2, "kept"),
+                                                                (2, "built per batch")]
+    for row in rows:
+        assert row["inputs"] == "synthetic" and row["field_ms"] > 0
+        assert row["bilateral_lattice_ms"] > 0 and row["other_ms"] >= 0
+        built = row["gaussian_lattice_ms"] > 0 and row["gaussian_kernel_ms"] > 0
+        assert built == (row["kernel"] == "built per batch")
