@@ -1,8 +1,9 @@
 """The embedded default: what ``segbeam run`` does without ``--input``.
 
 It generates scenes (discs and boxes on a textured background, with class-id masks), trains
-the small ``tiny_fcn`` model on other generated scenes for a few seconds, and runs the whole
-pipeline over the generated images. Nothing is downloaded. The inputs include an image without
+the small ``tiny_fcn`` model on other generated scenes for about half a minute (in float64, so that
+every machine trains the same model; see ``training_dtype``), and runs the whole pipeline over
+the generated images. Nothing is downloaded. The inputs include an image without
 a mask and one corrupt file, to show that both are handled: the corrupt file becomes a dead
 letter and the counts still add up.
 """
@@ -61,23 +62,52 @@ def write_demo_inputs(folder: str, count: int = 24, seed: int = 1) -> tuple[str,
     return os.path.join(images, "*.png"), masks
 
 
+def training_dtype() -> str:
+    """``float64`` where the Keras backend computes in it (TensorFlow, torch; JAX only with
+    ``jax_enable_x64``), else ``float32``.
+
+    In float32, oneDNN rounds differently per instruction set and TensorFlow's kernels split
+    sums by thread count, and 144 Adam steps at a learning rate of 1e-2 amplify those last
+    bits into weights that differ by up to 1.4 between machines (the demo's mIoU then moves
+    by over a point). In float64 the same differences stay near 1e-8 (measured: oneDNN on,
+    off or held to AVX2 give identical weights, one thread instead of two moves them by
+    5e-8), so the float32 model saved from them is the same on every machine.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "float64" if jax.config.jax_enable_x64 else "float32"
+    return "float64"
+
+
 def train_demo_model(path: str, seed: int = 0, samples: int = 192, size: int = 64,
-                     epochs: int = 12) -> list[float]:
-    """Trains ``tiny_fcn`` on generated scenes and saves it as a ``.keras`` file."""
+                     epochs: int = 12, dtype: Optional[str] = None) -> list[float]:
+    """Trains ``tiny_fcn`` on generated scenes and saves it as a float32 ``.keras`` file.
+
+    ``dtype`` is the precision of the training arithmetic; None picks ``training_dtype()``,
+    so that the demo's figures are the same from one machine to the next."""
     import keras
 
     from segbeam import models
+    from segbeam.models.training import fit_on_arrays
 
     rng = np.random.default_rng(seed + 1000)
     scenes = [synthetic_scene(rng, size, size) for _ in range(samples)]
     images = np.stack([s[0] for s in scenes])
     masks = np.stack([s[1] for s in scenes])
     keras.utils.set_random_seed(seed)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype or training_dtype())
+    try:
+        trainer = models.create_model("tiny_fcn", num_classes=len(DEMO_CLASSES))
+        losses = fit_on_arrays(trainer, images, masks, epochs=epochs, batch_size=16,
+                               learning_rate=1e-2)
+    finally:
+        keras.config.set_dtype_policy(policy)
     model = models.create_model("tiny_fcn", num_classes=len(DEMO_CLASSES))
-    from segbeam.models.training import fit_on_arrays
-
-    losses = fit_on_arrays(model, images, masks, epochs=epochs, batch_size=16,
-                           learning_rate=1e-2)
+    model.set_weights([np.asarray(w, dtype=np.float32) for w in trainer.get_weights()])
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     model.save(path)
     return losses

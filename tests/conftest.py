@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -94,12 +95,23 @@ def tiny_model_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def demo_model_path(tmp_path_factory) -> str:
-    """tiny_fcn trained briefly on generated scenes (the demo's recipe, fewer steps)."""
+    """tiny_fcn trained briefly on generated scenes (the demo's recipe, fewer steps, in float32
+    for speed: the tests compare runs on one machine)."""
     from segbeam.pipeline.demo import train_demo_model
 
     path = str(tmp_path_factory.mktemp("models") / "demo.keras")
-    train_demo_model(path, samples=96, epochs=8)
+    train_demo_model(path, samples=96, epochs=8, dtype="float32")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, str]:
+    """One run of the README's first command (``segbeam run``, no ``--input``): its process
+    result and output folder, shared by the tests that check the demo."""
+    from tests.golden_outputs import run_demo
+
+    output = str(tmp_path_factory.mktemp("demo_run") / "demo")
+    return run_demo(output), output
 
 
 @pytest.fixture(scope="session")

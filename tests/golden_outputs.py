@@ -10,8 +10,8 @@ so another CPU computes slightly different probabilities and may flip near-tied 
 
 This module drives the installed ``segbeam`` command in a subprocess and imports nothing from
 the project, so the same code checks outputs before and after a refactor. Record anew with
-``python -m tests.golden_outputs`` (only when a change is meant to alter outputs, and say so in
-the commit).
+``python -m tests.golden_outputs [demo] [camvid_val6]`` (only when a change is meant to alter
+those outputs, and say so in the commit).
 """
 
 from __future__ import annotations
@@ -105,10 +105,19 @@ def collect(output: str, roots: dict[str, str], volatile_fingerprint: bool) -> d
             "numerics": numerics_signature()}
 
 
+def run_demo(output: str) -> subprocess.CompletedProcess:
+    """``segbeam run`` with no ``--input``: the README's first command."""
+    return segbeam(["run", "--output", output])
+
+
+def collect_demo(output: str) -> dict:
+    return collect(output, {"output": output}, volatile_fingerprint=True)
+
+
 def demo_outputs(workdir: str) -> dict:
     output = os.path.join(workdir, "demo")
-    segbeam(["run", "--output", output])
-    return collect(output, {"output": output}, volatile_fingerprint=True)
+    run_demo(output)
+    return collect_demo(output)
 
 
 def camvid_outputs(workdir: str) -> Optional[dict]:
@@ -138,9 +147,12 @@ def golden_path(name: str) -> str:
 def main() -> None:
     import tempfile
 
+    wanted = sys.argv[1:] or ["demo", "camvid_val6"]
     os.makedirs(GOLDEN, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
         for name, produce in (("demo", demo_outputs), ("camvid_val6", camvid_outputs)):
+            if name not in wanted:
+                continue
             record = produce(workdir)
             if record is None:
                 print(f"{name}: skipped (no data)")

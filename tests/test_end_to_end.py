@@ -130,18 +130,6 @@ def test_shards_with_a_path_traversal_key_stay_inside_the_output(tmp_path, demo_
     assert not os.path.exists(tmp_path.parent / "x.png")
 
 
-def test_run_without_input_runs_the_demo(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", "run", "--output",
-                             str(tmp_path / "demo")], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "running the demo" in result.stdout and "(counts add up)" in result.stdout
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["counts"]["dead_letters_by_stage"] == {"decode": 1}  # the corrupt file
-    assert summary["evaluation"]["raw"]["miou"] > 0.8
-    assert len(os.listdir(tmp_path / "demo" / "masks")) == summary["counts"]["outputs"] == 24
-
-
 def test_missing_input_and_bad_flags_give_clear_errors(tmp_path, capsys):
     code = main(["run", "--input", str(tmp_path / "nothing" / "*.png"), "--model", "tiny_fcn",
                  "--num_classes", "3", "--output", str(tmp_path / "o")])
