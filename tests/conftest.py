@@ -121,7 +121,7 @@ def dask_cluster():
     from dask.distributed import LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address="127.0.0.1:0")  # a free port: xdist runs two
     yield cluster
     cluster.close()
 
