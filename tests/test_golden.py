@@ -14,6 +14,7 @@ preprocessing, classes or pairing) would give.
 import json
 import os
 
+import numpy as np
 import pytest
 
 from tests.golden_outputs import camvid_outputs, collect_demo, golden_path, numerics_signature
@@ -126,3 +127,30 @@ def test_the_tolerant_comparison_still_catches_a_wrong_output():
     broken["summary"]["counts"]["outputs"] -= 1
     with pytest.raises(AssertionError):
         _assert_within_tolerance(broken, record)
+
+
+def test_the_demo_model_trains_in_float64_and_is_saved_in_float32(tmp_path, monkeypatch):
+    """What keeps the demo's figures the same across CPUs: the model that trains holds and
+    computes float64 (under TensorFlow), the saved model is float32, and the global dtype
+    policy is left as it was."""
+    import keras
+
+    from segbeam.models import training
+    from segbeam.models.source import load_model
+    from segbeam.pipeline.demo import train_demo_model
+
+    trained = []
+
+    def fit(model, *args, **kwargs):
+        trained.append({w.dtype for w in model.get_weights()})
+        return fit_on_arrays(model, *args, **kwargs)
+
+    fit_on_arrays = training.fit_on_arrays
+    monkeypatch.setattr(training, "fit_on_arrays", fit)
+    before = keras.config.dtype_policy().name
+    path = str(tmp_path / "demo.keras")
+    losses = train_demo_model(path, samples=16, epochs=1)
+    assert keras.config.dtype_policy().name == before and np.isfinite(losses).all()
+    if keras.backend.backend() == "tensorflow":
+        assert trained == [{np.dtype("float64")}]
+    assert {w.dtype for w in load_model(path).get_weights()} == {np.dtype("float32")}
