@@ -37,7 +37,7 @@ setup(
         # Tests run every architecture under TensorFlow and JAX (CPU wheels), the pipeline on a
         # local Dask cluster, gs:// paths against a local Cloud Storage emulator, and models
         # of every format (ONNX written by Keras's exporter through tf2onnx, run by ONNX Runtime).
-        # Two pytest workers (pytest-xdist): the suite in 9 minutes on 2 cores instead of 26.
+        # Two pytest workers (pytest-xdist): the suite in 9-10 minutes on 2 cores instead of 26.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "jax>=0.4.30",
                  "tensorflow-cpu>=2.16; platform_machine=='x86_64'",
                  "tensorflow>=2.16; platform_machine!='x86_64'", "dask>=2024.4.2",
