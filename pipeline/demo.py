@@ -1,11 +1,11 @@
 """The embedded default: what ``segbeam run`` does without ``--input``.
 
 It generates scenes (discs and boxes on a textured background, with class-id masks), trains
-the small ``tiny_fcn`` model on other generated scenes for about half a minute (in float64, so that
-every machine trains the same model; see ``training_dtype``), and runs the whole pipeline over
-the generated images. Nothing is downloaded. The inputs include an image without
-a mask and one corrupt file, to show that both are handled: the corrupt file becomes a dead
-letter and the counts still add up.
+the small ``tiny_fcn`` model on other generated scenes for about half a minute (in float64, so
+that the model does not depend on the CPU; see ``training_dtype``), and runs the whole pipeline
+over the generated images. Nothing is downloaded. The inputs include an image without a mask
+and one corrupt file, to show that both are handled: the corrupt file becomes a dead letter
+and the counts still add up.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def training_dtype() -> str:
     bits into weights that differ by up to 1.4 between machines (the demo's mIoU then moves
     by over a point). In float64 the same differences stay near 1e-8 (measured: oneDNN on,
     off or held to AVX2 give identical weights, one thread instead of two moves them by
-    5e-8), so the float32 model saved from them is the same on every machine.
+    5e-8), so the float32 model saved from them no longer depends on the CPU's instruction
+    set or thread count (float32 inference may still flip near-tied pixels).
     """
     import keras
 
@@ -87,7 +88,7 @@ def train_demo_model(path: str, seed: int = 0, samples: int = 192, size: int = 6
     """Trains ``tiny_fcn`` on generated scenes and saves it as a float32 ``.keras`` file.
 
     ``dtype`` is the precision of the training arithmetic; None picks ``training_dtype()``,
-    so that the demo's figures are the same from one machine to the next."""
+    so that the demo's model does not depend on the machine's CPU."""
     import keras
 
     from segbeam import models

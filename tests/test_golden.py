@@ -87,6 +87,7 @@ def _assert_same(actual: dict, expected: dict) -> None:
 def test_run_without_input_runs_the_demo(demo_run):
     """The README's first command (its run is shared with the golden comparison below)."""
     result, output = demo_run
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "running the demo" in result.stdout and "(counts add up)" in result.stdout
     with open(os.path.join(output, "summary.json")) as handle:
         summary = json.load(handle)
@@ -139,13 +140,12 @@ def test_the_demo_model_trains_in_float64_and_is_saved_in_float32(tmp_path, monk
     from segbeam.models.source import load_model
     from segbeam.pipeline.demo import train_demo_model
 
-    trained = []
+    trained, fit_on_arrays = [], training.fit_on_arrays
 
-    def fit(model, *args, **kwargs):
+    def fit(model, *args, **kwargs):  # records the dtypes of the model that trains
         trained.append({w.dtype for w in model.get_weights()})
         return fit_on_arrays(model, *args, **kwargs)
 
-    fit_on_arrays = training.fit_on_arrays
     monkeypatch.setattr(training, "fit_on_arrays", fit)
     before = keras.config.dtype_policy().name
     path = str(tmp_path / "demo.keras")
