@@ -155,3 +155,33 @@ def could_match_outputs(pattern: str, output_root: str) -> bool:
                "metrics/metrics-00000-of-00001.parquet", "date=2026-01-01/masks/k.png",
                "report/report.html", "dead_letters/dead_letters-00000-of-00001.jsonl")
     return any(regex.match(f"{root}/{sample}") for sample in samples)
+
+
+def folder_as_glob(pattern: str) -> str:
+    """``pattern`` as a glob: a wildcard-free pattern that names a folder becomes the glob of
+    every file in it (``folder/*``, as ``segbeam train --images`` and Beam's trailing ``/``
+    read a folder); anything else stays as it is. On a remote filesystem, which has no
+    folders, a folder is a prefix with objects below it and no object of its own name."""
+    if not pattern or any(c in pattern for c in _WILDCARDS):
+        return pattern
+    folder = pattern.rstrip("/") or pattern
+    if not _is_remote(pattern):
+        return folder.rstrip("/") + "/*" if os.path.isdir(pattern) else pattern
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        if not pattern.endswith("/") and FileSystems.exists(pattern):
+            return pattern
+        below = FileSystems.match([folder + "/*"], limits=[1])[0].metadata_list
+    except Exception:  # noqa: BLE001 - unreachable storage: the match later says what failed
+        return pattern
+    return folder + "/*" if below else pattern
+
+
+def files_in_subfolders(pattern: str, exclude: Optional[str] = None) -> int:
+    """For a glob of every file in one folder (``folder/*``), how many files its sub-folders
+    hold (that the glob leaves out); 0 for any other pattern."""
+    folder = pattern[:-2]
+    if not pattern.endswith("/*") or not folder or any(c in folder for c in _WILDCARDS):
+        return 0
+    return sum(1 for _ in match_files(folder + "/*/**", exclude))

@@ -21,6 +21,7 @@ from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.geometry import RESIZE_MODES
 from segbeam.incremental import config_fingerprint, parse_run_date
+from segbeam.matching import folder_as_glob
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
 from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
@@ -64,7 +65,8 @@ class SegmentationOptions(PipelineOptions):
         io = parser.add_argument_group("inputs and outputs")
         io.add_argument("--input", default=None,
                         help="Glob of image files (any Beam filesystem: local, gs://, ...) or of "
-                             "TFRecord shards. Without --input, a demo runs on generated data.")
+                             "shards, or a folder (every file in it; 'folder/**' takes its "
+                             "sub-folders too). Without --input, a demo runs on generated data.")
         io.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
                         help="How to read --input; auto: from the glob's suffix: .tfrecord/"
                              ".tfrec TFRecord, .parquet Parquet, .tar/.tar.gz WebDataset, "
@@ -301,7 +303,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     if convention.num_classes is None:
         raise UsageError("--num_classes is required: the number of classes the model predicts "
                          "(or a --dataset preset)")
-    input_format = _input_format(o.input_format, o.input)
+    input_glob = folder_as_glob(absolute_local(o.input))  # a folder: every file in it
+    input_format = _input_format(o.input_format, input_glob)
     if input_format in SHARD_FORMATS and o.masks:
         raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
                          f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "
@@ -321,7 +324,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                           parse_run_date(o.run_date), o.write_raw_masks, o.write_overlays,
                           o.write_confidence)
     return Settings(
-        input=absolute_local(o.input), input_format=input_format,
+        input=input_glob, input_format=input_format,
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=crf_params(o),
         ignore_index=labels.ignore_index,

@@ -26,7 +26,7 @@ from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
 from segbeam.dataset import mask_glob
 from segbeam.labels import label_warnings
-from segbeam.matching import could_match_outputs, match_files
+from segbeam.matching import could_match_outputs, files_in_subfolders, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
     output_path, read_json, write_bytes_atomically
@@ -91,9 +91,18 @@ def _check_inputs_exist(settings: Settings) -> None:
     than the runner's, and no empty outputs."""
     exclude = settings.layout.root if settings.input_format == "images" else None
     first = next(iter(match_files(settings.input, exclude)), None)
+    deeper = files_in_subfolders(settings.input, exclude)
+    if first is None and deeper:
+        raise UsageError(f"--input {settings.input[:-2]!r} is a folder whose {deeper} files "
+                         f"all lie in sub-folders; pass '{settings.input[:-2]}/**' to read "
+                         f"them")
     if first is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
+    if deeper:
+        LOG.warning("--input %s reads the files in that folder, not the %d in its sub-folders;"
+                    " pass '%s/**' to read those too", settings.input, deeper,
+                    settings.input[:-2])
     if settings.input_format == "parquet":
         _check_parquet_columns(first, settings.containers)
 

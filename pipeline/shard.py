@@ -14,6 +14,7 @@ from PIL import Image
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import read_bytes
+from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import reject_unknown_flags
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pack images (+ masks paired by file stem) into TFRecord shards "
                     "(image/encoded, image/filename, image/segmentation/class/encoded). "
                     "Beam's own options (--runner, ...) pass through.")
-    parser.add_argument("--input", required=True, help="Glob of image files.")
+    parser.add_argument("--input", required=True,
+                        help="Glob of image files, or a folder (every file in it).")
     parser.add_argument("--masks", default=None, help="Folder or glob of masks (optional).")
     parser.add_argument("--output", required=True,
                         help="Shard path prefix, e.g. out/train (gives out/train-00000-of-00004"
@@ -61,6 +63,10 @@ def shard(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
+    args.input = folder_as_glob(args.input)
+    if next(iter(match_files(args.input)), None) is None:
+        raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
+                         f"the glob so that the shell does not expand it")
     with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
         refs, unpaired, _ = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
         examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)

@@ -1,0 +1,94 @@
+"""A folder as ``--input``: every file in it, as ``segbeam train --images`` and Beam's trailing
+``/`` read one; files in its sub-folders are named, never dropped without a word."""
+
+import json
+import logging
+
+import numpy as np
+
+from segbeam.matching import files_in_subfolders, folder_as_glob
+from segbeam.pipeline.cli import main
+from tests.conftest import png_bytes, put, write_random_pairs
+
+
+def _folder_with_a_subfolder(tmp_path):
+    """data/images/i0..i2.png, data/images/more/i3.png, masks for all four."""
+    write_random_pairs(tmp_path, [np.full((16, 24), k % 3, np.uint8) for k in range(4)])
+    (tmp_path / "images" / "more").mkdir()
+    (tmp_path / "images" / "i3.png").rename(tmp_path / "images" / "more" / "i3.png")
+    (tmp_path / "masks" / "more").mkdir()
+    (tmp_path / "masks" / "i3.png").rename(tmp_path / "masks" / "more" / "i3.png")
+    return tmp_path / "images"
+
+
+def test_a_local_folder_is_the_glob_of_its_files(tmp_path):
+    images = _folder_with_a_subfolder(tmp_path)
+    assert folder_as_glob(str(images)) == f"{images}/*"
+    assert folder_as_glob(f"{images}/") == f"{images}/*"
+    for unchanged in (f"{images}/i0.png", f"{images}/*.png", str(tmp_path / "nothing"), ""):
+        assert folder_as_glob(unchanged) == unchanged
+    assert files_in_subfolders(f"{images}/*") == 1
+    assert files_in_subfolders(f"{images}/more/*") == 0
+    assert files_in_subfolders(f"{images}/*.png") == 0  # not a whole folder: not asked
+
+
+def test_a_cloud_storage_prefix_is_a_folder(gcs_bucket):
+    gcs = gcs_bucket()
+    image = png_bytes(np.zeros((4, 4, 3), np.uint8))
+    for name in ("data/images/a.png", "data/images/b.png", "data/images/deep/c.png",
+                 "data/imagesque.png"):
+        put(f"{gcs}/{name}", image)
+    assert folder_as_glob(f"{gcs}/data/images") == f"{gcs}/data/images/*"
+    assert folder_as_glob(f"{gcs}/data/images/") == f"{gcs}/data/images/*"
+    assert folder_as_glob(f"{gcs}/data/images/a.png") == f"{gcs}/data/images/a.png"
+    assert folder_as_glob(f"{gcs}/data/nothing") == f"{gcs}/data/nothing"
+    assert files_in_subfolders(f"{gcs}/data/images/*") == 1
+
+
+def _run(images, masks, output, tiny_model_path):
+    return main(["run", "--input", str(images), "--masks", str(masks), "--model",
+                 tiny_model_path, "--num_classes", "3", "--no-crf", "--output", str(output)])
+
+
+def test_run_on_a_folder_reads_its_files_and_names_the_ones_below(tmp_path, tiny_model_path,
+                                                                   caplog, capsys):
+    images = _folder_with_a_subfolder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert _run(images, tmp_path / "masks", tmp_path / "folder", tiny_model_path) == 0
+    assert "not the 1 in its sub-folders" in caplog.text and f"'{images}/**'" in caplog.text
+    assert _run(f"{images}/*", tmp_path / "masks", tmp_path / "glob", tiny_model_path) == 0
+    folder = json.loads((tmp_path / "folder" / "summary.json").read_text())
+    glob = json.loads((tmp_path / "glob" / "summary.json").read_text())
+    assert folder["counts"]["inputs"] == folder["counts"]["images_with_mask"] == 3
+    assert folder["evaluation"] == glob["evaluation"]
+    assert sorted(p.name for p in (tmp_path / "folder" / "masks").iterdir()) == [
+        "i0.png", "i1.png", "i2.png"]
+    capsys.readouterr()
+
+    # Only sub-folders: an error that says where the files are, and nothing is written.
+    (tmp_path / "only").mkdir()
+    (images / "more").rename(tmp_path / "only" / "more")
+    code = _run(tmp_path / "only", tmp_path / "masks", tmp_path / "empty", tiny_model_path)
+    error = capsys.readouterr().err
+    assert code == 2 and "whose 1 files all lie in sub-folders" in error
+    assert f"'{tmp_path}/only/**'" in error and "Traceback" not in error
+    assert not (tmp_path / "empty").exists()
+
+
+def test_shard_takes_a_folder_and_refuses_a_glob_that_matches_nothing(tmp_path, capsys):
+    images = _folder_with_a_subfolder(tmp_path)
+    assert main(["shard", "--input", str(images), "--masks", str(tmp_path / "masks"),
+                 "--output", str(tmp_path / "shards" / "s"), "--num_shards", "1"]) == 0
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    with beam.Pipeline() as pipeline:
+        keys = (pipeline | beam.io.ReadFromTFRecord(str(tmp_path / "shards" / "s-*"))
+                | beam.combiners.Count.Globally())
+        assert_that(keys, equal_to([3]))
+    capsys.readouterr()
+    code = main(["shard", "--input", str(tmp_path / "nothing" / "*.png"),
+                 "--output", str(tmp_path / "shards2" / "s")])
+    error = capsys.readouterr().err
+    assert code == 2 and "matches no file" in error and "Traceback" not in error
+    assert not (tmp_path / "shards2").exists()
