@@ -135,9 +135,10 @@ def shard_command(argv: Sequence[str]) -> int:
     from segbeam.pipeline.shard import shard
 
     try:
-        shard(argv)
+        account = shard(argv)
     except ValueError as error:
         return _error("shard", error)
+    print(f"segbeam shard: {account}")
     return ExitCode.OK
 
 

@@ -8,6 +8,7 @@ import io
 from typing import Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
@@ -16,6 +17,7 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
 from segbeam.layout import read_bytes
 from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import reject_unknown_flags
+from segbeam.pipeline.run import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
 from segbeam.transforms.safe_map import SafeMap
@@ -59,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def shard(argv: Optional[Sequence[str]] = None) -> None:
+def _counted(name: str):
+    """A pass-through step that counts what goes through it in the Beam counter ``name``."""
+    counter = Metrics.counter("segbeam.shard", name)
+
+    def count(element):
+        counter.inc()
+        return element
+    return count
+
+
+def shard(argv: Optional[Sequence[str]] = None) -> str:
+    """Runs the shard job; returns its one-line account (images in, examples and dead letters
+    out, masks no image took)."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
@@ -67,10 +81,26 @@ def shard(argv: Optional[Sequence[str]] = None) -> None:
     if next(iter(match_files(args.input)), None) is None:
         raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
                          f"the glob so that the shell does not expand it")
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-        refs, unpaired, _ = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
-        examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)
-        _ = examples | "WriteShards" >> beam.io.WriteToTFRecord(
-            args.output, file_name_suffix=".tfrecord", num_shards=args.num_shards)
-        _ = ((unpaired, unreadable) | "DeadLetters" >> beam.Flatten()
-             | "WriteDeadLetters" >> WriteDeadLetters(args.output + "_dead_letters"))
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
+    examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)
+    _ = (examples | "CountExamples" >> beam.Map(_counted("examples"))
+         | "WriteShards" >> beam.io.WriteToTFRecord(
+             args.output, file_name_suffix=".tfrecord", num_shards=args.num_shards))
+    _ = ((unpaired, unreadable) | "DeadLetters" >> beam.Flatten()
+         | "CountDeadLetters" >> beam.Map(_counted("dead_letters"))
+         | "WriteDeadLetters" >> WriteDeadLetters(args.output + "_dead_letters"))
+    _ = unclaimed | "CountUnclaimedMasks" >> beam.Map(_counted("masks_without_image"))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return _account(beam_counters(result), args.output)
+
+
+def _account(counters: Optional[dict], output: str) -> str:
+    if counters is None:  # a runner that reports no metrics
+        return f"shards under {output}-*.tfrecord, dead letters under {output}_dead_letters/"
+    examples, dead = counters.get("examples", 0), counters.get("dead_letters", 0)
+    unclaimed = counters.get("masks_without_image", 0)
+    return (f"{examples + dead} images -> {examples} examples in {output}-*.tfrecord, "
+            f"{dead} dead letters under {output}_dead_letters/"
+            + (f"; {unclaimed} masks had no image and were not packed" if unclaimed else ""))

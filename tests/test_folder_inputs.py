@@ -75,7 +75,7 @@ def test_run_on_a_folder_reads_its_files_and_names_the_ones_below(tmp_path, tiny
     assert not (tmp_path / "empty").exists()
 
 
-def test_shard_takes_a_folder_and_refuses_a_glob_that_matches_nothing(tmp_path, capsys):
+def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_nothing(tmp_path, capsys):
     images = _folder_with_a_subfolder(tmp_path)
     assert main(["shard", "--input", str(images), "--masks", str(tmp_path / "masks"),
                  "--output", str(tmp_path / "shards" / "s"), "--num_shards", "1"]) == 0
@@ -86,7 +86,9 @@ def test_shard_takes_a_folder_and_refuses_a_glob_that_matches_nothing(tmp_path, 
         keys = (pipeline | beam.io.ReadFromTFRecord(str(tmp_path / "shards" / "s-*"))
                 | beam.combiners.Count.Globally())
         assert_that(keys, equal_to([3]))
-    capsys.readouterr()
+    account = capsys.readouterr().out  # the sub-folder's mask had no image to go with
+    assert "3 images -> 3 examples" in account and "0 dead letters" in account
+    assert "1 masks had no image" in account
     code = main(["shard", "--input", str(tmp_path / "nothing" / "*.png"),
                  "--output", str(tmp_path / "shards2" / "s")])
     error = capsys.readouterr().err
