@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import logging
 from typing import Optional
 
@@ -68,6 +69,10 @@ class ModelSource:
             raise ValueError(f"--data_format must be one of {', '.join(DATA_FORMATS)}; "
                              f"received {self.data_format!r}")
         object.__setattr__(self, "format", detect_format(self.spec, _registry_names()))
+        if self.saved and self.format != "savedmodel":
+            _require_file(self.spec, "model")
+        if self.weights:
+            _require_file(self.weights, "--weights file")
         if self.saved and self.weights:
             raise ValueError(f"--weights is for registry models; {self.spec} already holds its "
                              f"weights")
@@ -143,7 +148,7 @@ class ModelSource:
         model = models.create_model(self.spec, num_classes=self.num_classes,
                                     input_size=self.input_size)
         if self.weights:
-            model.load_weights(local_file(self.weights))
+            _load_weights(model, local_file(self.weights), self.weights, self.spec)
         else:
             LOG.warning("model %s has random weights (seed %d): pass --weights or a "
                         "trained model file for meaningful predictions", self.spec, self.seed)
@@ -173,6 +178,55 @@ class ModelSource:
             ("signature", "serving_default"), ("output_key", None), ("data_format", "auto"))
             if getattr(self, name) != default]
         return "|".join([identity, *calls])
+
+
+def _require_file(path: str, what: str) -> None:
+    """A ValueError naming ``path`` when it is no file (local, or on any Beam filesystem): a
+    mistyped path is named as such, not as a file the loader cannot read."""
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            found = FileSystems.exists(path)
+        except Exception:  # noqa: BLE001 - unreachable storage: loading says what failed
+            return
+        if not found:
+            raise ValueError(f"{what} {path!r} does not exist; check the path")
+    elif os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a folder, not a file")
+    elif not os.path.exists(path):
+        raise ValueError(f"{what} {path!r} does not exist; check the path")
+
+
+def _brief(error: Exception, limit: int = 300) -> str:
+    """An error's message on one line, without the arrays Keras prints into some."""
+    text = " ".join(str(error).split())
+    for cut in (" Target variable:", " List of objects"):
+        text = text.split(cut)[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _load_weights(model, path: str, name: str, spec: str) -> None:
+    """Loads a weights file into a registry model, all of it or not at all: Keras only warns
+    when it skips a part of the model that the file lacks (those layers keep their random
+    initial values); here that is an error, as is any failure, in one line."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except Exception as error:  # noqa: BLE001 - Keras raises several types
+            raise ValueError(f"--weights {name} do not load into model {spec}: "
+                             f"{_brief(error)}") from None
+    skipped = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
+    if skipped:
+        raise ValueError(f"--weights {name} leave part of model {spec} at its random initial "
+                         f"values ({_brief(skipped[0], 200)}); were they saved from another "
+                         f"architecture or class count?")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
 
 
 def load_model(spec: str, num_classes: Optional[int] = None,

@@ -87,8 +87,9 @@ def beam_counters(result) -> Optional[dict]:
 
 
 def _check_inputs_exist(settings: Settings) -> None:
-    """Fails before the pipeline starts when the input glob matches nothing: a clearer message
-    than the runner's, and no empty outputs."""
+    """Fails before the pipeline starts when the input glob, or the masks, match nothing: a
+    clearer message than the runner's, no empty outputs, and no run that scores nothing
+    because --masks was mistyped."""
     exclude = settings.layout.root if settings.input_format == "images" else None
     first = next(iter(match_files(settings.input, exclude)), None)
     deeper = files_in_subfolders(settings.input, exclude)
@@ -99,6 +100,10 @@ def _check_inputs_exist(settings: Settings) -> None:
     if first is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
+    if settings.masks and settings.input_format == "images" \
+            and next(iter(match_files(mask_glob(settings.masks), exclude)), None) is None:
+        raise UsageError(f"--masks {settings.masks!r} matches no file; check the path (without "
+                         f"masks, drop --masks: nothing would be scored)")
     if deeper:
         LOG.warning("--input %s reads the files in that folder, not the %d in its sub-folders;"
                     " pass '%s/**' to read those too", settings.input, deeper,
@@ -204,8 +209,9 @@ def _check_model_opens(settings: Settings) -> None:
     """Opens a saved model once in the launcher, so that a model segbeam cannot serve (a
     missing --output_key, a wrong --signature, a refused .h5, a class-count mismatch) fails in
     one line before any work, not on every worker. Registry models are built on the workers
-    only (building the large ones takes a while, and their checks are static)."""
-    if settings.model.saved:
+    only (building the large ones takes a while, and their checks are static), unless they
+    load a --weights file, which may not fit."""
+    if settings.model.saved or settings.model.weights:
         settings.model.open()
 
 

@@ -92,7 +92,8 @@ def test_setup_file_sdist_holds_the_packages_and_installs_in_a_fresh_venv(tmp_pa
 
 
 def _stage_sample_data(bucket: str, model_path: str, argv: list[str]) -> None:
-    """Puts a model and one file matching each input glob where a command expects them."""
+    """Puts a model, one file matching each input glob and one mask where a command expects
+    them (the launcher checks that --input and --masks match files)."""
     values = dict(zip(argv, argv[1:]))
     classes = int(values["--num_classes"])
     if classes != 3:  # the launcher opens the model: it must predict the classes asked for
@@ -106,6 +107,8 @@ def _stage_sample_data(bucket: str, model_path: str, argv: list[str]) -> None:
     put(values["--model"], open(model_path, "rb").read())
     base = values["--input"].split("*")[0].rstrip("/")
     put(f"{base}/sample.png", b"only listed by a dry run")
+    if "--masks" in values:
+        put(f"{values['--masks'].rstrip('/')}/sample.png", b"only listed by a dry run")
 
 
 def test_dataflow_dry_run_builds_the_job_with_per_stage_resources(gcs_bucket, demo_model_path,
