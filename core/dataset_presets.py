@@ -158,6 +158,9 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
         num_classes = len(preset.class_names)
     if ignore_index is None:
         ignore_index = preset.ignore_index if preset else 255
+    if ignore_index is not None and ignore_index > 255:
+        raise ValueError(f"--ignore_index must be a mask value (0..255) or -1 for none; "
+                         f"received {ignore_index}")
     ignore_index = None if ignore_index is None or ignore_index < 0 else ignore_index
     mapping = parse_label_map(label_map) if label_map else (preset.label_map if preset else None)
     names, palette = None, None

@@ -53,6 +53,9 @@ class InferenceSettings:
         if self.size_multiple < 1:
             raise ValueError(f"--size_multiple must be at least 1; received "
                              f"{self.size_multiple}")
+        if self.model_copies is not None and self.model_copies < 1:
+            raise ValueError(f"--model_copies must be at least 1; received "
+                             f"{self.model_copies}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

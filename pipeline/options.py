@@ -309,6 +309,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
                          f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "
                          f"--mask_column; WebDataset: --mask_ext)")
+    if o.max_image_pixels < 1:
+        raise UsageError(f"--max_image_pixels must be at least 1; received {o.max_image_pixels}")
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU

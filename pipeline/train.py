@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_ranges(args) -> None:
+    """A numeric flag outside its range is an error (a negative --epochs trained nothing and
+    wrote an untrained model; a negative --val_split held nothing out), not a silent default."""
+    wrong = [f"--{name} must be {rule}; received {getattr(args, name)}"
+             for name, rule, fits in (
+                 ("epochs", "at least 1", lambda v: v >= 1),
+                 ("batch_size", "at least 1", lambda v: v >= 1),
+                 ("workers", "at least 1", lambda v: v >= 1),
+                 ("learning_rate", "positive", lambda v: v > 0),
+                 ("momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+                 ("val_split", "in [0, 1)", lambda v: 0 <= v < 1),
+                 ("max_minutes", "positive", lambda v: v is None or v > 0))
+             if not fits(getattr(args, name))]
+    if wrong:
+        raise ValueError(wrong[0])
+
+
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     from segbeam.pipeline.options import parse_size
 
@@ -117,6 +134,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     if not 0 < args.scale_min <= args.scale_max:
         raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
                          f"{args.scale_max}")
+    _check_ranges(args)
     values = vars(args)
     del values["dataset"], values["mask_palette"]
     values["containers"] = ContainerFields(values.pop("image_column"),

@@ -170,6 +170,21 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
                              input_size=(32, 32), images="x", masks="y", optimizer="rmsprop"))
 
 
+@pytest.mark.parametrize("flag, value, rule", [
+    ("--epochs", "-2", "at least 1"), ("--epochs", "0", "at least 1"),
+    ("--batch_size", "0", "at least 1"), ("--workers", "0", "at least 1"),
+    ("--learning_rate", "0", "positive"), ("--momentum", "1", r"in \[0, 1\)"),
+    ("--val_split", "-0.1", r"in \[0, 1\)"), ("--max_minutes", "-5", "positive")])
+def test_numeric_training_flags_out_of_range_are_errors(flag, value, rule):
+    from segbeam.pipeline.train import config_from
+
+    argv = ["--images", "i", "--masks", "m", "--model", "tiny_fcn", "--num_classes", "3",
+            "--input_size", "32", "--output", "o"]
+    config_from(argv)  # in range: accepted
+    with pytest.raises(ValueError, match=f"{flag} must be {rule}; received"):
+        config_from([*argv, flag, value])
+
+
 def _segbeam(args, env=None, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "segbeam.pipeline.cli", *args], cwd=ROOT, env=env,

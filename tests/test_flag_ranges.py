@@ -1,0 +1,31 @@
+"""Numeric flags of ``segbeam run`` outside their range are errors that name the flag, never a
+run that goes on with a value that cannot mean what the user meant (``--max_image_pixels 0``
+made every image a dead letter; ``--ignore_index 300`` can match no 8-bit mask value)."""
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from segbeam.pipeline.options import SegmentationOptions, settings_from
+
+
+def _settings(*extra):
+    argv = ["--input", "/data/*.png", "--model", "tiny_fcn", "--num_classes", "3", *extra]
+    return settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
+
+
+@pytest.mark.parametrize("flag, wrong, right, message", [
+    ("--max_image_pixels", "0", "1000", "--max_image_pixels must be at least 1; received 0"),
+    ("--model_copies", "0", "2", "--model_copies must be at least 1; received 0"),
+    ("--ignore_index", "300", "255", r"--ignore_index must be a mask value \(0..255\) or -1"),
+    ("--crf_iterations", "0", "1", "CRF iterations must be at least 1; received 0"),
+    ("--size_multiple", "0", "8", "--size_multiple must be at least 1; received 0"),
+    ("--batch_size", "0", "4", r"need 1 <= --min_batch_size \(1\) <= --batch_size \(0\)")])
+def test_a_numeric_flag_out_of_range_is_an_error_naming_it(flag, wrong, right, message):
+    _settings(flag, right)
+    with pytest.raises(ValueError, match=message):
+        _settings(flag, wrong)
+
+
+def test_no_ignore_index_is_minus_one():
+    assert _settings("--ignore_index", "-1").ignore_index is None
+    assert _settings("--ignore_index", "0").ignore_index == 0
