@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 100_000_000
+LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names of lossy-only formats: no mask survives them
 
 
 class InvalidInputError(ValueError):
@@ -100,13 +101,20 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                 what: str = "mask", colour: bool = False) -> np.ndarray:
     """Decodes a class-id mask into HxW uint8.
 
+    JPEG masks are refused: lossy compression turns class ids into neighbouring ids.
     Palette ('P') and grayscale ('L') masks are read as stored values (for a palette PNG the
     palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
     fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
     class map, unless ``colour`` (a mask palette is configured): then an RGB(A) mask comes back
     as HxWx3 uint8, for ``segbeam.labels`` to read through the palette.
     """
-    image = _oriented(_open(data, what, max_pixels))
+    opened = _open(data, what, max_pixels)
+    if opened.format in LOSSY_FORMATS:
+        raise InvalidInputError(
+            f"{what} is a {opened.format} image: its lossy compression changes class ids along "
+            f"region edges (into other classes, without a trace), so it cannot be scored or "
+            f"trained on; store masks as PNG")
+    image = _oriented(opened)
     mode = image.mode
     if mode in ("P", "L", "1"):
         values = np.asarray(image if mode != "1" else image.convert("L"))

@@ -106,6 +106,18 @@ def test_colour_mask_is_refused():
         decode_mask(png_bytes(colour))
 
 
+def test_a_jpeg_mask_is_refused_since_its_compression_moves_class_ids():
+    mask = np.full((32, 32), 2, dtype=np.uint8)
+    mask[5:21, 7:27] = 11  # a class-11 region on class 2, edges off JPEG's 8x8 blocks
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="JPEG")  # Pillow's default quality, 75
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    assert set(np.unique(decoded)) - {2, 11}  # what reading it would score: other classes
+    with pytest.raises(InvalidInputError, match="mask is a JPEG image: its lossy compression"):
+        decode_mask(buffer.getvalue())
+    np.testing.assert_array_equal(decode_mask(png_bytes(mask)), mask)
+
+
 def test_mask_size_must_match_image(rng):
     image = png_bytes(random_image(rng, 4, 6))
     with pytest.raises(InvalidInputError, match="mask is 5x4 but its image is 6x4"):
