@@ -12,6 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
+from segbeam.decode import LOSSY_FORMATS, InvalidInputError
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import read_bytes
@@ -39,9 +40,25 @@ def example_for(ref: ImageRef) -> bytes:
         WIDTH_FEATURE: [width],
     }
     if ref.mask_source:
-        features[MASK_FEATURE] = [read_bytes(ref.mask_source)]
-        features[MASK_FORMAT_FEATURE] = [b"png"]
+        mask = read_bytes(ref.mask_source)
+        features[MASK_FEATURE] = [mask]
+        features[MASK_FORMAT_FEATURE] = [_mask_format(mask, ref.mask_source).encode()]
     return encode_example(features)
+
+
+def _mask_format(mask: bytes, source: str) -> str:
+    """The mask's format, from its header; a JPEG mask is refused here, as ``segbeam run``
+    refuses it, rather than packed for every later read to refuse."""
+    try:
+        with Image.open(io.BytesIO(mask)) as header:
+            found = header.format or ""
+    except Exception as error:  # noqa: BLE001 - Pillow raises several types
+        raise InvalidInputError(f"mask {source} is not an image Pillow can read "
+                                f"({type(error).__name__}: {error})") from None
+    if found in LOSSY_FORMATS:
+        raise InvalidInputError(f"mask {source} is a {found} image: its lossy compression "
+                                f"changes class ids along region edges; store masks as PNG")
+    return found.lower()
 
 
 def build_parser() -> argparse.ArgumentParser:
