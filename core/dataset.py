@@ -91,6 +91,19 @@ def _names(paths: Iterable[str], limit: int = 4) -> str:
     return ", ".join(paths[:limit]) + more
 
 
+def apart(images: list[str], masks: list[str], image_base: str, mask_base: str
+           ) -> tuple[list[str], list[str]]:
+    """A file that both globs match is a mask or an image, never both (nor its own mask): a
+    mask where the masks' folder lies inside the input glob's (``--input 'data/**' --masks
+    data/masks``), else an image (``--input 'data/*.jpg' --masks data``)."""
+    shared = set(images) & set(masks)
+    if not shared:
+        return images, masks
+    if mask_base != image_base and mask_base.startswith(image_base):
+        return [path for path in images if path not in shared], masks
+    return images, [path for path in masks if path not in shared]
+
+
 def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_base: str,
                  mask_base: str = "", naming: Naming = Naming()) -> Pairing:
     """Pairs the images and masks that share a file stem.
@@ -101,7 +114,7 @@ def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_b
     letter naming the candidates: images that would share a key (``a.jpg`` and ``a.png``),
     several masks at one relative path, several images or masks left for one stem.
     """
-    images, masks = sorted(set(images)), sorted(set(masks))
+    images, masks = apart(sorted(set(images)), sorted(set(masks)), image_base, mask_base)
     by_key: dict[str, list[str]] = collections.defaultdict(list)
     for path in images:
         by_key[key_for_path(path, image_base)].append(path)

@@ -24,7 +24,8 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
-from segbeam.dataset import mask_glob
+from segbeam.dataset import apart, mask_glob
+from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.matching import could_match_outputs, files_in_subfolders, match_files
 from segbeam.metrics import DATASET_METRICS
@@ -129,7 +130,12 @@ def _count_inputs(settings: Settings) -> Optional[int]:
     """The number of inputs, for progress: the files matched (shards hold an unknown number)."""
     if settings.input_format != "images":
         return None
-    return sum(1 for _ in match_files(settings.input, settings.layout.root))
+    images = list(match_files(settings.input, settings.layout.root))
+    if settings.masks:  # files read as masks are no inputs (segbeam.dataset.pair_by_stem)
+        masks = list(match_files(mask_glob(settings.masks), settings.layout.root))
+        images, _ = apart(images, masks, glob_base(settings.input),
+                          glob_base(mask_glob(settings.masks)))
+    return len(images)
 
 
 def _note_outputs_inside_inputs(settings: Settings) -> None:

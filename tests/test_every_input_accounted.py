@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from segbeam.dataset import pair_by_stem
+from tests.conftest import write_random_pairs
 from segbeam.keys import sanitise_key
 from segbeam.matching import could_match_outputs, match_files, pattern_regex
 
@@ -116,6 +117,32 @@ def test_pairing_prefers_the_relative_path_and_refuses_to_guess():
     assert twins.refs == [] and len(twins.dead) == 2 and twins.unclaimed_masks == []
     orphan = pair_by_stem("o", [], ["/m/o.png"], base, masks)
     assert orphan.unclaimed_masks == ["/m/o.png"]
+
+
+def test_a_file_both_globs_match_is_a_mask_or_an_image_never_both():
+    # --input 'data/**' --masks data/masks: the masks' folder lies inside the input glob's,
+    # so its files are masks, not inputs (they made every stem ambiguous: all dead letters).
+    nested = pair_by_stem("a", ["/data/images/a.png", "/data/masks/a.png"],
+                          ["/data/masks/a.png"], "/data/", "/data/masks/")
+    assert [(r.key, r.mask_source) for r in nested.refs] == [("images/a", "/data/masks/a.png")]
+    assert nested.dead == [] and nested.unclaimed_masks == []
+    # --input 'data/*.jpg' --masks data: the images are no masks (an image was its own).
+    mixed = pair_by_stem("a", ["/data/a.jpg"], ["/data/a.jpg", "/data/a.png"], "/data/",
+                         "/data/")
+    assert [(r.key, r.mask_source) for r in mixed.refs] == [("a", "/data/a.png")]
+    assert mixed.dead == [] and mixed.unclaimed_masks == []
+
+
+def test_run_over_a_tree_with_its_masks_inside_counts_only_the_images(tmp_path):
+    from segbeam.pipeline.run import run
+
+    write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(3)])
+    outcome = run(["--input", f"{tmp_path}/**", "--masks", str(tmp_path / "masks"),
+                   "--model", "tiny_fcn", "--num_classes", "3", "--no-crf",
+                   "--output", str(tmp_path / "out")])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["images_with_mask"]) == (3, 3, 3)
+    assert counts["dead_letters"] == counts["masks_without_image"] == 0
 
 
 def test_shared_keys_across_stems_are_all_dead_letters():
