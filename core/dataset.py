@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import posixpath
-from typing import Iterable, NamedTuple, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Union
 
 from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
@@ -23,7 +23,7 @@ from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.layout import read_bytes
-from segbeam.matching import match_files
+from segbeam.matching import match_files, pattern_regex
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationRecord
 
 LOG = logging.getLogger(__name__)
@@ -89,6 +89,17 @@ def _names(paths: Iterable[str], limit: int = 4) -> str:
     paths = list(paths)
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(paths[:limit]) + more
+
+
+def named_mask(masks: Optional[str], naming: Naming) -> Callable[[str], bool]:
+    """Whether a file the input glob matches is, by its name, one of the masks: the masks' glob
+    matches it and it carries ``--mask_suffix`` (images and masks in one folder, ``a.png``
+    beside ``a_mask.png``). Such a file is a mask, not an input."""
+    if not (masks and naming.mask_suffix):
+        return lambda path: False
+    regex = pattern_regex(mask_glob(masks))
+    return lambda path: naming.pairing_stem(path, "mask") is not None \
+        and regex.match(path) is not None
 
 
 def apart(images: list[str], masks: list[str], image_base: str, mask_base: str
@@ -161,8 +172,10 @@ def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None,
     ``exclude`` are not read."""
     by_stem: dict[str, dict[str, list[str]]] = collections.defaultdict(
         lambda: {"images": [], "masks": []})
+    is_mask = named_mask(masks, naming)
     for path in match_files(images, exclude):
-        by_stem[naming.pairing_stem(path, "image")]["images"].append(path)
+        if not is_mask(path):
+            by_stem[naming.pairing_stem(path, "image")]["images"].append(path)
     for path in match_files(mask_glob(masks), exclude) if masks else ():
         stem = naming.pairing_stem(path, "mask")
         if stem is not None:

@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
-from segbeam.dataset import apart, mask_glob
+from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.matching import could_match_outputs, files_in_subfolders, match_files
@@ -130,7 +130,9 @@ def _count_inputs(settings: Settings) -> Optional[int]:
     """The number of inputs, for progress: the files matched (shards hold an unknown number)."""
     if settings.input_format != "images":
         return None
-    images = list(match_files(settings.input, settings.layout.root))
+    is_mask = named_mask(settings.masks, settings.naming)
+    images = [path for path in match_files(settings.input, settings.layout.root)
+              if not is_mask(path)]
     if settings.masks:  # files read as masks are no inputs (segbeam.dataset.pair_by_stem)
         masks = list(match_files(mask_glob(settings.masks), settings.layout.root))
         images, _ = apart(images, masks, glob_base(settings.input),

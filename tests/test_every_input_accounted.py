@@ -145,6 +145,26 @@ def test_run_over_a_tree_with_its_masks_inside_counts_only_the_images(tmp_path):
     assert counts["dead_letters"] == counts["masks_without_image"] == 0
 
 
+def test_masks_named_by_a_suffix_beside_their_images_are_no_inputs(tmp_path):
+    from segbeam.dataset import Naming, find_pairs
+    from segbeam.pipeline.run import run
+
+    rng = np.random.default_rng(3)
+    for index in range(2):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / f"s{index}.png")
+        Image.fromarray(np.full((8, 8), index, np.uint8)).save(tmp_path / f"s{index}_mask.png")
+    refs, dead, unclaimed = find_pairs(f"{tmp_path}/*", str(tmp_path),
+                                       naming=Naming(mask_suffix="_mask"))
+    assert [(r.key, os.path.basename(r.mask_source)) for r in refs] == [
+        ("s0", "s0_mask.png"), ("s1", "s1_mask.png")] and dead == unclaimed == []
+    outcome = run(["--input", str(tmp_path), "--masks", str(tmp_path), "--mask_suffix", "_mask",
+                   "--model", "tiny_fcn", "--num_classes", "3", "--no-crf",
+                   "--output", str(tmp_path / "out")])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["images_with_mask"], counts["dead_letters"]) == (2, 2, 0)
+
+
 def test_shared_keys_across_stems_are_all_dead_letters():
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline

@@ -14,8 +14,8 @@ from typing import Optional
 import apache_beam as beam
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
-from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, pair_by_stem, \
-    parse_shard_record, shard_record
+from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, named_mask, \
+    pair_by_stem, parse_shard_record, shard_record
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.keys import glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
@@ -61,7 +61,7 @@ class MatchImages(beam.PTransform):
         images = (pbegin
                   | "ImageGlob" >> beam.Create([self._images])
                   | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude,
-                                                      self._naming
+                                                      self._naming, self._masks
                                                       ).with_outputs(DEAD, main="named"))
         masks = (pbegin
                  | "MaskGlob" >> beam.Create([mask_glob(self._masks)] if self._masks else [])
@@ -77,12 +77,16 @@ class MatchImages(beam.PTransform):
         return paired.refs, unusable, paired[UNCLAIMED]
 
 
-def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str], naming: Naming):
-    """(stem, path) of each file the glob matches (a file without the mask suffix is no mask).
-    An image whose name is not UTF-8 becomes a dead letter (no Beam coder can carry its name);
-    such a mask is left out with a warning."""
+def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str], naming: Naming,
+                     masks: Optional[str] = None):
+    """(stem, path) of each file the glob matches (a file without the mask suffix is no mask;
+    an image file that ``masks`` and the mask suffix name is a mask, no image). An image whose
+    name is not UTF-8 becomes a dead letter (no Beam coder can carry its name); such a mask is
+    left out with a warning."""
+    is_mask = named_mask(masks, naming) if kind == "image" else (lambda path: False)
     for path in match_files(pattern, exclude):
-        yield from _by_stem(path, kind, naming)
+        if not is_mask(path):
+            yield from _by_stem(path, kind, naming)
 
 
 def _by_stem(path: str, kind: str, naming: Naming):
