@@ -65,6 +65,17 @@ def _within(source: np.ndarray, target: np.ndarray, theta: int) -> float:
     return float(np.mean(distances <= theta))
 
 
+def _scored(truth_labels: np.ndarray, predicted_labels: np.ndarray, num_classes: int,
+            ignore_index: Optional[int]) -> np.ndarray:
+    """The classes present in either map that are scored: not an ignore index that is also a
+    class id (its pixels are excluded, so it has no boundary of its own to score)."""
+    present = np.union1d(np.unique(truth_labels), np.unique(predicted_labels))
+    scored = (present >= 0) & (present < num_classes)
+    if ignore_index is not None:
+        scored &= present != ignore_index
+    return present[scored]
+
+
 def boundary_f1(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
                 ignore_index: Optional[int]) -> tuple[Optional[float], np.ndarray]:
     """(the image's BF, or None when no class is present; per-class F1, NaN for classes
@@ -74,8 +85,7 @@ def boundary_f1(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
     truth_edges, predicted_edges = boundary_pixels(truth_labels), boundary_pixels(
         predicted_labels)
     scores = np.full(num_classes, np.nan)
-    present = np.union1d(np.unique(truth_labels), np.unique(predicted_labels))
-    for c in present[(present >= 0) & (present < num_classes)]:
+    for c in _scored(truth_labels, predicted_labels, num_classes, ignore_index):
         true_edge = truth_edges & (truth_labels == c)
         predicted_edge = predicted_edges & (predicted_labels == c)
         if not true_edge.any() or not predicted_edge.any():
@@ -110,8 +120,7 @@ def boundary_iou_counts(prediction: np.ndarray, truth: np.ndarray, num_classes: 
     width = max(1, round(BOUNDARY_IOU_RATIO * math.hypot(*truth.shape)))
     intersections = np.zeros(num_classes, dtype=np.int64)
     unions = np.zeros(num_classes, dtype=np.int64)
-    present = np.union1d(np.unique(truth_labels), np.unique(predicted_labels))
-    for c in present[(present >= 0) & (present < num_classes)]:
+    for c in _scored(truth_labels, predicted_labels, num_classes, ignore_index):
         true_band = _inner_band(truth_labels == c, width)
         predicted_band = _inner_band(predicted_labels == c, width)
         intersections[c] = np.count_nonzero(true_band & predicted_band)

@@ -75,17 +75,24 @@ def _nanmean(values: np.ndarray) -> float:
     return float(present.mean()) if present.size else math.nan
 
 
-def summarise_confusion(confusion: np.ndarray) -> dict:
+def summarise_confusion(confusion: np.ndarray, ignore_index: Optional[int] = None) -> dict:
     """Dataset (or image) figures from one confusion matrix.
 
     pixel_accuracy: correct / labelled pixels. mean_class_accuracy: mean recall over classes in
     the ground truth. miou: mean IoU over classes present in truth or prediction.
     fwiou: IoU weighted by each class's share of ground-truth pixels. All NaN when no pixel is
-    labelled.
+    labelled. An ``ignore_index`` that is also a class id (``--ignore_index 0`` for a model
+    whose class 0 is background) names a class that is never scored: its pixels are excluded,
+    so predicting it is an error for the true class but it has no figures of its own (NaN),
+    rather than an IoU of 0 wherever predicted that would pull every mean down.
     """
     confusion = np.asarray(confusion, dtype=np.int64)
     total = int(confusion.sum())
-    iou = per_class_iou(confusion)
+    unscored = np.zeros(confusion.shape[0], dtype=bool)
+    if ignore_index is not None and 0 <= ignore_index < confusion.shape[0]:
+        unscored[ignore_index] = True
+    iou = np.where(unscored, np.nan, per_class_iou(confusion))
+    dice = np.where(unscored, np.nan, per_class_dice(confusion))
     truth_pixels = confusion.sum(axis=1)
     if total:
         frequency = truth_pixels / total
@@ -100,10 +107,10 @@ def summarise_confusion(confusion: np.ndarray) -> dict:
         "mean_class_accuracy": _nanmean(per_class_accuracy(confusion)),
         "miou": _nanmean(iou),
         "fwiou": fwiou,
-        "mean_dice": _nanmean(per_class_dice(confusion)),
+        "mean_dice": _nanmean(dice),
         "iou": iou,
         "class_accuracy": per_class_accuracy(confusion),
-        "dice": per_class_dice(confusion),
+        "dice": dice,
         "truth_pixels": truth_pixels,
         "predicted_pixels": confusion.sum(axis=0),
     }

@@ -157,7 +157,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
         run_dir, s.layout.write_raw_masks, s.palette)
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
-    new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint)
+    new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint, s.ignore_index)
     rows = (new_rows, reused_rows) | "AllRows" >> beam.Flatten()
     metrics_files = rows | "WriteMetrics" >> beam.io.WriteToParquet(
         output_path(run_dir, METRICS_DIR, METRICS_PREFIX),

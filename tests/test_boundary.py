@@ -52,6 +52,18 @@ def test_ignore_pixels_belong_to_no_class_in_either_map():
     assert boundary_f1(_halves(30, 30, 12), truth, 2, 255)[0] < 1.0
 
 
+def test_an_ignore_index_that_is_a_class_id_is_not_scored_for_boundaries():
+    truth = _halves(30, 30, 15)
+    prediction = truth.copy()
+    prediction[5:10, 3:8] = 2  # a blob of class 2, the ignore index, inside class 0
+    bf, per_class = boundary_f1(prediction, truth, 3, 2)
+    assert np.isnan(per_class[2]) and not np.isnan(per_class[0])
+    assert bf == pytest.approx(np.nanmean(per_class[:2]))
+    intersections, unions = boundary_iou_counts(prediction, truth, 3, 2)
+    assert intersections[2] == unions[2] == 0 and unions[0] > 0
+    assert boundary_f1(prediction, truth, 3, None)[1][2] == 0.0  # scored, it would count 0
+
+
 def test_partial_agreement_is_the_harmonic_mean_of_precision_and_recall():
     truth = np.zeros((100, 100), np.uint8)
     truth[:, 50:] = 1

@@ -84,8 +84,8 @@ def _add_calibration(accumulator: dict, row: dict, variant: str) -> None:
 
 def _variant_summary(confusion: np.ndarray, class_names: list[str],
                      boundary: BoundaryTotals, calibration: np.ndarray,
-                     calibrated_images: int) -> dict:
-    figures = summarise_confusion(confusion)
+                     calibrated_images: int, ignore_index: Optional[int]) -> dict:
+    figures = summarise_confusion(confusion, ignore_index)
     edges = boundary.summary()
     per_class = [
         {"class_id": i, "name": class_names[i], "iou": iou, "accuracy": accuracy, "dice": dice,
@@ -157,7 +157,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
         for variant in VARIANTS if totals["crf_images"] else ("raw",):
             summary["evaluation"][variant] = _variant_summary(
                 totals[variant], class_names, totals[f"boundary_{variant}"],
-                totals[f"calibration_{variant}"], totals[f"calibrated_images_{variant}"])
+                totals[f"calibration_{variant}"], totals[f"calibrated_images_{variant}"],
+                ignore_index)
     return summary
 
 

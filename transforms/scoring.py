@@ -95,10 +95,10 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     return pa.schema(fields, metadata=metadata)
 
 
-def _figures(confusion: Optional[np.ndarray]) -> tuple:
+def _figures(confusion: Optional[np.ndarray], ignore_index: Optional[int]) -> tuple:
     if confusion is None:
         return None, None, None, None
-    summary = summarise_confusion(confusion)
+    summary = summarise_confusion(confusion, ignore_index)
     none_if_nan = nan_to_none([summary["pixel_accuracy"], summary["miou"]])
     return (summary["labelled_pixels"], none_if_nan[0], none_if_nan[1],
             nan_to_none(summary["iou"]))
@@ -108,11 +108,13 @@ def _cells(confusion: Optional[np.ndarray]) -> Optional[list[dict]]:
     return None if confusion is None else sparse_confusion(confusion)
 
 
-def metrics_row(record: SegmentationRecord, config_fingerprint: str) -> dict:
+def metrics_row(record: SegmentationRecord, config_fingerprint: str,
+                ignore_index: Optional[int] = None) -> dict:
     """The per-image Parquet row of a scored record whose mask PNG has been written;
-    ``config_fingerprint`` identifies the model and settings that produced it."""
-    labelled, accuracy_raw, miou_raw, iou_raw = _figures(record.confusion_raw)
-    _, accuracy_crf, miou_crf, iou_crf = _figures(record.confusion_crf)
+    ``config_fingerprint`` identifies the model and settings that produced it;
+    ``ignore_index``: the run's (a class id among them is not scored)."""
+    labelled, accuracy_raw, miou_raw, iou_raw = _figures(record.confusion_raw, ignore_index)
+    _, accuracy_crf, miou_crf, iou_crf = _figures(record.confusion_crf, ignore_index)
     return {
         "key": record.key, "source": record.source, "mask_source": record.mask_source,
         "height": record.height, "width": record.width, "has_mask": record.has_mask,
