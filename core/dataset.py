@@ -29,13 +29,6 @@ from segbeam.records import DeadLetter, EncodedImage, ImageRef, SegmentationReco
 LOG = logging.getLogger(__name__)
 
 
-def folder_glob(spec: str) -> str:
-    """A folder (every file in it) or a glob, as a glob."""
-    if any(c in spec for c in "*?["):
-        return spec
-    return spec.rstrip("/") + "/*"
-
-
 def mask_glob(spec: str) -> str:
     """The masks of ``--masks``: a glob as given, or every file below a folder at any depth, so
     that masks laid out in the images' sub-folders pair by relative path."""

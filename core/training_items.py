@@ -14,11 +14,11 @@ from typing import NamedTuple, Union
 
 from segbeam.containers import IMAGE_EXTENSIONS, ContainerFields, check_parquet_columns, \
     container_format, member_key, parquet_rows, parse_parquet_row
-from segbeam.dataset import Naming, ShardRecord, find_pairs, folder_glob, \
-    parse_shard_record, read_encoded
+from segbeam.dataset import Naming, ShardRecord, find_pairs, parse_shard_record, read_encoded
 from segbeam.decode import InvalidInputError, decode_pair
 from segbeam.example_proto import MASK_FEATURE
 from segbeam.layout import matching_paths, open_file
+from segbeam.matching import folder_as_glob
 from segbeam.records import ImageRef
 
 LOG = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def find_training_pairs(images: str, masks: str, naming: Naming = Naming()) -> l
     """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
     them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
     reason; images without a mask are left out with a count, since they cannot be trained on."""
-    refs, dead, _ = find_pairs(folder_glob(images), masks, naming=naming)
+    refs, dead, _ = find_pairs(folder_as_glob(images), masks, naming=naming)
     if not refs and not dead:
         raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
                          f"'data/train/*.png'")

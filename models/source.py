@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import logging
+import os
 from typing import Optional
 
 from segbeam.config import Effect, setting

@@ -21,10 +21,10 @@ from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.geometry import RESIZE_MODES
 from segbeam.incremental import config_fingerprint, parse_run_date
-from segbeam.matching import folder_as_glob
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
 from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
+from segbeam.matching import folder_as_glob
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
