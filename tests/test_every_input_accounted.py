@@ -145,6 +145,30 @@ def test_run_over_a_tree_with_its_masks_inside_counts_only_the_images(tmp_path):
     assert counts["dead_letters"] == counts["masks_without_image"] == 0
 
 
+def test_files_read_as_masks_and_jpeg_masks_are_still_accounted_for(tmp_path):
+    """What the tree rule takes out of the inputs is a mask, so a mask no image takes is
+    counted and named; an image whose mask is a JPEG is a dead letter saying why."""
+    import json
+
+    from segbeam.pipeline.run import run
+
+    write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(3)])
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "orphan.png")
+    Image.open(tmp_path / "masks" / "i2.png").save(tmp_path / "masks" / "i2.jpg")
+    (tmp_path / "masks" / "i2.png").unlink()
+    outcome = run(["--input", f"{tmp_path}/**", "--masks", str(tmp_path / "masks"),
+                   "--model", "tiny_fcn", "--num_classes", "3", "--no-crf",
+                   "--output", str(tmp_path / "out")])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (3, 2, 1)
+    assert counts["accounted_for"] and counts["masks_without_image"] == 1
+    assert outcome.summary["masks_without_image"] == [str(tmp_path / "masks" / "orphan.png")]
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").glob("*.jsonl")
+               for line in path.read_text().splitlines() if line]
+    assert [(d["key"], d["stage"]) for d in letters] == [("images/i2", "decode")]
+    assert "is a JPEG image: its lossy compression" in letters[0]["reason"]
+
+
 def test_masks_named_by_a_suffix_beside_their_images_are_no_inputs(tmp_path):
     from segbeam.dataset import Naming, find_pairs
     from segbeam.pipeline.run import run
