@@ -106,7 +106,9 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
     fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
     class map, unless ``colour`` (a mask palette is configured): then an RGB(A) mask comes back
-    as HxWx3 uint8, for ``segbeam.labels`` to read through the palette.
+    as HxWx3 uint8, for ``segbeam.labels`` to read through the palette, and a palette mask as
+    HxWx4 uint8 (each pixel's palette colour, then its index), since either could be what it
+    means (``mask_colours.read_palette_mask`` decides).
     """
     opened = _open(data, what, max_pixels)
     if opened.format in LOSSY_FORMATS:
@@ -116,6 +118,8 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             f"trained on; store masks as PNG")
     image = _oriented(opened)
     mode = image.mode
+    if mode == "P" and colour:
+        return _palette_and_indices(image)
     if mode in ("P", "L", "1"):
         values = np.asarray(image if mode != "1" else image.convert("L"))
     elif mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -141,6 +145,16 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise InvalidInputError(f"{what} has image mode {mode!r}; expected a class-id PNG "
                                 f"(mode L or P)")
     return np.array(values, dtype=np.uint8, order="C")
+
+
+def _palette_and_indices(image: Image.Image) -> np.ndarray:
+    """HxWx4 uint8: a palette image's colour per pixel, then its index; HxW indices alone
+    where an index has no palette entry (no colour to read)."""
+    indices = np.asarray(image)
+    palette = np.asarray(image.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+    if int(indices.max()) >= len(palette):
+        return np.array(indices, dtype=np.uint8, order="C")
+    return np.ascontiguousarray(np.dstack([palette[indices], indices]), dtype=np.uint8)
 
 
 class DecodedInput(NamedTuple):

@@ -17,7 +17,7 @@ import numpy as np
 
 from segbeam.config import Effect, setting
 from segbeam.decode import InvalidInputError
-from segbeam.mask_colours import decode_colours, format_value
+from segbeam.mask_colours import decode_colours, format_value, read_palette_mask
 
 SHOWN_VALUES = 10  # distinct unexpected values named in a message
 
@@ -74,6 +74,12 @@ class MaskLabels:
         ``InvalidInputError`` for a mask with unexpected values under ``strict``. An HxWx3
         mask is colour-coded: it is read through ``colours`` first."""
         unknown, colour_codes = None, ()
+        if mask.ndim == 3 and mask.shape[2] == 4:  # a palette PNG (decode.decode_mask)
+            try:
+                mask = read_palette_mask(mask, self.colours, what) if self.colours \
+                    else np.ascontiguousarray(mask[..., 3])
+            except ValueError as error:
+                raise InvalidInputError(str(error)) from None
         if mask.ndim == 3:
             if self.colours is None:
                 raise InvalidInputError(

@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from segbeam.masks_png import voc_palette
+
 COLOUR_CODE_BASE = 256
 
 
@@ -39,6 +41,39 @@ def decode_colours(rgb: np.ndarray, colours: tuple) -> tuple[np.ndarray, np.ndar
     stored = np.where(unknown, 0, values[index]).astype(np.uint8)
     codes = tuple(int(c) + COLOUR_CODE_BASE for c in np.unique(packed[unknown]))
     return stored, unknown, codes
+
+
+def read_palette_mask(mask: np.ndarray, colours: tuple, what: str = "mask") -> np.ndarray:
+    """Reads a palette PNG where a colour map is configured: an HxWx4 mask (each pixel's
+    palette colour, then its index; ``decode.decode_mask``) becomes HxW indices or HxWx3
+    colours, whichever the mask means.
+
+    Indices (PASCAL VOC's convention) where both readings give the same values, where the
+    palette is only for viewing (VOC's colour map, or grey levels equal to the indices) or
+    where no colour it uses is one of ``colours``. Colours where every colour it uses is one
+    of ``colours`` and they name other values than the indices: a colour-coded mask saved as
+    a palette PNG, whose indices are arbitrary. A mask between the two (some colours known
+    and naming other values, some not) is refused, since either reading could be wrong.
+    """
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[mask[..., 3].ravel()] = mask[..., :3].reshape(-1, 3)  # one colour per index
+    indices = np.flatnonzero(np.bincount(mask[..., 3].ravel(), minlength=256)).astype(np.uint8)
+    used = palette[indices]  # the palette colour of each index the mask uses
+    if np.array_equal(used, voc_palette()[indices]) or (used == indices[:, None]).all():
+        return np.ascontiguousarray(mask[..., 3])
+    stored, unknown, _ = decode_colours(used[np.newaxis], colours)
+    disagree = ~unknown[0] & (stored[0] != indices)
+    if not disagree.any():
+        return np.ascontiguousarray(mask[..., 3])
+    if not unknown.any():
+        return np.ascontiguousarray(mask[..., :3])
+    index, value, (red, green, blue) = indices[disagree][0], stored[0][disagree][0], \
+        used[disagree][0]
+    raise ValueError(
+        f"{what} is a palette PNG that reads two ways: its index {index} is drawn "
+        f"#{red:02x}{green:02x}{blue:02x}, the mask colour of value {value}, but "
+        f"{int(unknown.sum())} of the colours it uses are no mask colour; convert it to RGB "
+        f"to read it by colour, or to a grayscale (L) PNG to read its indices")
 
 
 def _rgb(text: str) -> tuple[int, int, int]:

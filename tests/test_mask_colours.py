@@ -3,6 +3,7 @@ unknown colours counted as unexpected, never guessed."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 from PIL import Image
 
 from segbeam.dataset_presets import resolve_convention
-from segbeam.decode import InvalidInputError
+from segbeam.decode import InvalidInputError, decode_mask
 from segbeam.labels import MaskLabels, format_values
 from segbeam.mask_colours import colour_code, decode_colours, format_value, parse_mask_palette
+from segbeam.masks_png import encode_label_png, palette_bytes, voc_palette
 
 
 def _paint(rows):
@@ -105,3 +107,62 @@ def test_a_run_scores_colour_masks_through_a_palette_file(tmp_path):
     assert outcome.summary["evaluation"]["raw"]["labelled_pixels"] == 3 * (16 * 16 - 1)
     without = run(argv + ["--output", str(tmp_path / "out2")])
     assert without.summary["counts"]["dead_letters"] == 3  # refused, with the hint, not guessed
+
+
+def _palette_png(indices: np.ndarray, palette) -> bytes:
+    """A palette (P) PNG of ``indices`` drawn with ``palette`` (RGB per index)."""
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _camvid_labels() -> MaskLabels:
+    convention = resolve_convention("camvid", None, None, None, None)
+    return MaskLabels(convention.num_classes, convention.ignore_index,
+                      colours=convention.mask_colours)
+
+
+def test_a_colour_mask_saved_as_a_palette_png_is_read_by_its_colours():
+    """An image editor (or PIL's convert('P')) stores CamVid's colour labels with a palette of
+    its own order: the indices are arbitrary, the colours are what the mask says."""
+    sky, road, car = (128, 128, 128), (128, 64, 128), (64, 0, 128)
+    indices = np.array([[0, 0, 2], [1, 1, 2]])
+    data = _palette_png(indices, [sky, road, car])
+    mask, count, _ = _camvid_labels().prepare(decode_mask(data, colour=True))
+    assert mask.tolist() == [[0, 0, 8], [3, 3, 8]] and count == 0  # not 0, 1, 2
+
+
+def test_palette_masks_whose_palette_is_only_for_viewing_keep_their_indices():
+    """VOC's colour map and grey levels colour class ids for viewing: the index is the value,
+    even where a palette colour happens to be another class's mask colour (VOC draws index 7
+    in CamVid's sky grey, index 0 in its void black)."""
+    indices = np.array([[0, 3, 7], [7, 3, 0]])
+    for palette in (voc_palette(), [(value,) * 3 for value in range(256)]):
+        mask, count, _ = _camvid_labels().prepare(
+            decode_mask(_palette_png(indices, palette), colour=True))
+        assert mask.tolist() == indices.tolist() and count == 0
+
+
+def test_masks_written_by_a_run_read_back_as_the_same_classes():
+    """A run's mask PNGs hold class ids drawn in the preset's colours. Read back under the
+    Cityscapes preset (colours name label ids, which map to train ids), their colours say the
+    classes; their indices, taken as label ids, would not (train id 0, road, is label id 0,
+    unlabeled)."""
+    convention = resolve_convention("cityscapes", None, None, None, None)
+    labels = MaskLabels(convention.num_classes, convention.ignore_index,
+                        label_map=convention.label_map, colours=convention.mask_colours)
+    classes = np.array([[0, 1, 13], [18, 0, 11]], dtype=np.uint8)
+    data = encode_label_png(classes, palette_bytes(convention.palette))
+    mask, count, _ = labels.prepare(decode_mask(data, colour=True))
+    assert mask.tolist() == classes.tolist() and count == 0
+
+
+def test_a_palette_mask_that_reads_two_ways_is_refused_with_both_ways_out():
+    indices = np.array([[0, 1, 2]])  # index 0 drawn in road's colour, 1 and 2 in none
+    data = _palette_png(indices, [(128, 64, 128), (1, 2, 3), (4, 5, 6)])
+    with pytest.raises(InvalidInputError, match="reads two ways.*index 0 is drawn #804080.*"
+                                                "convert it to RGB.*grayscale"):
+        _camvid_labels().prepare(decode_mask(data, colour=True))
+    assert decode_mask(data).tolist() == indices.tolist()  # no colours configured: indices
