@@ -18,6 +18,30 @@ DEFAULT_MAX_PIXELS = 100_000_000
 LOSSY_FORMATS = ("JPEG", "MPO")  # Pillow's names of lossy-only formats: no mask survives them
 
 
+def lossy_format(image_format: Optional[str], data: bytes) -> Optional[str]:
+    """The name of ``data``'s lossy compression, if it has one (``image_format`` as Pillow
+    names it): JPEG always, WebP when its bitstream is VP8 (WebP's lossless one is VP8L)."""
+    if image_format in LOSSY_FORMATS:
+        return image_format
+    if image_format == "WEBP" and _webp_bitstream(data) == b"VP8 ":
+        return "lossy WebP"
+    return None
+
+
+def _webp_bitstream(data: bytes) -> Optional[bytes]:
+    """The first image chunk's name in a WebP file (b'VP8 ' or b'VP8L'), looking inside an
+    extended file's chunks and an animation's first frame."""
+    offset, end = 12, len(data)
+    while offset + 8 <= end:
+        name, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8],
+                                                             "little")
+        if name in (b"VP8 ", b"VP8L"):
+            return name
+        # An animation frame's own chunks start after its 16-byte header.
+        offset += 8 + 16 if name == b"ANMF" else 8 + size + (size & 1)
+    return None
+
+
 class InvalidInputError(ValueError):
     """An input that cannot be used; it becomes a dead letter, the run goes on."""
 
@@ -111,9 +135,10 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     means (``mask_colours.read_palette_mask`` decides).
     """
     opened = _open(data, what, max_pixels)
-    if opened.format in LOSSY_FORMATS:
+    lossy = lossy_format(opened.format, data)
+    if lossy:
         raise InvalidInputError(
-            f"{what} is a {opened.format} image: its lossy compression changes class ids along "
+            f"{what} is a {lossy} image: its lossy compression changes class ids along "
             f"region edges (into other classes, without a trace), so it cannot be scored or "
             f"trained on; store masks as PNG")
     image = _oriented(opened)

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from segbeam.decode import LOSSY_FORMATS, InvalidInputError
+from segbeam.decode import InvalidInputError, lossy_format
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import read_bytes
@@ -55,8 +55,9 @@ def _mask_format(mask: bytes, source: str) -> str:
     except Exception as error:  # noqa: BLE001 - Pillow raises several types
         raise InvalidInputError(f"mask {source} is not an image Pillow can read "
                                 f"({type(error).__name__}: {error})") from None
-    if found in LOSSY_FORMATS:
-        raise InvalidInputError(f"mask {source} is a {found} image: its lossy compression "
+    lossy = lossy_format(found, mask)
+    if lossy:
+        raise InvalidInputError(f"mask {source} is a {lossy} image: its lossy compression "
                                 f"changes class ids along region edges; store masks as PNG")
     return found.lower()
 

@@ -118,6 +118,28 @@ def test_a_jpeg_mask_is_refused_since_its_compression_moves_class_ids():
     np.testing.assert_array_equal(decode_mask(png_bytes(mask)), mask)
 
 
+def test_a_lossy_webp_mask_is_refused_and_a_lossless_one_read():
+    mask = np.full((32, 32), 2, dtype=np.uint8)
+    mask[5:21, 7:27] = 11
+    animated = {"save_all": True, "duration": 100,
+                "append_images": [Image.fromarray(mask + 50), Image.fromarray(mask + 100)]}
+    for options in ({}, {"lossless": True}, {"lossless": True, **animated}):
+        buffer = io.BytesIO()
+        Image.fromarray(mask).save(buffer, format="WEBP", **options)
+        if options:
+            np.testing.assert_array_equal(decode_mask(buffer.getvalue()), mask)
+            continue
+        decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+        assert set(np.unique(decoded)) - {2, 11}  # lossy WebP moves class ids too
+        with pytest.raises(InvalidInputError, match="mask is a lossy WebP image"):
+            decode_mask(buffer.getvalue())
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="WEBP", **animated)
+    assert b"ANMF" in buffer.getvalue()
+    with pytest.raises(InvalidInputError, match="lossy WebP"):  # an animation's first frame
+        decode_mask(buffer.getvalue())
+
+
 def test_mask_size_must_match_image(rng):
     image = png_bytes(random_image(rng, 4, 6))
     with pytest.raises(InvalidInputError, match="mask is 5x4 but its image is 6x4"):
