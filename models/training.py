@@ -93,6 +93,15 @@ def _usable(items, labels: MaskLabels):
     return kept, class_statistics(masks, labels.num_classes), len(dropped)
 
 
+def miou_metric(num_classes: int, ignore_index: Optional[int]) -> keras.metrics.Metric:
+    """The mIoU reported while training (on logits), scored as ``segbeam run`` scores: pixels
+    labelled ``ignore_index`` are skipped, and an ignore index that is also a class id has no
+    IoU of its own (Keras's ``MeanIoU`` would average in a 0 wherever it is predicted)."""
+    scored = [c for c in range(num_classes) if c != ignore_index]
+    return keras.metrics.IoU(num_classes, scored, name="miou", ignore_class=ignore_index,
+                             sparse_y_true=True, sparse_y_pred=False)
+
+
 def _optimizer(config: TrainingConfig):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
@@ -156,8 +165,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     model.compile(
         optimizer=_optimizer(config),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore),
-        metrics=[keras.metrics.MeanIoU(config.num_classes, name="miou", ignore_class=ignore,
-                                       sparse_y_true=True, sparse_y_pred=False)])
+        metrics=[miou_metric(config.num_classes, ignore)])
     os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
     budget = WallTimeBudget(config.max_minutes)
     best_path = os.path.join(config.output, "best.keras") if val_data else None

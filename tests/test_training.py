@@ -73,6 +73,26 @@ def test_resize_pair_keeps_mask_values_and_augment_keeps_image_and_mask_aligned(
     assert out_mask.shape == (10, 12) and set(np.unique(out_mask)) <= {0, 1, 3}
 
 
+@pytest.mark.parametrize("ignore_index", [2, 255, None])
+def test_the_training_miou_is_the_run_s_miou(ignore_index):
+    """The mIoU Keras reports per epoch equals segbeam.metrics' on the same pixels, also when
+    the ignore index is a class id the model predicts (Keras's MeanIoU counted it as 0)."""
+    from segbeam.metrics import confusion_matrix, summarise_confusion
+    from segbeam.models.training import miou_metric
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, (2, 8, 8))
+    truth[0, :2] = 255
+    predicted = np.where(rng.random(truth.shape) < 0.7, truth % 255, rng.integers(0, 3,
+                                                                                 truth.shape))
+    logits = np.eye(3, dtype="float32")[predicted] * 5.0
+    metric = miou_metric(3, ignore_index)
+    metric.update_state(truth.astype("int32"), logits)
+    expected = summarise_confusion(confusion_matrix(predicted, truth, 3, ignore_index),
+                                   ignore_index)["miou"]
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-5)
+
+
 def test_dataset_batches_weights_and_ignored_pixels(tmp_path):
     images, masks = _write_pairs(tmp_path, 5)
     items = find_training_pairs(images, masks)
