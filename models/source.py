@@ -145,8 +145,16 @@ class ModelSource:
             raise ValueError(f"--num_classes is required to build registry model "
                              f"{self.spec!r}")
         keras.utils.set_random_seed(self.seed)
-        model = models.create_model(self.spec, num_classes=self.num_classes,
-                                    input_size=self.input_size)
+        try:
+            model = models.create_model(self.spec, num_classes=self.num_classes,
+                                        input_size=self.input_size)
+        except ValueError as error:
+            if self.input_size is None:
+                raise
+            height, width = self.input_size
+            raise ValueError(f"model {self.spec} cannot be built for --input_size "
+                             f"{height}x{width} ({error}); choose a size it takes, such as "
+                             f"a multiple of 32") from None
         if self.weights:
             _load_weights(model, local_file(self.weights), self.weights, self.spec)
         else:

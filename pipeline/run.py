@@ -216,10 +216,11 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
 def _check_model_opens(settings: Settings) -> None:
     """Opens a saved model once in the launcher, so that a model segbeam cannot serve (a
     missing --output_key, a wrong --signature, a refused .h5, a class-count mismatch) fails in
-    one line before any work, not on every worker. Registry models are built on the workers
-    only (building the large ones takes a while, and their checks are static), unless they
-    load a --weights file, which may not fit."""
-    if settings.model.saved or settings.model.weights:
+    one line before any work, not on every worker. So is a registry model that loads a
+    --weights file (it may not fit) or is built for a fixed --input_size (an architecture may
+    not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
+    on the workers only."""
+    if settings.model.saved or settings.model.weights or settings.model.input_size:
         settings.model.open()
 
 

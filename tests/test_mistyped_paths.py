@@ -1,6 +1,7 @@
 """Mistyped or unfitting paths fail in the launcher, in one line that names them, before any
-work: a missing model or weights file, weights saved from another model, and --masks that
-match nothing (which would otherwise give a run that scores nothing without a word)."""
+work: a missing model or weights file, weights saved from another model, an --input_size the
+architecture cannot take, and --masks that match nothing (which would otherwise give a run that
+scores nothing without a word)."""
 
 import warnings
 
@@ -49,6 +50,18 @@ def test_weights_of_another_class_count_fail_in_the_launcher(tmp_path, capsys):
     keras.utils.set_random_seed(0)
     models.create_model("tiny_fcn", num_classes=3).save_weights(str(tmp_path / "w.weights.h5"))
     assert _run(tmp_path, "--weights", str(tmp_path / "w.weights.h5")) == 0
+
+
+def test_an_input_size_the_architecture_cannot_take_fails_in_the_launcher(tmp_path, capsys):
+    """U-Net's MobileNetV2 encoder needs 32x32: the check ran only on the workers, where it
+    printed a Beam traceback for each."""
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)])
+    code = main(["run", "--input", str(tmp_path / "images"), "--model", "unet",
+                 "--num_classes", "3", "--input_size", "16", "--output", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and "model unet cannot be built for --input_size 16x16" in error
+    assert "at least 32x32" in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_masks_that_match_nothing_fail_in_the_launcher(tmp_path, capsys):
