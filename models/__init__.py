@@ -5,4 +5,5 @@ and imports a family module when one of its models is built; ``segbeam.models.la
 custom layers that saved models need) registers itself when a model is built or loaded.
 """
 
-from segbeam.models.registry import create_model, get_spec, list_models, register_model  # noqa: F401
+from segbeam.models.registry import (create_model, create_model_for_size, get_spec,  # noqa: F401
+                                     list_models, register_model)

@@ -78,3 +78,15 @@ def create_model(name: str, num_classes: int, input_size: Optional[tuple[int, in
     importlib.import_module(f"segbeam.models.{spec.family}")  # registers its builders
     return _BUILDERS[name](num_classes=num_classes, input_size=input_size,
                            backbone_weights=backbone_weights, **kwargs)
+
+
+def create_model_for_size(name: str, num_classes: int, input_size: tuple[int, int], **kwargs):
+    """``create_model`` at a fixed ``input_size``, where an architecture that cannot take the
+    size says so in one line that names it (Keras's own error names a layer)."""
+    try:
+        return create_model(name, num_classes, input_size=input_size, **kwargs)
+    except ValueError as error:
+        height, width = input_size
+        raise ValueError(f"model {name} cannot be built for --input_size {height}x{width} "
+                         f"({error}); choose a size it takes, such as a multiple of 32"
+                         ) from None

@@ -145,16 +145,10 @@ class ModelSource:
             raise ValueError(f"--num_classes is required to build registry model "
                              f"{self.spec!r}")
         keras.utils.set_random_seed(self.seed)
-        try:
-            model = models.create_model(self.spec, num_classes=self.num_classes,
-                                        input_size=self.input_size)
-        except ValueError as error:
-            if self.input_size is None:
-                raise
-            height, width = self.input_size
-            raise ValueError(f"model {self.spec} cannot be built for --input_size "
-                             f"{height}x{width} ({error}); choose a size it takes, such as "
-                             f"a multiple of 32") from None
+        if self.input_size is None:
+            model = models.create_model(self.spec, num_classes=self.num_classes)
+        else:
+            model = models.create_model_for_size(self.spec, self.num_classes, self.input_size)
         if self.weights:
             _load_weights(model, local_file(self.weights), self.weights, self.spec)
         else:

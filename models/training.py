@@ -102,6 +102,20 @@ def miou_metric(num_classes: int, ignore_index: Optional[int]) -> keras.metrics.
                              sparse_y_true=True, sparse_y_pred=False)
 
 
+def _check_input_size(config: TrainingConfig) -> None:
+    """Builds the architecture once at ``--input_size`` before any data is read, so that a
+    size it cannot take, or maps to labels of another size, is one line, not an error at the
+    first batch (the model trained is built for any size)."""
+    from segbeam import models
+
+    built = models.create_model_for_size(config.model, config.num_classes, config.input_size)
+    produced = tuple(built.output_shape[1:3])
+    if produced != tuple(config.input_size):
+        raise ValueError(f"model {config.model} maps --input_size {config.input_size[0]}x"
+                         f"{config.input_size[1]} to {produced[0]}x{produced[1]} labels; "
+                         f"choose a size it keeps, such as a multiple of 32")
+
+
 def _optimizer(config: TrainingConfig):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
@@ -121,6 +135,7 @@ def train(config: TrainingConfig) -> TrainingResult:
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
+    _check_input_size(config)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)

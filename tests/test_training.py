@@ -188,6 +188,15 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--optimizer must be one of"):
         train(TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path),
                              input_size=(32, 32), images="x", masks="y", optimizer="rmsprop"))
+    # Sizes an architecture cannot take failed at the first batch, after all data was read.
+    for model, size, message in [("unet", (16, 16), "unet cannot be built for --input_size "
+                                  r"16x16 \(Input size must be at least 32x32"),
+                                 ("tiny_fcn", (33, 47), "tiny_fcn cannot be built for "
+                                  "--input_size 33x47"),
+                                 ("tiny_fcn", (7, 7), "tiny_fcn maps --input_size 7x7 to 8x8")]:
+        with pytest.raises(ValueError, match=message):
+            train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
+                                 input_size=size, images="x", masks="y"))
 
 
 @pytest.mark.parametrize("flag, value, rule", [
