@@ -11,6 +11,7 @@ can check them directly.
 from __future__ import annotations
 
 import collections
+import json
 import posixpath
 from typing import Optional
 
@@ -144,6 +145,7 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
             "model_fingerprint": manifest.get("model_fingerprint"),
             "input": run.setting("input"),
             "masks": run.setting("masks"),
+            "convention": {name: run.setting(name) for name in _CONVENTION},
             "started_utc": manifest.get("started_utc"),
             "wall_time_seconds": manifest.get("wall_time_seconds"),
             "versions": manifest.get("versions", {}),
@@ -162,6 +164,41 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
                           "examples": [_gallery_entry(r, cwd, run.root) for r in
                                        sorted(unmasked, key=lambda r: r["key"])[:gallery_size]]},
     }
+
+
+# The settings that decide which mask pixels are scored and as what.
+_CONVENTION = ("ignore_index", "label_map", "mask_colours", "strict_labels")
+
+
+def comparison_caveats(current: dict, previous: dict) -> list[str]:
+    """What makes two runs' figures other than like for like, each in a line: figures of
+    different stages (CRF against raw), different images or masks, a different label
+    convention, a different count of scored pixels. Empty when they compare directly."""
+    now, before = current["evaluation"], previous["evaluation"]
+    caveats = []
+    stages = [("after the CRF" if e.get("confusion_variant") == "crf" else "without the CRF")
+              for e in (now, before)]
+    if stages[0] != stages[1]:
+        caveats.append(f"the current figures are {stages[0]}, the previous {stages[1]}")
+    for what, field in (("images", "input"), ("masks", "masks")):
+        if current["run"][field] != previous["run"][field]:
+            caveats.append(f"the {what} differ: {current['run'][field]} now, "
+                           f"{previous['run'][field]} before")
+    conventions = current["run"].get("convention") or {}, previous["run"].get("convention") or {}
+    for name in _CONVENTION:
+        if conventions[0].get(name) != conventions[1].get(name):
+            caveats.append(f"--{name} differs ({_short(conventions[0].get(name))} now, "
+                           f"{_short(conventions[1].get(name))} before): other pixels are "
+                           f"scored, or as other classes")
+    pixels = now.get("labelled_pixels"), before.get("labelled_pixels")
+    if pixels[0] != pixels[1]:
+        caveats.append(f"{_short(pixels[0])} pixels are scored now, {_short(pixels[1])} before")
+    return caveats
+
+
+def _short(value) -> str:
+    text = "none" if value is None else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
@@ -193,6 +230,7 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
         if regressed:
             regressions.append({"what": f"IoU of {mine['class']}", "delta": delta})
     return {"previous": previous["run"]["output"], "comparable": True, "threshold": threshold,
+            "caveats": comparison_caveats(current, previous),
             "aggregate": aggregate, "per_class": per_class, "regressions": regressions}
 
 
@@ -250,7 +288,10 @@ def report_command(argv) -> int:
         print(f"segbeam report: error: {error}", file=sys.stderr)
         return ExitCode.USAGE
     print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
-    regressions = (report.get("comparison") or {}).get("regressions", [])
+    comparison = report.get("comparison") or {}
+    for caveat in comparison.get("caveats", []):
+        print(f"  not like for like: {caveat}")
+    regressions = comparison.get("regressions", [])
     for regression in regressions:
         print(f"  regression: {regression['what']} {regression['delta'] * 100:+.2f} points")
     if regressions and args.fail_on_regression:

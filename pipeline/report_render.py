@@ -93,6 +93,9 @@ def render_markdown(report: dict) -> str:
         if not comparison["comparable"]:
             lines.append("One of the runs has no evaluation; nothing to compare.")
         else:
+            caveats = comparison.get("caveats") or []
+            if caveats:
+                lines += ["Not like for like:", ""] + [f"- {c}" for c in caveats] + [""]
             lines += ["| what | current | previous | delta |", "| --- | ---: | ---: | ---: |"]
             for label, row, regressed in _comparison_rows(comparison):
                 flag = " **regression**" if regressed else ""
@@ -359,6 +362,10 @@ def _comparison_html(comparison: dict) -> str:
         out.append("<p class='note'>One of the runs has no evaluation; nothing to compare."
                    "</p></section>")
         return "\n".join(out)
+    caveats = comparison.get("caveats") or []
+    if caveats:
+        out.append("<p class='note'><b>Not like for like:</b></p><ul class='note'>"
+                   + "".join(f"<li>{html.escape(c)}</li>" for c in caveats) + "</ul>")
     regressions = comparison["regressions"]
     out.append(f"<p><b>{len(regressions)} regression(s)</b> beyond "
                f"{comparison['threshold'] * 100:.2f} points.</p>")

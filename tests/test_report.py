@@ -112,6 +112,26 @@ def test_comparison_flags_only_drops_beyond_the_threshold(runs):
         compare_reports(current, other, 0.01)
 
 
+def test_a_comparison_says_what_makes_it_other_than_like_for_like(runs):
+    """Deltas between runs that scored other pixels, other images or another stage read as
+    regressions or gains of the model; the comparison names each difference."""
+    current = build_report(load_run(runs["with_masks"]))
+    assert compare_reports(current, current, 0.01)["caveats"] == []
+    other = copy.deepcopy(current)
+    other["evaluation"]["confusion_variant"] = "raw"
+    other["run"]["masks"] = "elsewhere/*.png"
+    other["run"]["convention"]["ignore_index"] = 7
+    other["evaluation"]["labelled_pixels"] -= 100
+    caveats = compare_reports(current, other, 0.01)["caveats"]
+    assert caveats[0] == "the current figures are after the CRF, the previous without the CRF"
+    assert caveats[1].startswith("the masks differ: ") and "elsewhere/*.png before" in caveats[1]
+    assert caveats[2].startswith("--ignore_index differs (") and ", 7 before)" in caveats[2]
+    assert "pixels are scored now" in caveats[3] and len(caveats) == 4
+    report = dict(current, comparison=compare_reports(current, other, 0.01))
+    assert f"- {caveats[1]}" in render_markdown(report)
+    assert "Not like for like:" in render_html(report)
+
+
 def test_fail_on_regression_exits_non_zero_against_a_better_run(runs, tmp_path, capsys):
     previous = tmp_path / "previous"
     shutil.copytree(runs["with_masks"], previous)
