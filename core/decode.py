@@ -126,8 +126,8 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Decodes a class-id mask into HxW uint8.
 
     JPEG masks are refused: lossy compression turns class ids into neighbouring ids.
-    Palette ('P') and grayscale ('L') masks are read as stored values (for a palette PNG the
-    palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
+    Palette ('P'), grayscale ('L') and bilevel ('1': 0 and 1) masks are read as stored values
+    (for a palette PNG the palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
     fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
     class map, unless ``colour`` (a mask palette is configured): then an RGB(A) mask comes back
     as HxWx3 uint8, for ``segbeam.labels`` to read through the palette, and a palette mask as
@@ -145,8 +145,10 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     mode = image.mode
     if mode == "P" and colour:
         return _palette_and_indices(image)
-    if mode in ("P", "L", "1"):
-        values = np.asarray(image if mode != "1" else image.convert("L"))
+    if mode == "1":  # a bilevel mask stores 0 and 1 (Pillow's convert("L") makes 1 255)
+        values = np.asarray(image, dtype=np.uint8)
+    elif mode in ("P", "L"):
+        values = np.asarray(image)
     elif mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image, dtype=np.int64)
         if values.min() < 0 or values.max() > 255:

@@ -140,6 +140,17 @@ def test_a_lossy_webp_mask_is_refused_and_a_lossless_one_read():
         decode_mask(buffer.getvalue())
 
 
+def test_a_bilevel_mask_stores_classes_0_and_1():
+    """A 1-bit PNG read through Pillow's convert('L') gave 255 for its foreground: the
+    default ignore index, so every foreground pixel went unscored without a word."""
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1:3, 2:5] = True
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "1"
+    np.testing.assert_array_equal(decode_mask(buffer.getvalue()), mask.astype(np.uint8))
+
+
 def test_mask_size_must_match_image(rng):
     image = png_bytes(random_image(rng, 4, 6))
     with pytest.raises(InvalidInputError, match="mask is 5x4 but its image is 6x4"):
