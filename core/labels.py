@@ -191,6 +191,13 @@ def label_warnings(summary: dict) -> list[str]:
             f" a class (0..{summary['num_classes'] - 1}) nor the ignore index ({ignore}); they"
             f" were not scored (check --num_classes and --ignore_index; --strict_labels makes "
             f"such masks dead letters)")
+    ignored, pixels = labels.get("ignored_pixels") or 0, labels.get("mask_pixels") or 0
+    if pixels and ignored >= pixels / 2:
+        warnings.append(
+            f"{ignored / pixels:.0%} of the mask pixels ({ignored:,}) are ignored (the ignore "
+            f"index {labels.get('ignore_index')}, or a value --label_map ignores) and were not "
+            f"scored; if a class is stored as that value (binary masks of 0 and 255), map it: "
+            f"--label_map 0:0,255:1")
     if labels.get("images_not_checked"):
         warnings.append(f"{labels['images_not_checked']} images kept from earlier runs were "
                         f"not checked for unexpected mask values")

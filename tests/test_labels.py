@@ -14,6 +14,7 @@ from PIL import Image
 
 from segbeam.decode import InvalidInputError
 from segbeam.labels import MaskLabels, format_values, label_warnings, unexpected_labels
+from tests.conftest import write_random_pairs
 
 
 def test_unexpected_labels_are_neither_classes_nor_the_ignore_index():
@@ -64,7 +65,8 @@ def test_a_pets_trimap_scored_with_three_classes_says_what_it_could_not_score(
     summary = json.load(open(tmp_path / "out" / "summary.json"))
     assert summary["labels"] == {"ignore_index": None, "unexpected_pixels": borders,
                                  "images_with_unexpected": 3, "unexpected_values": [3],
-                                 "images_not_checked": 0}
+                                 "images_not_checked": 0, "mask_pixels": 3 * 64 * 64,
+                                 "ignored_pixels": 0}
     rows = pq.read_table(str(tmp_path / "out" / "metrics")).to_pylist()
     assert sum(r["unexpected_pixels"] for r in rows) == borders
     assert all(r["unexpected_values"] == [3] for r in rows)
@@ -77,6 +79,33 @@ def test_a_pets_trimap_scored_with_three_classes_says_what_it_could_not_score(
     assert expected in open(tmp_path / "out" / "report" / "report.md").read()
     assert "warning: " + expected.split(" hold")[0] in open(
         tmp_path / "out" / "report" / "report.html").read()
+
+
+def test_binary_masks_of_0_and_255_say_that_most_pixels_went_unscored(tmp_path):
+    """255 is the default ignore index, so the foreground of a 0/255 binary mask is ignored on
+    purpose as far as the run can tell; the run says how much went unscored, and how to map
+    it, instead of reporting figures of the background alone."""
+    from segbeam.pipeline.run import run
+
+    masks = [np.full((16, 16), 255, np.uint8) for _ in range(3)]
+    for mask in masks:
+        mask[:4] = 0
+    write_random_pairs(tmp_path, masks)
+    argv = ["--input", f"{tmp_path}/images/*.png", "--masks", str(tmp_path / "masks"),
+            "--model", "tiny_fcn", "--num_classes", "2", "--input_size", "16", "--no-crf",
+            "--quiet"]
+    summary = run(argv + ["--output", str(tmp_path / "out")]).summary
+    assert summary["labels"]["mask_pixels"] == 3 * 256
+    assert summary["labels"]["ignored_pixels"] == 3 * 192
+    assert summary["evaluation"]["raw"]["labelled_pixels"] == 3 * 64
+    assert label_warnings(summary) == [
+        "75% of the mask pixels (576) are ignored (the ignore index 255, or a value "
+        "--label_map ignores) and were not scored; if a class is stored as that value (binary "
+        "masks of 0 and 255), map it: --label_map 0:0,255:1"]
+    mapped = run(argv + ["--label_map", "0:0,255:1", "--output", str(tmp_path / "mapped")])
+    assert mapped.summary["labels"]["ignored_pixels"] == 0
+    assert label_warnings(mapped.summary) == []
+    assert mapped.summary["evaluation"]["raw"]["labelled_pixels"] == 3 * 256
 
 
 def test_strict_labels_turns_such_masks_into_dead_letters(tmp_path, demo_model_path):
@@ -101,7 +130,8 @@ def test_rows_from_runs_that_did_not_count_are_reported_as_not_checked():
     from segbeam.transforms.scoring import complete_row
 
     old = {"confusion_raw": [{"truth": 0, "predicted": 0, "pixels": 5}], "confusion_crf": None}
-    new = {**old, "unexpected_pixels": 4, "unexpected_values": [9]}
+    new = {**old, "unexpected_pixels": 4, "unexpected_values": [9], "height": 3, "width": 3,
+           "labelled_pixels": 5}
     combine = ConfusionSum(2)
     totals = combine.merge_accumulators([
         combine.add_input(combine.create_accumulator(), complete_row(old)),
@@ -109,6 +139,7 @@ def test_rows_from_runs_that_did_not_count_are_reported_as_not_checked():
     summary = build_summary(None, totals, 2, 2, [], ["a", "b"], None)
     assert summary["labels"]["images_not_checked"] == 1
     assert summary["labels"]["unexpected_values"] == [9]
+    assert (summary["labels"]["mask_pixels"], summary["labels"]["ignored_pixels"]) == (9, 0)
     assert [w.split(" ")[0] for w in label_warnings(summary)] == ["4", "1"]
 
 

@@ -35,6 +35,7 @@ class ConfusionSum(beam.CombineFn):
         return {"images": 0, "images_with_mask": 0, "raw": zeros, "crf": zeros.copy(),
                 "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
                 "images_unchecked": 0, "unexpected_values": frozenset(),
+                "mask_pixels": 0, "ignored_pixels": 0,
                 "multi_frame_images": 0,
                 **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS},
                 **{f"calibration_{v}": fixed_point(np.zeros(VECTOR_LENGTH)) for v in VARIANTS},
@@ -51,7 +52,13 @@ class ConfusionSum(beam.CombineFn):
             unexpected = row.get("unexpected_pixels")
             if unexpected is None:  # a row reused from a run that did not count them
                 accumulator["images_unchecked"] += 1
-            elif unexpected:
+            else:
+                # Every mask pixel is scored, unexpected, or ignored (on purpose, by the ignore
+                # index or a label map sending its value there).
+                pixels = row["height"] * row["width"]
+                accumulator["mask_pixels"] += pixels
+                accumulator["ignored_pixels"] += pixels - row["labelled_pixels"] - unexpected
+            if unexpected:
                 accumulator["unexpected_pixels"] += unexpected
                 accumulator["images_with_unexpected"] += 1
                 accumulator["unexpected_values"] |= frozenset(row["unexpected_values"])
@@ -146,6 +153,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
             "images_with_unexpected": totals["images_with_unexpected"],
             "unexpected_values": sorted(totals["unexpected_values"]),
             "images_not_checked": totals["images_unchecked"],
+            "mask_pixels": totals["mask_pixels"],
+            "ignored_pixels": totals["ignored_pixels"],
         },
         "evaluation": {},
     }
