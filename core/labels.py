@@ -191,14 +191,22 @@ def label_warnings(summary: dict) -> list[str]:
             f" a class (0..{summary['num_classes'] - 1}) nor the ignore index ({ignore}); they"
             f" were not scored (check --num_classes and --ignore_index; --strict_labels makes "
             f"such masks dead letters)")
-    ignored, pixels = labels.get("ignored_pixels") or 0, labels.get("mask_pixels") or 0
-    if pixels and ignored >= pixels / 2:
-        warnings.append(
-            f"{ignored / pixels:.0%} of the mask pixels ({ignored:,}) are ignored (the ignore "
-            f"index {labels.get('ignore_index')}, or a value --label_map ignores) and were not "
-            f"scored; if a class is stored as that value (binary masks of 0 and 255), map it: "
-            f"--label_map 0:0,255:1")
+    mostly = mostly_ignored(labels.get("ignored_pixels") or 0, labels.get("mask_pixels") or 0,
+                            labels.get("ignore_index"))
+    if mostly:
+        warnings.append(mostly)
     if labels.get("images_not_checked"):
         warnings.append(f"{labels['images_not_checked']} images kept from earlier runs were "
                         f"not checked for unexpected mask values")
     return warnings
+
+
+def mostly_ignored(ignored: int, pixels: int, ignore_index: Optional[int],
+                   done: str = "were not scored") -> Optional[str]:
+    """A warning when half or more of the mask pixels are ignored: what binary masks of 0 and
+    255 look like under the default ignore index 255, their whole foreground unused."""
+    if not pixels or ignored < pixels / 2:
+        return None
+    return (f"{ignored / pixels:.0%} of the mask pixels ({ignored:,}) are ignored (the ignore "
+            f"index {ignore_index}, or a value --label_map ignores) and {done}; if a class is "
+            f"stored as that value (binary masks of 0 and 255), map it: --label_map 0:0,255:1")

@@ -19,7 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from segbeam.labels import MaskLabels, format_values
+from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 
 LOG = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _usable(items, labels: MaskLabels):
     from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
-    unexpected, unexpected_pairs, values = 0, 0, set()
+    unexpected, unexpected_pairs, values, ignored, pixels = 0, 0, set(), 0, 0
     for item in items:
         try:
             _, mask = load_item(item, colour_masks=labels.colours is not None)
@@ -77,6 +77,8 @@ def _usable(items, labels: MaskLabels):
             dropped.append(f"{describe(item)}: {error}")
             continue
         unexpected, unexpected_pairs = unexpected + count, unexpected_pairs + bool(count)
+        scored = int(np.count_nonzero((mask < labels.num_classes) & (mask != labels.ignore_index)))
+        ignored, pixels = ignored + mask.size - scored - count, pixels + mask.size
         values.update(found)
         kept.append(item)
         masks.append(mask)
@@ -87,6 +89,9 @@ def _usable(items, labels: MaskLabels):
                     "carry no weight (--strict_labels skips such pairs)", unexpected,
                     unexpected_pairs, format_values(sorted(values)),
                     labels.describe_expected())
+    mostly = mostly_ignored(ignored, pixels, labels.ignore_index, "carry no weight")
+    if mostly:
+        LOG.warning(mostly)
     if not kept:
         raise ValueError(f"none of the {len(items)} training pairs could be read; first "
                          f"problem: {dropped[0] if dropped else 'none found'}")

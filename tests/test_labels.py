@@ -108,6 +108,25 @@ def test_binary_masks_of_0_and_255_say_that_most_pixels_went_unscored(tmp_path):
     assert mapped.summary["evaluation"]["raw"]["labelled_pixels"] == 3 * 256
 
 
+def test_training_on_binary_masks_of_0_and_255_says_that_most_pixels_carry_no_weight(
+        tmp_path, caplog):
+    from segbeam.models.training import _usable
+    from segbeam.training_items import find_training_pairs
+
+    masks = [np.full((16, 16), 255, np.uint8) for _ in range(2)]
+    masks[0][:4] = 0
+    write_random_pairs(tmp_path, masks)
+    pairs = find_training_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
+    with caplog.at_level(logging.WARNING):
+        _usable(pairs, MaskLabels(2, 255))
+    assert "88% of the mask pixels (448) are ignored (the ignore index 255" in caplog.text
+    assert "carry no weight" in caplog.text and "--label_map 0:0,255:1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _usable(pairs, MaskLabels(2, 255, label_map=((0, 0), (255, 1))))
+    assert "ignored" not in caplog.text
+
+
 def test_strict_labels_turns_such_masks_into_dead_letters(tmp_path, demo_model_path):
     from segbeam.pipeline.run import run
 
