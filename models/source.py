@@ -84,10 +84,10 @@ class ModelSource:
         """True for a saved model (file or folder), False for a registry name."""
         return self.format != "registry"
 
-    def open(self):
+    def open(self, announce: bool = True):
         """The model as a ``ModelRuntime`` (``segbeam.models.runtime``), loaded once per
         worker. A registry model without weights gets random weights from ``seed``; a warning
-        says so."""
+        says so (unless not ``announce``: the launcher's check leaves it to the workers)."""
         if self.format == "onnx":
             from segbeam.models.graph_runtimes import OnnxRuntime
 
@@ -103,8 +103,8 @@ class ModelSource:
             from segbeam.models.registry import get_spec
 
             preprocessing = get_spec(self.spec).preprocessing if not self.saved else ""
-            runtime = KerasRuntime(self._load_keras(), self.spec, self.format, self.output_key,
-                                   self.data_format, preprocessing)
+            runtime = KerasRuntime(self._load_keras(announce), self.spec, self.format,
+                                   self.output_key, self.data_format, preprocessing)
         fixed, wanted = runtime.fixed_input_size(), self.input_size
         if fixed and wanted and fixed != wanted:
             raise ValueError(f"model {self.spec} takes {fixed[0]}x{fixed[1]} input but "
@@ -133,7 +133,7 @@ class ModelSource:
                              f"--num_classes is {self.num_classes}")
         return model
 
-    def _load_keras(self):
+    def _load_keras(self, announce: bool = True):
         from segbeam import compat, models
         from segbeam.models.keras_runtime import load_keras_file
 
@@ -151,7 +151,7 @@ class ModelSource:
             model = models.create_model_for_size(self.spec, self.num_classes, self.input_size)
         if self.weights:
             _load_weights(model, local_file(self.weights), self.weights, self.spec)
-        else:
+        elif announce:
             LOG.warning("model %s has random weights (seed %d): pass --weights or a "
                         "trained model file for meaningful predictions", self.spec, self.seed)
         return model

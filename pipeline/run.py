@@ -221,7 +221,7 @@ def _check_model_opens(settings: Settings) -> None:
     not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
     on the workers only."""
     if settings.model.saved or settings.model.weights or settings.model.input_size:
-        settings.model.open()
+        settings.model.open(announce=False)
 
 
 def execute(options: PipelineOptions, argv: Sequence[str],
