@@ -125,14 +125,15 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                 what: str = "mask", colour: bool = False) -> np.ndarray:
     """Decodes a class-id mask into HxW uint8.
 
-    JPEG masks are refused: lossy compression turns class ids into neighbouring ids.
-    Palette ('P'), grayscale ('L') and bilevel ('1': 0 and 1) masks are read as stored values
-    (for a palette PNG the palette index is the class id, as in PASCAL VOC). 16-bit masks are accepted when every value
-    fits in 0..255. Colour-coded RGB masks are refused, since their colours would need a
-    class map, unless ``colour`` (a mask palette is configured): then an RGB(A) mask comes back
-    as HxWx3 uint8, for ``segbeam.labels`` to read through the palette, and a palette mask as
-    HxWx4 uint8 (each pixel's palette colour, then its index), since either could be what it
-    means (``mask_colours.read_palette_mask`` decides).
+    JPEG and lossy WebP masks are refused: lossy compression turns class ids into
+    neighbouring ids. Palette ('P'), grayscale ('L') and bilevel ('1': 0 and 1) masks are read
+    as stored values (for a palette PNG the palette index is the class id, as in PASCAL VOC).
+    16-bit masks are accepted when every value fits in 0..255. Colour-coded RGB masks are
+    refused, since their colours would need a class map, unless ``colour`` (a mask palette is
+    configured): then an RGB(A) mask comes back as HxWx3 uint8, for ``segbeam.labels`` to read
+    through the palette, and a palette mask as HxWx4 uint8 (each pixel's palette colour, then
+    its index), since either could be what it means (``mask_colours.read_palette_mask``
+    decides).
     """
     opened = _open(data, what, max_pixels)
     lossy = lossy_format(opened.format, data)
