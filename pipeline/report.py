@@ -277,9 +277,15 @@ def report_command(argv) -> int:
     import sys
 
     args = build_parser().parse_args(argv)
-    if args.fail_on_regression and not args.compare:
-        print("segbeam report: error: --fail_on_regression needs --compare PREVIOUS_RUN",
-              file=sys.stderr)
+    wrong = [message for message, fits in (
+        ("--fail_on_regression needs --compare PREVIOUS_RUN",
+         not args.fail_on_regression or args.compare),
+        (f"--regression_threshold must be a number of points, 0 or more; received "
+         f"{args.regression_threshold}", 0 <= args.regression_threshold < float("inf")),
+        (f"--gallery_size must be 0 or more; received {args.gallery_size}",
+         args.gallery_size >= 0)) if not fits]
+    if wrong:
+        print(f"segbeam report: error: {wrong[0]}", file=sys.stderr)
         return ExitCode.USAGE
     try:
         report, folder = write_report(args.run, args.output, args.compare,

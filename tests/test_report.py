@@ -132,6 +132,20 @@ def test_a_comparison_says_what_makes_it_other_than_like_for_like(runs):
     assert "Not like for like:" in render_html(report)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--fail_on_regression"], "--fail_on_regression needs --compare PREVIOUS_RUN"),
+    (["--regression_threshold", "-1"], "--regression_threshold must be a number of points, 0 "
+                                       "or more; received -1.0"),
+    (["--regression_threshold", "nan"], "--regression_threshold must be a number of points"),
+    (["--gallery_size", "-3"], "--gallery_size must be 0 or more; received -3")])
+def test_report_flags_out_of_range_are_errors(runs, tmp_path, capsys, flags, message):
+    """A negative threshold flagged gains as regressions; a negative gallery size sliced the
+    gallery from the wrong end."""
+    assert main(["report", runs["with_masks"], "--output", str(tmp_path / "r"), *flags]) == 2
+    assert f"segbeam report: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_fail_on_regression_exits_non_zero_against_a_better_run(runs, tmp_path, capsys):
     previous = tmp_path / "previous"
     shutil.copytree(runs["with_masks"], previous)
