@@ -5,6 +5,7 @@ classes take part (``kept_classes``) and the reduced-resolution copy (``reduced`
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from PIL import Image
@@ -39,8 +40,13 @@ class CrfParams:
         if self.iterations < 1:
             raise ValueError(f"CRF iterations must be at least 1; received {self.iterations}")
         for name in ("pos_xy_std", "bi_xy_std", "bi_rgb_std"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"CRF {name} must be positive; received {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"CRF {name} must be positive and finite; received "
+                                 f"{getattr(self, name)}")
+        for name in ("pos_w", "bi_w"):  # a negative weight rewards label changes
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"CRF {name} must be 0 or more and finite; received "
+                                 f"{getattr(self, name)}")
         if not 0 < self.scale <= 1:
             raise ValueError(f"CRF scale must be in (0, 1]; received {self.scale}")
         if not 0 <= self.class_floor < 1:

@@ -290,6 +290,21 @@ def _input_format(choice: str, pattern: str) -> str:
     return container_format(pattern) or "images"
 
 
+def _check_resource_hints(*hints: tuple) -> None:
+    """Parses each (flag, value, Beam hint name) as Beam will, so that a malformed hint is an
+    error naming its flag before any work (also --crf_min_ram under --no-crf)."""
+    from apache_beam.transforms.resources import parse_resource_hints
+
+    for flag, value, name in hints:
+        if value is None:
+            continue
+        try:
+            parse_resource_hints({name: value})
+        except ValueError:
+            raise UsageError(f"{flag} {value!r} is not a valid resource hint; see its --help "
+                             f"for the syntax") from None
+
+
 def settings_from(options: SegmentationOptions, runner: Optional[str] = None) -> Settings:
     """Checks the flags together and returns typed settings; errors say what to change.
 
@@ -311,6 +326,11 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                          f"--mask_column; WebDataset: --mask_ext)")
     if o.max_image_pixels < 1:
         raise UsageError(f"--max_image_pixels must be at least 1; received {o.max_image_pixels}")
+    if not 0 <= o.seed < 2 ** 32:
+        raise UsageError(f"--seed must be in 0..{2 ** 32 - 1}; received {o.seed}")
+    _check_resource_hints(("--inference_accelerator", o.inference_accelerator, "accelerator"),
+                          ("--inference_min_ram", o.inference_min_ram, "min_ram"),
+                          ("--crf_min_ram", o.crf_min_ram, "min_ram"))
     model_copies = o.model_copies
     if o.large_model and model_copies is None:
         model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU

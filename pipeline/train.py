@@ -113,7 +113,8 @@ def _check_ranges(args) -> None:
                  ("learning_rate", "positive", lambda v: v > 0),
                  ("momentum", "in [0, 1)", lambda v: 0 <= v < 1),
                  ("val_split", "in [0, 1)", lambda v: 0 <= v < 1),
-                 ("max_minutes", "positive", lambda v: v is None or v > 0))
+                 ("max_minutes", "positive", lambda v: v is None or v > 0),
+                 ("seed", f"in 0..{2 ** 32 - 1}", lambda v: 0 <= v < 2 ** 32))
              if not fits(getattr(args, name))]
     if wrong:
         raise ValueError(wrong[0])

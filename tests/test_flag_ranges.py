@@ -1,6 +1,8 @@
 """Numeric flags of ``segbeam run`` outside their range are errors that name the flag, never a
 run that goes on with a value that cannot mean what the user meant (``--max_image_pixels 0``
-made every image a dead letter; ``--ignore_index 300`` can match no 8-bit mask value)."""
+made every image a dead letter; ``--ignore_index 300`` can match no 8-bit mask value; a negative
+CRF weight rewards label changes; ``--seed -1`` and a malformed resource hint failed only on the
+workers, with a traceback)."""
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,7 +21,13 @@ def _settings(*extra):
     ("--ignore_index", "300", "255", r"--ignore_index must be a mask value \(0..255\) or -1"),
     ("--crf_iterations", "0", "1", "CRF iterations must be at least 1; received 0"),
     ("--size_multiple", "0", "8", "--size_multiple must be at least 1; received 0"),
-    ("--batch_size", "0", "4", r"need 1 <= --min_batch_size \(1\) <= --batch_size \(0\)")])
+    ("--batch_size", "0", "4", r"need 1 <= --min_batch_size \(1\) <= --batch_size \(0\)"),
+    ("--seed", "-1", "7", r"--seed must be in 0\.\.4294967295; received -1"),
+    ("--crf_pos_w", "-1", "0", "CRF pos_w must be 0 or more and finite; received -1.0"),
+    ("--crf_bi_w", "nan", "10", "CRF bi_w must be 0 or more and finite; received nan"),
+    ("--crf_bi_rgb_std", "inf", "13", "CRF bi_rgb_std must be positive and finite"),
+    ("--crf_min_ram", "abc", "8GB", "--crf_min_ram 'abc' is not a valid resource hint"),
+    ("--inference_min_ram", "-1", "16GB", "--inference_min_ram '-1' is not a valid resource")])
 def test_a_numeric_flag_out_of_range_is_an_error_naming_it(flag, wrong, right, message):
     _settings(flag, right)
     with pytest.raises(ValueError, match=message):

@@ -203,7 +203,8 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     ("--epochs", "-2", "at least 1"), ("--epochs", "0", "at least 1"),
     ("--batch_size", "0", "at least 1"), ("--workers", "0", "at least 1"),
     ("--learning_rate", "0", "positive"), ("--momentum", "1", r"in \[0, 1\)"),
-    ("--val_split", "-0.1", r"in \[0, 1\)"), ("--max_minutes", "-5", "positive")])
+    ("--val_split", "-0.1", r"in \[0, 1\)"), ("--max_minutes", "-5", "positive"),
+    ("--seed", "-1", r"in 0\.\.4294967295")])
 def test_numeric_training_flags_out_of_range_are_errors(flag, value, rule):
     from segbeam.pipeline.train import config_from
 
