@@ -121,7 +121,8 @@ class ModelRuntime:
                 "input shape": self.input_shape, "output shape": self.output_shape,
                 "outputs": ", ".join(self.output_names) or "-",
                 "output used": self.output_name or "-",
-                "classes": self.num_classes() or "not declared",
+                "classes": "1 (binary: served as 2 classes, background 0 and foreground 1)"
+                if self.num_classes() == 1 else self.num_classes() or "not declared",
                 "fixed input size": "x".join(map(str, self.fixed_input_size() or ())) or
                 "any (pass --input_size, or --resize_mode pad)",
                 "batch size": self.batch_limit or "any",

@@ -64,7 +64,9 @@ class ModelSource:
             raise ValueError("--model is required: a saved model (.keras, .h5, SavedModel "
                              "folder, .onnx) or a registry name (see `segbeam models`)")
         if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"--num_classes must be at least 2; received {self.num_classes}")
+            raise ValueError(f"--num_classes must be at least 2; received {self.num_classes} "
+                             f"(a binary model's one output channel is served as 2 classes, "
+                             f"background 0 and foreground 1)")
         if self.data_format not in DATA_FORMATS:
             raise ValueError(f"--data_format must be one of {', '.join(DATA_FORMATS)}; "
                              f"received {self.data_format!r}")
@@ -111,10 +113,14 @@ class ModelSource:
                              f"--input_size is {wanted[0]}x{wanted[1]}; drop --input_size or "
                              f"make them agree")
         declared = runtime.num_classes()
+        binary = declared == 1 and self.num_classes == 2  # served as two (models.binary)
         if self.num_classes is not None and declared is not None \
-                and declared != self.num_classes:
+                and declared != self.num_classes and not binary:
             raise ValueError(f"model {self.spec} predicts {declared} classes but "
-                             f"--num_classes is {self.num_classes}")
+                             f"--num_classes is {self.num_classes}" + (
+                                 " (a one-channel model is served as 2 classes, background 0 "
+                                 "and foreground 1: pass --num_classes 2)" if declared == 1
+                                 else ""))
         return runtime
 
     def load(self):

@@ -1,0 +1,99 @@
+"""Models with one output channel: binary segmentation, a foreground score per pixel (as
+segmentation_models_pytorch and most Keras U-Net tutorials export them), served as two classes,
+background 0 and foreground 1.
+
+The one channel becomes two logits, [0, z] for a logit z and [log(1 - p), log(p)] for a
+sigmoid probability p: their softmax is [1 - p, p] either way, so everything downstream (labels,
+probabilities, CRF, calibration) sees an ordinary two-class model. Which of the two the channel
+holds is never guessed from values (logits of a weak model can all fall in [0, 1]): it is
+``--model_output``, or a Keras model's final sigmoid; otherwise the launcher asks for the flag.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+# Probabilities are clipped this far from 0 and 1 before the log (float32 keeps 1 - 1e-7).
+_EPSILON = 1e-7
+
+
+def two_class_logits(scores: np.ndarray, kind: str) -> np.ndarray:
+    """(N, h, w, 1) foreground scores -> (N, h, w, 2) float32 logits of [background,
+    foreground]; ``kind`` is ``logits`` or ``probabilities``."""
+    scores = np.asarray(scores, dtype=np.float32)
+    if kind == "probabilities":
+        p = np.clip(scores, _EPSILON, 1 - _EPSILON)
+        return np.concatenate([np.log1p(-p), np.log(p)], axis=-1)
+    return np.concatenate([np.zeros_like(scores), scores], axis=-1)
+
+
+def final_activation(model) -> Optional[str]:
+    """The activation of the layer that produces a Keras model's output, when it has one
+    (``sigmoid``, ``softmax``, ``linear``, ...), else None."""
+    history = getattr(model.outputs[0], "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None)
+
+
+def binary_output_kind(runtime, requested: str) -> str:
+    """What a one-channel model's channel holds: ``requested`` (``--model_output``) unless it
+    is ``auto``, else ``probabilities`` under a Keras model's final sigmoid, ``logits`` under a
+    final linear layer. Raises ValueError when nothing says."""
+    if requested != "auto":
+        return requested
+    activation = final_activation(runtime.keras_model) if runtime.keras_model is not None \
+        else None
+    if activation == "sigmoid":
+        return "probabilities"
+    if activation == "linear":
+        return "logits"
+    raise ValueError(f"model {runtime.name} has one output channel (binary segmentation, "
+                     f"served as classes 0 and 1) and does not say whether it holds logits or "
+                     f"sigmoid probabilities; pass --model_output logits or --model_output "
+                     f"probabilities")
+
+
+def _two_class_keras(model, kind: str):
+    """``model`` with its one channel turned into two logits inside the graph, so that the
+    compiled serving functions (and the fused CRF) see a two-class model."""
+    import keras
+    from keras import ops
+
+    scores = ops.cast(model.outputs[0], "float32")
+    if kind == "probabilities":
+        p = ops.clip(scores, _EPSILON, 1 - _EPSILON)
+        logits = ops.concatenate([ops.log(1 - p), ops.log(p)], axis=-1)
+    else:
+        logits = ops.concatenate([ops.zeros_like(scores), scores], axis=-1)
+    return keras.Model(model.inputs, logits, name=f"{model.name}_two_class")
+
+
+class TwoClassRuntime:
+    """A one-channel ``ModelRuntime`` served as two classes; everything else is the wrapped
+    runtime's."""
+
+    def __init__(self, runtime, kind: str):
+        self._runtime = runtime
+        self._kind = kind
+        self.keras_model = None if runtime.keras_model is None else \
+            _two_class_keras(runtime.keras_model, kind)
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        return two_class_logits(self._runtime.outputs(batch), self._kind)
+
+    def num_classes(self) -> int:
+        return 2
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+
+def as_two_classes(runtime, requested: str) -> tuple[Any, str]:
+    """(the runtime to serve, the kind of its outputs): a one-channel model wrapped as two
+    classes (whose outputs are logits), any other as it is."""
+    if runtime.num_classes() != 1:
+        return runtime, requested
+    return TwoClassRuntime(runtime, binary_output_kind(runtime, requested)), "logits"

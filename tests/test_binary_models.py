@@ -1,0 +1,77 @@
+"""Models with one output channel (binary segmentation) are served as two classes: background 0,
+foreground 1. Whether the channel holds logits or sigmoid probabilities is said, never guessed."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segbeam.models.binary import two_class_logits
+from segbeam.pipeline.cli import main
+
+
+def _softmax(logits):
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_one_channel_becomes_two_logits_whose_softmax_is_background_and_foreground():
+    z = np.array([-30.0, -2.0, 0.5, 3.0, 40.0], dtype=np.float32).reshape(1, 1, 5, 1)
+    p = 1 / (1 + np.exp(-z.astype(np.float64)))
+    for kind, scores in (("logits", z), ("probabilities", p.astype(np.float32))):
+        two = _softmax(two_class_logits(scores, kind).astype(np.float64))
+        np.testing.assert_allclose(two[..., 1], p[..., 0], atol=1e-6)
+        np.testing.assert_allclose(two.sum(axis=-1), 1.0, atol=1e-6)
+        assert two.argmax(axis=-1).ravel().tolist() == [0, 0, 1, 1, 1]
+
+
+def _save_model(path, activation: str) -> None:
+    """A one-channel model that calls a pixel foreground where its red value exceeds 128."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2D(1, 1, activation=activation)(inputs)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].set_weights([np.array([0.1, 0.0, 0.0], np.float32).reshape(1, 1, 3, 1),
+                                  np.array([-12.85], np.float32)])
+    model.save(path)
+
+
+def _pairs(folder, count=3):
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    for index in range(count):
+        image = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"b{index}.png")
+        Image.fromarray((image[..., 0] > 128).astype(np.uint8)).save(
+            folder / "masks" / f"b{index}.png")
+
+
+@pytest.mark.parametrize("activation, flags", [("sigmoid", []), ("linear", []),
+                                               ("relu", ["--model_output", "logits"])])
+def test_a_binary_model_scores_as_two_classes(tmp_path, activation, flags):
+    import json
+
+    _pairs(tmp_path)
+    _save_model(str(tmp_path / "binary.keras"), activation)
+    assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--model", str(tmp_path / "binary.keras"), "--num_classes", "2", "--no-crf",
+                 "--quiet", "--output", str(tmp_path / "out"), *flags]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    raw = summary["evaluation"]["raw"]
+    assert raw["labelled_pixels"] == 3 * 24 * 32
+    # relu turns every background logit into 0, which is a tie: background, as argmax says
+    assert raw["pixel_accuracy"] == 1.0 and raw["miou"] == 1.0, raw
+
+
+def test_a_binary_model_that_does_not_say_what_it_emits_asks_for_the_flag(tmp_path, capsys):
+    _pairs(tmp_path, count=1)
+    _save_model(str(tmp_path / "binary.keras"), "relu")
+    argv = ["run", "--input", str(tmp_path / "images"), "--model",
+            str(tmp_path / "binary.keras"), "--no-crf", "--output", str(tmp_path / "out")]
+    assert main(argv + ["--num_classes", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "has one output channel" in error and "pass --model_output logits or" in error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert main(argv + ["--num_classes", "1"]) == 2
+    assert "served as 2 classes" in capsys.readouterr().err
