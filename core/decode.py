@@ -208,8 +208,21 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
         return DecodedInput(image, None, frames)
     mask = decode_mask(mask_bytes, max_pixels, colour=colour_masks)
     if mask.shape[:2] != image.shape[:2]:
+        turned = mask.shape[:2] == image.shape[1::-1] and _orientation(image_bytes) in range(5, 9)
         raise InvalidInputError(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); a mask must match its image "
-            f"pixel for pixel")
+            f"pixel for pixel" + (
+                ". The image is turned by its EXIF orientation (as viewers show it) and the "
+                "mask matches it unturned: rotate the mask to match, or save the image "
+                "without the orientation tag" if turned else ""))
     return DecodedInput(image, mask, frames)
+
+
+def _orientation(data: bytes) -> Optional[int]:
+    """The EXIF orientation tag of an image file (1-8), or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - only a hint for an error message
+        return None

@@ -151,6 +151,20 @@ def test_a_bilevel_mask_stores_classes_0_and_1():
     np.testing.assert_array_equal(decode_mask(buffer.getvalue()), mask.astype(np.uint8))
 
 
+def test_a_mask_matching_the_image_before_its_exif_rotation_is_refused_with_the_cause(rng):
+    stored = random_image(rng, 4, 6)  # 6 wide, 4 high as stored; shown 4 wide, 6 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", exif=exif)
+    mask = png_bytes(np.zeros((4, 6), dtype=np.uint8))  # drawn on the stored pixels
+    with pytest.raises(InvalidInputError, match="mask is 6x4 but its image is 4x6 .*turned "
+                                                "by its EXIF orientation"):
+        decode_pair(buffer.getvalue(), mask)
+    with pytest.raises(InvalidInputError, match="pixel for pixel$"):  # no orientation: no hint
+        decode_pair(png_bytes(random_image(rng, 6, 4)), mask)
+
+
 def test_mask_size_must_match_image(rng):
     image = png_bytes(random_image(rng, 4, 6))
     with pytest.raises(InvalidInputError, match="mask is 5x4 but its image is 6x4"):
