@@ -47,9 +47,9 @@ def _pydensecrf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams,
     crf = dcrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
+    # C++ needs a writable, contiguous buffer.
     crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std,
-                             rgbim=np.require(image, np.uint8, ['C', 'W']),  # C++ needs a writable buffer
-                             compat=params.bi_w)
+                             rgbim=np.require(image, np.uint8, ['C', 'W']), compat=params.bi_w)
     marginals = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return marginals.T.reshape(height, width, classes)
 

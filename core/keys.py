@@ -55,7 +55,8 @@ def strip_extension(path: str) -> str:
 
 
 def file_stem(path: str) -> str:
-    """The base name without its extension, for pairing images with masks: ``a/b/x.png`` -> ``x``."""
+    """The base name without its extension, for pairing images with masks: ``a/b/x.png`` ->
+    ``x``."""
     return strip_extension(posixpath.basename(path.replace("\\", "/")))
 
 

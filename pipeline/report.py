@@ -212,7 +212,10 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
     if not now or not before:
         return {"previous": previous["run"]["output"], "comparable": False,
                 "aggregate": {}, "per_class": [], "regressions": []}
-    pick = lambda figures: figures["crf"] if figures["crf"] is not None else figures["raw"]  # noqa: E731
+
+    def pick(figures: dict):  # the final figures: the CRF's where it ran
+        return figures["crf"] if figures["crf"] is not None else figures["raw"]
+
     regressions, aggregate, per_class = [], {}, []
     for metric in DATASET_METRICS:
         a, b = pick(now["aggregate"][metric]), pick(before["aggregate"][metric])

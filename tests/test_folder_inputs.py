@@ -75,7 +75,8 @@ def test_run_on_a_folder_reads_its_files_and_names_the_ones_below(tmp_path, tiny
     assert not (tmp_path / "empty").exists()
 
 
-def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_nothing(tmp_path, capsys):
+def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_nothing(
+        tmp_path, capsys):
     images = _folder_with_a_subfolder(tmp_path)
     assert main(["shard", "--input", str(images), "--masks", str(tmp_path / "masks"),
                  "--output", str(tmp_path / "shards" / "s"), "--num_shards", "1"]) == 0

@@ -96,7 +96,8 @@ def test_the_training_miou_is_the_run_s_miou(ignore_index):
 def test_dataset_batches_weights_and_ignored_pixels(tmp_path):
     images, masks = _write_pairs(tmp_path, 5)
     items = find_training_pairs(images, masks)
-    assert len(items) == 5 and all(isinstance(item, ImageRef) and item.mask_source for item in items)
+    assert len(items) == 5
+    assert all(isinstance(item, ImageRef) and item.mask_source for item in items)
     dataset = SegmentationDataset(items, batch_size=2, size=(32, 32), num_classes=3,
                                   ignore_index=2, class_weights=np.array([1.0, 3.0, 5.0]))
     assert len(dataset) == 3

@@ -1,9 +1,9 @@
 """Sinks: mask PNGs, per-image metrics Parquet, the summary (JSON and Parquet), dead letters.
 
 Every path is built by ``segbeam.layout`` from the output root and a sanitised key, so no input
-can write outside the root. Mask PNGs are written under a temporary name and renamed, and Beam's file sinks
-finalise their shards the same way, so an interrupted run leaves no half-written file under
-a final name. A sink's shards from an earlier run into the same directory that this run did
+can write outside the root. Mask PNGs are written under a temporary name and renamed, and Beam's
+file sinks finalise their shards the same way, so an interrupted run leaves no half-written file
+under a final name. A sink's shards from an earlier run into the same directory that this run did
 not rewrite are deleted once the sink has finalised (``RemoveStaleShards``), so re-running a
 run never leaves duplicate rows behind.
 """
