@@ -96,6 +96,16 @@ def test_no_module_is_over_400_lines():
     assert not long, long
 
 
+def test_no_line_is_over_100_columns():
+    folders = ("core", "transforms", "pipeline", "models", "tests", "benchmarks")
+    paths = [os.path.join(ROOT, folder, name) for folder in folders
+             for name in sorted(os.listdir(os.path.join(ROOT, folder))) if name.endswith(".py")]
+    long = [f"{os.path.relpath(path, ROOT)}:{number}" for path in paths
+            for number, line in enumerate(open(path, encoding="utf-8"), 1)
+            if len(line.rstrip("\n")) > 100]
+    assert not long, long
+
+
 def _loaded_backends(argv: list[str]) -> list[str]:
     code = ("import sys\nfrom segbeam.pipeline.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
