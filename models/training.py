@@ -107,6 +107,27 @@ def miou_metric(num_classes: int, ignore_index: Optional[int]) -> keras.metrics.
                              sparse_y_true=True, sparse_y_pred=False)
 
 
+def _check_validation_flags(config: TrainingConfig) -> None:
+    """One way to say what to validate on, before any data is read."""
+    if bool(config.val_images) != bool(config.val_masks):
+        raise ValueError("--val_images and --val_masks go together: pass both, or neither")
+    if config.val_images and config.val_split > 0:
+        raise ValueError("pass --val_images/--val_masks or --val_split, not both (--val_split "
+                         "holds part of the training pairs out instead)")
+
+
+def _warn_shared(items: list, val_items: list) -> None:
+    """A validation set that holds training pairs scores images the model learnt from: its
+    mIoU (and best.keras, chosen by it) says so."""
+    from segbeam.training_items import describe
+
+    shared = sorted({describe(item) for item in items} & {describe(item) for item in val_items})
+    if shared:
+        LOG.warning("%d of the %d validation pairs are also training pairs (first: %s); their "
+                    "validation figures score images the model trains on", len(shared),
+                    len(val_items), shared[0])
+
+
 def _check_input_size(config: TrainingConfig) -> None:
     """Builds the architecture once at ``--input_size`` before any data is read, so that a
     size it cannot take, or maps to labels of another size, is one line, not an error at the
@@ -140,6 +161,7 @@ def train(config: TrainingConfig) -> TrainingResult:
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
     _optimizer(config)  # flag errors before any data is read
+    _check_validation_flags(config)
     _check_input_size(config)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
@@ -147,11 +169,10 @@ def train(config: TrainingConfig) -> TrainingResult:
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards, config.containers, naming), labels)
     if config.val_images:
-        if not config.val_masks:
-            raise ValueError("--val_images needs --val_masks")
         val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks,
                                                       naming),
                                   labels)
+        _warn_shared(items, val_items)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:
             raise ValueError(f"--val_split must be in (0, 1); received {config.val_split}")

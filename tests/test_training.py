@@ -189,6 +189,14 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--optimizer must be one of"):
         train(TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path),
                              input_size=(32, 32), images="x", masks="y", optimizer="rmsprop"))
+    # Validation flags that contradict each other: --val_split was ignored without a word.
+    for extra, message in [({"val_images": "v"}, "--val_images and --val_masks go together"),
+                           ({"val_masks": "v"}, "--val_images and --val_masks go together"),
+                           ({"val_images": "v", "val_masks": "w", "val_split": 0.2},
+                            "or --val_split, not both")]:
+        with pytest.raises(ValueError, match=message):
+            train(TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path),
+                                 input_size=(32, 32), images="x", masks="y", **extra))
     # Sizes an architecture cannot take failed at the first batch, after all data was read.
     for model, size, message in [("unet", (16, 16), "unet cannot be built for --input_size "
                                   r"16x16 \(Input size must be at least 32x32"),
@@ -198,6 +206,20 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=message):
             train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
                                  input_size=size, images="x", masks="y"))
+
+
+def test_validation_pairs_that_are_training_pairs_are_named(caplog):
+    from segbeam.models.training import _warn_shared
+
+    items = [ImageRef(f"k{i}", f"/d/k{i}.png", f"/m/k{i}.png") for i in range(4)]
+    with caplog.at_level("WARNING"):
+        _warn_shared(items, items[2:] + [ImageRef("v", "/v/v.png", "/m/v.png")])
+    assert "2 of the 3 validation pairs are also training pairs (first: /d/k2.png)" in \
+        caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_shared(items[:2], items[2:])
+    assert not caplog.text
 
 
 @pytest.mark.parametrize("flag, value, rule", [
