@@ -54,6 +54,9 @@ def _items(images, masks, shards, containers, naming):
     from segbeam.training_items import find_shard_entries, find_training_pairs
 
     if shards:
+        if images or masks:
+            raise ValueError("pass --shards or --images/--masks, not both (one of them would "
+                             "be left out)")
         return find_shard_entries(shards, containers)
     if not images or not masks:
         raise ValueError("training needs --images and --masks (folders or globs), or --shards")

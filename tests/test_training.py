@@ -193,7 +193,8 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     for extra, message in [({"val_images": "v"}, "--val_images and --val_masks go together"),
                            ({"val_masks": "v"}, "--val_images and --val_masks go together"),
                            ({"val_images": "v", "val_masks": "w", "val_split": 0.2},
-                            "or --val_split, not both")]:
+                            "or --val_split, not both"),
+                           ({"shards": "s"}, "pass --shards or --images/--masks, not both")]:
         with pytest.raises(ValueError, match=message):
             train(TrainingConfig(model="segnet_basic", num_classes=3, output=str(tmp_path),
                                  input_size=(32, 32), images="x", masks="y", **extra))
