@@ -75,6 +75,21 @@ def add_container_flags(group, key_column: bool) -> None:
                             "seg.png for KEY.seg.png beside KEY.jpg.")
 
 
+_CONTAINER_FLAGS = (("image_column", "image", "parquet"), ("mask_column", None, "parquet"),
+                    ("key_column", None, "parquet"), ("mask_ext", None, "webdataset"))
+
+
+def check_container_flags(input_format: str, values) -> None:
+    """A container flag given for input it does not apply to (``--mask_column`` with image
+    files) would be ignored without a word: a ``UsageError`` naming it instead. ``values``:
+    the parsed flags."""
+    for name, default, applies in _CONTAINER_FLAGS:
+        if getattr(values, name, default) != default and input_format != applies:
+            raise UsageError(f"--{name} applies to {applies} shards, but the input is read as "
+                             f"{input_format}; drop it, or point the input at {applies} "
+                             f"shards")
+
+
 def add_pairing_flags(group) -> None:
     """File-name suffixes beside the stem an image and its mask share (``Naming``)."""
     group.add_argument("--image_suffix", default=None,

@@ -37,3 +37,26 @@ def test_a_numeric_flag_out_of_range_is_an_error_naming_it(flag, wrong, right, m
 def test_no_ignore_index_is_minus_one():
     assert _settings("--ignore_index", "-1").ignore_index is None
     assert _settings("--ignore_index", "0").ignore_index == 0
+
+
+@pytest.mark.parametrize("flag, value, applies", [
+    ("--mask_column", "mask", "parquet"), ("--key_column", "name", "parquet"),
+    ("--image_column", "img", "parquet"), ("--mask_ext", "seg.png", "webdataset")])
+def test_a_container_flag_for_other_input_is_an_error(flag, value, applies):
+    """--mask_column with image files was ignored: a run that scored nothing it was told to."""
+    with pytest.raises(ValueError, match=f"{flag} applies to {applies} shards, but the input is "
+                                         f"read as images"):
+        _settings(flag, value)
+    shards = {"parquet": "/data/*.parquet", "webdataset": "/data/*.tar"}[applies]
+    argv = ["--input", shards, "--model", "tiny_fcn", "--num_classes", "3", flag, value]
+    settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
+
+
+def test_segbeam_train_refuses_container_flags_without_shards():
+    from segbeam.pipeline.train import config_from
+
+    argv = ["--images", "i", "--masks", "m", "--model", "tiny_fcn", "--num_classes", "3",
+            "--input_size", "32", "--output", "o"]
+    config_from(argv)
+    with pytest.raises(ValueError, match="--mask_column applies to parquet shards"):
+        config_from(argv + ["--mask_column", "mask"])
