@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Optional, Sequence
 
-from segbeam.containers import ContainerFields
+from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.pipeline.flags import add_container_flags, add_pairing_flags, \
     check_container_flags
@@ -137,8 +137,8 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
         raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
                          f"{args.scale_max}")
     _check_ranges(args)
-    if not args.shards:  # the shards' format decides which apply (checked where they are read)
-        check_container_flags("images", args)
+    check_container_flags(container_format(args.shards) or "tfrecord" if args.shards
+                          else "images", args)
     values = vars(args)
     del values["dataset"], values["mask_palette"]
     values["containers"] = ContainerFields(values.pop("image_column"),

@@ -52,7 +52,7 @@ def test_a_container_flag_for_other_input_is_an_error(flag, value, applies):
     settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
 
 
-def test_segbeam_train_refuses_container_flags_without_shards():
+def test_segbeam_train_refuses_container_flags_for_other_input():
     from segbeam.pipeline.train import config_from
 
     argv = ["--images", "i", "--masks", "m", "--model", "tiny_fcn", "--num_classes", "3",
@@ -60,3 +60,7 @@ def test_segbeam_train_refuses_container_flags_without_shards():
     config_from(argv)
     with pytest.raises(ValueError, match="--mask_column applies to parquet shards"):
         config_from(argv + ["--mask_column", "mask"])
+    shards = argv[4:] + ["--shards"]
+    with pytest.raises(ValueError, match="the input is read as tfrecord"):
+        config_from(shards + ["s/*.tfrecord", "--mask_ext", "seg.png"])
+    config_from(shards + ["s/*.parquet", "--mask_column", "mask"])
