@@ -25,6 +25,9 @@ class DatasetPreset(NamedTuple):
     mask_colours: Optional[tuple] = None  # ((r, g, b), stored value): colour-coded masks
     image_suffix: str = ""  # file-name suffixes beside the stem an image and its mask share
     mask_suffix: str = ""
+    # Masks whose suffix ends so already hold class ids (Cityscapes' *_labelTrainIds.png, which
+    # cityscapesScripts writes): the label map is not applied to them.
+    class_id_suffix: str = ""
 
 
 # Cityscapes' label ids and the train ids they map to (cityscapesScripts' labels.py): the 19
@@ -112,7 +115,7 @@ DATASETS = {
         CITYSCAPES, 255, CITYSCAPES_TRAIN_IDS + tuple(
             (label, IGNORE) for label in range(34) if label not in dict(CITYSCAPES_TRAIN_IDS)),
         CITYSCAPES_COLOURS, first_value_per_colour(CITYSCAPES_ID_COLOURS),
-        "_leftImg8bit", "_gtFine_labelIds"),
+        "_leftImg8bit", "_gtFine_labelIds", "labelTrainIds"),
     "ade20k": DatasetPreset(
         "ADE20K SceneParsing: 150 classes stored as 1..150 (shifted down by one); 0 = other "
         "(ignored)", ADE20K, 255, ((0, IGNORE),) + tuple((v, v - 1) for v in range(1, 151))),
@@ -178,5 +181,8 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
         image_suffix = preset.image_suffix if preset else ""
     if mask_suffix is None:
         mask_suffix = preset.mask_suffix if preset else ""
+    if preset and preset.class_id_suffix and label_map is None \
+            and mask_suffix.lower().endswith(preset.class_id_suffix.lower()):
+        mapping = None  # train-id masks: mapping label ids onto them would scramble classes
     return LabelConvention(num_classes, names, ignore_index, mapping, palette, colours,
                            image_suffix, mask_suffix)

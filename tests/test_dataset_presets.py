@@ -151,3 +151,20 @@ def test_cityscapes_file_names_pair_with_the_preset(tmp_path):
     assert labels["unexpected_pixels"] == 0
     # road, sidewalk and car scored; label id 0 (unlabeled) ignored: 3/4 of the pixels
     assert outcome.summary["evaluation"]["raw"]["labelled_pixels"] == 2 * 16 * 32 * 3 // 4
+
+
+def test_cityscapes_train_id_masks_are_not_mapped_again():
+    """cityscapesScripts' *_labelTrainIds.png already hold train ids: read through the label-id
+    map, road (0) became unlabeled and traffic sign (7) became road; only 255 showed, as an
+    unexpected value."""
+    def labels(suffix, label_map=None):
+        convention = resolve_convention("cityscapes", None, None, None, label_map,
+                                        mask_suffix=suffix)
+        return MaskLabels(19, 255, label_map=convention.label_map)
+
+    train_ids = np.array([[0, 7, 18, 255]], dtype=np.uint8)
+    mask, count, _ = labels("_gtFine_labelTrainIds").prepare(train_ids)
+    assert mask.tolist() == [[0, 7, 18, 255]] and count == 0
+    assert labels("_gtFine_labelIds").prepare(np.array([[7, 26]], np.uint8))[0].tolist() == \
+        [[0, 13]]
+    assert labels("_gtFine_labelTrainIds", "7:0").label_map == ((7, 0),)  # explicit wins
