@@ -181,6 +181,10 @@ def train(config: TrainingConfig) -> TrainingResult:
             raise ValueError(f"--val_split must be in (0, 1); received {config.val_split}")
         order = np.random.default_rng(config.seed).permutation(len(items))
         count = max(1, round(len(items) * config.val_split))
+        if count >= len(items):
+            raise ValueError(f"--val_split {config.val_split} holds out all {len(items)} "
+                             f"usable pairs, leaving none to train on; lower it, or pass "
+                             f"--val_images/--val_masks")
         val_items = [items[i] for i in sorted(order[:count])]
         items = [items[i] for i in sorted(order[count:])]
     else:

@@ -209,6 +209,15 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
                                  input_size=size, images="x", masks="y"))
 
 
+def test_a_val_split_that_leaves_nothing_to_train_on_says_so(tmp_path):
+    from segbeam.models.training import TrainingConfig, train
+
+    images, masks = _write_pairs(tmp_path, 1, height=32, width=32)
+    with pytest.raises(ValueError, match="--val_split 0.5 holds out all 1 usable pairs"):
+        train(TrainingConfig(model="tiny_fcn", num_classes=3, output=str(tmp_path / "run"),
+                             input_size=(32, 32), images=images, masks=masks, val_split=0.5))
+
+
 def test_validation_pairs_that_are_training_pairs_are_named(caplog):
     from segbeam.models.training import _warn_shared
 
