@@ -334,6 +334,11 @@ def format_report(outcome: RunOutcome) -> str:
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
+        if not counts["images_with_mask"]:
+            lines.append("  WARNING: no input found its mask, so nothing was scored; masks pair "
+                         "with images by file stem: where their names add a suffix (x_mask.png "
+                         "for x.jpg), pass --mask_suffix _mask (and --image_suffix for the "
+                         "images')")
     lines += [f"  WARNING: {warning}" for warning in label_warnings(summary)]
     evaluation = summary["evaluation"]
     if evaluation:

@@ -86,3 +86,22 @@ class _PartlyLoading:
 def test_weights_that_leave_layers_at_random_values_are_an_error():
     with pytest.raises(ValueError, match="leave part of model m at its random initial values"):
         _load_weights(_PartlyLoading(), "w.h5", "w.h5", "m")
+
+
+def test_masks_that_pair_with_no_image_say_how_they_could(tmp_path):
+    """Masks named x_mask.png beside images x.png pair with nothing: the run scored nothing,
+    said so only as a count of masks without an image."""
+    from segbeam.pipeline.run import format_report, run
+
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
+    for mask in (tmp_path / "masks").iterdir():
+        mask.rename(mask.with_name(f"{mask.stem}_mask.png"))
+    argv = ["--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+            "--model", "tiny_fcn", "--num_classes", "3", "--no-crf", "--quiet"]
+    report = format_report(run(argv + ["--output", str(tmp_path / "out")]))
+    assert "2 mask files matched no input image" in report
+    assert "WARNING: no input found its mask, so nothing was scored" in report
+    assert "pass --mask_suffix _mask" in report
+    paired = run(argv + ["--mask_suffix", "_mask", "--output", str(tmp_path / "out2")])
+    assert paired.summary["counts"]["images_with_mask"] == 2
+    assert "no input found its mask" not in format_report(paired)
