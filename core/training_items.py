@@ -156,7 +156,8 @@ def find_training_pairs(images: str, masks: str, naming: Naming = Naming()) -> l
                     "(first: %s)", len(unmatched), len(refs), masks, unmatched[0])
     if not pairs:
         raise ValueError(f"none of the {len(refs)} images under {images!r} has a mask "
-                         f"with the same file stem under {masks!r}")
+                         f"with the same file stem under {masks!r}; where the masks' names "
+                         f"add a suffix (x_mask.png for x.jpg), pass --mask_suffix _mask")
     return pairs
 
 

@@ -118,7 +118,7 @@ def test_images_without_masks_are_left_out_and_none_matching_is_an_error(tmp_pat
         find_training_pairs(str(tmp_path / "nothing" / "*.png"), masks)
     empty = tmp_path / "empty_masks"
     empty.mkdir()
-    with pytest.raises(ValueError, match="none of the 3 images"):
+    with pytest.raises(ValueError, match="none of the 3 images.*pass --mask_suffix _mask"):
         find_training_pairs(images, str(empty))
 
 
