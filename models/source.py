@@ -113,7 +113,7 @@ class ModelSource:
                              f"--input_size is {wanted[0]}x{wanted[1]}; drop --input_size or "
                              f"make them agree")
         declared = runtime.num_classes()
-        binary = declared == 1 and self.num_classes == 2  # served as two (models.binary)
+        binary = declared == 1 and self.num_classes == 2  # served as two (output_adapters)
         if self.num_classes is not None and declared is not None \
                 and declared != self.num_classes and not binary:
             raise ValueError(f"model {self.spec} predicts {declared} classes but "

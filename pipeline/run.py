@@ -27,7 +27,7 @@ from segbeam.containers import ContainerFields, check_parquet_columns, parquet_c
 from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
-from segbeam.models.binary import as_two_classes
+from segbeam.models.output_adapters import adapt_outputs
 from segbeam.matching import could_match_outputs, files_in_subfolders, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
@@ -222,7 +222,7 @@ def _check_model_opens(settings: Settings) -> None:
     not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
     on the workers only."""
     if settings.model.saved or settings.model.weights or settings.model.input_size:
-        as_two_classes(settings.model.open(announce=False), settings.inference.model_output)
+        adapt_outputs(settings.model.open(announce=False), settings.inference.model_output)
 
 
 def execute(options: PipelineOptions, argv: Sequence[str],

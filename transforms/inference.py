@@ -24,7 +24,7 @@ from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, is_out_of_memory, \
     looks_like_probabilities, to_probabilities
-from segbeam.models.binary import as_two_classes
+from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.keras_runtime import compiled_predict, device_predict, \
     keras_on_accelerator
 from segbeam.models.runtime import ModelRuntime
@@ -71,7 +71,7 @@ class SegmentationPredictor:
         if kind not in MODEL_OUTPUTS:
             raise ValueError(f"unknown model output kind {kind!r}; expected one of "
                              f"{MODEL_OUTPUTS}")
-        runtime, kind = as_two_classes(runtime, kind)  # a one-channel (binary) model
+        runtime, kind = adapt_outputs(runtime, kind)  # binary or multi-label sigmoid heads
         self._runtime = runtime
         self._kind = kind
         self._placement = device

@@ -1,12 +1,17 @@
-"""Models with one output channel: binary segmentation, a foreground score per pixel (as
-segmentation_models_pytorch and most Keras U-Net tutorials export them), served as two classes,
-background 0 and foreground 1.
+"""Model outputs that are not per-class logits or a distribution, adapted to logits so that
+everything downstream (labels, probabilities, CRF, calibration) sees an ordinary model.
 
-The one channel becomes two logits, [0, z] for a logit z and [log(1 - p), log(p)] for a
-sigmoid probability p: their softmax is [1 - p, p] either way, so everything downstream (labels,
-probabilities, CRF, calibration) sees an ordinary two-class model. Which of the two the channel
-holds is never guessed from values (logits of a weak model can all fall in [0, 1]): it is
-``--model_output``, or a Keras model's final sigmoid; otherwise the launcher asks for the flag.
+One output channel: binary segmentation, a foreground score per pixel (as
+segmentation_models_pytorch and most Keras U-Net tutorials export them), served as two classes,
+background 0 and foreground 1. The channel becomes two logits, [0, z] for a logit z and
+[log(1 - p), log(p)] for a sigmoid probability p: their softmax is [1 - p, p] either way. Which
+of the two the channel holds is never guessed from values (logits of a weak model can all fall
+in [0, 1]): it is ``--model_output``, or a Keras model's final sigmoid or linear layer;
+otherwise the launcher asks for the flag.
+
+A sigmoid per class (a multi-label head): the scores do not sum to one, and read as logits
+their softmax is near uniform, a CRF unary with no say and a calibration of nothing. Where a
+Keras model's final layer says so, they are served as log(p), whose softmax is p normalised.
 """
 
 from __future__ import annotations
@@ -71,12 +76,21 @@ def _two_class_keras(model, kind: str):
     return keras.Model(model.inputs, logits, name=f"{model.name}_two_class")
 
 
-class TwoClassRuntime:
-    """A one-channel ``ModelRuntime`` served as two classes; everything else is the wrapped
-    runtime's."""
+class _AdaptedRuntime:
+    """A ``ModelRuntime`` with other outputs; everything else is the wrapped runtime's."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+
+class TwoClassRuntime(_AdaptedRuntime):
+    """A one-channel ``ModelRuntime`` served as two classes."""
 
     def __init__(self, runtime, kind: str):
-        self._runtime = runtime
+        super().__init__(runtime)
         self._kind = kind
         self.keras_model = None if runtime.keras_model is None else \
             _two_class_keras(runtime.keras_model, kind)
@@ -87,13 +101,39 @@ class TwoClassRuntime:
     def num_classes(self) -> int:
         return 2
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runtime, name)
+
+def sigmoid_logits(scores: np.ndarray) -> np.ndarray:
+    """Per-class sigmoid probabilities (a multi-label head) as logits whose softmax is the
+    scores normalised to sum to one: log(p)."""
+    return np.log(np.clip(np.asarray(scores, dtype=np.float32), _EPSILON, 1.0))
 
 
-def as_two_classes(runtime, requested: str) -> tuple[Any, str]:
+def _sigmoid_keras(model):
+    import keras
+    from keras import ops
+
+    scores = ops.clip(ops.cast(model.outputs[0], "float32"), _EPSILON, 1.0)
+    return keras.Model(model.inputs, ops.log(scores), name=f"{model.name}_normalised")
+
+
+class SigmoidScoresRuntime(_AdaptedRuntime):
+    """A Keras model whose classes each end in a sigmoid, served as log(p)."""
+
+    def __init__(self, runtime):
+        super().__init__(runtime)
+        self.keras_model = _sigmoid_keras(runtime.keras_model)
+
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        return sigmoid_logits(self._runtime.outputs(batch))
+
+
+def adapt_outputs(runtime, requested: str) -> tuple[Any, str]:
     """(the runtime to serve, the kind of its outputs): a one-channel model wrapped as two
-    classes (whose outputs are logits), any other as it is."""
-    if runtime.num_classes() != 1:
-        return runtime, requested
-    return TwoClassRuntime(runtime, binary_output_kind(runtime, requested)), "logits"
+    classes (whose outputs are logits); a Keras model with a sigmoid per class, under
+    ``--model_output auto``, as normalised logits; any other as it is."""
+    if runtime.num_classes() == 1:
+        return TwoClassRuntime(runtime, binary_output_kind(runtime, requested)), "logits"
+    if requested == "auto" and runtime.keras_model is not None \
+            and final_activation(runtime.keras_model) == "sigmoid":
+        return SigmoidScoresRuntime(runtime), "logits"
+    return runtime, requested

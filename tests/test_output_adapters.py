@@ -1,11 +1,12 @@
-"""Models with one output channel (binary segmentation) are served as two classes: background 0,
-foreground 1. Whether the channel holds logits or sigmoid probabilities is said, never guessed."""
+"""Model outputs adapted to logits. One output channel (binary segmentation) is served as two
+classes, background 0 and foreground 1; whether the channel holds logits or sigmoid
+probabilities is said, never guessed. A sigmoid per class is served normalised."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from segbeam.models.binary import two_class_logits
+from segbeam.models.output_adapters import sigmoid_logits, two_class_logits
 from segbeam.pipeline.cli import main
 
 
@@ -75,3 +76,28 @@ def test_a_binary_model_that_does_not_say_what_it_emits_asks_for_the_flag(tmp_pa
     assert len(error.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
     assert main(argv + ["--num_classes", "1"]) == 2
     assert "served as 2 classes" in capsys.readouterr().err
+
+
+def test_a_sigmoid_per_class_is_served_as_its_scores_normalised(tmp_path):
+    """Read as logits, sigmoid scores in [0, 1] gave softmax probabilities near 1/C: the CRF's
+    unary had no say and the calibration figures measured nothing."""
+    import keras
+
+    from segbeam.models.source import ModelSource
+    from segbeam.transforms.inference import SegmentationPredictor
+
+    scores = np.array([[0.9, 0.2, 0.05], [0.3, 0.6, 0.6]], np.float32)
+    normalised = _softmax(sigmoid_logits(scores).astype(np.float64))
+    np.testing.assert_allclose(normalised, scores / scores.sum(axis=-1, keepdims=True),
+                               atol=1e-6)
+    inputs = keras.Input((None, None, 3))
+    heads = keras.layers.Conv2D(3, 1, activation="sigmoid")(inputs)
+    path = str(tmp_path / "sigmoid.keras")
+    keras.Model(inputs, heads).save(path)
+    batch = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    raw = keras.models.load_model(path).predict(batch, verbose=0)
+    predictor = SegmentationPredictor(ModelSource(path, num_classes=3).open())
+    probabilities, labels = predictor.predict(batch)
+    np.testing.assert_allclose(probabilities.astype(np.float32),
+                               raw / raw.sum(axis=-1, keepdims=True), atol=2e-3)
+    assert np.array_equal(labels, raw.argmax(axis=-1))
