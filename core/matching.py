@@ -178,6 +178,25 @@ def folder_as_glob(pattern: str) -> str:
     return folder + "/*" if below else pattern
 
 
+def first_file_and_subfolder_count(pattern: str, exclude: Optional[str] = None
+                                   ) -> tuple[Optional[str], int]:
+    """(the first file ``pattern`` matches or None, ``files_in_subfolders(pattern)``). On
+    Cloud Storage a listing of ``folder/*`` lists everything below the folder anyway, so one
+    listing answers both (two cost a second pass over millions of objects)."""
+    folder = pattern[:-2]
+    if not (_is_remote(pattern) and pattern.endswith("/*") and folder
+            and not any(c in folder for c in _WILDCARDS)):
+        return (next(iter(match_files(pattern, exclude)), None),
+                files_in_subfolders(pattern, exclude))
+    first, deeper = None, 0
+    for path in match_files(folder + "/**", exclude):
+        if "/" in path[len(folder) + 1:]:
+            deeper += 1
+        elif first is None:
+            first = path
+    return first, deeper
+
+
 def files_in_subfolders(pattern: str, exclude: Optional[str] = None) -> int:
     """For a glob of every file in one folder (``folder/*``), how many files its sub-folders
     hold (that the glob leaves out); 0 for any other pattern."""

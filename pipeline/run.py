@@ -28,7 +28,7 @@ from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
-from segbeam.matching import could_match_outputs, files_in_subfolders, match_files
+from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
     output_path, read_json, write_bytes_atomically
@@ -93,8 +93,7 @@ def _check_inputs_exist(settings: Settings) -> None:
     clearer message than the runner's, no empty outputs, and no run that scores nothing
     because --masks was mistyped."""
     exclude = settings.layout.root if settings.input_format == "images" else None
-    first = next(iter(match_files(settings.input, exclude)), None)
-    deeper = files_in_subfolders(settings.input, exclude)
+    first, deeper = first_file_and_subfolder_count(settings.input, exclude)
     if first is None and deeper:
         raise UsageError(f"--input {settings.input[:-2]!r} is a folder whose {deeper} files "
                          f"all lie in sub-folders; pass '{settings.input[:-2]}/**' to read "

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from segbeam.matching import files_in_subfolders, folder_as_glob
+from segbeam.matching import files_in_subfolders, first_file_and_subfolder_count, folder_as_glob
 from segbeam.pipeline.cli import main
 from tests.conftest import png_bytes, put, write_random_pairs
 
@@ -28,11 +28,12 @@ def test_a_local_folder_is_the_glob_of_its_files(tmp_path):
     for unchanged in (f"{images}/i0.png", f"{images}/*.png", str(tmp_path / "nothing"), ""):
         assert folder_as_glob(unchanged) == unchanged
     assert files_in_subfolders(f"{images}/*") == 1
+    assert first_file_and_subfolder_count(f"{images}/*")[1] == 1
     assert files_in_subfolders(f"{images}/more/*") == 0
     assert files_in_subfolders(f"{images}/*.png") == 0  # not a whole folder: not asked
 
 
-def test_a_cloud_storage_prefix_is_a_folder(gcs_bucket):
+def test_a_cloud_storage_prefix_is_a_folder(gcs_bucket, monkeypatch):
     gcs = gcs_bucket()
     image = png_bytes(np.zeros((4, 4, 3), np.uint8))
     for name in ("data/images/a.png", "data/images/b.png", "data/images/deep/c.png",
@@ -43,6 +44,18 @@ def test_a_cloud_storage_prefix_is_a_folder(gcs_bucket):
     assert folder_as_glob(f"{gcs}/data/images/a.png") == f"{gcs}/data/images/a.png"
     assert folder_as_glob(f"{gcs}/data/nothing") == f"{gcs}/data/nothing"
     assert files_in_subfolders(f"{gcs}/data/images/*") == 1
+    # The launcher's check answers both questions from one listing of the prefix.
+    from apache_beam.io.filesystems import FileSystems
+
+    listings = []
+    match = FileSystems.match
+    monkeypatch.setattr(FileSystems, "match",
+                        lambda patterns, *a, **k: listings.append(patterns) or
+                        match(patterns, *a, **k))
+    first, deeper = first_file_and_subfolder_count(f"{gcs}/data/images/*")
+    assert first in (f"{gcs}/data/images/a.png", f"{gcs}/data/images/b.png") and deeper == 1
+    assert len(listings) == 1, listings
+    assert first_file_and_subfolder_count(f"{gcs}/data/nothing/*") == (None, 0)
 
 
 def _run(images, masks, output, tiny_model_path):
