@@ -64,3 +64,15 @@ def test_segbeam_train_refuses_container_flags_for_other_input():
     with pytest.raises(ValueError, match="the input is read as tfrecord"):
         config_from(shards + ["s/*.tfrecord", "--mask_ext", "seg.png"])
     config_from(shards + ["s/*.parquet", "--mask_column", "mask"])
+    with pytest.raises(ValueError, match="--mask_suffix pairs image files with mask files"):
+        config_from(shards + ["s/*.tfrecord", "--mask_suffix", "_m"])
+
+
+def test_pairing_suffixes_with_shards_are_an_error():
+    """--mask_suffix pairs files by name; shards carry their masks, so it was ignored."""
+    argv = ["--input", "/data/*.tfrecord", "--model", "tiny_fcn", "--num_classes", "3"]
+    settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
+    for flag in ("--mask_suffix", "--image_suffix"):
+        with pytest.raises(ValueError, match=f"{flag} pairs image files with mask files"):
+            settings_from(PipelineOptions(argv + [flag, "_x"]).view_as(SegmentationOptions))
+    _settings("--mask_suffix", "_mask")  # image files: fine
