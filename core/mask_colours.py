@@ -17,6 +17,8 @@ import numpy as np
 from segbeam.masks_png import voc_palette
 
 COLOUR_CODE_BASE = 256
+_VOC = voc_palette()  # built once: read_palette_mask compares every palette mask with it
+_VOC.flags.writeable = False
 
 
 def colour_code(red: int, green: int, blue: int) -> int:
@@ -59,7 +61,7 @@ def read_palette_mask(mask: np.ndarray, colours: tuple, what: str = "mask") -> n
     palette[mask[..., 3].ravel()] = mask[..., :3].reshape(-1, 3)  # one colour per index
     indices = np.flatnonzero(np.bincount(mask[..., 3].ravel(), minlength=256)).astype(np.uint8)
     used = palette[indices]  # the palette colour of each index the mask uses
-    if np.array_equal(used, voc_palette()[indices]) or (used == indices[:, None]).all():
+    if np.array_equal(used, _VOC[indices]) or (used == indices[:, None]).all():
         return np.ascontiguousarray(mask[..., 3])
     stored, unknown, _ = decode_colours(used[np.newaxis], colours)
     disagree = ~unknown[0] & (stored[0] != indices)

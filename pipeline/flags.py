@@ -75,19 +75,26 @@ def add_container_flags(group, key_column: bool) -> None:
                             "seg.png for KEY.seg.png beside KEY.jpg.")
 
 
-_CONTAINER_FLAGS = (("image_column", "image", "parquet"), ("mask_column", None, "parquet"),
-                    ("key_column", None, "parquet"), ("mask_ext", None, "webdataset"))
+# (flag, its default, the input format it applies to) for the flags that only one input
+# format reads.
+_FORMAT_FLAGS = (("image_column", "image", "parquet"), ("mask_column", None, "parquet"),
+                 ("key_column", None, "parquet"), ("mask_ext", None, "webdataset"),
+                 ("image_suffix", None, "images"), ("mask_suffix", None, "images"))
 
 
 def check_container_flags(input_format: str, values) -> None:
-    """A container flag given for input it does not apply to (``--mask_column`` with image
-    files) would be ignored without a word: a ``UsageError`` naming it instead. ``values``:
-    the parsed flags."""
-    for name, default, applies in _CONTAINER_FLAGS:
-        if getattr(values, name, default) != default and input_format != applies:
-            raise UsageError(f"--{name} applies to {applies} shards, but the input is read as "
-                             f"{input_format}; drop it, or point the input at {applies} "
-                             f"shards")
+    """A flag given for input it does not apply to (``--mask_column`` with image files,
+    ``--mask_suffix`` with shards) would be ignored without a word: a ``UsageError`` naming it
+    instead. ``values``: the parsed flags."""
+    for name, default, applies in _FORMAT_FLAGS:
+        if getattr(values, name, default) == default or input_format == applies:
+            continue
+        if applies == "images":
+            raise UsageError(f"--{name} pairs image files with mask files by name; "
+                             f"{input_format} shards carry each image's mask with it: drop "
+                             f"--{name}")
+        raise UsageError(f"--{name} applies to {applies} shards, but the input is read as "
+                         f"{input_format}; drop it, or point the input at {applies} shards")
 
 
 def add_pairing_flags(group) -> None:

@@ -321,10 +321,6 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     input_glob = folder_as_glob(absolute_local(o.input))  # a folder: every file in it
     input_format = _input_format(o.input_format, input_glob)
     check_container_flags(input_format, o)
-    for flag, value in (("--image_suffix", o.image_suffix), ("--mask_suffix", o.mask_suffix)):
-        if input_format in SHARD_FORMATS and value is not None:
-            raise UsageError(f"{flag} pairs image files with mask files by name; {input_format} "
-                             f"shards carry each image's mask with it: drop {flag}")
     if input_format in SHARD_FORMATS and o.masks:
         raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
                          f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "

@@ -139,10 +139,6 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     _check_ranges(args)
     check_container_flags(container_format(args.shards) or "tfrecord" if args.shards
                           else "images", args)
-    for flag, value in (("--image_suffix", args.image_suffix), ("--mask_suffix", args.mask_suffix)):
-        if args.shards and value is not None:
-            raise ValueError(f"{flag} pairs image files with mask files by name; shards carry "
-                             f"each image's mask with it: drop {flag}")
     values = vars(args)
     del values["dataset"], values["mask_palette"]
     values["containers"] = ContainerFields(values.pop("image_column"),
