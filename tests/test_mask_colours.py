@@ -166,3 +166,37 @@ def test_a_palette_mask_that_reads_two_ways_is_refused_with_both_ways_out():
                                                 "convert it to RGB.*grayscale"):
         _camvid_labels().prepare(decode_mask(data, colour=True))
     assert decode_mask(data).tolist() == indices.tolist()  # no colours configured: indices
+
+
+def test_a_run_scores_indexed_colour_masks_and_dead_letters_the_ambiguous_one(tmp_path):
+    """Every input is accounted for: a colour mask saved with its own palette is scored by
+    colour, a palette mask that reads two ways is a dead letter at decode saying so."""
+    from segbeam.pipeline.run import run
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("indexed", "ambiguous", "plain"):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"{name}.png")
+    sky, road = (128, 128, 128), (128, 64, 128)
+    indices = np.zeros((8, 8), np.uint8)
+    indices[4:] = 1
+    (tmp_path / "masks" / "indexed.png").write_bytes(_palette_png(indices, [road, sky]))
+    (tmp_path / "masks" / "ambiguous.png").write_bytes(
+        _palette_png(indices, [road, (1, 2, 3)]))
+    Image.fromarray(np.full((8, 8), 3, np.uint8)).save(tmp_path / "masks" / "plain.png")
+    outcome = run(["--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                   "--model", "tiny_fcn", "--dataset", "camvid", "--no-crf", "--quiet",
+                   "--output", str(tmp_path / "out")])
+    counts = outcome.summary["counts"]
+    assert counts["accounted_for"] and counts["inputs"] == 3
+    assert (counts["segmented"], counts["dead_letters_by_stage"]) == (2, {"decode": 1})
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").rglob("*.jsonl")
+               for line in path.read_text().splitlines() if line]
+    assert [d["key"] for d in letters] == ["ambiguous"]
+    assert "palette PNG that reads two ways" in letters[0]["reason"]
+    # indexed: road on top (class 3), sky below (0), read by colour; plain: all road
+    truth = outcome.summary["evaluation"]["raw"]["confusion"]
+    assert [sum(row) for row in truth] == [32, 0, 0, 96] + [0] * 7
+    assert outcome.summary["labels"]["ignored_pixels"] == 0
