@@ -8,6 +8,7 @@ import os
 from typing import Optional
 
 from segbeam.crf import CRF_BACKENDS, CrfParams
+from segbeam.pipeline.flags import UsageError
 
 
 def add_crf_flags(parser: argparse.ArgumentParser) -> None:
@@ -48,9 +49,24 @@ def add_crf_flags(parser: argparse.ArgumentParser) -> None:
                           "stays below this everywhere in it; 0 keeps every class.")
 
 
+def _defaults() -> dict:
+    """Each CRF flag's default, by its destination name (``crf_iterations``: 10, ...)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_crf_flags(parser)
+    return {action.dest: action.default for action in parser._actions if action.dest != "crf"}
+
+
 def crf_params(o) -> Optional[CrfParams]:
-    """The CRF settings the flags ask for, or None with --no-crf."""
+    """The CRF settings the flags ask for, or None with --no-crf. A CRF flag set with --no-crf
+    would do nothing: a ``UsageError`` naming it (also ``--crf_min_ram``)."""
     if not o.crf:
+        given = [name for name, default in _defaults().items()
+                 if getattr(o, name, default) != default]
+        if getattr(o, "crf_min_ram", None) is not None:
+            given.append("crf_min_ram")
+        if given:
+            raise UsageError(f"--{given[0]} sets the dense CRF, which --no-crf turns off; "
+                             f"drop one of them")
         return None
     return CrfParams(o.crf_iterations, o.crf_pos_w, o.crf_pos_xy_std, o.crf_bi_w,
                      o.crf_bi_xy_std, o.crf_bi_rgb_std, o.crf_scale, o.crf_class_floor,

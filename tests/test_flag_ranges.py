@@ -76,3 +76,14 @@ def test_pairing_suffixes_with_shards_are_an_error():
         with pytest.raises(ValueError, match=f"{flag} pairs image files with mask files"):
             settings_from(PipelineOptions(argv + [flag, "_x"]).view_as(SegmentationOptions))
     _settings("--mask_suffix", "_mask")  # image files: fine
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--crf_iterations", "5"), ("--crf_bi_w", "10"), ("--crf_scale", "1"),
+    ("--crf_backend", "keras"), ("--crf_processes", "2"), ("--crf_min_ram", "8GB")])
+def test_a_crf_flag_with_no_crf_is_an_error(flag, value):
+    """--no-crf --crf_iterations 5 ran without a CRF and said nothing about the flag."""
+    assert _settings(flag, value).crf is not None
+    assert _settings("--no-crf").crf is None
+    with pytest.raises(ValueError, match=f"{flag} sets the dense CRF, which --no-crf turns off"):
+        _settings("--no-crf", flag, value)
