@@ -148,6 +148,9 @@ class LabelConvention(NamedTuple):
     mask_suffix: str = ""
 
 
+NO_LABEL_MAP = "none"  # --label_map none: masks already hold class ids (a preset's map is off)
+
+
 def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
                        class_names: Optional[str], ignore_index: Optional[int],
                        label_map: Optional[str], mask_palette: Optional[str] = None,
@@ -165,7 +168,11 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
         raise ValueError(f"--ignore_index must be a mask value (0..255) or -1 for none; "
                          f"received {ignore_index}")
     ignore_index = None if ignore_index is None or ignore_index < 0 else ignore_index
-    mapping = parse_label_map(label_map) if label_map else (preset.label_map if preset else None)
+    if label_map and label_map.strip().lower() == NO_LABEL_MAP:
+        mapping, label_map = None, NO_LABEL_MAP  # the masks hold class ids: no preset's map
+    else:
+        mapping = parse_label_map(label_map) if label_map else \
+            (preset.label_map if preset else None)
     names, palette = None, None
     if num_classes is not None:
         fits = preset is not None and len(preset.class_names) == num_classes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -179,18 +179,27 @@ def format_values(values) -> str:
     return f"[{shown}{', ...' if len(values) > SHOWN_VALUES else ''}]"
 
 
-def label_warnings(summary: dict) -> list[str]:
-    """What the summary says about mask values the run could not score, in sentences."""
+def label_warnings(summary: dict, label_map: Optional[Sequence] = None) -> list[str]:
+    """What the summary says about mask values the run could not score, in sentences.
+    ``label_map``: the run's (a map decides which stored values are expected)."""
     labels = summary.get("labels") or {}
     warnings = []
     if labels.get("unexpected_pixels"):
-        ignore = labels.get("ignore_index")
-        warnings.append(
-            f"{labels['unexpected_pixels']:,} mask pixels in {labels['images_with_unexpected']}"
-            f" images hold values {format_values(labels['unexpected_values'])} that are neither"
-            f" a class (0..{summary['num_classes'] - 1}) nor the ignore index ({ignore}); they"
-            f" were not scored (check --num_classes and --ignore_index; --strict_labels makes "
-            f"such masks dead letters)")
+        held = (f"{labels['unexpected_pixels']:,} mask pixels in "
+                f"{labels['images_with_unexpected']} images hold values "
+                f"{format_values(labels['unexpected_values'])}")
+        if label_map:
+            warnings.append(
+                f"{held} that the label map (--label_map or --dataset) does not name; they were"
+                f" not scored (if these masks already hold class ids, such as a run's own "
+                f"masks or ADE20K's reduced to 0..149 with 255 for other, pass --label_map "
+                f"none; --strict_labels makes such masks dead letters)")
+        else:
+            warnings.append(
+                f"{held} that are neither a class (0..{summary['num_classes'] - 1}) nor the "
+                f"ignore index ({labels.get('ignore_index')}); they were not scored (check "
+                f"--num_classes and --ignore_index; --strict_labels makes such masks dead "
+                f"letters)")
     mostly = mostly_ignored(labels.get("ignored_pixels") or 0, labels.get("mask_pixels") or 0,
                             labels.get("ignore_index"))
     if mostly:

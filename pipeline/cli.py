@@ -61,7 +61,7 @@ def run_command(argv: Sequence[str]) -> int:
         return _error("run", error)
     print(format_report(outcome))
     if outcome.summary:
-        for warning in label_warnings(outcome.summary):
+        for warning in label_warnings(outcome.summary, outcome.settings.label_map):
             print(f"segbeam run: warning: {warning}", file=sys.stderr)
     if outcome.report_folder:
         print(f"segbeam run: report written to {outcome.report_folder}/report.html")

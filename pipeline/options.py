@@ -187,7 +187,8 @@ class SegmentationOptions(PipelineOptions):
                                 help="Stored mask value -> class id, applied to every mask "
                                      "before scoring: inline (1:0,2:1,3:2,0:ignore) or a "
                                      ".json / .csv file; values it does not map count as "
-                                     "unexpected.")
+                                     "unexpected. none: the masks hold class ids (a "
+                                     "--dataset preset's map is not applied).")
         evaluation.add_argument("--calibration", action="store_true", default=False,
                                 help="Calibration figures (ECE, NLL, Brier) also without the "
                                      "CRF (with it they are always computed); keeps class "

@@ -338,7 +338,7 @@ def format_report(outcome: RunOutcome) -> str:
                          "with images by file stem: where their names add a suffix (x_mask.png "
                          "for x.jpg), pass --mask_suffix _mask (and --image_suffix for the "
                          "images')")
-    lines += [f"  WARNING: {warning}" for warning in label_warnings(summary)]
+    lines += [f"  WARNING: {warning}" for warning in label_warnings(summary, settings.label_map)]
     evaluation = summary["evaluation"]
     if evaluation:
         variants = [v for v in ("raw", "crf") if v in evaluation]

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--label_map", default=None,
                      help="stored mask value -> class id, applied to every mask first: inline "
                           "(1:0,2:1,3:2,0:ignore), or a .json / .csv file; values it does not "
-                          "map count as unexpected")
+                          "map count as unexpected; none: the masks hold class ids (a "
+                          "--dataset preset's map is not applied)")
     fit.add_argument("--mask_palette", default=None,
                      help="colour-coded (RGB) masks: a .json or .csv file of colour -> stored "
                           "value (see `segbeam run --help`)")

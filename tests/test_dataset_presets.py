@@ -168,3 +168,33 @@ def test_cityscapes_train_id_masks_are_not_mapped_again():
     assert labels("_gtFine_labelIds").prepare(np.array([[7, 26]], np.uint8))[0].tolist() == \
         [[0, 13]]
     assert labels("_gtFine_labelTrainIds", "7:0").label_map == ((7, 0),)  # explicit wins
+
+
+def test_masks_that_hold_class_ids_take_label_map_none(tmp_path):
+    """ADE20K masks reduced to 0..149 (255 = other), or a run's own masks, read through
+    --dataset ade20k's map were shifted down again (wall ignored, every class one off); only the
+    255 pixels showed, warned about as 'neither a class nor the ignore index (255)'. The warning
+    now names the label map and the way out, --label_map none, which reads them as class ids."""
+    from segbeam.labels import label_warnings
+    from segbeam.pipeline.run import run
+
+    from tests.conftest import write_random_pairs
+
+    reduced = np.zeros((16, 16), np.uint8)
+    reduced[:4], reduced[4:8], reduced[8:12] = 255, 1, 149
+    write_random_pairs(tmp_path, [reduced, reduced])
+    argv = ["--input", f"{tmp_path}/images/*.png", "--masks", str(tmp_path / "masks"),
+            "--dataset", "ade20k", "--model", "tiny_fcn", "--input_size", "16", "--no-crf",
+            "--quiet"]
+    shifted = run(argv + ["--output", str(tmp_path / "a")])
+    assert shifted.summary["labels"]["unexpected_values"] == [255]
+    [warning] = label_warnings(shifted.summary, shifted.settings.label_map)
+    assert "that the label map (--label_map or --dataset) does not name" in warning
+    assert "pass --label_map none" in warning and "neither a class" not in warning
+    as_ids = run(argv + ["--label_map", "none", "--output", str(tmp_path / "b")])
+    assert as_ids.settings.label_map is None
+    labels = as_ids.summary["labels"]
+    assert (labels["unexpected_pixels"], labels["ignored_pixels"]) == (0, 2 * 64)
+    assert as_ids.summary["evaluation"]["raw"]["labelled_pixels"] == 2 * 192
+    assert label_warnings(as_ids.summary, as_ids.settings.label_map) == []
+    assert resolve_convention("ade20k", None, None, None, "NONE").label_map is None
