@@ -24,7 +24,7 @@ CAMVID = os.environ.get("SEGBEAM_CAMVID") or os.path.join(ROOT, "..", "shared", 
 
 def machine() -> dict:
     """The facts a reader needs to compare runs: CPU, cores, memory, accelerator, versions."""
-    from segbeam.pipeline.run import package_versions
+    from segbeam.pipeline.provenance import package_versions
 
     cpu = platform.processor() or "unknown"
     try:

@@ -14,7 +14,6 @@ import os
 import platform
 import sys
 import time
-from importlib import metadata
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -37,11 +36,9 @@ from segbeam.pipeline.graph import build_pipeline
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
+from segbeam.pipeline.provenance import beam_counters, package_versions
 
 LOG = logging.getLogger(__name__)
-_PACKAGES = ("segbeam", "apache-beam", "keras", "tensorflow", "tensorflow-cpu", "jax", "torch",
-             "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "pillow", "pyarrow",
-             "pydensecrf2", "dask", "distributed")
 DASK_RUNNER = "segbeam.pipeline.dask_runner.DaskRunner"
 _STOCK_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
@@ -62,30 +59,6 @@ class RunOutcome(NamedTuple):
         if self.settings.fail_on_errors and counts["dead_letters"]:
             return ExitCode.DEAD_LETTERS
         return ExitCode.OK
-
-
-def package_versions() -> dict:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def beam_counters(result) -> Optional[dict]:
-    """Beam's counters of a finished run (e.g. RunInference's ``num_inferences``), summed over
-    steps; None where the runner reports no metrics."""
-    try:
-        counters = result.metrics().query()["counters"]
-    except (NotImplementedError, AttributeError, KeyError):
-        return None
-    totals: dict[str, int] = {}
-    for counter in counters:
-        name = counter.key.metric.name
-        totals[name] = totals.get(name, 0) + int(counter.committed or 0)
-    return dict(sorted(totals.items()))
 
 
 def _check_inputs_exist(settings: Settings) -> None:

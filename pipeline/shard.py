@@ -18,7 +18,7 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
 from segbeam.layout import read_bytes
 from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import reject_unknown_flags
-from segbeam.pipeline.run import beam_counters
+from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
 from segbeam.transforms.safe_map import SafeMap
