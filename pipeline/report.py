@@ -158,7 +158,8 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
         "ignore_index": summary.get("ignore_index"),
         "labels": summary.get("labels"),
         "palette": summary.get("palette"),
-        "warnings": label_warnings(summary, run.setting("label_map")),
+        "warnings": label_warnings(summary, run.setting("label_map"))
+        + manifest.get("warnings", []),
         "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
         "without_masks": {"count": len(unmasked),
                           "examples": [_gallery_entry(r, cwd, run.root) for r in

@@ -27,6 +27,8 @@ from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
+from segbeam.models.training_record import TRAINING_JSON, convention_mismatches, \
+    read_training_config
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
@@ -197,6 +199,22 @@ def _check_model_opens(settings: Settings) -> None:
         adapt_outputs(settings.model.open(announce=False), settings.inference.model_output)
 
 
+def _training_convention_warnings(settings: Settings) -> list[str]:
+    """A warning where masks are scored under another label convention than the one the
+    model was trained under (``training.json`` beside a model ``segbeam train`` saved)."""
+    if not settings.model.saved or not (settings.masks or settings.input_format != "images"):
+        return []
+    trained = read_training_config(settings.model.spec)
+    differences = convention_mismatches(trained, settings.ignore_index, settings.label_map,
+                                        settings.mask_colours) if trained else []
+    if not differences:
+        return []
+    return [f"{settings.model.spec} was trained under another label convention "
+            f"({TRAINING_JSON} beside it; {'; '.join(differences)}): its figures here score "
+            f"mask values as other classes than it learned; pass the flags it was trained with "
+            f"(or its --dataset) unless this is meant"]
+
+
 def execute(options: PipelineOptions, argv: Sequence[str],
             test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
     """Runs the job that ``options`` (parsed from ``argv`` by ``parse_run_argv``) describe:
@@ -210,6 +228,9 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     _check_inputs_exist(settings)
     _note_outputs_inside_inputs(settings)
     _check_model_opens(settings)
+    warnings = _training_convention_warnings(settings)
+    for warning in warnings:
+        LOG.warning(warning)
     if not dry_run:
         for path in begin_run(settings.run_dir):
             LOG.info("removed %s, left by an earlier run", path)
@@ -237,6 +258,8 @@ def execute(options: PipelineOptions, argv: Sequence[str],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+    if warnings:
+        manifest["warnings"] = warnings
     if dry_run:
         # Beam's DataflowRunner honours --dry_run (translate and stage, do not submit); the
         # local runners would run, so for them the graph is only translated.
@@ -311,7 +334,8 @@ def format_report(outcome: RunOutcome) -> str:
                          "with images by file stem: where their names add a suffix (x_mask.png "
                          "for x.jpg), pass --mask_suffix _mask (and --image_suffix for the "
                          "images')")
-    lines += [f"  WARNING: {warning}" for warning in label_warnings(summary, settings.label_map)]
+    lines += [f"  WARNING: {warning}" for warning in
+              label_warnings(summary, settings.label_map) + outcome.manifest.get("warnings", [])]
     evaluation = summary["evaluation"]
     if evaluation:
         variants = [v for v in ("raw", "crf") if v in evaluation]

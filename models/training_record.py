@@ -1,0 +1,82 @@
+"""What ``segbeam train`` recorded beside a model it saved (``training.json``), read back when a
+run serves that model: a run that scores masks under another label convention than the one
+the model learned (another ignore index, label map or mask colours) gives figures of other
+classes, with no error anywhere. The launcher warns instead of staying silent."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Optional
+
+TRAINING_JSON = "training.json"
+
+# (TrainingConfig field, the flag that sets it in both commands)
+_CONVENTION = (("ignore_index", "--ignore_index"), ("label_map", "--label_map"),
+               ("mask_colours", "--mask_palette"))
+_SHOWN = 4  # entries of a map named in a message
+
+
+def training_record_path(model_path: str) -> str:
+    """Where ``segbeam train`` wrote ``training.json`` for a model it saved: beside
+    ``model.keras`` and ``best.keras``, one level up from ``checkpoints/last.keras``."""
+    folder = posixpath.dirname(model_path.rstrip("/"))
+    if posixpath.basename(folder) == "checkpoints":
+        folder = posixpath.dirname(folder)
+    return posixpath.join(folder, TRAINING_JSON)
+
+
+def read_training_config(model_path: str) -> Optional[dict]:
+    """The training configuration recorded for ``model_path`` (local or a Beam filesystem
+    path), or None where there is none or it cannot be read as one."""
+    from segbeam.layout import exists, read_bytes
+
+    path = training_record_path(model_path)
+    try:
+        if not exists(path):
+            return None
+        config = json.loads(read_bytes(path)).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _canonical(value):
+    return json.loads(json.dumps(value))  # tuples and lists alike, as training.json holds them
+
+
+def convention_mismatches(trained: dict, ignore_index: Optional[int],
+                          label_map: Optional[tuple], mask_colours: Optional[tuple]) -> list[str]:
+    """A sentence for each label setting that differs between the training configuration
+    ``trained`` and the run's, where the difference changes which pixels count as which
+    class. An ignore index outside the classes, or none, leaves every class scored either
+    way (a value beyond the classes counts as unexpected, and is not scored, without one).
+    Mask colours count only where both give some: colours decide nothing for class-id
+    masks."""
+    run = {"ignore_index": ignore_index, "label_map": label_map, "mask_colours": mask_colours}
+    classes = trained.get("num_classes") or 0
+    differences = []
+    for field, flag in _CONVENTION:
+        if field not in trained:
+            continue
+        then, now = _canonical(trained[field]), _canonical(run[field])
+        if field == "mask_colours" and (then is None or now is None):
+            continue
+        if field == "ignore_index" and not any(v is not None and v < classes
+                                               for v in (then, now)):
+            continue
+        if then != now:
+            differences.append(f"{flag}: {_describe(field, then)} in training, "
+                               f"{_describe(field, now)} in this run")
+    return differences
+
+
+def _describe(field: str, value) -> str:
+    if value is None:
+        return "none"
+    if field == "ignore_index":
+        return str(value)
+    shown = [f"{tuple(source) if isinstance(source, list) else source}:{target}"
+             for source, target in value[:_SHOWN]]
+    entries = f"{len(value)} {'entry' if len(value) == 1 else 'entries'}"
+    return f"{entries} ({', '.join(shown)}{', ...' if len(value) > _SHOWN else ''})"

@@ -1,0 +1,64 @@
+"""A run that scores masks under another label convention than the one its model was trained
+under (recorded by ``segbeam train`` in ``training.json``) warns: otherwise trimaps stored as
+1..3 and scored as class ids 1..3 against a model that learned 0..2 give figures of shifted
+classes, with no error anywhere."""
+
+import json
+
+import numpy as np
+
+from segbeam.models.training_record import convention_mismatches, training_record_path
+from tests.conftest import write_random_pairs
+
+
+def test_the_record_sits_beside_the_models_train_saves():
+    assert training_record_path("gs://b/runs/pets/best.keras") == "gs://b/runs/pets/training.json"
+    assert training_record_path("/r/pets/checkpoints/last.keras") == "/r/pets/training.json"
+
+
+def test_each_label_setting_that_differs_is_named():
+    trained = json.loads(json.dumps({"num_classes": 12, "ignore_index": 11,
+                                     "label_map": [[1, 0], [2, 1]],
+                                     "mask_colours": [[[0, 0, 0], 11]]}))
+    assert convention_mismatches(trained, 11, ((1, 0), (2, 1)), None) == []  # class-id masks
+    assert convention_mismatches(trained, 255, None, ((((1, 1, 1)), 0),)) == [
+        "--ignore_index: 11 in training, 255 in this run",
+        "--label_map: 2 entries (1:0, 2:1) in training, none in this run",
+        "--mask_palette: 1 entry ((0, 0, 0):11) in training, 1 entry ((1, 1, 1):0) in this run"]
+    assert convention_mismatches({}, 255, None, None) == []  # recorded before these fields
+    # Outside the classes, an ignore index and none both leave every class scored.
+    assert convention_mismatches({"num_classes": 11, "ignore_index": None}, 255, None, None) \
+        == convention_mismatches({"num_classes": 11, "ignore_index": 11}, None, None, None) == []
+    assert convention_mismatches({"num_classes": 11, "ignore_index": None}, 0, None, None) == [
+        "--ignore_index: none in training, 0 in this run"]
+
+
+def test_a_run_under_another_convention_than_training_warns(tmp_path):
+    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.train import train_command
+
+    rng = np.random.default_rng(3)
+    write_random_pairs(tmp_path, [rng.integers(1, 4, (16, 16), dtype=np.uint8)
+                                  for _ in range(4)])
+    images, masks = str(tmp_path / "images"), str(tmp_path / "masks")
+    assert train_command(["--images", images, "--masks", masks, "--dataset", "oxford_pets",
+                          "--model", "tiny_fcn", "--input_size", "16", "--epochs", "1",
+                          "--batch_size", "4", "--output", str(tmp_path / "pets"),
+                          "--quiet"]) == 0
+    argv = ["--input", f"{images}/*.png", "--masks", masks, "--model",
+            str(tmp_path / "pets" / "model.keras"), "--no-crf", "--quiet"]
+    same = run(argv + ["--dataset", "oxford_pets", "--output", str(tmp_path / "same")])
+    assert "warnings" not in same.manifest
+    plain = run(argv + ["--num_classes", "3", "--output", str(tmp_path / "plain")])
+    [warning] = plain.manifest["warnings"]
+    assert "model.keras was trained under another label convention (training.json" in warning
+    assert "--ignore_index" not in warning  # none and 255 both score classes 0..2 alike
+    assert "--label_map: 3 entries (1:0, 2:1, 3:2) in training, none in this run" in warning
+    assert f"WARNING: {warning}" in format_report(plain)
+    with open(tmp_path / "plain" / "manifest.json") as handle:
+        assert json.load(handle)["warnings"] == [warning]
+    from segbeam.pipeline.report import write_report
+
+    write_report(str(tmp_path / "plain"))
+    assert "trained under another label convention" in \
+        (tmp_path / "plain" / "report" / "report.md").read_text()
