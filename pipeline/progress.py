@@ -74,8 +74,9 @@ class ProgressReporter:
     files does not delay the start); None where the total is not known up front (TFRecord
     shards)."""
 
-    def __init__(self, count_inputs: Callable[[], Optional[int]], stream: TextIO = sys.stderr,
-                 interval: Optional[float] = None):
+    def __init__(self, count_inputs: Callable[[], Optional[int]],
+                 stream: Optional[TextIO] = None, interval: Optional[float] = None):
+        stream = stream or sys.stderr  # stderr as it is now, not at import (it may be replaced)
         self.folder = tempfile.mkdtemp(prefix="segbeam-progress-")
         self._count_inputs, self._stream = count_inputs, stream
         self._tty = bool(getattr(stream, "isatty", lambda: False)())

@@ -58,3 +58,21 @@ def test_a_local_run_reports_progress_and_ends_with_every_input(tmp_path, monkey
     stream.truncate()
     run_module.run(argv + ["--quiet"])
     assert stream.getvalue() == ""
+
+
+def test_progress_goes_to_stderr_as_it_is_when_the_run_starts(monkeypatch):
+    """The default stream was sys.stderr as it was when the module was imported: after a
+    caller replaced stderr (pytest's capture, a notebook) and closed the old one, every later
+    run failed with 'I/O operation on closed file'."""
+    import sys
+
+    from segbeam.pipeline.progress import ProgressReporter
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    first.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    with ProgressReporter(lambda: 3, interval=0.01) as progress:
+        progress.finish(3, 0)
+    assert "3/3 images" in now.getvalue()
