@@ -95,6 +95,17 @@ def named_mask(masks: Optional[str], naming: Naming) -> Callable[[str], bool]:
         and regex.match(path) is not None
 
 
+def no_mask_found(masks_given: bool, images: int, images_with_mask: int) -> Optional[str]:
+    """A warning where masks were given and images went through, but no image found its mask:
+    nothing was scored, most often because the masks' names add a suffix to the stem."""
+    if not masks_given or not images or images_with_mask:
+        return None
+    return ("no input found its mask, so nothing was scored; masks pair with images by file "
+            "stem (without --mask_suffix, a mask file in the images' own folder is taken for an "
+            "image): where their names add a suffix (x_mask.png for x.jpg), pass --mask_suffix "
+            "_mask (and --image_suffix for the images')")
+
+
 def apart(images: list[str], masks: list[str], image_base: str, mask_base: str
            ) -> tuple[list[str], list[str]]:
     """A file that both globs match is a mask or an image, never both (nor its own mask): a

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Sequence
+from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -95,6 +95,13 @@ def check_container_flags(input_format: str, values) -> None:
                              f"--{name}")
         raise UsageError(f"--{name} applies to {applies} shards, but the input is read as "
                          f"{input_format}; drop it, or point the input at {applies} shards")
+
+
+def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
+    """``--mask_suffix`` names mask files among ``--masks``; without them it would be ignored."""
+    if mask_suffix is not None and not masks:
+        raise UsageError(f"--mask_suffix {mask_suffix} names mask files, but no --masks is "
+                         f"given; pass --masks FOLDER (it may be the images' own folder)")
 
 
 def add_pairing_flags(group) -> None:

@@ -28,7 +28,7 @@ from segbeam.matching import folder_as_glob
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
-    check_container_flags, reject_unknown_flags
+    check_container_flags, check_mask_suffix, reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
@@ -322,6 +322,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     input_glob = folder_as_glob(absolute_local(o.input))  # a folder: every file in it
     input_format = _input_format(o.input_format, input_glob)
     check_container_flags(input_format, o)
+    check_mask_suffix(o.mask_suffix, o.masks)
     if input_format in SHARD_FORMATS and o.masks:
         raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
                          f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "

@@ -19,6 +19,7 @@ import numpy as np
 
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
     mask_png_path, output_path, write_bytes_atomically
+from segbeam.dataset import no_mask_found
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.exit_codes import ExitCode
@@ -158,13 +159,22 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
         "ignore_index": summary.get("ignore_index"),
         "labels": summary.get("labels"),
         "palette": summary.get("palette"),
-        "warnings": label_warnings(summary, run.setting("label_map"))
-        + manifest.get("warnings", []),
+        "warnings": _warnings(run),
         "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
         "without_masks": {"count": len(unmasked),
                           "examples": [_gallery_entry(r, cwd, run.root) for r in
                                        sorted(unmasked, key=lambda r: r["key"])[:gallery_size]]},
     }
+
+
+def _warnings(run: RunOutputs) -> list[str]:
+    """What the run's terminal account warned about: masks that paired with no input, mask
+    values not scored, a model trained under another label convention."""
+    counts = run.summary.get("counts", {})
+    unpaired = no_mask_found(bool(run.setting("masks")), counts.get("outputs", 0),
+                             counts.get("images_with_mask", 0))
+    return ([unpaired] if unpaired else []) + label_warnings(
+        run.summary, run.setting("label_map")) + run.manifest.get("warnings", [])
 
 
 # The settings that decide which mask pixels are scored and as what.

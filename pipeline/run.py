@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
-from segbeam.dataset import apart, mask_glob, named_mask
+from segbeam.dataset import apart, mask_glob, named_mask, no_mask_found
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
@@ -329,13 +329,10 @@ def format_report(outcome: RunOutcome) -> str:
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
-        if not counts["images_with_mask"]:
-            lines.append("  WARNING: no input found its mask, so nothing was scored; masks pair "
-                         "with images by file stem: where their names add a suffix (x_mask.png "
-                         "for x.jpg), pass --mask_suffix _mask (and --image_suffix for the "
-                         "images')")
+    unpaired = no_mask_found(bool(settings.masks), counts["outputs"], counts["images_with_mask"])
     lines += [f"  WARNING: {warning}" for warning in
-              label_warnings(summary, settings.label_map) + outcome.manifest.get("warnings", [])]
+              ([unpaired] if unpaired else []) + label_warnings(summary, settings.label_map)
+              + outcome.manifest.get("warnings", [])]
     evaluation = summary["evaluation"]
     if evaluation:
         variants = [v for v in ("raw", "crf") if v in evaluation]

@@ -16,8 +16,9 @@ from segbeam.decode import InvalidInputError, lossy_format
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import read_bytes
+from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
-from segbeam.pipeline.flags import reject_unknown_flags
+from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                              ".tfrecord, ...); unreadable files go to <prefix>_dead_letters/.")
     parser.add_argument("--num_shards", type=int, default=0,
                         help="Number of shards; 0 lets the runner choose.")
+    add_pairing_flags(parser)
     return parser
 
 
@@ -95,12 +97,17 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
+    check_mask_suffix(args.mask_suffix, args.masks)
     args.input = folder_as_glob(args.input)
     if next(iter(match_files(args.input)), None) is None:
         raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
                          f"the glob so that the shell does not expand it")
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
-    refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(args.input, args.masks)
+    naming = Naming(args.image_suffix or "", args.mask_suffix or "")
+    refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(args.input, args.masks,
+                                                                        naming=naming)
+    _ = (refs | "WithMask" >> beam.Filter(lambda ref: ref.mask_source is not None)
+         | "CountWithMask" >> beam.Map(_counted("examples_with_mask")))
     examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)
     _ = (examples | "CountExamples" >> beam.Map(_counted("examples"))
          | "WriteShards" >> beam.io.WriteToTFRecord(
@@ -111,14 +118,16 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     _ = unclaimed | "CountUnclaimedMasks" >> beam.Map(_counted("masks_without_image"))
     result = pipeline.run()
     result.wait_until_finish()
-    return _account(beam_counters(result), args.output)
+    return _account(beam_counters(result), args.output, bool(args.masks))
 
 
-def _account(counters: Optional[dict], output: str) -> str:
+def _account(counters: Optional[dict], output: str, masks_given: bool) -> str:
     if counters is None:  # a runner that reports no metrics
         return f"shards under {output}-*.tfrecord, dead letters under {output}_dead_letters/"
     examples, dead = counters.get("examples", 0), counters.get("dead_letters", 0)
     unclaimed = counters.get("masks_without_image", 0)
+    unpaired = no_mask_found(masks_given, examples, counters.get("examples_with_mask", 0))
     return (f"{examples + dead} images -> {examples} examples in {output}-*.tfrecord, "
             f"{dead} dead letters under {output}_dead_letters/"
-            + (f"; {unclaimed} masks had no image and were not packed" if unclaimed else ""))
+            + (f"; {unclaimed} masks had no image and were not packed" if unclaimed else "")
+            + (f"; warning: {unpaired}" if unpaired else ""))

@@ -75,7 +75,7 @@ def test_pairing_suffixes_with_shards_are_an_error():
     for flag in ("--mask_suffix", "--image_suffix"):
         with pytest.raises(ValueError, match=f"{flag} pairs image files with mask files"):
             settings_from(PipelineOptions(argv + [flag, "_x"]).view_as(SegmentationOptions))
-    _settings("--mask_suffix", "_mask")  # image files: fine
+    _settings("--mask_suffix", "_mask", "--masks", "/data")  # image files: fine
 
 
 @pytest.mark.parametrize("flag, value", [
@@ -87,3 +87,13 @@ def test_a_crf_flag_with_no_crf_is_an_error(flag, value):
     assert _settings("--no-crf").crf is None
     with pytest.raises(ValueError, match=f"{flag} sets the dense CRF, which --no-crf turns off"):
         _settings("--no-crf", flag, value)
+
+
+def test_a_mask_suffix_without_masks_is_an_error():
+    """It named mask files among no masks, and was ignored."""
+    with pytest.raises(ValueError, match="--mask_suffix _mask names mask files, but no --masks"):
+        _settings("--mask_suffix", "_mask")
+    assert _settings("--mask_suffix", "_mask", "--masks", "/data").mask_suffix == "_mask"
+    argv = ["--input", "/data/*.png", "--model", "tiny_fcn", "--dataset", "cityscapes"]
+    preset = settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
+    assert preset.mask_suffix == "_gtFine_labelIds"  # the preset's, without --masks: fine

@@ -131,3 +131,35 @@ def test_shard_refuses_a_jpeg_mask_and_records_each_masks_real_format(tmp_path, 
     example = decode_example(example_for(ImageRef("i0", str(tmp_path / "images" / "i0.png"),
                                                  str(tmp_path / "masks" / "i0.png"))))
     assert example[MASK_FORMAT_FEATURE] == [b"png"]
+
+
+def test_shard_pairs_masks_by_suffix_and_says_when_no_image_found_its_mask(tmp_path, capsys):
+    """Masks named x_mask.png beside x.png paired with nothing (segbeam shard had no
+    --mask_suffix), and the account only counted them as masks without an image."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from segbeam.example_proto import FILENAME_FEATURE, MASK_FEATURE, decode_example
+
+    write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(2)])
+    for k in range(2):  # every file in one folder, the masks with a suffix
+        (tmp_path / "masks" / f"i{k}.png").rename(tmp_path / "images" / f"i{k}_mask.png")
+    images = str(tmp_path / "images")
+    assert main(["shard", "--input", images, "--masks", images, "--output",
+                 str(tmp_path / "plain" / "s")]) == 0
+    account = capsys.readouterr().out  # each mask was taken for an image, of its own
+    assert "4 images -> 4 examples" in account
+    assert "warning: no input found its mask, so nothing was scored" in account
+    assert main(["shard", "--input", images, "--masks", images, "--mask_suffix", "_mask",
+                 "--output", str(tmp_path / "paired" / "s")]) == 0
+    account = capsys.readouterr().out
+    assert "2 images -> 2 examples" in account and "had no image" not in account
+    with beam.Pipeline() as pipeline:
+        packed = (pipeline | beam.io.ReadFromTFRecord(str(tmp_path / "paired" / "s-*"))
+                  | beam.Map(decode_example)
+                  | beam.Map(lambda e: (e[FILENAME_FEATURE][0], MASK_FEATURE in e)))
+        assert_that(packed, equal_to([(b"i0.png", True), (b"i1.png", True)]))
+    code = main(["shard", "--input", images, "--mask_suffix", "_mask", "--output",
+                 str(tmp_path / "none" / "s")])
+    error = capsys.readouterr().err
+    assert code == 2 and "--mask_suffix _mask names mask files, but no --masks" in error

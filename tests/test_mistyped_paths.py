@@ -105,3 +105,13 @@ def test_masks_that_pair_with_no_image_say_how_they_could(tmp_path):
     paired = run(argv + ["--mask_suffix", "_mask", "--output", str(tmp_path / "out2")])
     assert paired.summary["counts"]["images_with_mask"] == 2
     assert "no input found its mask" not in format_report(paired)
+    for mask in (tmp_path / "masks").iterdir():  # every file in one folder
+        mask.rename(tmp_path / "images" / mask.name)
+    argv[1:4] = [str(tmp_path / "images"), "--masks", str(tmp_path / "images")]
+    mixed = run(argv + ["--output", str(tmp_path / "out3")])
+    assert mixed.summary["counts"]["segmented"] == 4  # each mask taken for an image
+    assert "WARNING: no input found its mask, so nothing was scored" in format_report(mixed)
+    from segbeam.pipeline.report import write_report
+
+    write_report(str(tmp_path / "out3"))
+    assert "no input found its mask" in (tmp_path / "out3" / "report" / "report.md").read_text()
