@@ -65,19 +65,47 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def looks_like_probabilities(values: np.ndarray, tolerance: float = 1e-3) -> bool:
+TOLERANCE = 1e-3  # how far from [0, 1], and from a sum of one, probabilities may stray
+
+
+def looks_like_probabilities(values: np.ndarray, tolerance: float = TOLERANCE) -> bool:
     """True when every pixel's values are non-negative and sum to one."""
     if values.min() < -tolerance or values.max() > 1 + tolerance:
         return False
     return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < tolerance * values.shape[-1]))
 
 
+def check_probability_range(low: float, high: float) -> None:
+    """Raises ValueError where outputs from ``low`` to ``high`` cannot be the probabilities
+    that ``--model_output probabilities`` declares (logits, most often)."""
+    if -TOLERANCE <= low and high <= 1 + TOLERANCE:
+        return
+    raise ValueError(f"--model_output probabilities, but the model's outputs range from "
+                     f"{low:.4g} to {high:.4g}, outside [0, 1]: they are not probabilities; "
+                     f"pass --model_output logits (or auto)")
+
+
+def normalise_probabilities(values: np.ndarray) -> np.ndarray:
+    """Per-pixel scores in [0, 1] scaled to sum to one (a sigmoid per class gives scores that
+    do not; read as they are, calibration figures and the CRF's unary would be off); a pixel
+    whose scores are all 0 becomes uniform. float32."""
+    values = np.clip(np.asarray(values, dtype=np.float32), 0, None)
+    totals = values.sum(axis=-1, keepdims=True)
+    uniform = np.float32(1 / values.shape[-1])
+    return np.divide(values, totals, out=np.full_like(values, uniform), where=totals > 0)
+
+
 def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
     """Model outputs (logits or probabilities, as ``kind`` says or as detected) as float32
-    probabilities."""
+    probabilities. Declared probabilities outside [0, 1] are an error; ones that do not sum
+    to one are normalised."""
     outputs = np.asarray(outputs, dtype=np.float32)
-    if kind == "probabilities" or (kind == "auto" and looks_like_probabilities(outputs)):
+    if kind == "auto" and looks_like_probabilities(outputs):
         return outputs
+    if kind == "probabilities":
+        check_probability_range(float(outputs.min()), float(outputs.max()))
+        return outputs if looks_like_probabilities(outputs) else \
+            normalise_probabilities(outputs)
     if kind not in MODEL_OUTPUTS:
         raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
     return softmax(outputs.copy())

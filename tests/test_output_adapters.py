@@ -101,3 +101,44 @@ def test_a_sigmoid_per_class_is_served_as_its_scores_normalised(tmp_path):
     np.testing.assert_allclose(probabilities.astype(np.float32),
                                raw / raw.sum(axis=-1, keepdims=True), atol=2e-3)
     assert np.array_equal(labels, raw.argmax(axis=-1))
+
+
+def test_declared_probabilities_are_normalised_and_logits_declared_so_are_refused(tmp_path):
+    """--model_output probabilities (the README's way for a sigmoid per class outside Keras)
+    passed scores that do not sum to one on as probabilities: calibration figures and the
+    CRF's unary were computed on them as they were. Logits declared so were taken as they
+    were too."""
+    import keras
+    from keras import ops
+
+    from segbeam.inference import normalise_probabilities, to_probabilities
+    from segbeam.models.source import ModelSource
+    from segbeam.transforms.fused_crf import as_probabilities
+    from segbeam.transforms.inference import SegmentationPredictor
+
+    scores = np.array([[[[0.9, 0.2, 0.05], [0.3, 0.6, 0.6], [0.0, 0.0, 0.0]]]], np.float32)
+    expected = np.array([[[[0.9, 0.2, 0.05], [0.3, 0.6, 0.6], [1, 1, 1]]]], np.float32)
+    expected /= expected.sum(axis=-1, keepdims=True)  # a pixel of zeros: uniform
+    np.testing.assert_allclose(to_probabilities(scores, "probabilities"), expected, atol=1e-6)
+    np.testing.assert_allclose(normalise_probabilities(scores), expected, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(as_probabilities(
+        ops.convert_to_tensor(scores), "probabilities")), expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"outputs range from -2 to 0\.9, outside \[0, 1\]"):
+        to_probabilities(np.array([[-2.0, 0.9]], np.float32), "probabilities")
+
+    inputs = keras.Input((None, None, 3))
+    for activation in ("sigmoid", "linear"):
+        heads = keras.layers.Conv2D(3, 1, activation=activation)(inputs)
+        keras.Model(inputs, heads).save(str(tmp_path / f"{activation}.keras"))
+    batch = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    path = str(tmp_path / "sigmoid.keras")
+    raw = keras.models.load_model(path).predict(batch, verbose=0)
+    predictor = SegmentationPredictor(ModelSource(path, num_classes=3).open(), "probabilities")
+    probabilities, labels = predictor.predict(batch)  # in the Keras serving graph
+    np.testing.assert_allclose(probabilities.astype(np.float32),
+                               raw / raw.sum(axis=-1, keepdims=True), atol=2e-3)
+    assert np.array_equal(labels, raw.argmax(axis=-1))
+    linear = SegmentationPredictor(
+        ModelSource(str(tmp_path / "linear.keras"), num_classes=3).open(), "probabilities")
+    with pytest.raises(ValueError, match="they are not probabilities; pass --model_output logits"):
+        linear.predict(batch)

@@ -20,7 +20,7 @@ import numpy as np
 
 from segbeam.crf import CrfParams
 from segbeam.geometry import Placement
-from segbeam.inference import is_out_of_memory
+from segbeam.inference import check_probability_range, is_out_of_memory
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.transforms.refine import with_marginals
 
@@ -115,6 +115,22 @@ def _alone(record: SegmentationRecord, probabilities, fused: FusedCrf,
         return DeadLetter(record.key, record.source, "crf", one_line_reason(error))
 
 
+def as_probabilities(scores, kind: str):
+    """(N, h, w, C) model scores as probabilities, in ``keras.ops`` (symbolic, or a tensor on
+    the device): the softmax of logits; declared probabilities scaled to sum to one per pixel
+    as ``segbeam.inference.normalise_probabilities`` scales them (a sigmoid per class sums to
+    something else; a pixel of zeros becomes uniform)."""
+    from keras import ops
+
+    if kind == "logits":
+        return ops.softmax(scores, axis=-1)
+    scores = ops.maximum(scores, 0)
+    totals = ops.sum(scores, axis=-1, keepdims=True)
+    positive = totals > 0
+    uniform = ops.full_like(scores, 1.0 / scores.shape[-1])
+    return ops.where(positive, scores / ops.where(positive, totals, 1.0), uniform)
+
+
 def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Placement],
                  canvas: tuple[int, int], outputs, kind: str,
                  fused: FusedCrf) -> list[Union[SegmentationRecord, DeadLetter]]:
@@ -128,7 +144,10 @@ def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Pla
     from keras import ops
 
     scores = ops.cast(outputs, "float32")
-    probabilities = ops.softmax(scores, axis=-1) if kind == "logits" else scores
+    if kind == "probabilities":
+        check_probability_range(float(ops.convert_to_numpy(ops.min(scores))),
+                                float(ops.convert_to_numpy(ops.max(scores))))
+    probabilities = as_probabilities(scores, kind)
     restored = [_restored(probabilities[index], placement, canvas)
                 for index, placement in enumerate(placements)]
     several = len(records) > 1

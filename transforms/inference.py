@@ -22,8 +22,8 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from segbeam import compat
 from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
-from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, is_out_of_memory, \
-    looks_like_probabilities, to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, check_probability_range, \
+    is_out_of_memory, looks_like_probabilities, to_probabilities
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.keras_runtime import compiled_predict, device_predict, \
     keras_on_accelerator
@@ -31,7 +31,7 @@ from segbeam.models.runtime import ModelRuntime
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
-from segbeam.transforms.fused_crf import FusedCrf, refine_batch
+from segbeam.transforms.fused_crf import FusedCrf, as_probabilities, refine_batch
 from segbeam.transforms.progress import tally
 
 LOG = logging.getLogger(__name__)
@@ -51,10 +51,12 @@ def _serving_model(model, kind: str):
     if kind == "labels":
         return keras.Model(inputs, ops.cast(ops.argmax(outputs, axis=-1), label_type),
                            name=f"{model.name}_labels")
-    probabilities = ops.softmax(outputs, axis=-1) if kind == "logits" else outputs
+    probabilities = as_probabilities(outputs, kind)
     labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
-    return keras.Model(inputs, [ops.cast(probabilities, "float16"), labels],
-                       name=f"{model.name}_serving")
+    served = [ops.cast(probabilities, "float16"), labels]
+    if kind == "probabilities":  # each image's range, checked on the host
+        served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
+    return keras.Model(inputs, served, name=f"{model.name}_serving")
 
 
 class SegmentationPredictor:
@@ -98,8 +100,10 @@ class SegmentationPredictor:
         """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed batch."""
         if self._serving is not None and self._kind != "auto":
             with self._lock, self.placed():
-                probabilities, labels = self._serving[self._kind](batch)
-            return np.asarray(probabilities), np.asarray(labels)
+                served = self._serving[self._kind](batch)
+            if self._kind == "probabilities":
+                check_probability_range(float(np.min(served[2])), float(np.max(served[3])))
+            return np.asarray(served[0]), np.asarray(served[1])
         outputs = self._scores(batch)
         with self._lock:  # one look at real outputs decides the kind, then it is kept
             if self._kind == "auto":
