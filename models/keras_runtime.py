@@ -8,6 +8,7 @@ user passes ``--unsafe_model_loading``, because loading it would run code from t
 from __future__ import annotations
 
 import json
+import zipfile
 from typing import Any, Optional
 
 import numpy as np
@@ -41,8 +42,12 @@ def check_h5(path: str, name: str, unsafe: bool) -> None:
     ``unsafe`` is False."""
     import h5py
 
-    with h5py.File(path, "r") as handle:
-        config = handle.attrs.get("model_config")
+    try:
+        with h5py.File(path, "r") as handle:
+            config = handle.attrs.get("model_config")
+    except OSError as error:  # h5py: "file signature not found" and the like
+        raise ValueError(f"{name} is not an HDF5 file that h5py can open ({error}); check that "
+                         f"it was saved whole, or downloaded completely") from None
     if config is None:
         raise ValueError(f"{name} holds weights only, not a model: pass the architecture's "
                          f"registry name as --model and this file as --weights, or save the "
@@ -62,6 +67,9 @@ def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = Fals
 
     if model_format == "h5":
         check_h5(path, name, unsafe)
+    elif not zipfile.is_zipfile(path):  # Keras would say "File not found" of it
+        raise ValueError(f"{name} is not a .keras file (a zip archive that model.save writes); "
+                         f"check that it was saved whole, or downloaded completely")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as error:  # Keras, h5py and zipfile each raise their own types

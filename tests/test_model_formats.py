@@ -318,8 +318,12 @@ def test_a_model_that_cannot_be_served_fails_in_one_line_before_any_work(model_f
     assert not os.path.exists(tmp_path / "out")
 
     broken = tmp_path / "broken.keras"
-    broken.write_bytes(b"PK\x03\x04 not a zip archive")
-    with pytest.raises(ValueError, match="Keras cannot load .*broken.keras"):
+    broken.write_bytes(b"PK\x03\x04 not a zip archive")  # Keras: "File not found"
+    with pytest.raises(ValueError, match=r"broken.keras is not a \.keras file \(a zip archive"):
+        ModelSource(str(broken)).open()
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not HDF5")  # h5py's OSError went up as an internal error
+    with pytest.raises(ValueError, match="broken.h5 is not an HDF5 file that h5py can open"):
         ModelSource(str(broken)).open()
     with pytest.raises(ValueError, match="takes 64x64 input but --input_size is 32x32"):
         _fixed_size_model(tmp_path).open()
