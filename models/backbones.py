@@ -28,6 +28,18 @@ def check_backbone_weights(backbone_weights: Optional[str], model_name: str,
     if not os.path.exists(backbone_weights):
         raise ValueError(f"{model_name}: `backbone_weights` must be None, 'imagenet' or an "
                          f"existing weights file; received {backbone_weights!r}")
+    if not _readable_weights(backbone_weights):  # else h5py's OSError from deep in Keras
+        raise ValueError(f"{model_name}: backbone weights {backbone_weights} are not a weights "
+                         f"file Keras can read (HDF5 .h5, or a .keras archive); check that it "
+                         f"was saved whole, or downloaded completely")
+
+
+def _readable_weights(path: str) -> bool:
+    import zipfile
+
+    import h5py
+
+    return zipfile.is_zipfile(path) if path.endswith(".keras") else h5py.is_hdf5(path)
 
 
 def copy_weights_by_name(model: keras.Model, source: keras.Model,

@@ -169,6 +169,10 @@ def train(config: TrainingConfig) -> TrainingResult:
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)
+    keras.utils.set_random_seed(config.seed)
+    # Built (its backbone weights loaded) before any data is read: its errors come first.
+    model = models.create_model(config.model, num_classes=config.num_classes,
+                                input_size=None, backbone_weights=config.backbone_weights)
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards, config.containers, naming), labels)
     if config.val_images:
@@ -195,10 +199,6 @@ def train(config: TrainingConfig) -> TrainingResult:
         class_weights = explicit_weights
     LOG.info("training on %d pairs (%d unreadable skipped), validating on %d; class weights %s",
              len(items), dropped, len(val_items), class_weights)
-
-    keras.utils.set_random_seed(config.seed)
-    model = models.create_model(config.model, num_classes=config.num_classes,
-                                input_size=None, backbone_weights=config.backbone_weights)
     common = dict(size=config.input_size, num_classes=config.num_classes,
                   ignore_index=config.ignore_index, labels=labels, workers=config.workers,
                   use_multiprocessing=False)

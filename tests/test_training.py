@@ -207,6 +207,16 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=message):
             train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
                                  input_size=size, images="x", masks="y"))
+    # Backbone weights that are no weights file: h5py's OSError, after all data was read.
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not HDF5")
+    for model, weights, message in [
+            ("unet", str(broken), "backbone weights .*broken.h5 are not a weights file Keras"),
+            ("segnet_basic", "imagenet", "segnet_basic trains from scratch")]:
+        with pytest.raises(ValueError, match=message):  # images "x" would not be found
+            train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
+                                 input_size=(32, 32), images="x", masks="y",
+                                 backbone_weights=weights))
 
 
 def test_a_val_split_that_leaves_nothing_to_train_on_says_so(tmp_path):
