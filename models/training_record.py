@@ -1,7 +1,9 @@
 """What ``segbeam train`` recorded beside a model it saved (``training.json``), read back when a
-run serves that model: a run that scores masks under another label convention than the one
+run serves that model. A run that scores masks under another label convention than the one
 the model learned (another ignore index, label map or mask colours) gives figures of other
-classes, with no error anywhere. The launcher warns instead of staying silent."""
+classes, and one that feeds images at another scale than training did (no ``--input_size``)
+gives a model's worst figures; neither raises an error anywhere. The launcher warns instead
+of staying silent."""
 
 from __future__ import annotations
 
@@ -41,6 +43,20 @@ def read_training_config(model_path: str) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file from its header; (0, 0) where it cannot be read (the
+    pipeline then says why, as a dead letter)."""
+    from PIL import Image
+
+    from segbeam.layout import open_file
+
+    try:
+        with open_file(path) as handle, Image.open(handle) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - any unreadable file: no size, no warning
+        return 0, 0
+
+
 def _canonical(value):
     return json.loads(json.dumps(value))  # tuples and lists alike, as training.json holds them
 
@@ -69,6 +85,23 @@ def convention_mismatches(trained: dict, ignore_index: Optional[int],
             differences.append(f"{flag}: {_describe(field, then)} in training, "
                                f"{_describe(field, now)} in this run")
     return differences
+
+
+def scale_mismatch(trained: dict, image_size: tuple[int, int]) -> Optional[str]:
+    """Where a run feeds an image of ``image_size`` at its own size: how far that lies from
+    the scale training showed the model (each image scaled to cover ``input_size``, times a
+    factor in its --scale_min..--scale_max with augmentation), in a phrase; None within it."""
+    size = trained.get("input_size")
+    if not size or not all(image_size):
+        return None
+    cover = max(size[0] / image_size[0], size[1] / image_size[1])  # training's factor
+    low, high = (trained.get("scale_min", 0.75), trained.get("scale_max", 1.25)) \
+        if trained.get("augment", True) else (0.8, 1.25)
+    if cover * low <= 1 <= cover * high:  # its own size is a scale training showed it
+        return None
+    return (f"trained on images scaled to cover {size[0]}x{size[1]}; this run feeds each image "
+            f"at its own size (the first: {image_size[0]}x{image_size[1]}), {1 / cover:.2g}x "
+            f"the scale it learned; pass --input_size {size[0]}x{size[1]} unless that is meant")
 
 
 def _describe(field: str, value) -> str:

@@ -28,7 +28,7 @@ from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.training_record import TRAINING_JSON, convention_mismatches, \
-    read_training_config
+    image_size, read_training_config, scale_mismatch
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
@@ -63,10 +63,10 @@ class RunOutcome(NamedTuple):
         return ExitCode.OK
 
 
-def _check_inputs_exist(settings: Settings) -> None:
+def _check_inputs_exist(settings: Settings) -> str:
     """Fails before the pipeline starts when the input glob, or the masks, match nothing: a
     clearer message than the runner's, no empty outputs, and no run that scores nothing
-    because --masks was mistyped."""
+    because --masks was mistyped. Returns the first input file."""
     exclude = settings.layout.root if settings.input_format == "images" else None
     first, deeper = first_file_and_subfolder_count(settings.input, exclude)
     if first is None and deeper:
@@ -86,6 +86,7 @@ def _check_inputs_exist(settings: Settings) -> None:
                     settings.input[:-2])
     if settings.input_format == "parquet":
         _check_parquet_columns(first, settings.containers)
+    return first
 
 
 def _check_parquet_columns(shard: str, fields: ContainerFields) -> None:
@@ -199,20 +200,25 @@ def _check_model_opens(settings: Settings) -> None:
         adapt_outputs(settings.model.open(announce=False), settings.inference.model_output)
 
 
-def _training_convention_warnings(settings: Settings) -> list[str]:
-    """A warning where masks are scored under another label convention than the one the
-    model was trained under (``training.json`` beside a model ``segbeam train`` saved)."""
-    if not settings.model.saved or not (settings.masks or settings.input_format != "images"):
+def _training_warnings(settings: Settings, first_input: str) -> list[str]:
+    """Warnings from ``training.json`` beside a model ``segbeam train`` saved: masks scored
+    under another label convention than the model learned, images fed at another scale."""
+    trained = read_training_config(settings.model.spec) if settings.model.saved else None
+    if not trained:
         return []
-    trained = read_training_config(settings.model.spec)
+    warnings, spec = [], settings.model.spec
     differences = convention_mismatches(trained, settings.ignore_index, settings.label_map,
-                                        settings.mask_colours) if trained else []
-    if not differences:
-        return []
-    return [f"{settings.model.spec} was trained under another label convention "
-            f"({TRAINING_JSON} beside it; {'; '.join(differences)}): its figures here score "
-            f"mask values as other classes than it learned; pass the flags it was trained with "
-            f"(or its --dataset) unless this is meant"]
+                                        settings.mask_colours)
+    if differences and (settings.masks or settings.input_format != "images"):
+        warnings.append(f"{spec} was trained under another label convention ({TRAINING_JSON} "
+                        f"beside it; {'; '.join(differences)}): its figures here score mask "
+                        f"values as other classes than it learned; pass the flags it was "
+                        f"trained with (or its --dataset) unless this is meant")
+    scale = None if settings.model.input_size or settings.input_format != "images" \
+        else scale_mismatch(trained, image_size(first_input))
+    if scale:
+        warnings.append(f"{spec} was {scale}")
+    return warnings
 
 
 def execute(options: PipelineOptions, argv: Sequence[str],
@@ -225,10 +231,10 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     apply_no_auth(options)
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
-    _check_inputs_exist(settings)
+    first_input = _check_inputs_exist(settings)
     _note_outputs_inside_inputs(settings)
     _check_model_opens(settings)
-    warnings = _training_convention_warnings(settings)
+    warnings = _training_warnings(settings, first_input)
     for warning in warnings:
         LOG.warning(warning)
     if not dry_run:

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from segbeam.models.training_record import convention_mismatches, training_record_path
+from segbeam.models.training_record import convention_mismatches, scale_mismatch, \
+    training_record_path
 from tests.conftest import write_random_pairs
 
 
@@ -62,3 +63,25 @@ def test_a_run_under_another_convention_than_training_warns(tmp_path):
     write_report(str(tmp_path / "plain"))
     assert "trained under another label convention" in \
         (tmp_path / "plain" / "report" / "report.md").read_text()
+
+    # Trained at 16x16; 40x40 images fed at their own size are 2.5x the scale it learned.
+    (tmp_path / "large").mkdir()
+    write_random_pairs(tmp_path / "large", [np.ones((40, 40), np.uint8)])
+    large = ["--input", str(tmp_path / "large" / "images"), "--dataset", "oxford_pets",
+             "--model", str(tmp_path / "pets" / "model.keras"), "--no-crf", "--quiet"]
+    [warning] = run(large + ["--output", str(tmp_path / "large_out")]).manifest["warnings"]
+    assert "model.keras was trained on images scaled to cover 16x16; this run feeds each " \
+           "image at its own size (the first: 40x40), 2.5x the scale it learned; pass " \
+           "--input_size 16x16 unless that is meant" in warning
+    told = run(large + ["--input_size", "16", "--output", str(tmp_path / "told")])
+    assert "warnings" not in told.manifest
+
+
+def test_a_scale_training_showed_the_model_is_no_mismatch():
+    trained = {"input_size": [120, 160], "augment": True, "scale_min": 0.75, "scale_max": 1.25}
+    assert scale_mismatch(trained, (120, 160)) is None
+    assert scale_mismatch(trained, (140, 170)) is None  # 1/0.857: inside 0.75..1.25
+    assert "(the first: 360x480), 3x the scale" in scale_mismatch(trained, (360, 480))
+    assert "0.5x the scale" in scale_mismatch(trained, (60, 80))
+    assert scale_mismatch({**trained, "augment": False}, (140, 170)) is None
+    assert scale_mismatch({}, (360, 480)) is None and scale_mismatch(trained, (0, 0)) is None
