@@ -323,6 +323,9 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     input_format = _input_format(o.input_format, input_glob)
     check_container_flags(input_format, o)
     check_mask_suffix(o.mask_suffix, o.masks)
+    if o.write_raw_masks and not o.crf:
+        raise UsageError("--write_raw_masks writes the labels before the CRF beside the refined "
+                         "ones; with --no-crf, masks/ holds them already: drop one of them")
     if input_format in SHARD_FORMATS and o.masks:
         raise UsageError(f"--masks applies to image files; {input_format} shards carry their "
                          f"masks (TFRecord: image/segmentation/class/encoded; Parquet: "

@@ -89,6 +89,13 @@ def test_a_crf_flag_with_no_crf_is_an_error(flag, value):
         _settings("--no-crf", flag, value)
 
 
+def test_raw_masks_with_no_crf_is_an_error():
+    """masks_raw/ was written as a byte-for-byte copy of masks/."""
+    assert _settings("--write_raw_masks").layout.write_raw_masks
+    with pytest.raises(ValueError, match="with --no-crf, masks/ holds them already"):
+        _settings("--no-crf", "--write_raw_masks")
+
+
 def test_a_mask_suffix_without_masks_is_an_error():
     """It named mask files among no masks, and was ignored."""
     with pytest.raises(ValueError, match="--mask_suffix _mask names mask files, but no --masks"):
