@@ -197,6 +197,11 @@ def load_run(root: str) -> RunOutputs:
 
     summary_path = output_path(root, SUMMARY_JSON)
     if not exists(summary_path):
+        partitions = sorted(matching_paths(output_path(root, "date=*", SUMMARY_JSON)))
+        if partitions:  # a --run_date run's --output: its runs lie one level down
+            latest = posixpath.dirname(partitions[-1])
+            raise ValueError(f"{root} holds {len(partitions)} dated runs (--run_date), not one "
+                             f"run: pass one of them, e.g. the latest, {latest}")
         raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
                          f"finished `segbeam run`")
     manifest_path = output_path(root, MANIFEST_JSON)

@@ -239,3 +239,17 @@ def test_reports_read_the_model_and_inputs_from_old_and_new_manifests():
         assert (run.setting("model"), run.setting("input"), run.setting("masks")) == (
             "/m/unet.keras", "/d/*.png", "/d/masks")
     assert RunOutputs("/out", {}, {}, [], []).setting("model") is None
+
+
+def test_a_folder_of_dated_runs_names_the_latest(tmp_path):
+    """`segbeam report OUT` on a --run_date run's --output said only that OUT held no
+    summary.json, though the runs lay one level down."""
+    for date in ("2026-11-20", "2026-11-21"):
+        (tmp_path / f"date={date}").mkdir()
+        (tmp_path / f"date={date}" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match=rf"holds 2 dated runs \(--run_date\), not one run: "
+                                         rf"pass one of them, e.g. the latest, "
+                                         rf".*date=2026-11-21$"):
+        load_run(str(tmp_path))
+    with pytest.raises(ValueError, match="holds no summary.json: pass the --output folder"):
+        load_run(str(tmp_path / "date=2026-11-20" / "nothing"))
