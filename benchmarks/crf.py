@@ -71,7 +71,7 @@ def _trained_model(minutes: float) -> str:
                     "--num_classes", "11", "--ignore_index", "11", "--input_size", "128x160",
                     "--class_weights", "median_frequency", "--batch_size", "8",
                     "--epochs", "500", "--max_minutes", str(minutes),
-                    "--output", os.path.dirname(path)], check=True)
+                    "--output", os.path.dirname(path), "--overwrite"], check=True)
     return path
 
 

@@ -21,8 +21,11 @@ import numpy as np
 
 from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
+from segbeam.models.training_record import TRAINING_JSON
 
 LOG = logging.getLogger(__name__)
+
+
 @dataclasses.dataclass
 class TrainingResult:
     model_path: str
@@ -153,6 +156,23 @@ def _optimizer(config: TrainingConfig):
     raise ValueError(f"--optimizer must be one of {OPTIMIZERS}; received {config.optimizer!r}")
 
 
+# What train() writes under --output; an earlier training's are replaced only when asked.
+OUTPUTS = ("model.keras", "best.keras", "checkpoints/last.keras", "history.csv", TRAINING_JSON)
+
+
+def _prepare_output(config: TrainingConfig) -> None:
+    """Refuses an --output that holds an earlier training's files (its model would be lost,
+    and a best.keras it left would stand beside a new training without validation); with
+    ``overwrite``, removes them first."""
+    found = [name for name in OUTPUTS if os.path.exists(os.path.join(config.output, name))]
+    if found and not config.overwrite:
+        raise ValueError(f"--output {config.output} holds an earlier training "
+                         f"({', '.join(found)}); pass another --output, or --overwrite to "
+                         f"replace it")
+    for name in found:
+        os.remove(os.path.join(config.output, name))
+
+
 def train(config: TrainingConfig) -> TrainingResult:
     """Trains ``config.model`` and writes, under ``config.output``: ``model.keras`` (the final
     model), ``best.keras`` (best validation mIoU, when there is validation data),
@@ -166,6 +186,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     _optimizer(config)  # flag errors before any data is read
     _check_validation_flags(config)
     _check_input_size(config)
+    _prepare_output(config)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)
@@ -238,7 +259,7 @@ def train(config: TrainingConfig) -> TrainingResult:
         class_weights=None if class_weights is None else [float(w) for w in class_weights],
         train_items=len(items), val_items=len(val_items), seconds=round(seconds, 1),
         stopped_early=budget.stopped)
-    with open(os.path.join(config.output, "training.json"), "w") as handle:
+    with open(os.path.join(config.output, TRAINING_JSON), "w") as handle:
         json.dump({"config": dataclasses.asdict(config), "result": dataclasses.asdict(result),
                    "backend": keras.backend.backend(), "keras": keras.__version__}, handle,
                   indent=2)

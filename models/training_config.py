@@ -49,6 +49,7 @@ class TrainingConfig:
     workers: int = 2
     seed: int = 0
     verbose: int = 2
+    overwrite: bool = False  # replace the files of an earlier training under output
 
 
 def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:

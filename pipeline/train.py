@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True,
                         help="folder for model.keras, best.keras, checkpoints/, history.csv "
                              "and training.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier training's files under --output (without it, "
+                             "such an --output is refused)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return parser
 

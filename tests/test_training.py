@@ -302,3 +302,25 @@ def test_the_wall_time_budget_stops_after_the_epoch_that_spends_it(tmp_path):
                                   batch_size=4, epochs=5, max_minutes=0.0, verbose=0))
     assert result.stopped_early and len(result.history["loss"]) == 1
     assert result.best_path is None and os.path.exists(result.model_path)
+
+
+def test_an_earlier_training_under_output_is_refused_or_replaced_when_asked(tmp_path):
+    """A second training into one --output replaced the first's model without a word, and a
+    best.keras from the first stood beside a new training without validation."""
+    from segbeam.models.training import TrainingConfig, train
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("best.keras", "checkpoints/last.keras", "training.json"):
+        (tmp_path / name).write_text("earlier")
+    config = TrainingConfig(model="tiny_fcn", num_classes=3, output=str(tmp_path),
+                            input_size=(32, 32), images=str(tmp_path / "none"), masks="m")
+    with pytest.raises(ValueError, match=r"holds an earlier training \(best.keras, "
+                                         r"checkpoints/last.keras, training.json\); pass "
+                                         r"another --output, or --overwrite"):
+        train(config)
+    assert (tmp_path / "best.keras").read_text() == "earlier"
+    config.overwrite = True
+    with pytest.raises(ValueError, match="matches no file|no image"):  # then reads the data
+        train(config)
+    assert not any((tmp_path / name).exists() for name in
+                   ("best.keras", "checkpoints/last.keras", "training.json"))
