@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import argparse
 import io
+import posixpath
+import re
 from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from segbeam.decode import InvalidInputError, lossy_format
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
-from segbeam.layout import read_bytes
+from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, reject_unknown_flags
@@ -77,8 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
                              ".tfrecord, ...); unreadable files go to <prefix>_dead_letters/.")
     parser.add_argument("--num_shards", type=int, default=0,
                         help="Number of shards; 0 lets the runner choose.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace the shards and dead letters of an earlier run under "
+                             "--output (without it, such an --output is refused).")
     add_pairing_flags(parser)
     return parser
+
+
+_SHARD_NAME = re.compile(r"-\d{5,}-of-\d{5,}\.tfrecord")  # Beam's -SSSSS-of-NNNNN
+
+
+def _clear_earlier(output: str, overwrite: bool) -> None:
+    """Refuses a prefix with shards or dead letters of an earlier run (with another
+    --num_shards, its shards would stay beside the new ones, and a glob would read both);
+    with ``overwrite``, deletes them. Also refuses a prefix that other shards' names extend
+    (``train`` beside ``train-extra-00000-of-00001.tfrecord``): Beam's sink deletes every file
+    that matches ``train-*-of-N.tfrecord`` before it writes."""
+    ours, others = [], []
+    stem = len(posixpath.basename(output))
+    for path in matching_paths(f"{output}-*-of-*.tfrecord"):
+        (ours if _SHARD_NAME.fullmatch(posixpath.basename(path)[stem:]) else others).append(path)
+    if others:
+        raise ValueError(f"--output {output}: Beam's TFRecord sink deletes the files matching "
+                         f"{output}-*-of-N.tfrecord before it writes, and {others[0]} (another "
+                         f"shard set's) is one; choose a prefix no other file name extends, "
+                         f"e.g. in a folder of its own")
+    earlier = ours + matching_paths(f"{output}_dead_letters/*")
+    if earlier and not overwrite:
+        raise ValueError(f"--output {output} has {len(earlier)} files of an earlier run "
+                         f"(first: {earlier[0]}); pass another --output, or --overwrite to "
+                         f"replace them")
+    if earlier:
+        FileSystems.delete(earlier)
 
 
 def _counted(name: str):
@@ -102,6 +135,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     if next(iter(match_files(args.input)), None) is None:
         raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
                          f"the glob so that the shell does not expand it")
+    _clear_earlier(args.output, args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     naming = Naming(args.image_suffix or "", args.mask_suffix or "")
     refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(args.input, args.masks,

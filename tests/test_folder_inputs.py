@@ -163,3 +163,23 @@ def test_shard_pairs_masks_by_suffix_and_says_when_no_image_found_its_mask(tmp_p
                  str(tmp_path / "none" / "s")])
     error = capsys.readouterr().err
     assert code == 2 and "--mask_suffix _mask names mask files, but no --masks" in error
+
+
+def test_shard_refuses_an_earlier_runs_prefix_unless_told_and_guards_other_shard_sets(
+        tmp_path, capsys):
+    """Sharding again with another --num_shards left the earlier shards beside the new ones
+    (a glob read both); and Beam's sink deletes every file matching PREFIX-*-of-N.tfrecord,
+    another shard set's (PREFIX-extra-...) included."""
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
+    images, out = str(tmp_path / "images"), tmp_path / "shards"
+    argv = ["shard", "--input", images, "--output", str(out / "s")]
+    assert main(argv + ["--num_shards", "2"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--num_shards", "1"]) == 2
+    assert "has 2 files of an earlier run" in capsys.readouterr().err
+    assert main(argv + ["--num_shards", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("*.tfrecord")) == ["s-00000-of-00001.tfrecord"]
+    (out / "s-extra-00000-of-00001.tfrecord").write_bytes(b"another set")
+    assert main(argv + ["--num_shards", "1", "--overwrite"]) == 2
+    assert "s-extra-00000-of-00001.tfrecord (another shard set's)" in capsys.readouterr().err
+    assert (out / "s-extra-00000-of-00001.tfrecord").read_bytes() == b"another set"
