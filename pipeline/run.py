@@ -78,6 +78,9 @@ def _check_inputs_exist(settings: Settings) -> str:
                          f"quote the glob so that the shell does not expand it")
     if settings.masks and settings.input_format == "images" \
             and next(iter(match_files(mask_glob(settings.masks), exclude)), None) is None:
+        if os.path.isfile(settings.masks):
+            raise UsageError(f"--masks {settings.masks!r} is a file; pass the folder that holds "
+                             f"the masks, or a glob of them (they pair with images by name)")
         raise UsageError(f"--masks {settings.masks!r} matches no file; check the path (without "
                          f"masks, drop --masks: nothing would be scored)")
     if deeper:

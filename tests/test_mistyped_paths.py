@@ -72,6 +72,10 @@ def test_masks_that_match_nothing_fail_in_the_launcher(tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2 and "--masks '" in error and "masks_typo' matches no file" in error
     assert not (tmp_path / "out").exists()
+    code = main(["run", "--input", str(tmp_path / "images"), "--masks",
+                 str(tmp_path / "masks" / "i0.png"), "--model", "tiny_fcn", "--num_classes",
+                 "3", "--output", str(tmp_path / "out")])
+    assert code == 2 and "i0.png' is a file; pass the folder" in capsys.readouterr().err
 
 
 class _PartlyLoading:
