@@ -15,10 +15,12 @@ PRESETS = {
 
 
 def resolve_class_names(spec: Optional[str], num_classes: int) -> list[str]:
-    """``spec`` is a preset name, a comma-separated list, or None (``class_0`` ...)."""
+    """``spec`` is a preset name, a comma-separated list, a file of names (``.txt``: one per
+    line; ``.json``: a list), or None (``class_0`` ...)."""
     if not spec:
         return [f"class_{i}" for i in range(num_classes)]
-    names = PRESETS.get(spec.strip().lower()) or [n.strip() for n in spec.split(",")]
+    names = PRESETS.get(spec.strip().lower()) or _names_in_file(spec) or \
+        [n.strip() for n in spec.split(",")]
     if len(names) != num_classes:
         raise ValueError(f"--class_names gives {len(names)} names but --num_classes is "
                          f"{num_classes}; give one name per class (or a preset: "
@@ -26,6 +28,31 @@ def resolve_class_names(spec: Optional[str], num_classes: int) -> list[str]:
     if len(set(names)) != len(names) or not all(names):
         raise ValueError(f"--class_names must be distinct and non-empty; received {names}")
     return names
+
+
+def _names_in_file(spec: str) -> Optional[list[str]]:
+    """The class names a ``.txt`` (one per line, blank lines skipped) or ``.json`` (a list)
+    file holds; None for a spec that names no such file."""
+    suffix = spec.lower().rsplit(".", 1)[-1]
+    if suffix not in ("txt", "json"):
+        return None
+    import json
+
+    from segbeam.layout import read_bytes
+
+    try:
+        text = read_bytes(spec).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read --class_names file {spec}: {error}") from None
+    if suffix == "txt":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"--class_names file {spec} is not a JSON list of names")
+    return [n.strip() for n in names]
 
 
 # The SegNet tutorial's CamVid colours, ids 0..10; void (11) is black.

@@ -182,7 +182,8 @@ class SegmentationOptions(PipelineOptions):
                                 help="Mask value excluded from metrics (CamVid: 11, VOC: 255); "
                                      "-1 for none.")
         evaluation.add_argument("--class_names", default=None,
-                                help="Comma-separated names, or a preset: camvid, voc.")
+                                help="Comma-separated names, a preset (camvid, voc), or a "
+                                     ".txt (one per line) or .json (a list) file of names.")
         evaluation.add_argument("--label_map", default=None,
                                 help="Stored mask value -> class id, applied to every mask "
                                      "before scoring: inline (1:0,2:1,3:2,0:ignore) or a "

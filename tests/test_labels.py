@@ -266,3 +266,21 @@ def test_training_data_goes_through_the_label_map(tmp_path):
     labels = MaskLabels(3, 255, label_map=((1, 0), (2, 1), (3, 2)))
     _, targets, weights = SegmentationDataset(pairs, 2, (64, 64), 3, 255, labels=labels)[0]
     assert set(np.unique(targets)) == {0, 1, 2} and weights.min() > 0
+
+
+def test_class_names_come_from_a_list_a_preset_or_a_file(tmp_path):
+    """A file of names (a toolkit's class list) was taken for one name, 'classes.txt'."""
+    from segbeam.classes import resolve_class_names
+
+    (tmp_path / "classes.txt").write_text("sky\n\nroad \ncar\n")
+    (tmp_path / "classes.json").write_text('["sky", "road", "car"]')
+    (tmp_path / "bad.json").write_text('{"sky": 0}')
+    for spec in ("sky,road,car", str(tmp_path / "classes.txt"), str(tmp_path / "classes.json")):
+        assert resolve_class_names(spec, 3) == ["sky", "road", "car"]
+    assert resolve_class_names("camvid", 11)[:2] == ["sky", "building"]
+    with pytest.raises(ValueError, match="gives 3 names but --num_classes is 4"):
+        resolve_class_names(str(tmp_path / "classes.txt"), 4)
+    with pytest.raises(ValueError, match="is not a JSON list of names"):
+        resolve_class_names(str(tmp_path / "bad.json"), 1)
+    with pytest.raises(ValueError, match="cannot read --class_names file .*missing.txt"):
+        resolve_class_names(str(tmp_path / "missing.txt"), 3)
