@@ -1,7 +1,7 @@
 """Decoding encoded images and masks into arrays: pure functions, no Beam.
 
-Images become HxWx3 uint8 RGB whatever their mode (grayscale, 16-bit, palette, RGBA, CMYK), with
-the EXIF orientation applied. Masks become HxW uint8 class ids. Anything unusable raises
+Images become HxWx3 uint8 RGB whatever their mode (grayscale, 16-bit, 32-bit float with [0, 1]
+read as black to white, palette, RGBA, CMYK), with the EXIF orientation applied. Masks become HxW uint8 class ids. Anything unusable raises
 ``InvalidInputError`` with a message that says what was wrong and what to do.
 """
 
@@ -89,9 +89,15 @@ def _oriented(image: Image.Image) -> Image.Image:
 def _to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit (or wider) grayscale: scale its range to 8 bits rather than clipping.
+        # 16-bit (or wider) grayscale: scale its range to 8 bits rather than clipping; a float
+        # image in [0, 1] (TIFF's convention for normalised data) as [0, 1].
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise InvalidInputError("image holds NaN or infinite values; export it with finite "
+                                    "values (8- or 16-bit integers, or floats in [0, 1])")
         top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        if mode == "F" and values.min() >= 0 and values.max() <= 1:
+            top = 1.0
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):

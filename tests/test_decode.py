@@ -38,6 +38,21 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255])
 
 
+def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
+    """Floats in [0, 1] were scaled as if 255 were white: the image came out black."""
+    def tiff(values):
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(values, np.float32), mode="F").save(buffer, format="TIFF")
+        return buffer.getvalue()
+
+    decoded = decode_image(tiff([[0.0, 0.5, 1.0]]))
+    assert decoded[..., 0].tolist() == [[0, 128, 255]]
+    assert (decoded[..., 2] == decoded[..., 0]).all()
+    assert decode_image(tiff([[0.0, 100.0, 255.0]]))[..., 0].tolist() == [[0, 100, 255]]
+    with pytest.raises(InvalidInputError, match="NaN or infinite values"):
+        decode_image(tiff([[0.0, np.nan]]))
+
+
 def test_rgba_is_composited_over_black():
     rgba = np.zeros((1, 2, 4), dtype=np.uint8)
     rgba[0, 0] = (200, 100, 50, 255)  # opaque
