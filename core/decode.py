@@ -1,8 +1,9 @@
 """Decoding encoded images and masks into arrays: pure functions, no Beam.
 
 Images become HxWx3 uint8 RGB whatever their mode (grayscale, 16-bit, 32-bit float with [0, 1]
-read as black to white, palette, RGBA, CMYK), with the EXIF orientation applied. Masks become HxW uint8 class ids. Anything unusable raises
-``InvalidInputError`` with a message that says what was wrong and what to do.
+read as black to white, palette, RGBA, CMYK), with the EXIF orientation applied. Masks become
+HxW uint8 class ids. Anything unusable raises ``InvalidInputError`` with a message that says
+what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         # 16-bit (or wider) grayscale: scale its range to 8 bits rather than clipping; a float
         # image in [0, 1] (TIFF's convention for normalised data) as [0, 1].
         values = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise InvalidInputError("image holds NaN or infinite values; export it with finite "
-                                    "values (8- or 16-bit integers, or floats in [0, 1])")
+        if not np.isfinite(values).all() or values.min() < 0:
+            raise InvalidInputError(
+                f"image holds {'NaN or infinite' if not np.isfinite(values).all() else 'negative'}"
+                f" values, which no intensity reads as; export it as 8- or 16-bit integers, or "
+                f"floats in [0, 1]")
         top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
         if mode == "F" and values.min() >= 0 and values.max() <= 1:
             top = 1.0

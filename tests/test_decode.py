@@ -51,6 +51,8 @@ def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
     assert decode_image(tiff([[0.0, 100.0, 255.0]]))[..., 0].tolist() == [[0, 100, 255]]
     with pytest.raises(InvalidInputError, match="NaN or infinite values"):
         decode_image(tiff([[0.0, np.nan]]))
+    with pytest.raises(InvalidInputError, match="holds negative values"):  # standardised data
+        decode_image(tiff([[-1.5, 0.3]]))
 
 
 def test_rgba_is_composited_over_black():
