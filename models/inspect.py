@@ -11,6 +11,8 @@ import numpy as np
 
 from segbeam.inference import looks_like_probabilities
 from segbeam.models.source import ModelSource
+from segbeam.models.training_record import TRAINING_JSON, read_training_config, \
+    training_summary
 
 PROBE_SIZE = (256, 256)
 
@@ -39,4 +41,8 @@ def inspect_model(source: ModelSource) -> list[tuple[str, str]]:
     lines += [("test run", f"one random {height}x{width} image, raw RGB in [0, 255]"),
               ("output kind", kind), ("classes seen", str(scores.shape[-1])),
               ("output grid", grid)]
+    trained = read_training_config(source.spec) if source.saved else None
+    if trained:
+        lines.append(("trained with", f"{training_summary(trained)} ({TRAINING_JSON} beside "
+                                      f"it; a run warns where it differs)"))
     return lines

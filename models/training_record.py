@@ -104,6 +104,18 @@ def scale_mismatch(trained: dict, image_size: tuple[int, int]) -> Optional[str]:
             f"the scale it learned; pass --input_size {size[0]}x{size[1]} unless that is meant")
 
 
+def training_summary(trained: dict) -> str:
+    """The settings a run should share with the training, in a phrase (``segbeam models
+    --inspect``)."""
+    size = trained.get("input_size")
+    parts = [f"--input_size {size[0]}x{size[1]}"] if size else []
+    for field, flag in _CONVENTION:
+        if field in trained and (trained[field] is not None or field == "ignore_index"):
+            value = _canonical(trained[field])
+            parts.append(f"{flag} {_describe(field, value) if value is not None else -1}")
+    return ", ".join(parts)
+
+
 def _describe(field: str, value) -> str:
     if value is None:
         return "none"

@@ -76,6 +76,14 @@ def test_a_run_under_another_convention_than_training_warns(tmp_path):
     told = run(large + ["--input_size", "16", "--output", str(tmp_path / "told")])
     assert "warnings" not in told.manifest
 
+    from segbeam.models.inspect import inspect_model
+    from segbeam.models.source import ModelSource
+
+    described = dict(inspect_model(ModelSource(str(tmp_path / "pets" / "model.keras"))))
+    assert described["trained with"] == (
+        "--input_size 16x16, --ignore_index -1, --label_map 3 entries (1:0, 2:1, 3:2) "
+        "(training.json beside it; a run warns where it differs)")
+
 
 def test_a_scale_training_showed_the_model_is_no_mismatch():
     trained = {"input_size": [120, 160], "augment": True, "scale_min": 0.75, "scale_max": 1.25}
