@@ -19,7 +19,7 @@ import numpy as np
 
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
     mask_png_path, output_path, write_bytes_atomically
-from segbeam.dataset import no_mask_found
+from segbeam.dataset import container_mask_flag, no_mask_found
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.exit_codes import ExitCode
@@ -170,9 +170,10 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
 def _warnings(run: RunOutputs) -> list[str]:
     """What the run's terminal account warned about: masks that paired with no input, mask
     values not scored, a model trained under another label convention."""
-    counts = run.summary.get("counts", {})
-    unpaired = no_mask_found(bool(run.setting("masks")), counts.get("outputs", 0),
-                             counts.get("images_with_mask", 0))
+    counts, fields = run.summary.get("counts", {}), run.setting("containers") or {}
+    flag = container_mask_flag(fields.get("mask_column"), fields.get("mask_ext"))
+    unpaired = no_mask_found(bool(run.setting("masks") or flag), counts.get("outputs", 0),
+                             counts.get("images_with_mask", 0), flag)
     return ([unpaired] if unpaired else []) + label_warnings(
         run.summary, run.setting("label_map")) + run.manifest.get("warnings", [])
 

@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
-from segbeam.dataset import apart, mask_glob, named_mask, no_mask_found
+from segbeam.dataset import apart, container_mask_flag, mask_glob, named_mask, no_mask_found
 from segbeam.keys import glob_base
 from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
@@ -338,7 +338,9 @@ def format_report(outcome: RunOutcome) -> str:
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
-    unpaired = no_mask_found(bool(settings.masks), counts["outputs"], counts["images_with_mask"])
+    flag = container_mask_flag(settings.containers.mask_column, settings.containers.mask_ext)
+    unpaired = no_mask_found(bool(settings.masks or flag), counts["outputs"],
+                             counts["images_with_mask"], flag)
     lines += [f"  WARNING: {warning}" for warning in
               ([unpaired] if unpaired else []) + label_warnings(summary, settings.label_map)
               + outcome.manifest.get("warnings", [])]

@@ -158,6 +158,28 @@ def test_a_parquet_column_that_does_not_exist_is_a_usage_error(tmp_path, capsys)
     assert "no column 'mask' (--mask_column)" in err[0] and "annotation" in err[0]
 
 
+def test_a_mask_column_of_nulls_says_that_nothing_was_scored(tmp_path):
+    """A Parquet split whose mask column holds only nulls (a test split without annotations)
+    scored nothing, and the run said only "0 with masks"."""
+    from segbeam.pipeline.report import write_report
+    from segbeam.pipeline.run import format_report, run
+
+    data = _dataset()
+    table = parquet_table(data, ["a", "b"])
+    table = table.set_column(1, "annotation", pa.nulls(2, IMAGE_STRUCT))
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(table, str(tmp_path / "pq" / "x.parquet"))
+    outcome = run(["--input", f"{tmp_path}/pq/*.parquet", "--mask_column", "annotation",
+                   "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+                   "--no-crf", "--output", str(tmp_path / "out"), "--quiet"])
+    assert outcome.summary["counts"]["segmented"] == 2
+    warning = ("no input found its mask, so nothing was scored: --mask_column annotation named "
+               "no mask in any record")
+    assert warning in format_report(outcome)
+    write_report(str(tmp_path / "out"))
+    assert warning in (tmp_path / "out" / "report" / "report.md").read_text()
+
+
 def test_webdataset_samples_stream_and_say_what_is_wrong():
     data = _dataset(2)
     buffer = io.BytesIO()
