@@ -113,6 +113,9 @@ def test_train_takes_a_preset():
     plain = config_from(["--images", "i", "--masks", "m", "--model", "tiny_fcn",
                          "--num_classes", "3", "--input_size", "64", "--output", "o"])
     assert (plain.ignore_index, plain.label_map) == (None, None)
+    ids = config_from(["--images", "i", "--masks", "m", "--model", "tiny_fcn", "--dataset",
+                       "ade20k", "--label_map", "none", "--input_size", "64", "--output", "o"])
+    assert (ids.num_classes, ids.ignore_index, ids.label_map) == (150, 255, None)
 
 
 def test_cityscapes_file_names_pair_with_the_preset(tmp_path):
