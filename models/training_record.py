@@ -104,6 +104,26 @@ def scale_mismatch(trained: dict, image_size: tuple[int, int]) -> Optional[str]:
             f"the scale it learned; pass --input_size {size[0]}x{size[1]} unless that is meant")
 
 
+def training_warnings(spec: str, trained: dict, scores_masks: bool,
+                      ignore_index: Optional[int], label_map: Optional[tuple],
+                      mask_colours: Optional[tuple],
+                      fed_size: Optional[tuple[int, int]]) -> list[str]:
+    """A run's warnings from the training record of its model ``spec``: masks scored (where
+    ``scores_masks``) under another label convention, and images fed at their own size
+    (``fed_size``, the first's; None where the run sets the size) at another scale."""
+    warnings = []
+    differences = convention_mismatches(trained, ignore_index, label_map, mask_colours)
+    if differences and scores_masks:
+        warnings.append(f"{spec} was trained under another label convention ({TRAINING_JSON} "
+                        f"beside it; {'; '.join(differences)}): its figures here score mask "
+                        f"values as other classes than it learned; pass the flags it was "
+                        f"trained with (or its --dataset) unless this is meant")
+    scale = scale_mismatch(trained, fed_size) if fed_size else None
+    if scale:
+        warnings.append(f"{spec} was {scale}")
+    return warnings
+
+
 def training_summary(trained: dict) -> str:
     """The settings a run should share with the training, in a phrase (``segbeam models
     --inspect``)."""

@@ -53,15 +53,14 @@ def run_command(argv: Sequence[str]) -> int:
             print(f"segbeam run: no --input given; running the demo under {flags.output}/")
             argv = demo_argv(flags.output, argv)
             options = parse_run_argv(argv)
-        from segbeam.labels import label_warnings
-        from segbeam.pipeline.run import execute, format_report
+        from segbeam.pipeline.run import execute, format_report, outcome_warnings
 
         outcome = execute(options, argv)
     except ValueError as error:
         return _error("run", error)
     print(format_report(outcome))
     if outcome.summary:
-        for warning in label_warnings(outcome.summary, outcome.settings.label_map):
+        for warning in outcome_warnings(outcome):
             print(f"segbeam run: warning: {warning}", file=sys.stderr)
     if outcome.report_folder:
         print(f"segbeam run: report written to {outcome.report_folder}/report.html")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import posixpath
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -167,15 +167,25 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
     }
 
 
-def _warnings(run: RunOutputs) -> list[str]:
-    """What the run's terminal account warned about: masks that paired with no input, mask
-    values not scored, a model trained under another label convention."""
-    counts, fields = run.summary.get("counts", {}), run.setting("containers") or {}
-    flag = container_mask_flag(fields.get("mask_column"), fields.get("mask_ext"))
-    unpaired = no_mask_found(bool(run.setting("masks") or flag), counts.get("outputs", 0),
+def run_warnings(summary: dict, manifest: dict, masks: Optional[str],
+                 mask_column: Optional[str], mask_ext: Optional[str],
+                 label_map: Optional[Sequence]) -> list[str]:
+    """What a finished run warns about, the same in the terminal and in the report: masks
+    that no input found, mask values not scored, and what the launcher found (a model trained
+    under another label convention or scale: the manifest's ``warnings``)."""
+    counts = summary.get("counts", {})
+    flag = container_mask_flag(mask_column, mask_ext)
+    unpaired = no_mask_found(bool(masks or flag), counts.get("outputs", 0),
                              counts.get("images_with_mask", 0), flag)
-    return ([unpaired] if unpaired else []) + label_warnings(
-        run.summary, run.setting("label_map")) + run.manifest.get("warnings", [])
+    return ([unpaired] if unpaired else []) + label_warnings(summary, label_map) + \
+        manifest.get("warnings", [])
+
+
+def _warnings(run: RunOutputs) -> list[str]:
+    fields = run.setting("containers") or {}
+    return run_warnings(run.summary, run.manifest, run.setting("masks"),
+                        fields.get("mask_column"), fields.get("mask_ext"),
+                        run.setting("label_map"))
 
 
 # The settings that decide which mask pixels are scored and as what.

@@ -23,12 +23,11 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
-from segbeam.dataset import apart, container_mask_flag, mask_glob, named_mask, no_mask_found
+from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
-from segbeam.labels import label_warnings
 from segbeam.models.output_adapters import adapt_outputs
-from segbeam.models.training_record import TRAINING_JSON, convention_mismatches, \
-    image_size, read_training_config, scale_mismatch
+from segbeam.models.training_record import image_size, read_training_config, \
+    training_warnings
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
@@ -209,19 +208,11 @@ def _training_warnings(settings: Settings, first_input: str) -> list[str]:
     trained = read_training_config(settings.model.spec) if settings.model.saved else None
     if not trained:
         return []
-    warnings, spec = [], settings.model.spec
-    differences = convention_mismatches(trained, settings.ignore_index, settings.label_map,
-                                        settings.mask_colours)
-    if differences and (settings.masks or settings.input_format != "images"):
-        warnings.append(f"{spec} was trained under another label convention ({TRAINING_JSON} "
-                        f"beside it; {'; '.join(differences)}): its figures here score mask "
-                        f"values as other classes than it learned; pass the flags it was "
-                        f"trained with (or its --dataset) unless this is meant")
-    scale = None if settings.model.input_size or settings.input_format != "images" \
-        else scale_mismatch(trained, image_size(first_input))
-    if scale:
-        warnings.append(f"{spec} was {scale}")
-    return warnings
+    files = settings.input_format == "images"
+    return training_warnings(
+        settings.model.spec, trained, bool(settings.masks or not files),
+        settings.ignore_index, settings.label_map, settings.mask_colours,
+        image_size(first_input) if files and not settings.model.input_size else None)
 
 
 def execute(options: PipelineOptions, argv: Sequence[str],
@@ -314,6 +305,15 @@ def format_dry_run(outcome: RunOutcome) -> str:
     return "\n".join(lines)
 
 
+def outcome_warnings(outcome: RunOutcome) -> list[str]:
+    """The finished run's warnings (``report.run_warnings``), from its settings."""
+    from segbeam.pipeline.report import run_warnings
+
+    s = outcome.settings
+    return run_warnings(outcome.summary, outcome.manifest, s.masks, s.containers.mask_column,
+                        s.containers.mask_ext, s.label_map)
+
+
 def format_report(outcome: RunOutcome) -> str:
     """A short human-readable account of a run for the terminal."""
     summary, settings = outcome.summary, outcome.settings
@@ -338,12 +338,7 @@ def format_report(outcome: RunOutcome) -> str:
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
-    flag = container_mask_flag(settings.containers.mask_column, settings.containers.mask_ext)
-    unpaired = no_mask_found(bool(settings.masks or flag), counts["outputs"],
-                             counts["images_with_mask"], flag)
-    lines += [f"  WARNING: {warning}" for warning in
-              ([unpaired] if unpaired else []) + label_warnings(summary, settings.label_map)
-              + outcome.manifest.get("warnings", [])]
+    lines += [f"  WARNING: {warning}" for warning in outcome_warnings(outcome)]
     evaluation = summary["evaluation"]
     if evaluation:
         variants = [v for v in ("raw", "crf") if v in evaluation]
