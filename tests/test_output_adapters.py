@@ -142,3 +142,31 @@ def test_declared_probabilities_are_normalised_and_logits_declared_so_are_refuse
         ModelSource(str(tmp_path / "linear.keras"), num_classes=3).open(), "probabilities")
     with pytest.raises(ValueError, match="they are not probabilities; pass --model_output logits"):
         linear.predict(batch)
+
+
+def test_logits_declared_as_probabilities_are_dead_letters_that_count(tmp_path):
+    """Each image of a model whose outputs are no probabilities under --model_output
+    probabilities ends as a dead letter at stage inference that names the range: accounted
+    for, never scored on those outputs."""
+    import json
+
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    model.layers[-1].set_weights([np.full((1, 1, 3, 2), 0.05, np.float32),  # logits -2..36
+                                  np.array([-2.0, 2.0], np.float32)])
+    model.save(str(tmp_path / "logits.keras"))
+    _pairs(tmp_path, count=2)
+    assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--model", str(tmp_path / "logits.keras"), "--num_classes", "2",
+                 "--model_output", "probabilities", "--no-crf", "--quiet",
+                 "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    counts = summary["counts"]
+    assert counts["accounted_for"] and counts["inputs"] == 2 and counts["segmented"] == 0
+    assert counts["dead_letters_by_stage"] == {"inference": 2}
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert sorted(d["key"] for d in letters) == ["b0", "b1"]
+    assert all("outside [0, 1]: they are not probabilities" in d["reason"] for d in letters)
