@@ -43,18 +43,25 @@ def read_training_config(model_path: str) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that transpose or turn by 90 degrees
+
+
 def image_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image file from its header; (0, 0) where it cannot be read (the
-    pipeline then says why, as a dead letter)."""
+    """(height, width) of an image file as the pipeline decodes it, from its header: sides
+    swapped where its EXIF orientation turns it a quarter (as decoding does); (0, 0) where it
+    cannot be read (the pipeline then says why, as a dead letter)."""
     from PIL import Image
 
     from segbeam.layout import open_file
 
     try:
         with open_file(path) as handle, Image.open(handle) as image:
-            return image.height, image.width
+            height, width = image.height, image.width
+            orientation = image.getexif().get(_EXIF_ORIENTATION)
     except Exception:  # noqa: BLE001 - any unreadable file: no size, no warning
         return 0, 0
+    return (width, height) if orientation in _QUARTER_TURNS else (height, width)
 
 
 def _canonical(value):

@@ -93,3 +93,18 @@ def test_a_scale_training_showed_the_model_is_no_mismatch():
     assert "0.5x the scale" in scale_mismatch(trained, (60, 80))
     assert scale_mismatch({**trained, "augment": False}, (140, 170)) is None
     assert scale_mismatch({}, (360, 480)) is None and scale_mismatch(trained, (0, 0)) is None
+
+
+def test_image_size_is_the_size_decoding_gives_after_exif_rotation(tmp_path):
+    from PIL import Image
+
+    from segbeam.models.training_record import image_size
+
+    upright, turned = tmp_path / "upright.jpg", tmp_path / "turned.jpg"
+    Image.new("RGB", (48, 20)).save(upright)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 48x20 landscape, shown turned a quarter: 20 wide, 48 high
+    Image.new("RGB", (48, 20)).save(turned, exif=exif)
+    assert image_size(str(upright)) == (20, 48)
+    assert image_size(str(turned)) == (48, 20)
+    assert image_size(str(tmp_path / "missing.jpg")) == (0, 0)
