@@ -78,7 +78,7 @@ def _trained_model(minutes: float) -> str:
 def predict_val(model: str, input_size: tuple[int, int], limit: int | None):
     """CamVid val images, masks and the model's float16 probabilities at full resolution,
     computed by the pipeline's own inference handler."""
-    from segbeam.pipeline.options import parse_size
+    from segbeam.geometry import parse_size
     from segbeam.models.source import ModelSource
     from segbeam.transforms.inference import KerasSegmentationHandler
 

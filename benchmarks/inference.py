@@ -187,7 +187,7 @@ VARIANTS = {"loop": _loop, "handler": _handler, "handler --no-crf": _handler_lab
 
 def child(args) -> None:
     """One variant, in this process; prints its JSON result as the last line."""
-    from segbeam.pipeline.options import parse_size
+    from segbeam.geometry import parse_size
 
     images = _images(args.images, parse_size(args.input_size))
     one_pass = VARIANTS[args.variant](args.model, images, args.batch)

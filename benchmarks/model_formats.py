@@ -17,7 +17,7 @@ import os
 
 from benchmarks.common import print_table, run_child, write_record
 from benchmarks.inference import model_file
-from segbeam.pipeline.options import parse_size
+from segbeam.geometry import parse_size
 
 FORMATS = ("keras", "savedmodel", "onnx")
 

@@ -22,6 +22,23 @@ from PIL import Image
 RESIZE_MODES = ("resize", "letterbox", "pad")
 
 
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"256"`` -> (256, 256); ``"360x480"`` or ``"360,480"`` -> (360, 480) (height, width)."""
+    if text is None or text == "":
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise ValueError(f"--input_size must be N or HxW with positive integers; received "
+                         f"{text!r}")
+    return values
+
+
 class Placement(NamedTuple):
     """The image (height x width) occupies canvas[0:content_height, 0:content_width]."""
 

@@ -17,6 +17,7 @@ from segbeam.geometry import RESIZE_MODES
 from segbeam.preprocessing import PREPROCESSORS
 
 MODEL_OUTPUTS = ("auto", "logits", "probabilities")
+DEFAULT_SIZE_MULTIPLE = 32  # the total stride of most segmentation networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class InferenceSettings:
     model across processes."""
 
     resize_mode: str = setting(Effect.OUTPUT, "resize")
-    size_multiple: int = setting(Effect.OUTPUT, 32)
+    size_multiple: int = setting(Effect.OUTPUT, DEFAULT_SIZE_MULTIPLE)
     preprocess: str = setting(Effect.OUTPUT, "none")
     model_output: str = setting(Effect.OUTPUT, "auto")
     batch_size: int = setting(Effect.NONE, 8)
@@ -56,6 +57,23 @@ class InferenceSettings:
         if self.model_copies is not None and self.model_copies < 1:
             raise ValueError(f"--model_copies must be at least 1; received "
                              f"{self.model_copies}")
+
+    def check_input_size(self, input_size: Optional[tuple[int, int]],
+                         model_size: Optional[tuple[int, int]]) -> None:
+        """Raises ValueError where a sizing flag is void, rather than ignore it:
+        --size_multiple where every image is fed at a fixed size (--input_size's, or the
+        model's input), --resize_mode letterbox where each is fed at its own."""
+        fixed = input_size or model_size
+        if fixed and self.size_multiple != DEFAULT_SIZE_MULTIPLE:
+            where = (f"with --input_size {fixed[0]}x{fixed[1]}" if input_size else
+                     f"the model takes {fixed[0]}x{fixed[1]} only, so")
+            raise ValueError(f"--size_multiple rounds the canvas of images fed at their own "
+                             f"size; {where} every image is fed at that size: drop "
+                             f"--size_multiple")
+        if not fixed and self.resize_mode == "letterbox":
+            raise ValueError("--resize_mode letterbox fits images to an input size, but neither "
+                             "--input_size nor the model fixes one (each image is fed at its "
+                             "own size): pass --input_size HxW, or drop --resize_mode")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

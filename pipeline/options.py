@@ -19,9 +19,9 @@ from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
-from segbeam.geometry import RESIZE_MODES
+from segbeam.geometry import RESIZE_MODES, parse_size
 from segbeam.incremental import config_fingerprint, parse_run_date
-from segbeam.inference import MODEL_OUTPUTS, InferenceSettings
+from segbeam.inference import DEFAULT_SIZE_MULTIPLE, MODEL_OUTPUTS, InferenceSettings
 from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
@@ -38,23 +38,6 @@ STAGE_SPLITS = ("auto", "reshuffle", "fused")
 # crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner",
                  "BundleBasedDirectRunner", "TestDirectRunner")
-
-
-def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """``"256"`` -> (256, 256); ``"360x480"`` or ``"360,480"`` -> (360, 480) (height, width)."""
-    if text is None or text == "":
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise ValueError(f"--input_size must be N or HxW with positive integers; received "
-                         f"{text!r}")
-    return values
 
 
 class SegmentationOptions(PipelineOptions):
@@ -138,8 +121,10 @@ class SegmentationOptions(PipelineOptions):
         model.add_argument("--resize_mode", default="resize", choices=RESIZE_MODES,
                            help="resize: stretch to the input; letterbox: keep the aspect "
                                 "ratio and pad; pad: no scaling (models that take any size).")
-        model.add_argument("--size_multiple", type=int, default=32,
-                           help="With --resize_mode pad: round the batch canvas up to this.")
+        model.add_argument("--size_multiple", type=int, default=DEFAULT_SIZE_MULTIPLE,
+                           help="Where images are fed at their own size (no --input_size, a "
+                                "model that takes any size): round each batch's canvas up to "
+                                "this (the model's total stride).")
         model.add_argument("--preprocess", default="none", choices=tuple(PREPROCESSORS),
                            help="Normalisation the model expects; none: raw RGB in [0, 255] "
                                 "(this project's models normalise inside their graph).")
@@ -153,7 +138,9 @@ class SegmentationOptions(PipelineOptions):
                            help="Share one model per machine across SDK processes (Beam's "
                                 "large_model): one copy per GPU instead of one per process.")
         model.add_argument("--model_copies", type=int, default=None,
-                           help="With --large_model: copies per machine (e.g. one per GPU).")
+                           help="Models per machine, shared across its SDK processes (as "
+                                "--large_model shares one); e.g. one per GPU. Default: one per "
+                                "process, or with --large_model one per accelerator.")
         model.add_argument("--seed", type=int, default=0,
                            help="Initialisation seed of a registry model without --weights.")
         scale = parser.add_argument_group("distributed runs (Dataflow, Dask)")

@@ -198,8 +198,12 @@ def _check_model_opens(settings: Settings) -> None:
     --weights file (it may not fit) or is built for a fixed --input_size (an architecture may
     not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
     on the workers only."""
+    fixed_size = None
     if settings.model.saved or settings.model.weights or settings.model.input_size:
-        adapt_outputs(settings.model.open(announce=False), settings.inference.model_output)
+        runtime = settings.model.open(announce=False)
+        adapt_outputs(runtime, settings.inference.model_output)
+        fixed_size = runtime.fixed_input_size()
+    settings.inference.check_input_size(settings.model.input_size, fixed_size)
 
 
 def _training_warnings(settings: Settings, first_input: str) -> list[str]:

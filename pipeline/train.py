@@ -126,7 +126,7 @@ def _check_ranges(args) -> None:
 
 
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
-    from segbeam.pipeline.options import parse_size
+    from segbeam.geometry import parse_size
 
     args = build_parser().parse_args(argv)
     convention = resolve_convention(args.dataset, args.num_classes, None,

@@ -96,6 +96,23 @@ def test_raw_masks_with_no_crf_is_an_error():
         _settings("--no-crf", "--write_raw_masks")
 
 
+def test_sizing_flags_that_the_input_size_makes_void_are_errors():
+    """With --input_size (or a model's fixed input) every image is fed at that size, and
+    without one each at its own: --size_multiple or --resize_mode letterbox was ignored."""
+    multiple = _settings("--size_multiple", "16").inference
+    multiple.check_input_size(None, None)
+    with pytest.raises(ValueError, match="with --input_size 64x96 every image is fed at that"):
+        multiple.check_input_size((64, 96), None)
+    with pytest.raises(ValueError, match="the model takes 32x32 only, so every image is fed"):
+        multiple.check_input_size(None, (32, 32))
+    letterbox = _settings("--resize_mode", "letterbox").inference
+    letterbox.check_input_size((64, 96), None)
+    letterbox.check_input_size(None, (32, 32))
+    with pytest.raises(ValueError, match="neither --input_size nor the model fixes one"):
+        letterbox.check_input_size(None, None)
+    _settings().inference.check_input_size((64, 96), (64, 96))  # the defaults: never void
+
+
 def test_a_mask_suffix_without_masks_is_an_error():
     """It named mask files among no masks, and was ignored."""
     with pytest.raises(ValueError, match="--mask_suffix _mask names mask files, but no --masks"):

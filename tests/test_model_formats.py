@@ -368,3 +368,36 @@ def test_a_channels_first_keras_model_with_dict_outputs_under_jax(tmp_path):
                             timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("jax ok")
+
+
+def test_sizing_flags_that_the_models_input_makes_void_are_errors(tmp_path):
+    """--size_multiple with a model of fixed input, and --resize_mode letterbox with one that
+    takes any size (and no --input_size), were ignored: images were fed at the fixed size, or
+    at their own."""
+    import keras
+
+    from segbeam.pipeline.run import run
+
+    fixed = _fixed_size_model(tmp_path).spec
+    inputs = keras.Input((None, None, 3))
+    any_size = str(tmp_path / "any.keras")
+    keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs)).save(any_size)
+    pattern = _images(str(tmp_path / "images"), np.random.default_rng(0))
+
+    def launch(model, *flags):
+        return run(["--input", pattern, "--model", model, "--num_classes", "3", "--output",
+                    str(tmp_path / "out"), "--dry_run=True", *flags])
+
+    with pytest.raises(ValueError, match="the model takes 64x64 only, so every image is fed at"):
+        launch(fixed, "--size_multiple", "16")
+    with pytest.raises(ValueError, match="--resize_mode letterbox fits images to an input size, "
+                                         "but neither --input_size nor the model fixes one"):
+        launch(any_size, "--resize_mode", "letterbox")
+    with pytest.raises(ValueError, match="neither --input_size nor the model fixes one"):
+        launch("tiny_fcn", "--resize_mode", "letterbox")
+    with pytest.raises(ValueError, match="with --input_size 32x32 every image is fed at"):
+        launch("tiny_fcn", "--input_size", "32", "--size_multiple", "16")
+    for model, flags in ((fixed, ["--resize_mode", "letterbox"]),
+                         (any_size, ["--size_multiple", "16"]),
+                         (any_size, ["--resize_mode", "letterbox", "--input_size", "32"])):
+        assert launch(model, *flags).summary is None  # a dry run, accepted
