@@ -232,7 +232,11 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
                          f"{current['class_names']} vs {previous['class_names']}")
     now, before = current["evaluation"], previous["evaluation"]
     if not now or not before:
+        unscored = " and ".join(name for name, figures in (("current", now), ("previous", before))
+                                if not figures)
         return {"previous": previous["run"]["output"], "comparable": False,
+                "not_comparable": f"the {unscored} run{'s' if ' and ' in unscored else ''} "
+                                  f"scored no masks, so there are no figures to compare",
                 "aggregate": {}, "per_class": [], "regressions": []}
 
     def pick(figures: dict):  # the final figures: the CRF's where it ran
@@ -320,6 +324,12 @@ def report_command(argv) -> int:
         return ExitCode.USAGE
     print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
     comparison = report.get("comparison") or {}
+    if comparison and not comparison["comparable"]:
+        print(f"  not compared: {comparison['not_comparable']}")
+        if args.fail_on_regression:
+            print(f"segbeam report: error: --fail_on_regression cannot check for regressions: "
+                  f"{comparison['not_comparable']}", file=sys.stderr)
+            return ExitCode.USAGE
     for caveat in comparison.get("caveats", []):
         print(f"  not like for like: {caveat}")
     regressions = comparison.get("regressions", [])

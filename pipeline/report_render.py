@@ -91,7 +91,7 @@ def render_markdown(report: dict) -> str:
     if comparison:
         lines += ["", f"## Compared with {comparison['previous']}", ""]
         if not comparison["comparable"]:
-            lines.append("One of the runs has no evaluation; nothing to compare.")
+            lines.append(f"Not compared: {comparison['not_comparable']}.")
         else:
             caveats = comparison.get("caveats") or []
             if caveats:
@@ -359,8 +359,8 @@ def _comparison_html(comparison: dict) -> str:
     out = [f'<section id="comparison"><h2>Compared with '
            f'{html.escape(str(comparison["previous"]))}</h2>']
     if not comparison["comparable"]:
-        out.append("<p class='note'>One of the runs has no evaluation; nothing to compare."
-                   "</p></section>")
+        out.append(f"<p class='note'>Not compared: "
+                   f"{html.escape(comparison['not_comparable'])}.</p></section>")
         return "\n".join(out)
     caveats = comparison.get("caveats") or []
     if caveats:

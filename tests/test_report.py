@@ -170,6 +170,24 @@ def test_fail_on_regression_exits_non_zero_against_a_better_run(runs, tmp_path, 
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
+def test_fail_on_regression_against_a_run_without_masks_is_an_error(runs, tmp_path, capsys):
+    """A run that scored no masks has no figures: the regression gate passed (exit 0) and the
+    terminal said nothing of it."""
+    out = str(tmp_path / "report")
+    assert main(["report", runs["without_masks"], "--compare", runs["with_masks"],
+                 "--output", out]) == 0
+    assert "not compared: the current run scored no masks" in capsys.readouterr().out
+    assert "Not compared: the current run scored no masks" in (
+        tmp_path / "report" / "report.md").read_text()
+    assert main(["report", runs["with_masks"], "--compare", runs["without_masks"],
+                 "--output", out, "--fail_on_regression"]) == 2
+    assert ("segbeam report: error: --fail_on_regression cannot check for regressions: the "
+            "previous run scored no masks") in capsys.readouterr().err
+    assert main(["report", runs["without_masks"], "--compare", runs["without_masks"],
+                 "--output", out, "--fail_on_regression"]) == 2
+    assert "the current and previous runs scored no masks" in capsys.readouterr().err
+
+
 def test_colourise_uses_class_colours_and_dims_ignored_pixels():
     colours = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)
     labels = np.array([[0, 1], [1, 7]], np.uint8)
