@@ -125,6 +125,21 @@ def _check_ranges(args) -> None:
         raise ValueError(wrong[0])
 
 
+def _check_ignored(args) -> None:
+    """A flag that the others make void is an error, not a silent no-op: --momentum under
+    adam, the augmentation's settings under --no_augment."""
+    if args.optimizer != "sgd" and args.momentum != DEFAULTS.momentum:
+        raise ValueError(f"--momentum applies to --optimizer sgd; {args.optimizer} takes none: "
+                         f"drop --momentum or pass --optimizer sgd")
+    if not args.augment:
+        void = [flag for flag, changed in (
+            ("--no_flip", not args.flip), ("--scale_min", args.scale_min != DEFAULTS.scale_min),
+            ("--scale_max", args.scale_max != DEFAULTS.scale_max)) if changed]
+        if void:
+            raise ValueError(f"{void[0]} sets the random augmentation, which --no_augment turns "
+                             f"off: drop one of them")
+
+
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     from segbeam.geometry import parse_size
 
@@ -141,6 +156,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
         raise ValueError(f"need 0 < --scale_min <= --scale_max; received {args.scale_min}, "
                          f"{args.scale_max}")
     _check_ranges(args)
+    _check_ignored(args)
     check_container_flags(container_format(args.shards) or "tfrecord" if args.shards
                           else "images", args)
     values = vars(args)

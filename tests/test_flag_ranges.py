@@ -68,6 +68,24 @@ def test_segbeam_train_refuses_container_flags_for_other_input():
         config_from(shards + ["s/*.tfrecord", "--mask_suffix", "_m"])
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--momentum", "0.5"], "--momentum applies to --optimizer sgd; adam takes none"),
+    (["--no_augment", "--no_flip"], "--no_flip sets the random augmentation, which "
+                                    "--no_augment turns off"),
+    (["--no_augment", "--scale_max", "2"], "--scale_max sets the random augmentation")])
+def test_segbeam_train_refuses_flags_that_others_make_void(extra, message):
+    """--momentum under adam and --no_flip or a scale range under --no_augment were ignored."""
+    from segbeam.pipeline.train import config_from
+
+    argv = ["--images", "i", "--masks", "m", "--model", "tiny_fcn", "--num_classes", "3",
+            "--input_size", "32", "--output", "o"]
+    with pytest.raises(ValueError, match=message):
+        config_from(argv + extra)
+    assert config_from(argv + ["--optimizer", "sgd", "--momentum", "0.5"]).momentum == 0.5
+    assert not config_from(argv + ["--no_flip", "--scale_max", "2"]).flip
+    assert not config_from(argv + ["--no_augment"]).augment
+
+
 def test_pairing_suffixes_with_shards_are_an_error():
     """--mask_suffix pairs files by name; shards carry their masks, so it was ignored."""
     argv = ["--input", "/data/*.tfrecord", "--model", "tiny_fcn", "--num_classes", "3"]
