@@ -69,6 +69,19 @@ def get_spec(name: str) -> ModelSpec:
                          f" (or pass the path of a saved .keras model)") from None
 
 
+def check_preprocess(name: str, preprocess: str, model: Optional[str] = None) -> None:
+    """Raises ValueError where ``--preprocess`` would normalise the input of the registered
+    architecture ``name`` (served as ``model``: a saved one) a second time: every registry
+    model takes raw RGB in [0, 255] and normalises it inside its graph."""
+    spec = _SPECS.get(name)
+    if spec is None or preprocess == "none":
+        return
+    served = f"{model}, a {name} model that segbeam trained," if model else name
+    raise ValueError(f"--preprocess {preprocess} would normalise the input a second time: "
+                     f"{served} takes raw RGB in [0, 255] and normalises it inside its graph "
+                     f"({spec.preprocessing}); drop --preprocess")
+
+
 def create_model(name: str, num_classes: int, input_size: Optional[tuple[int, int]] = None,
                  backbone_weights: Optional[str] = None, **kwargs):
     """Builds the registered architecture ``name``."""

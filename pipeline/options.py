@@ -26,6 +26,7 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
 from segbeam.models.formats import DATA_FORMATS
+from segbeam.models.registry import check_preprocess
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
     check_container_flags, check_mask_suffix, reject_unknown_flags
@@ -334,6 +335,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                          o.data_format, o.unsafe_model_loading)
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
+    if not source.saved:
+        check_preprocess(source.spec, inference.preprocess)
     labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
                         convention.label_map, convention.mask_colours)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),

@@ -26,6 +26,7 @@ from segbeam.containers import ContainerFields, check_parquet_columns, parquet_c
 from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.models.output_adapters import adapt_outputs
+from segbeam.models.registry import check_preprocess
 from segbeam.models.training_record import image_size, read_training_config, \
     training_warnings
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
@@ -208,10 +209,13 @@ def _check_model_opens(settings: Settings) -> None:
 
 def _training_warnings(settings: Settings, first_input: str) -> list[str]:
     """Warnings from ``training.json`` beside a model ``segbeam train`` saved: masks scored
-    under another label convention than the model learned, images fed at another scale."""
+    under another label convention than the model learned, images fed at another scale. A
+    --preprocess that would normalise its input a second time is an error."""
     trained = read_training_config(settings.model.spec) if settings.model.saved else None
     if not trained:
         return []
+    check_preprocess(str(trained.get("model")), settings.inference.preprocess,
+                     settings.model.spec)
     files = settings.input_format == "images"
     return training_warnings(
         settings.model.spec, trained, bool(settings.masks or not files),

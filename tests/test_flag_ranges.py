@@ -131,6 +131,16 @@ def test_sizing_flags_that_the_input_size_makes_void_are_errors():
     _settings().inference.check_input_size((64, 96), (64, 96))  # the defaults: never void
 
 
+def test_preprocess_for_a_registry_model_is_an_error():
+    """Registry models normalise raw RGB inside their graph; --preprocess torch normalised it
+    first as well, and the run segmented images it had shifted and shrunk, without a word."""
+    assert _settings("--preprocess", "none").inference.preprocess == "none"
+    with pytest.raises(ValueError, match=r"--preprocess torch would normalise the input a "
+                                         r"second time: tiny_fcn takes raw RGB in \[0, 255\] "
+                                         r"and normalises it inside its graph \(built in"):
+        _settings("--preprocess", "torch")
+
+
 def test_a_mask_suffix_without_masks_is_an_error():
     """It named mask files among no masks, and was ignored."""
     with pytest.raises(ValueError, match="--mask_suffix _mask names mask files, but no --masks"):

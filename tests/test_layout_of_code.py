@@ -211,7 +211,7 @@ def _settings(*extra):
     (["--crf_iterations", "3"], True), (["--resize_mode", "letterbox", "--input_size", "32"],
                                         True),
     (["--ignore_index", "2"], True), (["--write_raw_masks"], True), (["--seed", "1"], True),
-    (["--preprocess", "torch"], True), (["--no-crf"], True), (["--strict_labels"], True),
+    (["--no-crf"], True), (["--strict_labels"], True),
     (["--label_map", "0:0,1:1,2:2"], True),
     (["--data_format", "channels_last"], True), (["--unsafe_model_loading"], False),
     (["--batch_size", "2"], False), (["--output", "/elsewhere"], False),
@@ -221,6 +221,18 @@ def test_each_setting_changes_the_fingerprint_exactly_when_it_changes_results(ch
     base = _settings("--input_size", "32") if "--input_size" in change else _settings()
     changed = _settings(*change)
     assert (changed.config_fingerprint() != base.config_fingerprint()) is affects
+
+
+def test_preprocess_changes_the_fingerprint(tmp_path):
+    """--preprocess applies to saved models (a registry model refuses it)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = tmp_path / "model.keras"
+    keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs)).save(model)
+    base = _settings("--model", str(model))
+    changed = _settings("--model", str(model), "--preprocess", "torch")
+    assert changed.config_fingerprint() != base.config_fingerprint()
 
 
 def test_runs_from_a_folder_holding_an_empty_models_folder(tmp_path):

@@ -6,6 +6,7 @@ classes, with no error anywhere."""
 import json
 
 import numpy as np
+import pytest
 
 from segbeam.models.training_record import convention_mismatches, scale_mismatch, \
     training_record_path
@@ -75,6 +76,12 @@ def test_a_run_under_another_convention_than_training_warns(tmp_path):
            "--input_size 16x16 unless that is meant" in warning
     told = run(large + ["--input_size", "16", "--output", str(tmp_path / "told")])
     assert "warnings" not in told.manifest
+
+    # The architecture normalises inside its graph: --preprocess would do it twice.
+    with pytest.raises(ValueError, match="model.keras, a tiny_fcn model that segbeam trained, "
+                                         r"takes raw RGB in \[0, 255\]"):
+        run(large + ["--preprocess", "torch", "--output", str(tmp_path / "twice")])
+    assert not (tmp_path / "twice").exists()
 
     from segbeam.models.inspect import inspect_model
     from segbeam.models.source import ModelSource
