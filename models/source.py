@@ -24,6 +24,8 @@ from segbeam.models.formats import (DATA_FORMATS, detect_format, local_file, loc
 
 LOG = logging.getLogger(__name__)
 KERAS_FORMATS = ("keras", "h5", "registry")
+_FORMAT_NAMES = {"keras": "a .keras model", "h5": "an .h5 model", "savedmodel": "a SavedModel",
+                 "onnx": "an ONNX model", "registry": "a registry model"}
 
 
 def _registry_names() -> list[str]:
@@ -78,8 +80,30 @@ class ModelSource:
         if self.saved and self.weights:
             raise ValueError(f"--weights is for registry models; {self.spec} already holds its "
                              f"weights")
+        void = self._void_flags()
+        if void:
+            flag, applies = void[0]
+            raise ValueError(f"{flag} applies to {applies}; {self.spec} is "
+                             f"{_FORMAT_NAMES[self.format]}"
+                             f"{' with --weights' if self.weights else ''}: drop {flag}")
         if self.input_size is not None:
             object.__setattr__(self, "input_size", tuple(self.input_size))
+
+    def _void_flags(self) -> list[tuple[str, str]]:
+        """(flag, what it applies to) for each flag set away from its default that this
+        model's format ignores (each would otherwise be accepted without effect)."""
+        return [(flag, applies) for flag, changed, used, applies in (
+            ("--signature", self.signature != "serving_default", self.format == "savedmodel",
+             "SavedModel folders"),
+            ("--output_key", self.output_key is not None, self.saved,
+             "saved models with several outputs"),
+            ("--data_format", self.data_format != "auto", self.saved,
+             "saved models (registry models take channels-last input)"),
+            ("--seed", self.seed != 0, not self.saved and not self.weights,
+             "registry models without --weights (it draws their random weights)"),
+            ("--unsafe_model_loading", self.unsafe_model_loading,
+             self.saved and self.format in KERAS_FORMATS, "saved Keras models (.keras, .h5)"))
+            if changed and not used]
 
     @property
     def saved(self) -> bool:

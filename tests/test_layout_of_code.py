@@ -213,7 +213,6 @@ def _settings(*extra):
     (["--ignore_index", "2"], True), (["--write_raw_masks"], True), (["--seed", "1"], True),
     (["--no-crf"], True), (["--strict_labels"], True),
     (["--label_map", "0:0,1:1,2:2"], True),
-    (["--data_format", "channels_last"], True), (["--unsafe_model_loading"], False),
     (["--batch_size", "2"], False), (["--output", "/elsewhere"], False),
     (["--masks", "/masks"], False), (["--fail_on_errors"], False), (["--run_date", "today"],
                                                                      False)])
@@ -223,16 +222,20 @@ def test_each_setting_changes_the_fingerprint_exactly_when_it_changes_results(ch
     assert (changed.config_fingerprint() != base.config_fingerprint()) is affects
 
 
-def test_preprocess_changes_the_fingerprint(tmp_path):
-    """--preprocess applies to saved models (a registry model refuses it)."""
+@pytest.mark.parametrize("change, affects", [
+    (["--preprocess", "torch"], True), (["--data_format", "channels_last"], True),
+    (["--unsafe_model_loading"], False)])
+def test_saved_model_settings_change_the_fingerprint_when_they_change_results(tmp_path, change,
+                                                                               affects):
+    """Flags that apply to saved models only (a registry model refuses them)."""
     import keras
 
     inputs = keras.Input((None, None, 3))
     model = tmp_path / "model.keras"
     keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs)).save(model)
     base = _settings("--model", str(model))
-    changed = _settings("--model", str(model), "--preprocess", "torch")
-    assert changed.config_fingerprint() != base.config_fingerprint()
+    changed = _settings("--model", str(model), *change)
+    assert (changed.config_fingerprint() != base.config_fingerprint()) is affects
 
 
 def test_runs_from_a_folder_holding_an_empty_models_folder(tmp_path):

@@ -178,6 +178,34 @@ def test_format_detection_and_its_errors(model_files, tmp_path):
         ModelSource(str(weights)).open()
 
 
+@pytest.mark.parametrize("kind, flags, message", [
+    ("registry", {"signature": "serve"}, "--signature applies to SavedModel folders; tiny_fcn "
+                                         "is a registry model: drop --signature"),
+    ("registry", {"output_key": "logits"}, "--output_key applies to saved models with several"),
+    ("registry", {"data_format": "channels_first"}, "registry models take channels-last"),
+    ("weights", {"seed": 3}, "--seed applies to registry models without --weights .* is a "
+                             "registry model with --weights"),
+    ("keras", {"seed": 3}, r"model.keras is a \.keras model: drop --seed"),
+    ("keras", {"signature": "serve"}, "--signature applies to SavedModel folders"),
+    ("onnx", {"unsafe_model_loading": True}, r"applies to saved Keras models \(.keras, .h5\); "
+                                             r"\S*model.onnx is an ONNX model"),
+    ("registry", {"unsafe_model_loading": True}, "applies to saved Keras models")])
+def test_a_model_flag_that_its_format_ignores_is_an_error(tmp_path, kind, flags, message):
+    """Each was accepted without effect: a --signature for a .keras file, a --seed for a
+    trained model, an --output_key for a registry model (that one failed on every worker)."""
+    for name in ("model.keras", "model.onnx", "w.weights.h5"):
+        (tmp_path / name).write_bytes(b"never read")
+    spec = {"registry": "tiny_fcn", "weights": "tiny_fcn", "keras": str(tmp_path / "model.keras"),
+            "onnx": str(tmp_path / "model.onnx")}[kind]
+    weights = str(tmp_path / "w.weights.h5") if kind == "weights" else None
+    with pytest.raises(ValueError, match=message):
+        ModelSource(spec, weights, 3, **flags)
+    ModelSource(spec, weights, 3)  # the defaults apply to every format
+    ModelSource("tiny_fcn", None, 3, seed=3)
+    ModelSource(str(tmp_path / "model.keras"), None, 3, data_format="channels_last",
+                unsafe_model_loading=True, output_key="logits")
+
+
 def test_layout_from_declared_shapes():
     assert image_layout((None, None, None, 3)) == "channels_last"
     assert image_layout(("batch", 3, "height", "width")) == "channels_first"
