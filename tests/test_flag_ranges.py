@@ -107,6 +107,14 @@ def test_a_crf_flag_with_no_crf_is_an_error(flag, value):
         _settings("--no-crf", flag, value)
 
 
+def test_a_crf_min_side_at_full_resolution_is_an_error():
+    """--crf_scale 1 makes no reduced copy, so --crf_min_side was ignored."""
+    assert _settings("--crf_min_side", "64").crf.min_side == 64
+    assert _settings("--crf_scale", "1").crf.scale == 1
+    with pytest.raises(ValueError, match="--crf_scale 1 runs the CRF at full resolution"):
+        _settings("--crf_scale", "1", "--crf_min_side", "64")
+
+
 def test_raw_masks_with_no_crf_is_an_error():
     """masks_raw/ was written as a byte-for-byte copy of masks/."""
     assert _settings("--write_raw_masks").layout.write_raw_masks
