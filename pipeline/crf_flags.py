@@ -59,7 +59,7 @@ def _defaults() -> dict:
 def crf_params(o) -> Optional[CrfParams]:
     """The CRF settings the flags ask for, or None with --no-crf. A CRF flag set with --no-crf
     would do nothing: a ``UsageError`` naming it (also ``--crf_min_ram``); so is
-    ``--crf_min_side`` with ``--crf_scale 1``."""
+    ``--crf_min_side`` with ``--crf_scale 1``, and ``--calibration`` with the CRF."""
     if not o.crf:
         given = [name for name, default in _defaults().items()
                  if getattr(o, name, default) != default]
@@ -69,6 +69,9 @@ def crf_params(o) -> Optional[CrfParams]:
             raise UsageError(f"--{given[0]} sets the dense CRF, which --no-crf turns off; "
                              f"drop one of them")
         return None
+    if getattr(o, "calibration", False):
+        raise UsageError("--calibration adds calibration figures to runs with --no-crf; with "
+                         "the CRF they are always computed: drop --calibration")
     if o.crf_scale == 1 and o.crf_min_side != _defaults()["crf_min_side"]:
         raise UsageError("--crf_min_side bounds the reduced copy that --crf_scale below 1 "
                          "makes; --crf_scale 1 runs the CRF at full resolution: drop one of "

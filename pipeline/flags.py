@@ -104,6 +104,15 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
                          f"given; pass --masks FOLDER (it may be the images' own folder)")
 
 
+def check_scoring_flags(o, input_format: str) -> None:
+    """``--strict_labels`` and ``--calibration`` act on masks: image files read without
+    ``--masks`` have none, and either would be ignored."""
+    for flag in ("strict_labels", "calibration"):
+        if getattr(o, flag) and input_format == "images" and not o.masks:
+            raise UsageError(f"--{flag} acts on masks, but the images are read without "
+                             f"--masks; pass --masks FOLDER or drop --{flag}")
+
+
 def add_pairing_flags(group) -> None:
     """File-name suffixes beside the stem an image and its mask share (``Naming``)."""
     group.add_argument("--image_suffix", default=None,

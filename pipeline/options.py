@@ -29,7 +29,7 @@ from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.registry import check_preprocess
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
-    check_container_flags, check_mask_suffix, reject_unknown_flags
+    check_container_flags, check_mask_suffix, check_scoring_flags, reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
@@ -179,8 +179,8 @@ class SegmentationOptions(PipelineOptions):
                                      "unexpected. none: the masks hold class ids (a "
                                      "--dataset preset's map is not applied).")
         evaluation.add_argument("--calibration", action="store_true", default=False,
-                                help="Calibration figures (ECE, NLL, Brier) also without the "
-                                     "CRF (with it they are always computed); keeps class "
+                                help="With --no-crf: calibration figures (ECE, NLL, Brier) "
+                                     "too (with the CRF they are always computed); keeps class "
                                      "probabilities until scoring.")
         evaluation.add_argument("--mask_palette", default=None,
                                 help="Colour-coded (RGB) masks: a .json ({\"#804080\": 0}) or "
@@ -312,6 +312,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     input_format = _input_format(o.input_format, input_glob)
     check_container_flags(input_format, o)
     check_mask_suffix(o.mask_suffix, o.masks)
+    check_scoring_flags(o, input_format)
     if o.write_raw_masks and not o.crf:
         raise UsageError("--write_raw_masks writes the labels before the CRF beside the refined "
                          "ones; with --no-crf, masks/ holds them already: drop one of them")

@@ -115,6 +115,23 @@ def test_a_crf_min_side_at_full_resolution_is_an_error():
         _settings("--crf_scale", "1", "--crf_min_side", "64")
 
 
+def test_scoring_flags_that_act_on_no_mask_are_errors():
+    """--calibration with the CRF (whose figures are always computed), and --calibration or
+    --strict_labels for images read without --masks, were accepted and did nothing."""
+    assert _settings("--no-crf", "--calibration", "--masks", "/m").calibration
+    assert _settings("--strict_labels", "--masks", "/m").strict_labels
+    with pytest.raises(ValueError, match="--calibration adds calibration figures to runs with "
+                                         "--no-crf; with the CRF they are always computed"):
+        _settings("--calibration", "--masks", "/m")
+    for flags in (["--strict_labels"], ["--no-crf", "--calibration"]):
+        with pytest.raises(ValueError, match=f"{flags[-1]} acts on masks, but the images are "
+                                             f"read without --masks"):
+            _settings(*flags)
+    shards = ["--input", "/data/*.tfrecord", "--model", "tiny_fcn", "--num_classes", "3",
+              "--strict_labels"]  # shards carry their masks
+    assert settings_from(PipelineOptions(shards).view_as(SegmentationOptions)).strict_labels
+
+
 def test_raw_masks_with_no_crf_is_an_error():
     """masks_raw/ was written as a byte-for-byte copy of masks/."""
     assert _settings("--write_raw_masks").layout.write_raw_masks

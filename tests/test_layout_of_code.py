@@ -211,7 +211,7 @@ def _settings(*extra):
     (["--crf_iterations", "3"], True), (["--resize_mode", "letterbox", "--input_size", "32"],
                                         True),
     (["--ignore_index", "2"], True), (["--write_raw_masks"], True), (["--seed", "1"], True),
-    (["--no-crf"], True), (["--strict_labels"], True),
+    (["--no-crf"], True), (["--strict_labels", "--masks", "/masks"], True),
     (["--label_map", "0:0,1:1,2:2"], True),
     (["--batch_size", "2"], False), (["--output", "/elsewhere"], False),
     (["--masks", "/masks"], False), (["--fail_on_errors"], False), (["--run_date", "today"],
