@@ -96,6 +96,14 @@ def models_command(argv: Sequence[str]) -> int:
     parser.add_argument("--unsafe_model_loading", action="store_true",
                         help="with --inspect: allow a legacy .h5 holding Python code")
     args = parser.parse_args(argv)
+    listing, inspecting = ("num_classes", "no_counts"), ("signature", "output_key",
+                                                         "data_format", "unsafe_model_loading")
+    void = [name for name in (listing if args.inspect else inspecting)
+            if getattr(args, name) != parser.get_default(name)]
+    if void:
+        return _error("models", ValueError(
+            f"--{void[0]} applies " + ("to the listing, not to --inspect" if args.inspect
+                                       else "with --inspect PATH only") + f": drop --{void[0]}"))
     if args.inspect:
         return _inspect(args)
     from segbeam import models

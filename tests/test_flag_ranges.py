@@ -174,3 +174,16 @@ def test_a_mask_suffix_without_masks_is_an_error():
     argv = ["--input", "/data/*.png", "--model", "tiny_fcn", "--dataset", "cityscapes"]
     preset = settings_from(PipelineOptions(argv).view_as(SegmentationOptions))
     assert preset.mask_suffix == "_gtFine_labelIds"  # the preset's, without --masks: fine
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--signature", "serve"], "--signature applies with --inspect PATH only"),
+    (["--unsafe_model_loading", "--no_counts"], "--unsafe_model_loading applies with --inspect"),
+    (["--inspect", "m.onnx", "--num_classes", "3"], "--num_classes applies to the listing, not "
+                                                    "to --inspect")])
+def test_segbeam_models_refuses_flags_of_its_other_mode(argv, message, capsys):
+    """The listing ignored --inspect's flags, and --inspect the listing's."""
+    from segbeam.pipeline.cli import main
+
+    assert main(["models", *argv]) == 2
+    assert f"segbeam models: error: {message}" in capsys.readouterr().err
