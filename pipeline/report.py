@@ -305,14 +305,18 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
 def report_command(argv) -> int:
     import sys
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     wrong = [message for message, fits in (
         ("--fail_on_regression needs --compare PREVIOUS_RUN",
          not args.fail_on_regression or args.compare),
         (f"--regression_threshold must be a number of points, 0 or more; received "
          f"{args.regression_threshold}", 0 <= args.regression_threshold < float("inf")),
         (f"--gallery_size must be 0 or more; received {args.gallery_size}",
-         args.gallery_size >= 0)) if not fits]
+         args.gallery_size >= 0),
+        ("--regression_threshold needs --compare PREVIOUS_RUN",
+         args.regression_threshold == parser.get_default("regression_threshold")
+         or args.compare)) if not fits]
     if wrong:
         print(f"segbeam report: error: {wrong[0]}", file=sys.stderr)
         return ExitCode.USAGE

@@ -137,7 +137,8 @@ def test_a_comparison_says_what_makes_it_other_than_like_for_like(runs):
     (["--regression_threshold", "-1"], "--regression_threshold must be a number of points, 0 "
                                        "or more; received -1.0"),
     (["--regression_threshold", "nan"], "--regression_threshold must be a number of points"),
-    (["--gallery_size", "-3"], "--gallery_size must be 0 or more; received -3")])
+    (["--gallery_size", "-3"], "--gallery_size must be 0 or more; received -3"),
+    (["--regression_threshold", "2"], "--regression_threshold needs --compare PREVIOUS_RUN")])
 def test_report_flags_out_of_range_are_errors(runs, tmp_path, capsys, flags, message):
     """A negative threshold flagged gains as regressions; a negative gallery size sliced the
     gallery from the wrong end."""
