@@ -18,6 +18,8 @@ from segbeam.models.runtime import ModelRuntime, choose_output
 # Layer classes whose configuration carries Python code (bytecode or a function's source).
 CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
 UNSAFE_FLAG = "--unsafe_model_loading"
+# Layers that scale a model's own input (a model that begins with one takes raw pixels).
+INPUT_SCALING_LAYERS = ("ImageNormalization", "Rescaling", "Normalization")
 
 
 def _code_layers(config: Any, found: Optional[list] = None) -> list[str]:
@@ -216,10 +218,26 @@ class KerasRuntime(ModelRuntime):
     def outputs(self, batch):
         return np.asarray(self._predict(batch), dtype=np.float32)
 
+    def _input_scaling(self) -> Optional[str]:
+        """The type of the layer among the model's first three that scales its input."""
+        return next((t for t in self._layer_types if t in INPUT_SCALING_LAYERS), None)
+
     def preprocessing_hint(self) -> str:
         if self._preprocessing:
             return self._preprocessing
-        scaling = [t for t in self._layer_types if t in ("Rescaling", "Normalization")]
+        scaling = self._input_scaling()
         if scaling:
-            return f"none: the model scales its own input (a {scaling[0]} layer)"
+            return f"none: the model scales its own input (a {scaling} layer)"
         return super().preprocessing_hint()
+
+    def preprocess_warning(self, preprocess: str) -> Optional[str]:
+        scaling = self._input_scaling() if preprocess != "none" else None
+        if scaling == "ImageNormalization":  # segbeam's own: it takes raw RGB in [0, 255]
+            raise ValueError(f"--preprocess {preprocess} would normalise the input a second "
+                             f"time: {self.name} begins with segbeam's ImageNormalization "
+                             f"layer, which takes raw RGB in [0, 255]; drop --preprocess")
+        if scaling:
+            return (f"--preprocess {preprocess} normalises the input, but {self.name} scales "
+                    f"its own (a {scaling} layer among its first): unless that layer expects "
+                    f"--preprocess {preprocess}'s output, pass --preprocess none")
+        return None

@@ -115,6 +115,11 @@ class ModelRuntime:
         return ("unknown: use the normalisation the model was trained with (--preprocess; "
                 "README, Bring your own model)")
 
+    def preprocess_warning(self, preprocess: str) -> Optional[str]:
+        """Where the model shows that ``--preprocess`` normalises its input a second time: a
+        warning, or a ValueError where that is certain; None where nothing shows it."""
+        return None
+
     def describe(self) -> dict:
         """What ``segbeam models --inspect`` prints."""
         return {"format": self.format, "layout": self.layout,

@@ -192,19 +192,21 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline: Optional[beam.Pipel
     return execute(parse_run_argv(argv), argv, test_pipeline)
 
 
-def _check_model_opens(settings: Settings) -> None:
+def _check_model_opens(settings: Settings) -> list[str]:
     """Opens a saved model once in the launcher, so that a model segbeam cannot serve (a
     missing --output_key, a wrong --signature, a refused .h5, a class-count mismatch) fails in
     one line before any work, not on every worker. So is a registry model that loads a
     --weights file (it may not fit) or is built for a fixed --input_size (an architecture may
     not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
-    on the workers only."""
-    fixed_size = None
+    on the workers only. Returns the warnings the opened model gives."""
+    fixed_size, warning = None, None
     if settings.model.saved or settings.model.weights or settings.model.input_size:
         runtime = settings.model.open(announce=False)
         adapt_outputs(runtime, settings.inference.model_output)
         fixed_size = runtime.fixed_input_size()
+        warning = runtime.preprocess_warning(settings.inference.preprocess)
     settings.inference.check_input_size(settings.model.input_size, fixed_size)
+    return [warning] if warning else []
 
 
 def _training_warnings(settings: Settings, first_input: str) -> list[str]:
@@ -235,8 +237,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     dry_run = bool(options.view_as(TestOptions).dry_run)
     first_input = _check_inputs_exist(settings)
     _note_outputs_inside_inputs(settings)
-    _check_model_opens(settings)
-    warnings = _training_warnings(settings, first_input)
+    warnings = _check_model_opens(settings) + _training_warnings(settings, first_input)
     for warning in warnings:
         LOG.warning(warning)
     if not dry_run:

@@ -429,3 +429,33 @@ def test_sizing_flags_that_the_models_input_makes_void_are_errors(tmp_path):
                          (any_size, ["--size_multiple", "16"]),
                          (any_size, ["--resize_mode", "letterbox", "--input_size", "32"])):
         assert launch(model, *flags).summary is None  # a dry run, accepted
+
+
+def test_preprocess_for_a_model_that_scales_its_own_input(tmp_path):
+    """A saved model that begins with segbeam's ImageNormalization takes raw RGB, so another
+    --preprocess normalised its input twice without a word; one that begins with a Rescaling
+    layer most likely does too, which the run now says."""
+    import keras
+
+    from segbeam.models import create_model
+    from segbeam.pipeline.run import run
+
+    ours = str(tmp_path / "segnet_basic.keras")
+    create_model("segnet_basic", num_classes=3).save(ours)  # saved by a script: no record
+    inputs = keras.Input((None, None, 3))
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    theirs = str(tmp_path / "theirs.keras")
+    keras.Model(inputs, keras.layers.Conv2D(3, 1)(scaled)).save(theirs)
+    pattern = _images(str(tmp_path / "images"), np.random.default_rng(0))
+
+    def launch(model, *flags):
+        return run(["--input", pattern, "--model", model, "--num_classes", "3", "--output",
+                    str(tmp_path / "out"), "--dry_run=True", *flags])
+
+    with pytest.raises(ValueError, match="segnet_basic.keras begins with segbeam's "
+                                         "ImageNormalization layer, which takes raw RGB"):
+        launch(ours, "--preprocess", "caffe")
+    [warning] = launch(theirs, "--preprocess", "scale_0_1").manifest["warnings"]
+    assert "theirs.keras scales its own (a Rescaling layer among its first)" in warning
+    assert "warnings" not in launch(ours).manifest
+    assert "warnings" not in launch(theirs).manifest
