@@ -398,23 +398,29 @@ def test_a_channels_first_keras_model_with_dict_outputs_under_jax(tmp_path):
     assert result.stdout.strip().endswith("jax ok")
 
 
+def _dry_run_launcher(tmp_path):
+    """launch(model, *flags): `segbeam run --dry_run` of that model over a few images."""
+    from segbeam.pipeline.run import run
+
+    pattern = _images(str(tmp_path / "images"), np.random.default_rng(0))
+
+    def launch(model, *flags):
+        return run(["--input", pattern, "--model", model, "--num_classes", "3", "--output",
+                    str(tmp_path / "out"), "--dry_run=True", *flags])
+    return launch
+
+
 def test_sizing_flags_that_the_models_input_makes_void_are_errors(tmp_path):
     """--size_multiple with a model of fixed input, and --resize_mode letterbox with one that
     takes any size (and no --input_size), were ignored: images were fed at the fixed size, or
     at their own."""
     import keras
 
-    from segbeam.pipeline.run import run
-
     fixed = _fixed_size_model(tmp_path).spec
     inputs = keras.Input((None, None, 3))
     any_size = str(tmp_path / "any.keras")
     keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs)).save(any_size)
-    pattern = _images(str(tmp_path / "images"), np.random.default_rng(0))
-
-    def launch(model, *flags):
-        return run(["--input", pattern, "--model", model, "--num_classes", "3", "--output",
-                    str(tmp_path / "out"), "--dry_run=True", *flags])
+    launch = _dry_run_launcher(tmp_path)
 
     with pytest.raises(ValueError, match="the model takes 64x64 only, so every image is fed at"):
         launch(fixed, "--size_multiple", "16")
@@ -438,7 +444,6 @@ def test_preprocess_for_a_model_that_scales_its_own_input(tmp_path):
     import keras
 
     from segbeam.models import create_model
-    from segbeam.pipeline.run import run
 
     ours = str(tmp_path / "segnet_basic.keras")
     create_model("segnet_basic", num_classes=3).save(ours)  # saved by a script: no record
@@ -446,11 +451,7 @@ def test_preprocess_for_a_model_that_scales_its_own_input(tmp_path):
     scaled = keras.layers.Rescaling(1 / 255)(inputs)
     theirs = str(tmp_path / "theirs.keras")
     keras.Model(inputs, keras.layers.Conv2D(3, 1)(scaled)).save(theirs)
-    pattern = _images(str(tmp_path / "images"), np.random.default_rng(0))
-
-    def launch(model, *flags):
-        return run(["--input", pattern, "--model", model, "--num_classes", "3", "--output",
-                    str(tmp_path / "out"), "--dry_run=True", *flags])
+    launch = _dry_run_launcher(tmp_path)
 
     with pytest.raises(ValueError, match="segnet_basic.keras begins with segbeam's "
                                          "ImageNormalization layer, which takes raw RGB"):
