@@ -99,6 +99,11 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
                 f" values, which no intensity reads as; export it as 8- or 16-bit integers, or "
                 f"floats in [0, 1]")
         top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        if values.max() > 65535:
+            raise InvalidInputError(
+                f"image holds values up to {values.max():.6g}, beyond 16 bits (65535), which "
+                f"no intensity scale here reads; export it as 8- or 16-bit integers, or "
+                f"floats in [0, 1]")
         if mode == "F" and values.min() >= 0 and values.max() <= 1:
             top = 1.0
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)

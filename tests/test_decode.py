@@ -53,6 +53,13 @@ def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
         decode_image(tiff([[0.0, np.nan]]))
     with pytest.raises(InvalidInputError, match="holds negative values"):  # standardised data
         decode_image(tiff([[-1.5, 0.3]]))
+    # 32-bit values beyond 16 bits were clipped to white without a word
+    with pytest.raises(InvalidInputError, match="values up to 100000, beyond 16 bits"):
+        decode_image(tiff([[0.0, 100000.0]]))
+    wide = io.BytesIO()
+    Image.fromarray(np.array([[0, 70000]], np.int32), mode="I").save(wide, format="TIFF")
+    with pytest.raises(InvalidInputError, match="values up to 70000, beyond 16 bits"):
+        decode_image(wide.getvalue())
 
 
 def test_rgba_is_composited_over_black():
