@@ -22,12 +22,13 @@ def check_backbone_weights(backbone_weights: Optional[str], model_name: str,
         return
     if backbone_weights == "imagenet":
         if not allows_imagenet:
-            raise ValueError(f"{model_name} has no ImageNet backbone; `backbone_weights` must "
-                             f"be None or a local weights file")
+            raise ValueError(f"{model_name} has no ImageNet backbone: --backbone_weights "
+                             f"(backbone_weights) must be a local weights file, or none")
         return
     if not os.path.exists(backbone_weights):
-        raise ValueError(f"{model_name}: `backbone_weights` must be None, 'imagenet' or an "
-                         f"existing weights file; received {backbone_weights!r}")
+        raise ValueError(f"{model_name}: --backbone_weights (backbone_weights) must be "
+                         f"'imagenet' or an existing weights file, or none; received "
+                         f"{backbone_weights!r}")
     if not _readable_weights(backbone_weights):  # else h5py's OSError from deep in Keras
         raise ValueError(f"{model_name}: backbone weights {backbone_weights} are not a weights "
                          f"file Keras can read (HDF5 .h5, or a .keras archive); check that it "

@@ -76,8 +76,8 @@ def segnet_basic(num_classes: int, input_size: Optional[tuple[int, int]] = None,
                  backbone_weights: Optional[str] = None, filters: int = 64,
                  kernel_size: int = 7) -> keras.Model:
     if backbone_weights is not None:
-        raise ValueError("segnet_basic trains from scratch; `backbone_weights` must be None, "
-                         f"received {backbone_weights!r}")
+        raise ValueError(f"segnet_basic trains from scratch: drop --backbone_weights "
+                         f"(backbone_weights must be None); received {backbone_weights!r}")
     inputs = _inputs(input_size)
     x = ImageNormalization("unit", name="normalize")(inputs)
     pools = []

@@ -29,8 +29,8 @@ def _conv_block(x, filters: int, strides: int, name: str):
 def tiny_fcn(num_classes: int, input_size: Optional[tuple[int, int]] = None,
              backbone_weights: Optional[str] = None, width: int = 16) -> keras.Model:
     if backbone_weights is not None:
-        raise ValueError("tiny_fcn has no pretrained backbone; `backbone_weights` must be None, "
-                         f"received {backbone_weights!r}")
+        raise ValueError(f"tiny_fcn has no pretrained backbone: drop --backbone_weights "
+                         f"(backbone_weights must be None); received {backbone_weights!r}")
     height, width_px = input_size if input_size else (None, None)
     inputs = keras.Input((height, width_px, 3), name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)

@@ -132,8 +132,12 @@ def test_backbone_weights_load_from_local_files(tmp_path):
 def test_bad_backbone_weights_say_what_is_accepted():
     with pytest.raises(ValueError, match="'imagenet' or an existing weights file"):
         models.create_model("unet", num_classes=3, backbone_weights="/nope/weights.h5")
-    with pytest.raises(ValueError, match="segnet_basic trains from scratch"):
+    with pytest.raises(ValueError, match="segnet_basic trains from scratch: drop "
+                                         "--backbone_weights"):
         models.create_model("segnet_basic", num_classes=3, backbone_weights="imagenet")
+    with pytest.raises(ValueError, match="tiny_fcn has no pretrained backbone: drop "
+                                         "--backbone_weights"):
+        models.create_model("tiny_fcn", num_classes=3, backbone_weights="imagenet")
 
 
 @pytest.mark.parametrize("name", ["segnet_basic", "unet", "fcn8s", "deeplabv3plus", "segnet"])
