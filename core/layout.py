@@ -84,23 +84,31 @@ def begin_run(run_dir: str) -> list[str]:
     its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs left."""
     filesystems = _filesystems()
     local = "://" not in run_dir
-    if local and os.path.isfile(run_dir):
-        raise ValueError(f"--output {run_dir} is a file; pass a folder (it is created if "
-                         f"missing)")
-    probe = output_path(run_dir, f".write-test-{uuid.uuid4().hex}")
-    try:
-        if local:
-            os.makedirs(run_dir, exist_ok=True)
-        write_bytes_atomically(probe, b"")
-    except OSError as error:
-        raise ValueError(f"cannot write under --output {run_dir}: "
-                         f"{getattr(error, 'strerror', None) or error}") from None
+    check_writable_folder(run_dir)
     earlier = [output_path(run_dir, name) for name in (SUCCESS_MARKER, SUMMARY_JSON,
                                                        SUMMARY_PARQUET, MANIFEST_JSON)]
     earlier = [path for path in earlier if filesystems.exists(path)]
     temporary = sorted(_sink_temporaries(run_dir, local))
-    filesystems.delete([probe] + earlier + temporary)
+    filesystems.delete(earlier + temporary)
     return earlier + temporary
+
+
+def check_writable_folder(folder: str, flag: str = "--output") -> None:
+    """Creates ``folder`` where it is missing (local) and writes and deletes a probe file in
+    it; a ValueError naming ``flag`` where it is a file or cannot be written."""
+    local = "://" not in folder
+    if local and os.path.isfile(folder):
+        raise ValueError(f"{flag} {folder} is a file; pass a folder (it is created if "
+                         f"missing)")
+    probe = output_path(folder, f".write-test-{uuid.uuid4().hex}")
+    try:
+        if local:
+            os.makedirs(folder, exist_ok=True)
+        write_bytes_atomically(probe, b"")
+    except OSError as error:
+        raise ValueError(f"cannot write under {flag} {folder}: "
+                         f"{getattr(error, 'strerror', None) or error}") from None
+    _filesystems().delete([probe])
 
 
 def _sink_temporaries(run_dir: str, local: bool) -> set[str]:

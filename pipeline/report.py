@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
-    mask_png_path, output_path, write_bytes_atomically
+    check_writable_folder, mask_png_path, output_path, write_bytes_atomically
 from segbeam.dataset import container_mask_flag, no_mask_found
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
@@ -295,6 +295,7 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
         report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
                                                regression_threshold / 100.0)
     folder = output or output_path(run_dir, REPORT_DIR)
+    check_writable_folder(folder)
     for name, text in (("report.json", render_json(report)),
                        ("report.md", render_markdown(report)),
                        ("report.html", render_html(report))):

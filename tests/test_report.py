@@ -189,6 +189,16 @@ def test_fail_on_regression_against_a_run_without_masks_is_an_error(runs, tmp_pa
     assert "the current and previous runs scored no masks" in capsys.readouterr().err
 
 
+def test_a_report_output_that_is_a_file_is_a_usage_error(runs, tmp_path, capsys):
+    """It was an internal error (FileExistsError) with a traceback file."""
+    taken = tmp_path / "report.html"
+    taken.write_text("mine")
+    assert main(["report", runs["with_masks"], "--output", str(taken)]) == 2
+    assert f"segbeam report: error: --output {taken} is a file; pass a folder" in \
+        capsys.readouterr().err
+    assert taken.read_text() == "mine"
+
+
 def test_colourise_uses_class_colours_and_dims_ignored_pixels():
     colours = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)
     labels = np.array([[0, 1], [1, 7]], np.uint8)
