@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from segbeam.dataset import mask_glob
+from segbeam.matching import match_files
 
 
 class UsageError(ValueError):
@@ -102,6 +106,19 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
     if mask_suffix is not None and not masks:
         raise UsageError(f"--mask_suffix {mask_suffix} names mask files, but no --masks is "
                          f"given; pass --masks FOLDER (it may be the images' own folder)")
+
+
+def check_masks_match(masks: str, exclude: Optional[str] = None,
+                      without: str = "nothing would be scored") -> None:
+    """A ``UsageError`` where ``--masks`` (a folder or glob) matches no file (outside
+    ``exclude``, a run's own output): a mistyped path would otherwise pair no image."""
+    if next(iter(match_files(mask_glob(masks), exclude)), None) is not None:
+        return
+    if os.path.isfile(masks):
+        raise UsageError(f"--masks {masks!r} is a file; pass the folder that holds the masks, "
+                         f"or a glob of them (they pair with images by name)")
+    raise UsageError(f"--masks {masks!r} matches no file; check the path (without masks, drop "
+                     f"--masks: {without})")
 
 
 def check_scoring_flags(o, input_format: str) -> None:

@@ -35,6 +35,7 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
+from segbeam.pipeline.flags import check_masks_match
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
@@ -76,13 +77,8 @@ def _check_inputs_exist(settings: Settings) -> str:
     if first is None:
         raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
                          f"quote the glob so that the shell does not expand it")
-    if settings.masks and settings.input_format == "images" \
-            and next(iter(match_files(mask_glob(settings.masks), exclude)), None) is None:
-        if os.path.isfile(settings.masks):
-            raise UsageError(f"--masks {settings.masks!r} is a file; pass the folder that holds "
-                             f"the masks, or a glob of them (they pair with images by name)")
-        raise UsageError(f"--masks {settings.masks!r} matches no file; check the path (without "
-                         f"masks, drop --masks: nothing would be scored)")
+    if settings.masks and settings.input_format == "images":
+        check_masks_match(settings.masks, exclude)
     if deeper:
         LOG.warning("--input %s reads the files in that folder, not the %d in its sub-folders;"
                     " pass '%s/**' to read those too", settings.input, deeper,

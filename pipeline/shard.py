@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import posixpath
 import re
 from typing import Optional, Sequence
@@ -21,7 +22,8 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
 from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
-from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, reject_unknown_flags
+from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, check_masks_match, \
+    reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -135,6 +137,12 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     if next(iter(match_files(args.input)), None) is None:
         raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
                          f"the glob so that the shell does not expand it")
+    if args.masks:
+        check_masks_match(args.masks, without="the shards would hold images only")
+    if args.output.endswith("/") or os.path.isdir(args.output):
+        raise ValueError(f"--output is a path prefix (out/train gives out/train-00000-of-00004"
+                         f".tfrecord, ...), and {args.output} is a folder; add a name, e.g. "
+                         f"{args.output.rstrip('/')}/train")
     _clear_earlier(args.output, args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     naming = Naming(args.image_suffix or "", args.mask_suffix or "")
@@ -160,7 +168,8 @@ def _account(counters: Optional[dict], output: str, masks_given: bool) -> str:
         return f"shards under {output}-*.tfrecord, dead letters under {output}_dead_letters/"
     examples, dead = counters.get("examples", 0), counters.get("dead_letters", 0)
     unclaimed = counters.get("masks_without_image", 0)
-    unpaired = no_mask_found(masks_given, examples, counters.get("examples_with_mask", 0))
+    unpaired = no_mask_found(masks_given, examples, counters.get("examples_with_mask", 0),
+                             consequence="no example holds a mask")
     return (f"{examples + dead} images -> {examples} examples in {output}-*.tfrecord, "
             f"{dead} dead letters under {output}_dead_letters/"
             + (f"; {unclaimed} masks had no image and were not packed" if unclaimed else "")

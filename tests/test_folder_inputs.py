@@ -108,6 +108,17 @@ def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_no
     error = capsys.readouterr().err
     assert code == 2 and "matches no file" in error and "Traceback" not in error
     assert not (tmp_path / "shards2").exists()
+    # A mistyped --masks packed images without masks; a folder as the prefix wrote shards
+    # named "-00000-of-00001.tfrecord" in it.
+    for flags, message in (
+            (["--masks", str(tmp_path / "nothing"), "--output", str(tmp_path / "shards2" / "s")],
+             "matches no file; check the path (without masks, drop --masks: the shards would "
+             "hold images only)"),
+            (["--output", str(tmp_path / "shards") + "/"], "is a folder; add a name, e.g. "),
+            (["--output", str(tmp_path / "shards")], f"add a name, e.g. {tmp_path}/shards/train")):
+        assert main(["shard", "--input", str(images), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "shards2").exists()
 
 
 def test_shard_refuses_a_jpeg_mask_and_records_each_masks_real_format(tmp_path, capsys):
@@ -149,7 +160,7 @@ def test_shard_pairs_masks_by_suffix_and_says_when_no_image_found_its_mask(tmp_p
                  str(tmp_path / "plain" / "s")]) == 0
     account = capsys.readouterr().out  # each mask was taken for an image, of its own
     assert "4 images -> 4 examples" in account
-    assert "warning: no input found its mask, so nothing was scored" in account
+    assert "warning: no input found its mask, so no example holds a mask" in account
     assert main(["shard", "--input", images, "--masks", images, "--mask_suffix", "_mask",
                  "--output", str(tmp_path / "paired" / "s")]) == 0
     account = capsys.readouterr().out
