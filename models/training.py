@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from segbeam.labels import MaskLabels, format_values, mostly_ignored
+from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 from segbeam.models.training_record import TRAINING_JSON
 
@@ -163,7 +164,9 @@ OUTPUTS = ("model.keras", "best.keras", "checkpoints/last.keras", "history.csv",
 def _prepare_output(config: TrainingConfig) -> None:
     """Refuses an --output that holds an earlier training's files (its model would be lost,
     and a best.keras it left would stand beside a new training without validation); with
-    ``overwrite``, removes them first."""
+    ``overwrite``, removes them first. An --output that is a file or cannot be written is
+    refused too, before any work."""
+    check_writable_folder(config.output)
     found = [name for name in OUTPUTS if os.path.exists(os.path.join(config.output, name))]
     if found and not config.overwrite:
         raise ValueError(f"--output {config.output} holds an earlier training "

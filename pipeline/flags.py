@@ -109,16 +109,18 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
 
 
 def check_masks_match(masks: str, exclude: Optional[str] = None,
-                      without: str = "nothing would be scored") -> None:
-    """A ``UsageError`` where ``--masks`` (a folder or glob) matches no file (outside
-    ``exclude``, a run's own output): a mistyped path would otherwise pair no image."""
+                      without: Optional[str] = "nothing would be scored",
+                      flag: str = "--masks") -> None:
+    """A ``UsageError`` where ``flag`` (a folder or glob of masks) matches no file (outside
+    ``exclude``, a run's own output): a mistyped path would otherwise pair no image.
+    ``without``: what leaving the masks out would do, where that is allowed."""
     if next(iter(match_files(mask_glob(masks), exclude)), None) is not None:
         return
     if os.path.isfile(masks):
-        raise UsageError(f"--masks {masks!r} is a file; pass the folder that holds the masks, "
+        raise UsageError(f"{flag} {masks!r} is a file; pass the folder that holds the masks, "
                          f"or a glob of them (they pair with images by name)")
-    raise UsageError(f"--masks {masks!r} matches no file; check the path (without masks, drop "
-                     f"--masks: {without})")
+    raise UsageError(f"{flag} {masks!r} matches no file; check the path" + (
+        f" (without masks, drop {flag}: {without})" if without else ""))
 
 
 def check_scoring_flags(o, input_format: str) -> None:

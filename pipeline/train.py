@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.pipeline.flags import add_container_flags, add_pairing_flags, \
-    check_container_flags
+    check_container_flags, check_masks_match
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import ExitCode
 
@@ -179,6 +179,9 @@ def train_command(argv: Sequence[str]) -> int:
 
     try:
         config = config_from(argv)
+        for flag, masks in (("--masks", config.masks), ("--val_masks", config.val_masks)):
+            if masks:
+                check_masks_match(masks, without=None, flag=flag)
         compat.import_keras_quietly()
         from segbeam.models.training import train
 

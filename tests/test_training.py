@@ -4,6 +4,7 @@ train` feeding `segbeam run`."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,6 +218,28 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
             train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
                                  input_size=(32, 32), images="x", masks="y",
                                  backbone_weights=weights))
+
+
+def test_train_refuses_an_output_it_cannot_write_and_masks_that_match_nothing(tmp_path,
+                                                                            capsys):
+    """An --output that is a file was an internal error (NotADirectoryError) after the data
+    was read; a mistyped --masks was named as images without masks."""
+    from segbeam.pipeline.cli import main
+
+    images, masks = _write_pairs(tmp_path, 2, height=32, width=32)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    argv = ["train", "--images", images, "--model", "tiny_fcn", "--num_classes", "3",
+            "--input_size", "32", "--epochs", "1", "--quiet"]
+    for flags, message in (
+            (["--masks", masks, "--output", str(taken)], f"--output {taken} is a file"),
+            (["--masks", str(tmp_path / "typo"), "--output", str(tmp_path / "o")],
+             f"--masks '{tmp_path / 'typo'}' matches no file; check the path"),
+            (["--masks", masks, "--val_images", images, "--val_masks", f"{masks}/scene000.png",
+              "--output", str(tmp_path / "o")], "--val_masks .* is a file; pass the folder")):
+        assert main(argv + flags) == 2
+        assert re.search(f"segbeam train: error: {message}", capsys.readouterr().err)
+    assert taken.read_text() == "mine" and not (tmp_path / "o").exists()
 
 
 def test_a_val_split_that_leaves_nothing_to_train_on_says_so(tmp_path):
