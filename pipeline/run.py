@@ -231,6 +231,12 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     apply_no_auth(options)
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
+    local = runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
+    if local and (settings.inference_hints or settings.crf_hints):
+        LOG.warning("--inference_accelerator, --inference_min_ram and --crf_min_ram are "
+                    "resource hints for Dataflow; the local runner runs every stage on this "
+                    "machine and ignores them as hints (with --large_model, the "
+                    "accelerator's count still sets the model copies)")
     first_input = _check_inputs_exist(settings)
     _note_outputs_inside_inputs(settings)
     warnings = _check_model_opens(settings) + _training_warnings(settings, first_input)
@@ -245,8 +251,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     clock = time.perf_counter()
     pipeline = test_pipeline or beam.Pipeline(options=options)
     progress = None
-    if not dry_run and not options.view_as(SegmentationOptions).quiet and \
-            (runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS):
+    if local and not dry_run and not options.view_as(SegmentationOptions).quiet:
         progress = ProgressReporter(lambda: _count_inputs(settings))
     build_pipeline(pipeline, settings, fingerprint)
     manifest = {

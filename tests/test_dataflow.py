@@ -150,6 +150,20 @@ def test_dry_run_on_the_local_runner_runs_nothing(tmp_path, demo_model_path):
     assert outcome.manifest["dry_run"]["transforms"] > 50
 
 
+def test_resource_hints_on_the_local_runner_are_named_as_ignored(tmp_path, caplog):
+    """They shape Dataflow's workers; locally they did nothing, without a word."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"never read")
+    argv = ["--input", f"{tmp_path}/images/*.png", "--model", "tiny_fcn", "--num_classes",
+            "3", "--output", str(tmp_path / "out"), "--dry_run=True"]
+    with caplog.at_level("WARNING"):
+        run(argv)
+    assert "resource hints" not in caplog.text
+    with caplog.at_level("WARNING"):
+        run(argv + ["--inference_min_ram", "16GB"])
+    assert "the local runner runs every stage on this machine and ignores them" in caplog.text
+
+
 def _readme_commands(heading: str) -> list[list[str]]:
     """The shell commands in the ```bash blocks of a README section, continuations joined."""
     with open(os.path.join(ROOT, "README.md")) as handle:
