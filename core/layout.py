@@ -31,6 +31,7 @@ SUMMARY_PARQUET = "summary.parquet"
 MANIFEST_JSON = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"  # written last: the run finished and its files belong together
 REPORT_DIR = "report"
+REPORT_FILES = ("report.html", "report.md", "report.json")
 
 
 def _filesystems():
@@ -76,17 +77,28 @@ class OutputLayout:
     def path(self, *parts: str) -> str:
         return output_path(self.run_dir, *parts)
 
+    def per_image_folders(self) -> tuple[list, list]:
+        """(folder, suffix) of each per-image output: the folders this run writes, and those
+        it does not (an earlier run's files there would pass for this run's)."""
+        folders = ((MASKS_DIR, ".png", True), (RAW_MASKS_DIR, ".png", self.write_raw_masks),
+                   (OVERLAYS_DIR, ".jpg", self.write_overlays),
+                   (CONFIDENCE_DIR, ".png", self.write_confidence))
+        return ([(name, suffix) for name, suffix, written in folders if written],
+                [(name, suffix) for name, suffix, written in folders if not written])
+
 
 def begin_run(run_dir: str) -> list[str]:
     """Makes ``run_dir`` ready for a run and returns what it removed. Refuses (ValueError) an
-    output that is a file or cannot be written. Removes the completion marker, summary and
-    manifest of an earlier run first, so that a run killed part-way never leaves them beside
-    its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs left."""
+    output that is a file or cannot be written. Removes the completion marker, summary,
+    manifest and report of an earlier run first, so that a run killed part-way never leaves
+    them beside its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs
+    left."""
     filesystems = _filesystems()
     local = "://" not in run_dir
     check_writable_folder(run_dir)
     earlier = [output_path(run_dir, name) for name in (SUCCESS_MARKER, SUMMARY_JSON,
                                                        SUMMARY_PARQUET, MANIFEST_JSON)]
+    earlier += [output_path(run_dir, REPORT_DIR, name) for name in REPORT_FILES]
     earlier = [path for path in earlier if filesystems.exists(path)]
     temporary = sorted(_sink_temporaries(run_dir, local))
     filesystems.delete(earlier + temporary)

@@ -23,8 +23,8 @@ from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
 from segbeam.transforms.safe_map import SafeMap
-from segbeam.transforms.write import RemoveStaleShards, WriteDeadLetters, WriteJson, \
-    WriteLabelMasks, write_views
+from segbeam.transforms.write import RemoveStaleShards, RemoveStaleViews, WriteDeadLetters, \
+    WriteJson, WriteLabelMasks, write_views
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
@@ -164,6 +164,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
         schema=metrics_schema(s.num_classes, s.class_names), file_name_suffix=".parquet")
     _ = metrics_files | "RemoveStaleMetrics" >> RemoveStaleShards(
         shard_pattern(run_dir, METRICS_DIR, METRICS_PREFIX, ".parquet"))
+    _ = rows | "RemoveStaleViews" >> RemoveStaleViews(run_dir, *s.layout.per_image_folders())
     dead_files = dead | "WriteDeadLetters" >> WriteDeadLetters(run_dir)
     _ = dead_files | "RemoveStaleDeadLetters" >> RemoveStaleShards(
         shard_pattern(run_dir, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, ".jsonl"))

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, RunOutputs, exists, load_run, \
+from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, REPORT_FILES, RunOutputs, exists, load_run, \
     check_writable_folder, mask_png_path, output_path, write_bytes_atomically
 from segbeam.dataset import container_mask_flag, no_mask_found
 from segbeam.labels import label_warnings
@@ -296,10 +296,10 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
                                                regression_threshold / 100.0)
     folder = output or output_path(run_dir, REPORT_DIR)
     check_writable_folder(folder)
-    for name, text in (("report.json", render_json(report)),
-                       ("report.md", render_markdown(report)),
-                       ("report.html", render_html(report))):
-        write_bytes_atomically(output_path(folder, name), text.encode("utf-8"))
+    renderers = {"report.html": render_html, "report.md": render_markdown,
+                 "report.json": render_json}
+    for name in REPORT_FILES:  # the files a run removes before it starts
+        write_bytes_atomically(output_path(folder, name), renderers[name](report).encode())
     return report, folder
 
 

@@ -53,9 +53,14 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
     manifest = json.loads(get(f"{gcs}/out/manifest.json"))
     assert manifest["model_fingerprint"].startswith("sha256:")
 
-    # A second night on the bucket: the history is read back from gs://, nothing is redone.
+    # A second night on the bucket: the history is read back from gs://, nothing is redone;
+    # a mask no input of it claims (an earlier run's) is deleted, as on a local disk.
+    put(f"{gcs}/out/masks/gone/old.png", b"an earlier run's")
     again = run(argv)
     assert (again.summary["counts"]["segmented"], again.summary["counts"]["reused"]) == (0, 5)
+    assert again.manifest["beam_counters"]["stale_outputs_removed"] == 1
+    assert sorted(m.path.rsplit("/", 1)[1] for m in FileSystems.match(
+        [f"{gcs}/out/masks/**"])[0].metadata_list) == sorted(f"{key}.png" for key in truth)
     assert again.summary["evaluation"] == outcome.summary["evaluation"]
     # And the report reads the run from the bucket and writes beside it.
     report, folder = write_report(f"{gcs}/out")

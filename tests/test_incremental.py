@@ -217,3 +217,41 @@ def test_rerunning_a_run_is_idempotent_and_removes_stale_shards(tmp_path, demo_m
     assert [(d["key"], d["stage"]) for d in dead] == [("broken", "decode")]
     assert second.summary == first.summary
     assert not _leftovers(out)
+
+
+def test_a_rerun_removes_the_per_image_files_no_input_of_it_claims(tmp_path, demo_model_path):
+    """A run into an earlier run's folder left that run's masks (of inputs it no longer takes,
+    or that are dead letters now), raw masks, overlays and report beside its own, to pass for
+    them."""
+    from segbeam.pipeline.run import format_report
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_scenes(data, 4)
+    views = ("--write_raw_masks", "--write_overlays")
+    _run(data, out, demo_model_path, *views, "--report")
+    assert (out / "report" / "report.html").exists()
+    (data / "images" / "s03.png").unlink()  # no longer an input
+    (data / "images" / "s02.png").write_bytes(b"corrupt now")  # a dead letter now
+    (out / "masks" / "s01.png.tmp-0123456789abcdef0123456789abcdef").write_bytes(b"killed")
+    (out / "masks" / "notes.txt").write_text("the user's")  # no name a run writes
+
+    def files(folder):
+        return sorted(os.listdir(out / folder))
+
+    again = _run(data, out, demo_model_path, *views, "--skip_existing")
+    counts = again.summary["counts"]
+    assert (counts["reused"], counts["dead_letters"]) == (2, 1)
+    assert files("masks") == ["notes.txt", "s00.png", "s01.png"]  # reused rows keep theirs
+    assert files("masks_raw") == ["s00.png", "s01.png"]
+    assert files("overlays") == ["s00.jpg", "s01.jpg"]
+    assert files("report") == []  # the earlier run's figures, not this one's
+    removed = again.manifest["beam_counters"]["stale_outputs_removed"]
+    assert removed == 2 * 3 + 1  # s02's and s03's in each folder; the temporary
+    assert f"removed {removed} per-image files an earlier run left" in format_report(again)
+
+    plain = _run(data, out, demo_model_path)  # without the views: their folders are stale
+    assert files("masks") == ["notes.txt", "s00.png", "s01.png"]
+    assert files("masks_raw") == files("overlays") == []
+    assert plain.manifest["beam_counters"]["stale_outputs_removed"] == 4
+    assert "stale_outputs_removed" not in _run(data, out, demo_model_path).manifest[
+        "beam_counters"]

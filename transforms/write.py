@@ -5,20 +5,25 @@ can write outside the root. Mask PNGs are written under a temporary name and ren
 file sinks finalise their shards the same way, so an interrupted run leaves no half-written file
 under a final name. A sink's shards from an earlier run into the same directory that this run did
 not rewrite are deleted once the sink has finalised (``RemoveStaleShards``), so re-running a
-run never leaves duplicate rows behind.
+run never leaves duplicate rows behind; per-image files that no row of this run claims are
+deleted once every row is written (``RemoveStaleViews``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Optional, Sequence
+import re
+from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, \
     OVERLAYS_DIR, RAW_MASKS_DIR, mask_png_path, output_path, write_bytes_atomically
 from segbeam.masks_png import encode_label_png, palette_bytes
+from segbeam.matching import match_files
 from segbeam.records import SegmentationRecord
 from segbeam.views import confidence_png, overlay_jpeg
 from segbeam.transforms.safe_map import SafeMap
@@ -102,6 +107,78 @@ def remove_stale_shards(_, pattern: str, written: list) -> list[str]:
     if stale:
         FileSystems.delete(stale)
     return stale
+
+
+_TEMPORARY = re.compile(r"\.tmp-[0-9a-f]{32}$")  # write_bytes_atomically's temporary names
+_UNCLAIMED = "\0"  # a key no row has (keys are sanitised): the file is stale whatever ran
+
+
+def listed_views(_, root: str, written: Sequence[tuple[str, str]],
+                 unwritten: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(key, path) of each file under ``root``'s per-image folders: ``written`` (folder,
+    suffix) pairs, this run's, keyed by the input they belong to; ``unwritten`` ones (folders
+    this run does not write) and temporaries of killed runs keyed so that no row claims them.
+    Other files (not a name segbeam writes) are not listed."""
+    for folder, suffix in (*written, *unwritten):
+        base = output_path(root, folder) + "/"
+        for path in match_files(base + "**"):
+            name = path[len(base):]
+            stale = (folder, suffix) in unwritten and name.endswith(suffix)
+            if stale or _TEMPORARY.search(name):
+                yield _UNCLAIMED + path, path
+            elif name.endswith(suffix):
+                yield name[:-len(suffix)], path
+
+
+def unclaimed_paths(grouped: tuple) -> Iterator[str]:
+    """The listed paths of a key that no row of this run has (a CoGroupByKey result)."""
+    _, found = grouped
+    if not any(True for _ in found["rows"]):
+        yield from found["paths"]
+
+
+def delete_paths(paths: list[str]) -> list[str]:
+    """Deletes ``paths``; one that is gone already (a temporary since renamed) is no error.
+    Returns those deleted."""
+    deleted = []
+    for path in paths:
+        try:
+            FileSystems.delete([path])
+            deleted.append(path)
+        except BeamIOError:
+            if FileSystems.exists(path):
+                raise
+    Metrics.counter("segbeam", "stale_outputs_removed").inc(len(deleted))
+    return deleted
+
+
+class RemoveStaleViews(beam.PTransform):
+    """This run's metrics rows -> the deleted per-image files that belong to none of them.
+
+    A run into a folder that an earlier run wrote leaves that run's mask PNGs (and overlays,
+    confidence maps, raw masks) beside its own unless they are removed: those of inputs this
+    run did not take, or that are dead letters now, and every file of a folder this run does
+    not write (``masks_raw/`` without ``--write_raw_masks``). They would pass for this run's.
+    Deleting waits for every row, so this run's own files are all in place (a temporary listed
+    in flight is renamed by then), and a reused row (``--skip_existing``) keeps its files.
+    """
+
+    def __init__(self, root: str, written: Sequence[tuple[str, str]],
+                 unwritten: Sequence[tuple[str, str]]):
+        super().__init__()
+        self._root, self._written, self._unwritten = root, tuple(written), tuple(unwritten)
+
+    def expand(self, rows):
+        listed = (rows.pipeline
+                  | "Once" >> beam.Create([None])
+                  | "List" >> beam.FlatMap(listed_views, self._root, self._written,
+                                           self._unwritten))
+        claimed = rows | "Keys" >> beam.Map(lambda row: (row["key"], None))
+        return ({"paths": listed, "rows": claimed}
+                | "ByKey" >> beam.CoGroupByKey()
+                | "Unclaimed" >> beam.FlatMap(unclaimed_paths)
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=500)
+                | "Delete" >> beam.FlatMap(delete_paths))
 
 
 class RemoveStaleShards(beam.PTransform):
