@@ -348,10 +348,14 @@ def format_report(outcome: RunOutcome) -> str:
         lines.append(f"  {counts['masks_without_image']} mask files matched no input image "
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
-    removed = (outcome.manifest.get("beam_counters") or {}).get("stale_outputs_removed")
-    if removed:
-        lines.append(f"  removed {removed} per-image files an earlier run left that no input "
-                     f"of this run claims (masks/, masks_raw/, overlays/, confidence/)")
+    counters = outcome.manifest.get("beam_counters") or {}
+    if counters.get("stale_outputs_removed"):
+        lines.append(f"  removed {counters['stale_outputs_removed']} per-image files an earlier "
+                     f"run left that no input of this run claims (masks/, masks_raw/, "
+                     f"overlays/, confidence/)")
+    if counters.get("stale_outputs_kept"):
+        lines.append(f"  WARNING: could not remove {counters['stale_outputs_kept']} per-image "
+                     f"files an earlier run left (the log names each); they are not this run's")
     lines += [f"  WARNING: {warning}" for warning in outcome_warnings(outcome)]
     evaluation = summary["evaluation"]
     if evaluation:

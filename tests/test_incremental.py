@@ -255,3 +255,22 @@ def test_a_rerun_removes_the_per_image_files_no_input_of_it_claims(tmp_path, dem
     assert plain.manifest["beam_counters"]["stale_outputs_removed"] == 4
     assert "stale_outputs_removed" not in _run(data, out, demo_model_path).manifest[
         "beam_counters"]
+
+
+def test_a_stale_file_that_cannot_be_deleted_is_counted_not_fatal(tmp_path, monkeypatch):
+    from apache_beam.io.filesystem import BeamIOError
+    from apache_beam.io.filesystems import FileSystems
+
+    from segbeam.transforms.write import delete_paths
+
+    stuck, gone, stale = (str(tmp_path / name) for name in ("stuck.png", "gone.png", "x.png"))
+    for path in (stuck, stale):
+        open(path, "wb").close()
+
+    def delete(paths):
+        os.remove(stale)
+        raise BeamIOError("delete", {stuck: PermissionError("read-only"),
+                                     gone: FileNotFoundError(gone)})
+    monkeypatch.setattr(FileSystems, "delete", delete)
+    assert delete_paths([stuck, gone, stale]) == [stale]  # gone: renamed in the meantime
+    assert os.path.exists(stuck)

@@ -12,6 +12,7 @@ deleted once every row is written (``RemoveStaleViews``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Iterator, Optional, Sequence
 
@@ -27,6 +28,8 @@ from segbeam.matching import match_files
 from segbeam.records import SegmentationRecord
 from segbeam.views import confidence_png, overlay_jpeg
 from segbeam.transforms.safe_map import SafeMap
+
+LOG = logging.getLogger(__name__)
 
 
 def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = False,
@@ -138,17 +141,23 @@ def unclaimed_paths(grouped: tuple) -> Iterator[str]:
 
 
 def delete_paths(paths: list[str]) -> list[str]:
-    """Deletes ``paths``; one that is gone already (a temporary since renamed) is no error.
-    Returns those deleted."""
-    deleted = []
-    for path in paths:
-        try:
-            FileSystems.delete([path])
-            deleted.append(path)
-        except BeamIOError:
-            if FileSystems.exists(path):
-                raise
+    """Deletes ``paths`` in one batch and returns those deleted. One that is gone already (a
+    temporary since renamed) is no error; one that cannot be deleted is logged and counted
+    (``stale_outputs_kept``: the run says so) rather than fail a run whose outputs stand."""
+    try:
+        FileSystems.delete(paths)
+        unsure, failed = set(), []
+    except BeamIOError as error:
+        details = error.exception_details or {}
+        unsure = set(details) or set(paths)
+        failed = [path for path in sorted(unsure) if FileSystems.exists(path)]
+        for path in failed:
+            LOG.warning("could not remove %s, which no input of this run claims: %s", path,
+                        details.get(path, error))
+    deleted = [path for path in paths if path not in unsure]
     Metrics.counter("segbeam", "stale_outputs_removed").inc(len(deleted))
+    if failed:
+        Metrics.counter("segbeam", "stale_outputs_kept").inc(len(failed))
     return deleted
 
 
