@@ -94,11 +94,23 @@ def import_keras_quietly():
     asked = ("TF_CPP_MIN_LOG_LEVEL" in os.environ
              and os.environ.get(_QUIETED) != os.environ["TF_CPP_MIN_LOG_LEVEL"])
     if "keras" in sys.modules or asked:
-        import keras
-
-        return keras
+        return _import_keras()
     # Inherited by worker processes, which then hold back the same lines.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ[_QUIETED] = "3"
     with _filtered_stderr(_STARTUP_NOISE):
+        return _import_keras()
+
+
+def _import_keras():
+    """Keras; a ValueError in one line where its backend (or another module it needs) is not
+    installed, as with ``KERAS_BACKEND=torch`` and no PyTorch."""
+    try:
         import keras
+    except ImportError as error:
+        backend = os.environ.get("KERAS_BACKEND")
+        chosen = f"KERAS_BACKEND={backend}" if backend else \
+            "KERAS_BACKEND is not set: tensorflow, unless ~/.keras/keras.json names another"
+        raise ValueError(f"cannot import Keras: {error} ({chosen}); install the backend (pip "
+                         f"install 'segbeam[tensorflow]', or jax, or torch), or set "
+                         f"KERAS_BACKEND to one that is installed") from None
     return keras

@@ -5,6 +5,7 @@ that no setting can slip past."""
 import ast
 import dataclasses
 import gc
+import importlib.util
 import os
 import subprocess
 import sys
@@ -123,13 +124,14 @@ def test_commands_that_need_no_model_load_no_keras_backend(argv):
     assert _loaded_backends(argv) == "[]"
 
 
-def _segbeam(args, cwd=None):
+def _segbeam(args, cwd=None, **variables):
     """Runs the installed command in a user's environment (conftest sets TensorFlow's log
-    level for this process; a user who sets it is shown TensorFlow's lines)."""
+    level for this process; a user who sets it is shown TensorFlow's lines), with
+    ``variables`` added to it."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "SEGBEAM_QUIETED_TF_LOG_LEVEL")}
     return subprocess.run([SEGBEAM, *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env=env)
+                          cwd=cwd, env={**env, **variables})
 
 
 @pytest.mark.parametrize("flag, suggestion", [("--inptu", "--input"),
@@ -142,6 +144,18 @@ def test_an_unknown_or_abbreviated_flag_exits_2_naming_the_closest(tmp_path, fla
     assert result.returncode == 2
     assert result.stderr.strip() == (f"segbeam run: error: unknown flag {flag}; did you mean "
                                       f"{suggestion}?")
+
+
+def test_a_keras_backend_that_is_not_installed_is_a_one_line_error(tmp_path):
+    """KERAS_BACKEND=torch without PyTorch was an internal error with a traceback file."""
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("PyTorch is installed here; the test needs a backend that is not")
+    (tmp_path / "a.png").write_bytes(b"never read")
+    result = _segbeam(["run", "--input", f"{tmp_path}/*.png", "--model", "tiny_fcn",
+                       "--num_classes", "3"], KERAS_BACKEND="torch")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("segbeam run: error: cannot import Keras: No module named "
+                                    "'torch' (KERAS_BACKEND=torch); install the backend")
 
 
 def test_flags_of_templated_options_classes_are_known():
