@@ -108,6 +108,11 @@ def models_command(argv: Sequence[str]) -> int:
         return _inspect(args)
     from segbeam import models
 
+    if not args.no_counts:  # counting builds every model
+        try:
+            compat.import_keras_quietly()
+        except ValueError as error:
+            return _error("models", error)
     print(f"{'name':15s} {'parameters':>12s}  preprocessing / description")
     for spec in models.list_models():
         count = "-" if args.no_counts else \

@@ -156,6 +156,9 @@ def test_a_keras_backend_that_is_not_installed_is_a_one_line_error(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("segbeam run: error: cannot import Keras: No module named "
                                     "'torch' (KERAS_BACKEND=torch); install the backend")
+    listing = _segbeam(["models"], KERAS_BACKEND="torch")  # counting builds the models
+    assert listing.returncode == 2
+    assert listing.stderr.startswith("segbeam models: error: cannot import Keras")
 
 
 def test_flags_of_templated_options_classes_are_known():
