@@ -153,6 +153,15 @@ def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path
         {k: v for k, v in rows_before.items() if k != "s03"}
     assert not _leftovers(out)
 
+    # A mask PNG deleted by hand: its row was kept, naming a file no longer there.
+    os.remove(out / "masks" / "s05.png")
+    fourth = _run(data, out, demo_model_path, "--skip_existing")
+    counts = fourth.summary["counts"]
+    assert (counts["segmented"], counts["reused"]) == (1, 7)
+    assert fourth.manifest["beam_counters"]["reused_rows_without_mask_file"] == 1
+    assert (out / "masks" / "s05.png").exists()
+    assert _rows(out)[0]["s05"] == rows_third["s05"]
+
 
 def test_a_changed_configuration_reprocesses_everything(tmp_path, demo_model_path):
     data, out = tmp_path / "data", tmp_path / "out"

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
+from apache_beam.metrics import Metrics
 
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
@@ -43,6 +45,11 @@ class _Decide(beam.DoFn):
         for candidate in grouped["candidates"]:
             decision, row = decide(candidate, prior, self._fingerprint, self._run_dir,
                                    self._run_date)
+            if decision == REUSE and not FileSystems.exists(row.get("mask_path") or ""):
+                # The row stands but its mask PNG is gone (deleted by hand): segment again
+                # rather than keep a row that names a file no longer there.
+                Metrics.counter("segbeam", "reused_rows_without_mask_file").inc()
+                decision = PROCESS
             if decision == PROCESS:
                 yield candidate.item
             elif decision == REUSE:
