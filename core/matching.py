@@ -183,9 +183,8 @@ def first_file_and_subfolder_count(pattern: str, exclude: Optional[str] = None
     """(the first file ``pattern`` matches or None, ``files_in_subfolders(pattern)``). On
     Cloud Storage a listing of ``folder/*`` lists everything below the folder anyway, so one
     listing answers both (two cost a second pass over millions of objects)."""
-    folder = pattern[:-2]
-    if not (_is_remote(pattern) and pattern.endswith("/*") and folder
-            and not any(c in folder for c in _WILDCARDS)):
+    folder = _whole_folder(pattern)
+    if folder is None or not _is_remote(pattern):
         return (next(iter(match_files(pattern, exclude)), None),
                 files_in_subfolders(pattern, exclude))
     first, deeper = None, 0
@@ -200,7 +199,16 @@ def first_file_and_subfolder_count(pattern: str, exclude: Optional[str] = None
 def files_in_subfolders(pattern: str, exclude: Optional[str] = None) -> int:
     """For a glob of every file in one folder (``folder/*``), how many files its sub-folders
     hold (that the glob leaves out); 0 for any other pattern."""
-    folder = pattern[:-2]
-    if not pattern.endswith("/*") or not folder or any(c in folder for c in _WILDCARDS):
+    folder = _whole_folder(pattern)
+    if folder is None:
         return 0
     return sum(1 for _ in match_files(folder + "/*/**", exclude))
+
+
+def _whole_folder(pattern: str) -> Optional[str]:
+    """The folder of a glob of every file in one folder (``folder/*``); None for any other
+    pattern."""
+    folder = pattern[:-2]
+    if not pattern.endswith("/*") or not folder or any(c in folder for c in _WILDCARDS):
+        return None
+    return folder
