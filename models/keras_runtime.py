@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from segbeam.models.registry import normalised_twice
 from segbeam.models.runtime import ModelRuntime, choose_output
 
 # Layer classes whose configuration carries Python code (bytecode or a function's source).
@@ -233,9 +234,9 @@ class KerasRuntime(ModelRuntime):
     def preprocess_warning(self, preprocess: str) -> Optional[str]:
         scaling = self._input_scaling() if preprocess != "none" else None
         if scaling == "ImageNormalization":  # segbeam's own: it takes raw RGB in [0, 255]
-            raise ValueError(f"--preprocess {preprocess} would normalise the input a second "
-                             f"time: {self.name} begins with segbeam's ImageNormalization "
-                             f"layer, which takes raw RGB in [0, 255]; drop --preprocess")
+            raise ValueError(normalised_twice(preprocess, f"{self.name} begins with segbeam's "
+                                                          f"ImageNormalization layer, which "
+                                                          f"takes raw RGB in [0, 255]"))
         if scaling:
             return (f"--preprocess {preprocess} normalises the input, but {self.name} scales "
                     f"its own (a {scaling} layer among its first): unless that layer expects "

@@ -77,9 +77,16 @@ def check_preprocess(name: str, preprocess: str, model: Optional[str] = None) ->
     if spec is None or preprocess == "none":
         return
     served = f"{model}, a {name} model that segbeam trained," if model else name
-    raise ValueError(f"--preprocess {preprocess} would normalise the input a second time: "
-                     f"{served} takes raw RGB in [0, 255] and normalises it inside its graph "
-                     f"({spec.preprocessing}); drop --preprocess")
+    raise ValueError(normalised_twice(preprocess, f"{served} takes raw RGB in [0, 255] and "
+                                                  f"normalises it inside its graph "
+                                                  f"({spec.preprocessing})"))
+
+
+def normalised_twice(preprocess: str, why: str) -> str:
+    """The error for a --preprocess that a model's own normalisation repeats (``why``: what
+    shows the model normalises raw RGB itself)."""
+    return f"--preprocess {preprocess} would normalise the input a second time: {why}; drop " \
+           f"--preprocess"
 
 
 def create_model(name: str, num_classes: int, input_size: Optional[tuple[int, int]] = None,
