@@ -164,6 +164,11 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
         num_classes = len(preset.class_names)
     if ignore_index is None:
         ignore_index = preset.ignore_index if preset else 255
+        if preset and ignore_index is not None and ignore_index < num_classes:
+            raise ValueError(
+                f"--num_classes {num_classes} makes --dataset {dataset}'s ignore index "
+                f"{ignore_index} a class id, so class {ignore_index} would go unscored; pass "
+                f"--ignore_index (the value to ignore, or -1 for none)")
     if ignore_index is not None and ignore_index > 255:
         raise ValueError(f"--ignore_index must be a mask value (0..255) or -1 for none; "
                          f"received {ignore_index}")

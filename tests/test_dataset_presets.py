@@ -73,8 +73,18 @@ def test_explicit_flags_override_a_preset():
     assert own.label_map == ((1, 0), (2, 1), (3, "ignore"))
     camvid = resolve_convention("camvid", None, None, None, None)
     assert camvid.palette[0] == (128, 128, 128) and camvid.ignore_index == 11
-    assert resolve_convention("camvid", 12, None, None, None).palette is None
+    assert resolve_convention("camvid", 12, None, 11, None).palette is None
     assert resolve_convention(None, 4, None, None, None).ignore_index == 255
+
+
+def test_a_class_count_that_makes_the_presets_ignore_index_a_class_needs_ignore_index():
+    # camvid ignores 11; with 12 classes, 11 is a class id that the preset would leave unscored
+    with pytest.raises(ValueError, match="--num_classes 12 makes --dataset camvid's ignore "
+                       "index 11 a class id.*pass --ignore_index"):
+        resolve_convention("camvid", 12, None, None, None)
+    assert resolve_convention("camvid", 12, None, -1, None).ignore_index is None
+    assert resolve_convention("camvid", 10, None, None, None).ignore_index == 11
+    assert resolve_convention("cityscapes", 20, None, None, None).ignore_index == 255
 
 
 def test_a_run_with_a_preset_uses_its_classes_and_colours(tmp_path):
