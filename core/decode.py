@@ -140,13 +140,14 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Decodes a class-id mask into HxW uint8.
 
     JPEG and lossy WebP masks are refused: lossy compression turns class ids into
-    neighbouring ids. Palette ('P'), grayscale ('L') and bilevel ('1': 0 and 1) masks are read
-    as stored values (for a palette PNG the palette index is the class id, as in PASCAL VOC).
-    16-bit masks are accepted when every value fits in 0..255. Colour-coded RGB masks are
-    refused, since their colours would need a class map, unless ``colour`` (a mask palette is
-    configured): then an RGB(A) mask comes back as HxWx3 uint8, for ``segbeam.labels`` to read
-    through the palette, and a palette mask as HxWx4 uint8 (each pixel's palette colour, then
-    its index), since either could be what it means (``mask_colours.read_palette_mask``
+    neighbouring ids. So are RGBA and LA masks with any pixel not fully opaque. Palette
+    ('P'), grayscale ('L') and bilevel ('1': 0 and 1) masks are read as stored values (for
+    a palette PNG the palette index is the class id, as in PASCAL VOC). 16-bit masks are
+    accepted when every value fits in 0..255. Colour-coded RGB masks are refused, since
+    their colours would need a class map, unless ``colour`` (a mask palette is configured):
+    then an RGB(A) mask comes back as HxWx3 uint8, for ``segbeam.labels`` to read through
+    the palette, and a palette mask as HxWx4 uint8 (each pixel's palette colour, then its
+    index), since either could be what it means (``mask_colours.read_palette_mask``
     decides).
     """
     opened = _open(data, what, max_pixels)
@@ -158,6 +159,8 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             f"trained on; store masks as PNG")
     image = _oriented(opened)
     mode = image.mode
+    if mode in ("RGBA", "LA"):
+        _check_opaque(image, what)
     if mode == "P" and colour:
         return _palette_and_indices(image)
     if mode == "1":  # a bilevel mask stores 0 and 1 (Pillow's convert("L") makes 1 255)
@@ -187,6 +190,19 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise InvalidInputError(f"{what} has image mode {mode!r}; expected a class-id PNG "
                                 f"(mode L or P)")
     return np.array(values, dtype=np.uint8, order="C")
+
+
+def _check_opaque(image: Image.Image, what: str) -> None:
+    """Refuses a mask with transparent pixels: its class ids are read from the colour or gray
+    under the alpha, which viewers do not show, and transparency may well mean "unlabelled"."""
+    alpha = np.asarray(image.getchannel("A"))
+    seethrough = int(np.count_nonzero(alpha < 255))
+    if seethrough:
+        raise InvalidInputError(
+            f"{what} has {seethrough:,} transparent or translucent pixels ({image.mode} alpha "
+            f"below 255): class ids are read from the values under the alpha, so what the "
+            f"transparency means (unlabelled?) cannot be told; save the mask without alpha, "
+            f"with those pixels set to the class or ignore index they mean")
 
 
 def _palette_and_indices(image: Image.Image) -> np.ndarray:

@@ -130,6 +130,17 @@ def test_colour_mask_is_refused():
         decode_mask(png_bytes(colour))
 
 
+@pytest.mark.parametrize("channels", [2, 4])
+def test_a_mask_with_transparent_pixels_is_refused_and_an_opaque_one_read(channels):
+    mask = np.full((4, 5, channels), 3, dtype=np.uint8)
+    mask[..., -1] = 255
+    np.testing.assert_array_equal(decode_mask(png_bytes(mask)), np.full((4, 5), 3))
+    mask[0, :2, -1] = 0  # two pixels "unlabelled" by transparency, class 3 under them
+    with pytest.raises(InvalidInputError, match=r"mask has 2 transparent or translucent pixels "
+                       r"\((LA|RGBA) alpha below 255\).*save the mask without alpha"):
+        decode_mask(png_bytes(mask))
+
+
 def test_a_jpeg_mask_is_refused_since_its_compression_moves_class_ids():
     mask = np.full((32, 32), 2, dtype=np.uint8)
     mask[5:21, 7:27] = 11  # a class-11 region on class 2, edges off JPEG's 8x8 blocks
