@@ -123,3 +123,14 @@ def test_the_crf_phases_benchmark_times_each_compiled_step(tmp_path, monkeypatch
         assert row["bilateral_lattice_ms"] > 0 and row["other_ms"] >= 0
         built = row["gaussian_lattice_ms"] > 0 and row["gaussian_kernel_ms"] > 0
         assert built == (row["kernel"] == "built per batch")
+
+
+def test_the_preprocess_benchmark_compares_every_preset_with_its_formula(tmp_path):
+    from benchmarks import preprocess as preprocess_benchmark
+
+    record = tmp_path / "preprocess.json"
+    preprocess_benchmark.main(["--input_size", "6x10", "--batch", "2", "--repeats", "1",
+                               "--output", str(record)])
+    rows = json.loads(record.read_text())["rows"]
+    assert [row["preset"] for row in rows] == list(preprocess_benchmark.FORMULAS)
+    assert all(row["max_abs_difference"] < 1e-5 for row in rows)

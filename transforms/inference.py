@@ -293,7 +293,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
                                         resize_mode or settings.resize_mode, input_size,
                                         settings.size_multiple)
         stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
-        inputs = preprocess(stacked.astype(np.float32), settings.preprocess)
+        inputs = preprocess(stacked, settings.preprocess)
         if self._fusing:
             outputs, kind = model.device_outputs(inputs)
             self._check_outputs(tuple(outputs.shape), len(batch))
