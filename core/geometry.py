@@ -72,15 +72,20 @@ def pad_canvas(sizes: Sequence[tuple[int, int]], multiple: int) -> tuple[int, in
     return (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
 
 
-def place_image(image: np.ndarray, placement: Placement, canvas: tuple[int, int]) -> np.ndarray:
-    """The HxWx3 uint8 image drawn onto a zero canvas as ``placement`` says: (h, w, 3) uint8."""
-    content = image
-    if (placement.content_height, placement.content_width) != image.shape[:2]:
-        content = np.asarray(Image.fromarray(image).resize(
-            (placement.content_width, placement.content_height), Image.BILINEAR))
-    out = np.zeros((canvas[0], canvas[1], 3), dtype=np.uint8)
-    out[: placement.content_height, : placement.content_width] = content
-    return out
+def place_batch(images: Sequence[np.ndarray], placements: Sequence[Placement],
+                canvas: tuple[int, int]) -> np.ndarray:
+    """The HxWx3 uint8 images drawn onto one zero canvas each, as their placements say: an
+    (N, h, w, 3) uint8 batch, written in place (one copy per image; zeros only where some
+    placement leaves part of its canvas bare)."""
+    bare = any((p.content_height, p.content_width) != tuple(canvas) for p in placements)
+    batch = (np.zeros if bare else np.empty)((len(images), canvas[0], canvas[1], 3), np.uint8)
+    for slot, image, placement in zip(batch, images, placements):
+        content = image
+        if (placement.content_height, placement.content_width) != image.shape[:2]:
+            content = np.asarray(Image.fromarray(image).resize(
+                (placement.content_width, placement.content_height), Image.BILINEAR))
+        slot[: placement.content_height, : placement.content_width] = content
+    return batch
 
 
 def _linear_weights(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from PIL import Image
 
-from segbeam.geometry import (Placement, pad_canvas, place_image, placement_for, plan_batch,
+from segbeam.geometry import (Placement, pad_canvas, place_batch, placement_for, plan_batch,
                                  resize_bilinear, restore_probabilities)
 
 
@@ -22,11 +23,21 @@ def test_pad_canvas_rounds_up_to_the_stride():
         plan_batch([(10, 10)], "resize", None)
 
 
-def test_place_image_pads_with_zeros(rng=np.random.default_rng(0)):
-    image = rng.integers(1, 256, size=(3, 5, 3), dtype=np.uint8)
-    out = place_image(image, Placement(3, 5, 3, 5), (4, 8))
-    np.testing.assert_array_equal(out[:3, :5], image)
-    assert out[3:].max() == 0 and out[:, 5:].max() == 0
+def test_place_batch_pads_with_zeros_and_resizes(rng=np.random.default_rng(0)):
+    small = rng.integers(1, 256, size=(3, 5, 3), dtype=np.uint8)
+    full = rng.integers(1, 256, size=(4, 8, 3), dtype=np.uint8)
+    large = rng.integers(1, 256, size=(8, 16, 3), dtype=np.uint8)
+    out = place_batch([small, full, large], [Placement(3, 5, 3, 5), Placement(4, 8, 4, 8),
+                                             Placement(8, 16, 2, 4)], (4, 8))
+    assert out.shape == (3, 4, 8, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, :3, :5], small)
+    assert out[0, 3:].max() == 0 and out[0, :, 5:].max() == 0
+    np.testing.assert_array_equal(out[1], full)
+    np.testing.assert_array_equal(out[2, :2, :4], np.asarray(Image.fromarray(large).resize(
+        (4, 2), Image.BILINEAR)))
+    assert out[2, 2:].max() == 0 and out[2, :, 4:].max() == 0
+    alone = place_batch([full], [Placement(4, 8, 4, 8)], (4, 8))
+    np.testing.assert_array_equal(alone[0], full)
 
 
 @pytest.mark.parametrize("source, target", [((4, 6), (9, 13)), ((16, 12), (5, 7)),

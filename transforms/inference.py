@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from segbeam import compat
 from segbeam.crf import labels_from_probabilities
-from segbeam.geometry import plan_batch, place_image, resize_bilinear, restore_probabilities
+from segbeam.geometry import place_batch, plan_batch, resize_bilinear, restore_probabilities
 from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, check_probability_range, \
     is_out_of_memory, looks_like_probabilities, to_probabilities
 from segbeam.models.output_adapters import adapt_outputs
@@ -292,7 +292,7 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         canvas, placements = plan_batch([r.image.shape[:2] for r in batch],
                                         resize_mode or settings.resize_mode, input_size,
                                         settings.size_multiple)
-        stacked = np.stack([place_image(r.image, p, canvas) for r, p in zip(batch, placements)])
+        stacked = place_batch([r.image for r in batch], placements, canvas)
         inputs = preprocess(stacked, settings.preprocess)
         if self._fusing:
             outputs, kind = model.device_outputs(inputs)
