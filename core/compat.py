@@ -103,7 +103,8 @@ def import_keras_quietly():
 
 def _import_keras():
     """Keras; a ValueError in one line where its backend (or another module it needs) is not
-    installed, as with ``KERAS_BACKEND=torch`` and no PyTorch."""
+    installed, as with ``KERAS_BACKEND=torch`` and no PyTorch, or is no backend at all
+    (``KERAS_BACKEND=jaxx``)."""
     try:
         import keras
     except ImportError as error:
@@ -113,4 +114,10 @@ def _import_keras():
         raise ValueError(f"cannot import Keras: {error} ({chosen}); install the backend (pip "
                          f"install 'segbeam[tensorflow]', or jax, or torch), or set "
                          f"KERAS_BACKEND to one that is installed") from None
+    except ValueError as error:  # Keras's own words: "Unable to import backend : jaxx"
+        if "backend" not in str(error):
+            raise
+        raise ValueError(f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')} is not a Keras "
+                         f"backend ({error}); set it to tensorflow, jax or torch, or unset it "
+                         f"for tensorflow") from None
     return keras

@@ -161,6 +161,16 @@ def test_a_keras_backend_that_is_not_installed_is_a_one_line_error(tmp_path):
     assert listing.stderr.startswith("segbeam models: error: cannot import Keras")
 
 
+def test_a_mistyped_keras_backend_is_a_one_line_error_naming_the_backends(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"never read")
+    result = _segbeam(["run", "--input", f"{tmp_path}/*.png", "--model", "tiny_fcn",
+                       "--num_classes", "3"], KERAS_BACKEND="jaxx")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("segbeam run: error: KERAS_BACKEND=jaxx is not a Keras "
+                                    "backend (Unable to import backend : jaxx); set it to "
+                                    "tensorflow, jax or torch")
+
+
 def test_flags_of_templated_options_classes_are_known():
     """An options class may declare ValueProvider flags through Beam's parser; their flags pass,
     and a mistyped one is still named."""
