@@ -134,3 +134,15 @@ def test_the_preprocess_benchmark_compares_every_preset_with_its_formula(tmp_pat
     rows = json.loads(record.read_text())["rows"]
     assert [row["preset"] for row in rows] == list(preprocess_benchmark.FORMULAS)
     assert all(row["max_abs_difference"] < 1e-5 for row in rows)
+
+
+def test_the_many_images_rerun_removes_exactly_the_deleted_inputs_masks(tmp_path):
+    from benchmarks import many_images
+
+    record = tmp_path / "many.json"
+    assert many_images.main(["--count", "6", "--side", "16", "--rerun",
+                             "--output", str(record)]) == 0
+    rerun = json.loads(record.read_text())["summary"]["rerun_half"]
+    assert rerun["inputs_deleted"] == 3
+    assert rerun["rerun"]["stale_outputs_removed"] == 3 and rerun["rerun"]["masks_left"] == 3
+    assert rerun["fresh"]["stale_outputs_removed"] == 0 and rerun["fresh"]["masks_left"] == 3
