@@ -42,6 +42,9 @@ class FakePredictor:
         probabilities[..., 1] = 1
         return probabilities, np.ones(batch.shape[:3], np.uint8)
 
+    def serves_keras(self):
+        return False  # as an ONNX model: the batch comes preprocessed, float32
+
     def fixed_input_size(self):
         return None
 
