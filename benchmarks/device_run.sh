@@ -17,9 +17,11 @@
 # together, one lattice for the batch (the first GPU figures were one image at a time). The
 # phases part times each compiled step of the keras CRF (benchmarks/crf_phases.py), alone and
 # in batches: where the time goes on the GPU, which no run has measured yet.
-# PARTS chooses the parts (default "360 large crf phases"), e.g. PARTS="360 crf" in one call
-# and PARTS="large phases" in the next, with limits raised through LIMIT_360, LIMIT_LARGE,
-# LIMIT_CRF and LIMIT_PHASES.
+# The prep part times the handler's host-side batch preparation (benchmarks/preprocess.py) on
+# the GPU machine's own CPU: seconds, no GPU.
+# PARTS chooses the parts (default "360 prep large crf phases"), e.g. PARTS="360 prep crf" in
+# one call and PARTS="large phases" in the next, with limits raised through LIMIT_360,
+# LIMIT_PREP, LIMIT_LARGE, LIMIT_CRF and LIMIT_PHASES.
 #
 # Here, for a dry run on the CPU at small sizes:
 #   OUT=/tmp/out PYTHON=.venv/bin/python SKIP_INSTALL=1 LARGE=128x256 PER_CELL=1 \
@@ -30,7 +32,7 @@ PYTHON=${PYTHON:-python3}
 LARGE=${LARGE:-1024x2048}
 PER_CELL=${PER_CELL:-2}
 CRF_BATCH=${CRF_BATCH:-8}
-PARTS=" ${PARTS:-360 large crf phases} "
+PARTS=" ${PARTS:-360 prep large crf phases} "
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 export SEGBEAM_CAMVID=${SEGBEAM_CAMVID:-.device/camvid}
@@ -72,6 +74,11 @@ if [[ $PARTS == *" large "* ]]; then
   part "inference-$LARGE" "${LIMIT_LARGE:-170}" "$PYTHON" -m benchmarks.inference \
     --model "$MODEL" --input_size "$LARGE" --images 16 --batch_sizes 4 --fused_crf \
     --output "$OUT/inference-$LARGE.json"
+fi
+if [[ $PARTS == *" prep "* ]]; then  # the handler's host work before the model, on this host
+  part preprocess "${LIMIT_PREP:-60}" bash -c "\"$PYTHON\" -m benchmarks.preprocess \
+    --output \"$OUT/preprocess.json\" && \"$PYTHON\" -m benchmarks.preprocess \
+    --input_size \"$LARGE\" --batch 4 --output \"$OUT/preprocess-$LARGE.json\""
 fi
 if [[ $PARTS == *" crf "* ]]; then
   part crf-backends "${LIMIT_CRF:-190}" "$PYTHON" -m benchmarks.crf --part backends \
