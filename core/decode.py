@@ -160,7 +160,7 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     image = _oriented(opened)
     mode = image.mode
     if mode in ("RGBA", "LA"):
-        _check_opaque(image, what)
+        check_opaque(image, what)
     if mode == "P" and colour:
         return _palette_and_indices(image)
     if mode == "1":  # a bilevel mask stores 0 and 1 (Pillow's convert("L") makes 1 255)
@@ -192,7 +192,7 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     return np.array(values, dtype=np.uint8, order="C")
 
 
-def _check_opaque(image: Image.Image, what: str) -> None:
+def check_opaque(image: Image.Image, what: str) -> None:
     """Refuses a mask with transparent pixels: its class ids are read from the colour or gray
     under the alpha, which viewers do not show, and transparency may well mean "unlabelled"."""
     alpha = np.asarray(image.getchannel("A"))
