@@ -6,7 +6,7 @@ Models built by this project normalise inside their graph and take raw [0, 255] 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -21,8 +21,8 @@ class Normalisation(NamedTuple):
     map of RGB (or BGR), applied in one pass over the batch plus one in place per term."""
 
     bgr: bool  # channels reversed first
-    scale: np.ndarray  # per channel, or None for 1
-    offset: np.ndarray  # per channel, or None for 0
+    scale: Optional[np.ndarray]  # per channel; None: 1
+    offset: Optional[np.ndarray]  # per channel; None: 0
 
 
 def _affine(scale=None, offset=None, bgr: bool = False) -> Normalisation:
