@@ -123,6 +123,23 @@ def check_writable_folder(folder: str, flag: str = "--output") -> None:
     _filesystems().delete([probe])
 
 
+def ignores_case(folder: str) -> bool:
+    """Whether the local ``folder`` lies on a filesystem that does not tell names apart by
+    letter case (the default ones of macOS and Windows), where ``a.png`` and ``A.png`` are one
+    file; False for object stores and for a folder that does not exist."""
+    if "://" in folder or not os.path.isdir(folder):
+        return False
+    name = f".Case-Probe-{uuid.uuid4().hex}"
+    try:
+        open(os.path.join(folder, name), "x").close()
+    except OSError:
+        return False
+    try:
+        return os.path.exists(os.path.join(folder, name.lower()))
+    finally:
+        os.remove(os.path.join(folder, name))
+
+
 def _sink_temporaries(run_dir: str, local: bool) -> set[str]:
     """The ``beam-temp-*`` folders of Beam's file sinks in ``run_dir`` and its sub-folders."""
     patterns = ("beam-temp-*", "*/beam-temp-*")

@@ -75,7 +75,7 @@ class ReadInputs(beam.PTransform):
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
                 s.input, s.masks, exclude=s.layout.root, naming=s.naming)
             _ = unusable | "ProgressUnpaired" >> beam.ParDo(CountProgress("dead"))
-        items, shared = items | "UniqueKeys" >> UniqueKeys()
+        items, shared = items | "UniqueKeys" >> UniqueKeys(s.output_ignores_case)
         _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))
         unusable = (unusable, shared) | "UnusableOrShared" >> beam.Flatten()
         if s.skip_existing:

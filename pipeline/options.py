@@ -224,6 +224,7 @@ class Settings:
     containers: ContainerFields = setting(Effect.NESTED, ContainerFields())
     image_suffix: str = setting(Effect.NONE, "")  # file-name suffixes for pairing (Naming)
     mask_suffix: str = setting(Effect.NONE, "")
+    output_ignores_case: bool = setting(Effect.NONE, False)  # set by the launcher (layout)
 
     @property
     def num_classes(self) -> int:

@@ -31,7 +31,7 @@ from segbeam.models.training_record import image_size, read_training_config, \
     training_warnings
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
 from segbeam.metrics import DATASET_METRICS
-from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, \
+from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, ignores_case, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
@@ -245,6 +245,8 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     if not dry_run:
         for path in begin_run(settings.run_dir):
             LOG.info("removed %s, left by an earlier run", path)
+        settings = dataclasses.replace(settings,
+                                       output_ignores_case=ignores_case(settings.run_dir))
     entries = settings.fingerprint_entries()
     model_id, fingerprint = entries["model"], settings.config_fingerprint(entries)
     started = datetime.datetime.now(datetime.timezone.utc)

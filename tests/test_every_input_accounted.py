@@ -328,3 +328,61 @@ def test_an_unexpected_failure_is_one_line_and_exit_code_5(tmp_path, capsys, mon
     saved = err[0].split("traceback is in ")[1].split(";")[0]
     assert "Traceback" in open(saved).read()
     os.remove(saved)
+
+
+def test_keys_differing_in_case_alone_are_shared_where_the_output_ignores_case():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from segbeam.records import ImageRef
+    from segbeam.transforms.read import UniqueKeys
+
+    refs = [ImageRef("a", "x/a.png"), ImageRef("A", "x/A.png"), ImageRef("b", "x/b.png")]
+    with TestPipeline() as p:
+        unique, dead = p | beam.Create(refs) | UniqueKeys(fold_case=True)
+        assert_that(unique | beam.Map(lambda r: r.key), equal_to(["b"]), label="unique")
+        assert_that(dead | beam.Map(lambda d: (d.source, "letter case aside" in d.reason)),
+                    equal_to([("x/a.png", True), ("x/A.png", True)]), label="dead")
+    with TestPipeline() as p:  # a filesystem that tells case apart: three outputs
+        unique, dead = p | beam.Create(refs) | "Cased" >> UniqueKeys()
+        assert_that(unique | beam.Map(lambda r: r.key), equal_to(["a", "A", "b"]))
+
+
+def test_the_case_probe_reads_the_output_folders_filesystem(tmp_path, monkeypatch):
+    from segbeam import layout
+
+    assert not layout.ignores_case(str(tmp_path))  # Linux filesystems tell case apart
+    assert not layout.ignores_case(str(tmp_path / "missing"))
+    assert not layout.ignores_case("gs://bucket/out")
+    real_exists = os.path.exists
+
+    def exists_ignoring_case(path):  # as on macOS: a name matches whatever its case
+        folder, name = os.path.split(path)
+        return real_exists(path) or name.casefold() in {
+            n.casefold() for n in os.listdir(folder or ".")}
+
+    monkeypatch.setattr(layout.os.path, "exists", exists_ignoring_case)
+    assert layout.ignores_case(str(tmp_path))
+    assert os.listdir(tmp_path) == []  # the probe is gone
+
+
+def test_a_run_into_a_folder_that_ignores_case_dead_letters_keys_differing_in_case(
+        tmp_path, monkeypatch):
+    """On macOS's or Windows' filesystem, masks/a.png and masks/A.png are one file: one
+    input's mask overwrote the other's, and both rows named it."""
+    from segbeam.pipeline import run as run_module
+
+    for name in ("a", "A", "b"):
+        _image(str(tmp_path / "images" / f"{name}.png"), value=ord(name))
+    monkeypatch.setattr(run_module, "ignores_case", lambda folder: True)
+    outcome = run_module.run(["--input", str(tmp_path / "images"), "--model", "tiny_fcn",
+                              "--num_classes", "3", "--no-crf", "--output",
+                              str(tmp_path / "out"), "--quiet"])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["outputs"], counts["dead_letters"]) == (3, 1, 2)
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").rglob("*.jsonl")
+               for line in path.read_text().splitlines() if line]
+    assert sorted(d["key"] for d in letters) == ["A", "a"]
+    assert all("letter case aside" in d["reason"] for d in letters)
+    assert os.listdir(tmp_path / "out" / "masks") == ["b.png"]

@@ -130,17 +130,20 @@ def _sources_by_key(keyed):
         yield key, sources
 
 
-def _unique_or_dead(item, shared: dict):
-    sources = shared.get(item.key)
+def _unique_or_dead(item, shared: dict, fold_case: bool = False):
+    sources = shared.get(item.key.casefold() if fold_case else item.key)
     if sources is None:
         yield item
         return
     others = [s for s in sources if s != item.source] or sources
     more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    case = " (letter case aside: the output folder's filesystem does not tell case apart)" \
+        if fold_case else ""
     yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
         item.key, item.source, "pair",
-        f"{len(sources)} inputs share the key {item.key!r} (also {', '.join(others[:3])}{more})"
-        f"; their outputs cannot be told apart; rename all but one"))
+        f"{len(sources)} inputs share the key {item.key!r}{case} (also "
+        f"{', '.join(others[:3])}{more}); their outputs cannot be told apart; rename all but "
+        f"one"))
 
 
 class UniqueKeys(beam.PTransform):
@@ -149,16 +152,25 @@ class UniqueKeys(beam.PTransform):
     A key names an input's outputs, so two inputs sharing one would overwrite each other's mask
     and give two metrics rows one name. Every input of a shared key becomes a dead letter, which
     does not depend on the order inputs arrive in. Only (key, source) pairs are shuffled; the
-    items themselves pass through with the shared keys as a side input.
+    items themselves pass through with the shared keys as a side input. With ``fold_case`` (an
+    output folder whose filesystem ignores letter case), keys that differ in case alone are
+    shared too: ``a.png`` and ``A.png`` would be one file there.
     """
 
+    def __init__(self, fold_case: bool = False):
+        super().__init__()
+        self._fold_case = fold_case
+
     def expand(self, items):
+        fold = self._fold_case
         shared = (items
-                  | "KeySource" >> beam.Map(lambda item: (item.key, item.source))
+                  | "KeySource" >> beam.Map(
+                      lambda item: (item.key.casefold() if fold else item.key, item.source))
                   | "ByKey" >> beam.GroupByKey()
                   | "Shared" >> beam.FlatMap(_sources_by_key))
         checked = items | "Check" >> beam.FlatMap(
-            _unique_or_dead, shared=beam.pvalue.AsDict(shared)).with_outputs(DEAD, main="unique")
+            _unique_or_dead, shared=beam.pvalue.AsDict(shared), fold_case=fold
+        ).with_outputs(DEAD, main="unique")
         return checked.unique, checked[DEAD]
 
 
