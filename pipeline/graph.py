@@ -164,7 +164,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
         schema=metrics_schema(s.num_classes, s.class_names), file_name_suffix=".parquet")
     _ = metrics_files | "RemoveStaleMetrics" >> RemoveStaleShards(
         shard_pattern(run_dir, METRICS_DIR, METRICS_PREFIX, ".parquet"))
-    _ = rows | "RemoveStaleViews" >> RemoveStaleViews(run_dir, *s.layout.per_image_folders())
+    _ = rows | "RemoveStaleViews" >> RemoveStaleViews(run_dir, *s.layout.per_image_folders(),
+                                                      fold_case=s.output_ignores_case)
     dead_files = dead | "WriteDeadLetters" >> WriteDeadLetters(run_dir)
     _ = dead_files | "RemoveStaleDeadLetters" >> RemoveStaleShards(
         shard_pattern(run_dir, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, ".jsonl"))

@@ -283,3 +283,24 @@ def test_a_stale_file_that_cannot_be_deleted_is_counted_not_fatal(tmp_path, monk
     monkeypatch.setattr(FileSystems, "delete", delete)
     assert delete_paths([stuck, gone, stale]) == [stale]  # gone: renamed in the meantime
     assert os.path.exists(stuck)
+
+
+@pytest.mark.parametrize("fold_case, removed", [(True, []), (False, ["A.png"])])
+def test_where_the_output_ignores_case_a_mask_named_in_another_case_is_the_inputs_own(
+        tmp_path, fold_case, removed):
+    """On macOS's filesystem, this run's masks/a.png can keep the name A.png an earlier run
+    gave it; the stale-file step must not take it for another input's and delete it."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from segbeam.transforms.write import RemoveStaleViews
+
+    os.makedirs(tmp_path / "masks")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "A.png")
+    with TestPipeline() as p:
+        deleted = (p | beam.Create([{"key": "a"}])
+                   | RemoveStaleViews(str(tmp_path), [("masks", ".png")], [],
+                                      fold_case=fold_case))
+        assert_that(deleted | beam.Map(os.path.basename), equal_to(removed))
+    assert os.listdir(tmp_path / "masks") == ([] if removed else ["A.png"])

@@ -117,11 +117,13 @@ _UNCLAIMED = "\0"  # a key no row has (keys are sanitised): the file is stale wh
 
 
 def listed_views(_, root: str, written: Sequence[tuple[str, str]],
-                 unwritten: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+                 unwritten: Sequence[tuple[str, str]], fold_case: bool = False
+                 ) -> Iterator[tuple[str, str]]:
     """(key, path) of each file under ``root``'s per-image folders: ``written`` (folder,
-    suffix) pairs, this run's, keyed by the input they belong to; ``unwritten`` ones (folders
-    this run does not write) and temporaries of killed runs keyed so that no row claims them.
-    Other files (not a name segbeam writes) are not listed."""
+    suffix) pairs, this run's, keyed by the input they belong to (case-folded with
+    ``fold_case``, where the filesystem ignores case); ``unwritten`` ones (folders this run
+    does not write) and temporaries of killed runs keyed so that no row claims them. Other
+    files (not a name segbeam writes) are not listed."""
     for folder, suffix in (*written, *unwritten):
         base = output_path(root, folder) + "/"
         for path in match_files(base + "**"):
@@ -130,7 +132,8 @@ def listed_views(_, root: str, written: Sequence[tuple[str, str]],
             if stale or _TEMPORARY.search(name):
                 yield _UNCLAIMED + path, path
             elif name.endswith(suffix):
-                yield name[:-len(suffix)], path
+                key = name[:-len(suffix)]
+                yield key.casefold() if fold_case else key, path
 
 
 def unclaimed_paths(grouped: tuple) -> Iterator[str]:
@@ -173,16 +176,19 @@ class RemoveStaleViews(beam.PTransform):
     """
 
     def __init__(self, root: str, written: Sequence[tuple[str, str]],
-                 unwritten: Sequence[tuple[str, str]]):
+                 unwritten: Sequence[tuple[str, str]], fold_case: bool = False):
         super().__init__()
         self._root, self._written, self._unwritten = root, tuple(written), tuple(unwritten)
+        self._fold_case = fold_case  # the filesystem ignores case: A.png is a's file
 
     def expand(self, rows):
+        fold = self._fold_case
         listed = (rows.pipeline
                   | "Once" >> beam.Create([None])
                   | "List" >> beam.FlatMap(listed_views, self._root, self._written,
-                                           self._unwritten))
-        claimed = rows | "Keys" >> beam.Map(lambda row: (row["key"], None))
+                                           self._unwritten, fold))
+        claimed = rows | "Keys" >> beam.Map(
+            lambda row: (row["key"].casefold() if fold else row["key"], None))
         return ({"paths": listed, "rows": claimed}
                 | "ByKey" >> beam.CoGroupByKey()
                 | "Unclaimed" >> beam.FlatMap(unclaimed_paths)
