@@ -93,6 +93,21 @@ def looks_like_probabilities(values: np.ndarray, tolerance: float = TOLERANCE) -
     return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < tolerance * values.shape[-1]))
 
 
+# What ``--model_output auto`` does with outputs in [0, 1] that do not sum to one per pixel.
+UNIT_RANGE_COUNTER = "outputs_in_unit_range_read_as_logits"
+UNIT_RANGE_AS_LOGITS = (
+    "the model's outputs all lie in [0, 1] but do not sum to one per pixel: --model_output "
+    "auto read them as logits, whose softmax fed the CRF and the calibration figures; if they "
+    "are probabilities (a sigmoid per class), pass --model_output probabilities, which "
+    "normalises them")
+
+
+def in_unit_range(values: np.ndarray, tolerance: float = TOLERANCE) -> bool:
+    """True when every value lies in [0, 1]: probabilities, or scores of a sigmoid per class
+    (which do not sum to one), more likely than logits."""
+    return bool(values.min() >= -tolerance and values.max() <= 1 + tolerance)
+
+
 def check_probability_range(low: float, high: float) -> None:
     """Raises ValueError where outputs from ``low`` to ``high`` cannot be the probabilities
     that ``--model_output probabilities`` declares (logits, most often)."""

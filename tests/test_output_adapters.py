@@ -2,6 +2,8 @@
 classes, background 0 and foreground 1; whether the channel holds logits or sigmoid
 probabilities is said, never guessed. A sigmoid per class is served normalised."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -101,6 +103,30 @@ def test_a_sigmoid_per_class_is_served_as_its_scores_normalised(tmp_path):
     np.testing.assert_allclose(probabilities.astype(np.float32),
                                raw / raw.sum(axis=-1, keepdims=True), atol=2e-3)
     assert np.array_equal(labels, raw.argmax(axis=-1))
+
+
+def test_scores_in_0_1_that_auto_reads_as_logits_are_counted_and_warned_about(tmp_path, capsys):
+    """An ONNX or SavedModel export with a sigmoid per class (whose final activation segbeam
+    cannot see) gave scores in [0, 1]: --model_output auto read them as logits and their
+    flattened softmax fed the CRF and the calibration figures, without a word."""
+    import keras
+
+    from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
+
+    _pairs(tmp_path)
+    inputs = keras.Input((None, None, 3))
+    scores = keras.layers.ReLU(max_value=1.0)(keras.layers.Conv2D(2, 1)(inputs))  # in [0, 1]
+    keras.Model(inputs, scores).save(tmp_path / "capped.keras")
+    run = ["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+           "--model", str(tmp_path / "capped.keras"), "--num_classes", "2", "--quiet"]
+    assert main([*run, "--output", str(tmp_path / "auto")]) == 0
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["beam_counters"][UNIT_RANGE_COUNTER] == 1  # one look decides
+    assert f"WARNING: {UNIT_RANGE_AS_LOGITS}" in capsys.readouterr().out
+    assert main([*run, "--model_output", "probabilities", "--output", str(tmp_path / "p")]) == 0
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert UNIT_RANGE_COUNTER not in (manifest["beam_counters"] or {})
+    assert UNIT_RANGE_AS_LOGITS not in capsys.readouterr().out
 
 
 def test_declared_probabilities_are_normalised_and_logits_declared_so_are_refused(tmp_path):

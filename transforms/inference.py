@@ -22,8 +22,9 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from segbeam import compat
 from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import place_batch, plan_batch, resize_bilinear, restore_probabilities
-from segbeam.inference import MODEL_OUTPUTS, InferenceSettings, check_probability_range, \
-    is_out_of_memory, looks_like_probabilities, to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER, \
+    InferenceSettings, check_probability_range, in_unit_range, is_out_of_memory, \
+    looks_like_probabilities, to_probabilities
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.keras_runtime import compiled_predict, device_predict, \
     keras_on_accelerator
@@ -57,6 +58,17 @@ def _serving_model(model, kind: str):
     if kind == "probabilities":  # each image's range, checked on the host
         served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
     return keras.Model(inputs, served, name=f"{model.name}_serving")
+
+
+def _auto_kind(outputs: np.ndarray) -> str:
+    """What ``--model_output auto`` reads a model's first real outputs as; scores in [0, 1]
+    that do not sum to one are read as logits, but not without a word (counted, warned)."""
+    if looks_like_probabilities(outputs):
+        return "probabilities"
+    if in_unit_range(outputs):
+        LOG.warning(UNIT_RANGE_AS_LOGITS)
+        Metrics.counter("segbeam", UNIT_RANGE_COUNTER).inc()
+    return "logits"
 
 
 class SegmentationPredictor:
@@ -108,7 +120,7 @@ class SegmentationPredictor:
         outputs = self._scores(batch)
         with self._lock:  # one look at real outputs decides the kind, then it is kept
             if self._kind == "auto":
-                self._kind = "probabilities" if looks_like_probabilities(outputs) else "logits"
+                self._kind = _auto_kind(outputs)
         probabilities = to_probabilities(outputs, self._kind)
         return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
 
@@ -122,8 +134,7 @@ class SegmentationPredictor:
                 self._device_function = device_predict(self._runtime.keras_model)
             outputs = self._device_function(batch)
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
-                self._kind = "probabilities" if looks_like_probabilities(
-                    np.asarray(ops.convert_to_numpy(outputs), np.float32)) else "logits"
+                self._kind = _auto_kind(np.asarray(ops.convert_to_numpy(outputs), np.float32))
         return outputs, self._kind
 
     def serves_keras(self) -> bool:
