@@ -240,7 +240,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Decodes an input; with ``labels``, its mask goes through the label map and its
     unexpected values are counted (or, with ``labels.strict``, refused)."""
     colour = labels is not None and labels.colours is not None
-    image, mask, frames = decode_input(item.image_bytes, item.mask_bytes, max_pixels, colour)
+    image, mask, frames, peak = decode_input(item.image_bytes, item.mask_bytes, max_pixels,
+                                             colour)
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
         mask, *unexpected = labels.prepare(mask)
@@ -249,7 +250,7 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               width=image.shape[1], has_mask=mask is not None,
                               content_sha256=item.content_sha256,
                               unexpected_pixels=unexpected[0], unexpected_values=unexpected[1],
-                              frames=frames)
+                              frames=frames, high_depth_peak=peak)
 
 
 class ShardRecord(NamedTuple):

@@ -87,7 +87,21 @@ def _oriented(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+# A 16-bit image (scaled from 0..65535) whose values all stay below this holds 12 bits or
+# fewer (or 8-bit data in a 16-bit file): it comes out dark, at most 15 of 255.
+DARK_HIGH_DEPTH_PEAK = 4096
+DARK_HIGH_DEPTH_COUNTER = "dark_16_bit_images"
+
+
+def dark_high_depth_warning(count: int) -> str:
+    return (f"{count:,} images read as 16-bit hold values below {DARK_HIGH_DEPTH_PEAK} only: "
+            f"scaled from 0..65535, they came out dark (at most 15 of 255) and the model saw "
+            f"them so; if they hold 8-, 10- or 12-bit data, convert them to 8-bit over their "
+            f"own range")
+
+
+def _to_rgb(image: Image.Image) -> tuple[np.ndarray, int]:
+    """(the image as RGB, the peak value of a 16-bit image scaled from 0..65535, else 0)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit (or wider) grayscale: scale its range to 8 bits rather than clipping; a float
@@ -107,13 +121,13 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         if mode == "F" and values.min() >= 0 and values.max() <= 1:
             top = 1.0
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.repeat(gray[:, :, None], 3, axis=2), int(values.max()) if top == 65535 else 0
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         # Transparent pixels are composited over black, the usual zero padding value.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    return np.asarray(image.convert("RGB"))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB")), 0
+    return np.asarray(image.convert("RGB")), 0
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -126,13 +140,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 def decode_image_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                         what: str = "image") -> tuple[np.ndarray, int]:
     """``decode_image`` and the number of frames the file holds (1 for a still image)."""
+    return _decode_image(data, max_pixels, what)[:2]
+
+
+def _decode_image(data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, int, int]:
+    """(the image, its file's frame count, its peak value if 16-bit, as ``_to_rgb`` says)."""
     opened = _open(data, what, max_pixels)
     frames = int(getattr(opened, "n_frames", 1) or 1)
     image = _oriented(opened)
-    array = np.array(_to_rgb(image), dtype=np.uint8, order="C")  # owned and writable
+    rgb, peak = _to_rgb(image)
+    array = np.array(rgb, dtype=np.uint8, order="C")  # owned and writable
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"{what} decoded to an unusable shape {array.shape}")
-    return array, frames
+    return array, frames, peak
 
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -219,6 +239,7 @@ class DecodedInput(NamedTuple):
     image: np.ndarray
     mask: Optional[np.ndarray]
     frames: int  # the image file's frame count; the first frame is used
+    high_depth_peak: int = 0  # a 16-bit image's peak value (scaled from 0..65535), else 0
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: Optional[bytes],
@@ -233,9 +254,9 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
                  ) -> DecodedInput:
     """``decode_pair``, with the image file's frame count; with ``colour_masks``, an RGB mask
     is kept as colours (HxWx3)."""
-    image, frames = decode_image_frames(image_bytes, max_pixels)
+    image, frames, peak = _decode_image(image_bytes, max_pixels, "image")
     if mask_bytes is None:
-        return DecodedInput(image, None, frames)
+        return DecodedInput(image, None, frames, peak)
     mask = decode_mask(mask_bytes, max_pixels, colour=colour_masks)
     if mask.shape[:2] != image.shape[:2]:
         turned = mask.shape[:2] == image.shape[1::-1] and _orientation(image_bytes) in range(5, 9)
@@ -246,7 +267,7 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
                 ". The image is turned by its EXIF orientation (as viewers show it) and the "
                 "mask matches it unturned: rotate the mask to match, or save the image "
                 "without the orientation tag" if turned else ""))
-    return DecodedInput(image, mask, frames)
+    return DecodedInput(image, mask, frames, peak)
 
 
 def _orientation(data: bytes) -> Optional[int]:

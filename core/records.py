@@ -56,6 +56,7 @@ class SegmentationRecord:
     ignore index, and those values (``segbeam.labels``); counted at decode.
     frames: how many frames the image file holds (animated or multi-page files: the first one
     is segmented).
+    high_depth_peak: a 16-bit image's peak value (it was scaled from 0..65535); 0 for others.
     """
 
     key: str
@@ -77,6 +78,7 @@ class SegmentationRecord:
     unexpected_pixels: int = 0
     unexpected_values: tuple = ()
     frames: int = 1
+    high_depth_peak: int = 0
     boundary_raw: Any = None  # segbeam.boundary.BoundaryScores, where there is a mask
     boundary_crf: Any = None
     calibration_raw: Any = None  # segbeam.calibration.CalibrationSums, where probabilities were

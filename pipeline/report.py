@@ -20,6 +20,7 @@ import numpy as np
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, REPORT_FILES, RunOutputs, exists, load_run, \
     check_writable_folder, mask_png_path, output_path, write_bytes_atomically
 from segbeam.dataset import container_mask_flag, no_mask_found
+from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, dark_high_depth_warning
 from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
@@ -172,17 +173,19 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str],
                  mask_column: Optional[str], mask_ext: Optional[str],
                  label_map: Optional[Sequence]) -> list[str]:
     """What a finished run warns about, the same in the terminal and in the report: masks
-    that no input found, mask values not scored, model outputs in [0, 1] read as logits, and
-    what the launcher found (a model trained under another label convention or scale: the
-    manifest's ``warnings``)."""
+    that no input found, mask values not scored, 16-bit images that came out dark, model
+    outputs in [0, 1] read as logits, and what the launcher found (a model trained under
+    another label convention or scale: the manifest's ``warnings``)."""
     counts = summary.get("counts", {})
     flag = container_mask_flag(mask_column, mask_ext)
     unpaired = no_mask_found(bool(masks or flag), counts.get("outputs", 0),
                              counts.get("images_with_mask", 0), flag)
     counters = manifest.get("beam_counters") or {}
     read_as_logits = [UNIT_RANGE_AS_LOGITS] if counters.get(UNIT_RANGE_COUNTER) else []
+    dark = counters.get(DARK_HIGH_DEPTH_COUNTER)
+    dark_images = [dark_high_depth_warning(dark)] if dark else []
     return ([unpaired] if unpaired else []) + label_warnings(summary, label_map) + \
-        read_as_logits + manifest.get("warnings", [])
+        dark_images + read_as_logits + manifest.get("warnings", [])
 
 
 def _warnings(run: RunOutputs) -> list[str]:

@@ -38,6 +38,20 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255])
 
 
+@pytest.mark.parametrize("values, peak", [([[0, 100, 4095]], 4095), ([[0, 65535]], 65535)])
+def test_a_sixteen_bit_image_gives_its_peak_and_others_none(values, peak):
+    """12-bit data in a 16-bit file came out dark (at most 15 of 255) without a word: the
+    peak lets the run count such images and warn."""
+    from segbeam.decode import decode_input
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.array(values, dtype=np.uint16)).save(buffer, format="PNG")
+    decoded = decode_input(buffer.getvalue(), None)
+    assert decoded.high_depth_peak == peak
+    assert decoded.image.max() == round(peak * 255 / 65535)
+    assert decode_input(png_bytes(np.full((2, 3, 3), 255, np.uint8)), None).high_depth_peak == 0
+
+
 def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
     """Floats in [0, 1] were scaled as if 255 were white: the image came out black."""
     def tiff(values):
