@@ -369,7 +369,7 @@ def _fixed_size_model(tmp_path) -> ModelSource:
 CHANNELS_FIRST_CHECK = """
 import numpy as np, keras
 from segbeam.models.source import ModelSource
-from segbeam.transforms.inference import SegmentationPredictor
+from segbeam.transforms.predictor import SegmentationPredictor
 inputs = keras.Input((3, None, None))
 x = keras.layers.Conv2D(6, 3, strides=2, padding="same", data_format="channels_first")(inputs)
 scores = keras.layers.Conv2D(4, 1, data_format="channels_first", name="scores")(x)

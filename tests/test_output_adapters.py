@@ -86,7 +86,7 @@ def test_a_sigmoid_per_class_is_served_as_its_scores_normalised(tmp_path):
     import keras
 
     from segbeam.models.source import ModelSource
-    from segbeam.transforms.inference import SegmentationPredictor
+    from segbeam.transforms.predictor import SegmentationPredictor
 
     scores = np.array([[0.9, 0.2, 0.05], [0.3, 0.6, 0.6]], np.float32)
     normalised = _softmax(sigmoid_logits(scores).astype(np.float64))
@@ -140,7 +140,7 @@ def test_declared_probabilities_are_normalised_and_logits_declared_so_are_refuse
     from segbeam.inference import normalise_probabilities, to_probabilities
     from segbeam.models.source import ModelSource
     from segbeam.transforms.fused_crf import as_probabilities
-    from segbeam.transforms.inference import SegmentationPredictor
+    from segbeam.transforms.predictor import SegmentationPredictor
 
     scores = np.array([[[[0.9, 0.2, 0.05], [0.3, 0.6, 0.6], [0.0, 0.0, 0.0]]]], np.float32)
     expected = np.array([[[[0.9, 0.2, 0.05], [0.3, 0.6, 0.6], [1, 1, 1]]]], np.float32)

@@ -197,7 +197,7 @@ def test_in_model_postprocessing_matches_numpy(tiny_model_path, rng):
 
     from segbeam.inference import softmax
     from segbeam.models.keras_runtime import KerasRuntime
-    from segbeam.transforms.inference import SegmentationPredictor
+    from segbeam.transforms.predictor import SegmentationPredictor
 
     model = keras.saving.load_model(tiny_model_path)
     images = np.stack([random_image(rng, 32, 48) for _ in range(3)]).astype(np.float32)

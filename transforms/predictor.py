@@ -1,0 +1,150 @@
+"""A loaded segmentation model behind methods: the Keras serving graphs (probabilities and
+labels computed by the backend), the output kind (``--model_output auto`` decided on the first
+real outputs), and the device a copy computes on. ``KerasSegmentationHandler`` holds one per
+worker (``segbeam.transforms.inference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Optional
+
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from segbeam.crf import labels_from_probabilities
+from segbeam.inference import MODEL_OUTPUTS, UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER, \
+    check_probability_range, in_unit_range, looks_like_probabilities, to_probabilities
+from segbeam.models.keras_runtime import compiled_predict, device_predict
+from segbeam.models.output_adapters import adapt_outputs
+from segbeam.models.runtime import ModelRuntime
+from segbeam.transforms.fused_crf import as_probabilities
+
+LOG = logging.getLogger(__name__)
+
+
+def _serving_model(model, kind: str):
+    """``model`` with its post-processing inside: (float16 probabilities, labels) computed by
+    the backend (multi-threaded kernels, on the device on a GPU, half the bytes to copy back)
+    instead of in numpy on the host; with ``kind="labels"``, the labels alone (the argmax of
+    logits and of probabilities agree, so no softmax). Shares the model's layers and weights."""
+    import keras
+    from keras import ops
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = model(inputs)
+    label_type = "uint8" if model.output_shape[-1] <= 256 else "uint16"
+    if kind == "labels":
+        return keras.Model(inputs, ops.cast(ops.argmax(outputs, axis=-1), label_type),
+                           name=f"{model.name}_labels")
+    probabilities = as_probabilities(outputs, kind)
+    labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
+    served = [ops.cast(probabilities, "float16"), labels]
+    if kind == "probabilities":  # each image's range, checked on the host
+        served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
+    return keras.Model(inputs, served, name=f"{model.name}_serving")
+
+def _auto_kind(outputs: np.ndarray) -> str:
+    """What ``--model_output auto`` reads a model's first real outputs as; scores in [0, 1]
+    that do not sum to one are read as logits, but not without a word (counted, warned)."""
+    if looks_like_probabilities(outputs):
+        return "probabilities"
+    if in_unit_range(outputs):
+        LOG.warning(UNIT_RANGE_AS_LOGITS)
+        Metrics.counter("segbeam", UNIT_RANGE_COUNTER).inc()
+    return "logits"
+
+class SegmentationPredictor:
+    """A loaded model (a ``ModelRuntime`` of any format) behind methods only, so that Beam can
+    also serve it through a multiprocessing proxy (``large_model``), where attributes are not
+    reachable.
+
+    ``kind`` is what the model emits (``logits``, ``probabilities``, or ``auto``: decided on
+    the first batch, then kept). A Keras model gets its post-processing compiled into its
+    graph; other formats return scores that are post-processed here, in numpy. ``device``:
+    the TensorFlow device this copy was loaded on; every call computes there."""
+
+    def __init__(self, runtime: ModelRuntime, kind: str = "auto", device: Optional[str] = None):
+        if kind not in MODEL_OUTPUTS:
+            raise ValueError(f"unknown model output kind {kind!r}; expected one of "
+                             f"{MODEL_OUTPUTS}")
+        runtime, kind = adapt_outputs(runtime, kind)  # binary or multi-label sigmoid heads
+        self._runtime = runtime
+        self._kind = kind
+        self._placement = device
+        model = runtime.keras_model
+        # Built now, so that on a GPU they live where the model was placed.
+        self._serving = None if model is None else {
+            k: compiled_predict(_serving_model(model, k))
+            for k in ("logits", "probabilities", "labels")}
+        # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
+        # sessions and TensorFlow signatures are, so those only serialise the first look.
+        self._lock = threading.Lock()
+        self._call_lock = self._lock if model is not None else contextlib.nullcontext()
+        self._device_function = None  # device_predict(model), made on first use
+
+    def placed(self):
+        """The device scope of this copy (see ``placed_on``)."""
+        return placed_on(self._placement)
+
+    def _scores(self, batch: np.ndarray) -> np.ndarray:
+        with self._call_lock, self.placed():
+            return self._runtime.outputs(batch)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W, C) float16 probabilities and (N, H, W) labels for a preprocessed float32
+        batch (a Keras model also takes raw uint8 RGB, which its graph casts)."""
+        if self._serving is not None and self._kind != "auto":
+            with self._lock, self.placed():
+                served = self._serving[self._kind](batch)
+            if self._kind == "probabilities":
+                check_probability_range(float(np.min(served[2])), float(np.max(served[3])))
+            return np.asarray(served[0]), np.asarray(served[1])
+        outputs = self._scores(batch)
+        with self._lock:  # one look at real outputs decides the kind, then it is kept
+            if self._kind == "auto":
+                self._kind = _auto_kind(outputs)
+        probabilities = to_probabilities(outputs, self._kind)
+        return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
+
+    def device_outputs(self, batch: np.ndarray):
+        """(The model's (N, h, w, C) outputs as a backend tensor, left on the device; what
+        they are: logits or probabilities). Keras models only."""
+        from keras import ops
+
+        with self._lock, self.placed():
+            if self._device_function is None:
+                self._device_function = device_predict(self._runtime.keras_model)
+            outputs = self._device_function(batch)
+            if self._kind == "auto":  # one look at real outputs decides, then it is kept
+                self._kind = _auto_kind(np.asarray(ops.convert_to_numpy(outputs), np.float32))
+        return outputs, self._kind
+
+    def serves_keras(self) -> bool:
+        return self._serving is not None
+
+    def predict_labels(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
+        if self._serving is not None:
+            with self._lock, self.placed():
+                return np.asarray(self._serving["labels"](batch))
+        return labels_from_probabilities(self._scores(batch))
+
+    def fixed_input_size(self) -> Optional[tuple[int, int]]:
+        return self._runtime.fixed_input_size()
+
+    def num_classes(self) -> Optional[int]:
+        return self._runtime.num_classes()
+
+
+def placed_on(device: Optional[str]):
+    """A TensorFlow device scope for ``device`` (None: no scope). TensorFlow places a compiled
+    function's ops where it is called, not where it was traced or where the model's weights
+    live, so every call into a model copy enters its GPU's scope."""
+    if device is None:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.device(device)
