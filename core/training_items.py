@@ -15,7 +15,7 @@ from typing import NamedTuple, Union
 from segbeam.containers import IMAGE_EXTENSIONS, ContainerFields, check_parquet_columns, \
     container_format, member_key, parquet_rows, parse_parquet_row
 from segbeam.dataset import Naming, ShardRecord, find_pairs, parse_shard_record, read_encoded
-from segbeam.decode import InvalidInputError, decode_pair
+from segbeam.decode import DecodedInput, InvalidInputError, decode_input
 from segbeam.example_proto import MASK_FEATURE
 from segbeam.layout import matching_paths, open_file
 from segbeam.matching import folder_as_glob
@@ -164,6 +164,12 @@ def find_training_pairs(images: str, masks: str, naming: Naming = Naming()) -> l
 def load_item(item: TrainingItem, colour_masks: bool = False) -> tuple:
     """Decodes one training pair into (HxWx3 uint8 image, HxW uint8 mask); with
     ``colour_masks``, an RGB mask stays HxWx3 colours (``MaskLabels.prepare`` reads them)."""
+    return decode_item(item, colour_masks)[:2]
+
+
+def decode_item(item: TrainingItem, colour_masks: bool = False) -> DecodedInput:
+    """``load_item`` as ``decode.decode_input`` gives it: also the image file's frame count
+    and a 16-bit image's peak value."""
     if isinstance(item, ImageRef):
         encoded = read_encoded(item)
     elif isinstance(item, ParquetEntry):
@@ -176,8 +182,8 @@ def load_item(item: TrainingItem, colour_masks: bool = False) -> tuple:
             raise InvalidInputError(f"row {item.row} of row group {item.row_group} of "
                                     f"{item.shard} has no mask")
     elif isinstance(item, TarEntry):
-        return decode_pair(_read_range(item.shard, item.image),
-                           _read_range(item.shard, item.mask), colour_masks=colour_masks)
+        return decode_input(_read_range(item.shard, item.image),
+                            _read_range(item.shard, item.mask), colour_masks=colour_masks)
     else:
         with open_file(item.shard) as handle:
             handle.seek(item.offset)
@@ -187,7 +193,7 @@ def load_item(item: TrainingItem, colour_masks: bool = False) -> tuple:
         if encoded.mask_bytes is None:
             raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
                                     f"{MASK_FEATURE!r}")
-    return decode_pair(encoded.image_bytes, encoded.mask_bytes, colour_masks=colour_masks)
+    return decode_input(encoded.image_bytes, encoded.mask_bytes, colour_masks=colour_masks)
 
 
 def describe(item: TrainingItem) -> str:

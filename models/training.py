@@ -19,6 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from segbeam.decode import DARK_HIGH_DEPTH_PEAK, dark_high_depth_warning
 from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
@@ -71,18 +72,19 @@ def _usable(items, labels: MaskLabels):
     """Decodes every pair once: drops (with a warning naming each) those that fail, or whose
     mask holds unexpected values under ``labels.strict``; counts unexpected pixels otherwise
     (a warning: they carry no weight), and class pixels for the weights and the log."""
-    from segbeam.training_items import describe, load_item
+    from segbeam.training_items import decode_item, describe
     from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
-    unexpected, unexpected_pairs, values, ignored, pixels = 0, 0, set(), 0, 0
+    unexpected, unexpected_pairs, values, ignored, pixels, dark = 0, 0, set(), 0, 0, 0
     for item in items:
         try:
-            _, mask = load_item(item, colour_masks=labels.colours is not None)
+            _, mask, _, peak = decode_item(item, colour_masks=labels.colours is not None)
             mask, count, found = labels.prepare(mask)
         except (OSError, ValueError) as error:
             dropped.append(f"{describe(item)}: {error}")
             continue
+        dark += 0 < peak < DARK_HIGH_DEPTH_PEAK
         unexpected, unexpected_pairs = unexpected + count, unexpected_pairs + bool(count)
         scored = int(np.count_nonzero((mask < labels.num_classes) & (mask != labels.ignore_index)))
         ignored, pixels = ignored + mask.size - scored - count, pixels + mask.size
@@ -91,6 +93,8 @@ def _usable(items, labels: MaskLabels):
         masks.append(mask)
     for reason in dropped:
         LOG.warning("training pair skipped: %s", reason)
+    if dark:
+        LOG.warning("training: %s", dark_high_depth_warning(dark))
     if unexpected:
         LOG.warning("%d mask pixels in %d training pairs hold values %s that are not %s; they "
                     "carry no weight (--strict_labels skips such pairs)", unexpected,

@@ -347,3 +347,20 @@ def test_an_earlier_training_under_output_is_refused_or_replaced_when_asked(tmp_
         train(config)
     assert not any((tmp_path / name).exists() for name in
                    ("best.keras", "checkpoints/last.keras", "training.json"))
+
+
+def test_training_warns_about_16_bit_images_that_come_out_dark(tmp_path, caplog):
+    """As `segbeam run` does: 12-bit data in 16-bit files trained on near-black images."""
+    from segbeam.decode import dark_high_depth_warning
+    from segbeam.labels import MaskLabels
+    from segbeam.models.training import _usable
+
+    images, masks = _write_pairs(tmp_path, 3)
+    gray = np.asarray(Image.open(os.path.join(images, "scene000.png")).convert("L"), np.uint16)
+    Image.fromarray(gray * 16).save(os.path.join(images, "scene000.png"))  # 12-bit data
+    Image.fromarray(gray * 257).save(os.path.join(images, "scene001.png"))  # the full range
+    with caplog.at_level("WARNING"):
+        kept, _, dropped = _usable(find_training_pairs(images, masks), MaskLabels(3))
+    assert (len(kept), dropped) == (3, 0)
+    assert [r.getMessage() for r in caplog.records if "16-bit" in r.getMessage()] == [
+        f"training: {dark_high_depth_warning(1)}"]
