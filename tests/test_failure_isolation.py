@@ -45,6 +45,9 @@ class FakePredictor:
     def serves_keras(self):
         return False  # as an ONNX model: the batch comes preprocessed, float32
 
+    def take_doubt(self):
+        return False
+
     def fixed_input_size(self):
         return None
 

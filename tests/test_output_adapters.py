@@ -105,10 +105,13 @@ def test_a_sigmoid_per_class_is_served_as_its_scores_normalised(tmp_path):
     assert np.array_equal(labels, raw.argmax(axis=-1))
 
 
-def test_scores_in_0_1_that_auto_reads_as_logits_are_counted_and_warned_about(tmp_path, capsys):
+@pytest.mark.parametrize("sharing", [[], ["--large_model"]])
+def test_scores_in_0_1_that_auto_reads_as_logits_are_counted_and_warned_about(tmp_path, capsys,
+                                                                                sharing):
     """An ONNX or SavedModel export with a sigmoid per class (whose final activation segbeam
     cannot see) gave scores in [0, 1]: --model_output auto read them as logits and their
-    flattened softmax fed the CRF and the calibration figures, without a word."""
+    flattened softmax fed the CRF and the calibration figures, without a word. Behind
+    --large_model's proxy the model runs in another process, where Beam counts nothing."""
     import keras
 
     from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
@@ -118,7 +121,7 @@ def test_scores_in_0_1_that_auto_reads_as_logits_are_counted_and_warned_about(tm
     scores = keras.layers.ReLU(max_value=1.0)(keras.layers.Conv2D(2, 1)(inputs))  # in [0, 1]
     keras.Model(inputs, scores).save(tmp_path / "capped.keras")
     run = ["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
-           "--model", str(tmp_path / "capped.keras"), "--num_classes", "2", "--quiet"]
+           "--model", str(tmp_path / "capped.keras"), "--num_classes", "2", "--quiet", *sharing]
     assert main([*run, "--output", str(tmp_path / "auto")]) == 0
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert manifest["beam_counters"][UNIT_RANGE_COUNTER] == 1  # one look decides

@@ -21,7 +21,8 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from segbeam import compat
 from segbeam.crf import labels_from_probabilities
 from segbeam.geometry import place_batch, plan_batch, resize_bilinear, restore_probabilities
-from segbeam.inference import InferenceSettings, is_out_of_memory
+from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER, InferenceSettings, \
+    is_out_of_memory
 from segbeam.models.keras_runtime import keras_on_accelerator
 from segbeam.models.source import ModelSource
 from segbeam.preprocessing import preprocess
@@ -117,10 +118,19 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
         back as a DeadLetter (see ``_isolating``), the rest of its batch as results."""
         input_size = self._source.input_size or model.fixed_input_size()
         if input_size is not None or self._inference.resize_mode == "pad":
-            return self._isolating(batch, model, input_size)
-        # Neither --input_size nor a fixed model input: images of one size batch together, each
-        # group at its own size padded up to --size_multiple (a batch of mixed sizes cannot
-        # stack, and there is no size to resize to).
+            results = self._isolating(batch, model, input_size)
+        else:
+            results = self._by_size(batch, model)
+        if model.take_doubt():  # --model_output auto read scores in [0, 1] as logits
+            LOG.warning(UNIT_RANGE_AS_LOGITS)
+            Metrics.counter("segbeam", UNIT_RANGE_COUNTER).inc()
+        return results
+
+    def _by_size(self, batch: Sequence[SegmentationRecord], model: SegmentationPredictor
+                 ) -> list:
+        """Neither --input_size nor a fixed model input: images of one size batch together,
+        each group at its own size padded up to --size_multiple (a batch of mixed sizes cannot
+        stack, and there is no size to resize to)."""
         by_size: dict[tuple, list[int]] = {}
         for index, record in enumerate(batch):
             by_size.setdefault(record.image.shape[:2], []).append(index)

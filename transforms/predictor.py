@@ -12,11 +12,10 @@ import threading
 from typing import Optional
 
 import numpy as np
-from apache_beam.metrics import Metrics
 
 from segbeam.crf import labels_from_probabilities
-from segbeam.inference import MODEL_OUTPUTS, UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER, \
-    check_probability_range, in_unit_range, looks_like_probabilities, to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, check_probability_range, in_unit_range, \
+    looks_like_probabilities, to_probabilities
 from segbeam.models.keras_runtime import compiled_predict, device_predict
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.runtime import ModelRuntime
@@ -46,15 +45,15 @@ def _serving_model(model, kind: str):
         served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
     return keras.Model(inputs, served, name=f"{model.name}_serving")
 
-def _auto_kind(outputs: np.ndarray) -> str:
-    """What ``--model_output auto`` reads a model's first real outputs as; scores in [0, 1]
-    that do not sum to one are read as logits, but not without a word (counted, warned)."""
+
+def _auto_kind(outputs: np.ndarray) -> tuple[str, bool]:
+    """(what ``--model_output auto`` reads a model's first real outputs as, whether that
+    reading is in doubt): scores in [0, 1] that do not sum to one are read as logits, as they
+    may be, but they may also be a sigmoid per class, so not without a word."""
     if looks_like_probabilities(outputs):
-        return "probabilities"
-    if in_unit_range(outputs):
-        LOG.warning(UNIT_RANGE_AS_LOGITS)
-        Metrics.counter("segbeam", UNIT_RANGE_COUNTER).inc()
-    return "logits"
+        return "probabilities", False
+    return "logits", in_unit_range(outputs)
+
 
 class SegmentationPredictor:
     """A loaded model (a ``ModelRuntime`` of any format) behind methods only, so that Beam can
@@ -82,6 +81,7 @@ class SegmentationPredictor:
         # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
         # sessions and TensorFlow signatures are, so those only serialise the first look.
         self._lock = threading.Lock()
+        self._kind_in_doubt = False  # see take_doubt
         self._call_lock = self._lock if model is not None else contextlib.nullcontext()
         self._device_function = None  # device_predict(model), made on first use
 
@@ -105,7 +105,7 @@ class SegmentationPredictor:
         outputs = self._scores(batch)
         with self._lock:  # one look at real outputs decides the kind, then it is kept
             if self._kind == "auto":
-                self._kind = _auto_kind(outputs)
+                self._kind, self._kind_in_doubt = _auto_kind(outputs)
         probabilities = to_probabilities(outputs, self._kind)
         return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
 
@@ -119,8 +119,17 @@ class SegmentationPredictor:
                 self._device_function = device_predict(self._runtime.keras_model)
             outputs = self._device_function(batch)
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
-                self._kind = _auto_kind(np.asarray(ops.convert_to_numpy(outputs), np.float32))
+                self._kind, self._kind_in_doubt = _auto_kind(
+                    np.asarray(ops.convert_to_numpy(outputs), np.float32))
         return outputs, self._kind
+
+    def take_doubt(self) -> bool:
+        """Whether ``auto`` read outputs in [0, 1] as logits since the last call (True once
+        per decision), for the handler to count and warn: it runs where Beam collects
+        metrics, which this copy does not behind ``large_model``'s proxy."""
+        with self._lock:
+            doubt, self._kind_in_doubt = self._kind_in_doubt, False
+        return doubt
 
     def serves_keras(self) -> bool:
         return self._serving is not None
