@@ -74,6 +74,7 @@ def run_command(argv: Sequence[str]) -> int:
 
 def models_command(argv: Sequence[str]) -> int:
     from segbeam.models.formats import DATA_FORMATS
+    from segbeam.pipeline.flags import reject_repeated_flags
 
     parser = argparse.ArgumentParser(
         prog="segbeam models", allow_abbrev=False,
@@ -96,6 +97,10 @@ def models_command(argv: Sequence[str]) -> int:
     parser.add_argument("--unsafe_model_loading", action="store_true",
                         help="with --inspect: allow a legacy .h5 holding Python code")
     args = parser.parse_args(argv)
+    try:
+        reject_repeated_flags(argv, parser)
+    except ValueError as error:
+        return _error("models", error)
     listing, inspecting = ("num_classes", "no_counts"), ("signature", "output_key",
                                                          "data_format", "unsafe_model_loading")
     void = [name for name in (listing if args.inspect else inspecting)

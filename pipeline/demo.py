@@ -123,7 +123,11 @@ def demo_argv(output: str, extra: Optional[list[str]] = None) -> list[str]:
         losses = train_demo_model(model_path)
         print(f"segbeam demo: trained tiny_fcn on generated scenes, loss "
               f"{losses[0]:.3f} -> {losses[-1]:.3f}; saved {model_path}")
-    return ["--input", image_glob, "--masks", mask_folder, "--output", output,
-            "--model", model_path, "--num_classes", str(len(DEMO_CLASSES)),
-            "--class_names", ",".join(DEMO_CLASSES), "--input_size", "128",
-            "--ignore_index", "-1", *(extra or [])]
+    defaults = {"--input": image_glob, "--masks": mask_folder, "--output": output,
+                "--model": model_path, "--num_classes": str(len(DEMO_CLASSES)),
+                "--class_names": ",".join(DEMO_CLASSES), "--input_size": "128",
+                "--ignore_index": "-1"}
+    given = {argument.split("=", 1)[0] for argument in extra or []}  # the user's own win
+    kept = [item for flag, value in defaults.items() if flag not in given
+            for item in (flag, value)]
+    return [*kept, *(extra or [])]

@@ -62,6 +62,36 @@ def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> 
         raise UsageError(f"unknown flag {flag}{hint}")
 
 
+# Actions that keep one value, the last given; others (appending, counting, Beam's
+# --experiments, which collects comma-separated lists) take a flag more than once on purpose.
+_ONE_VALUE = (argparse._StoreAction, argparse._StoreConstAction, argparse.BooleanOptionalAction)
+
+
+def reject_repeated_flags(argv: Sequence[str], ours: argparse.ArgumentParser,
+                          with_beam: bool = False) -> None:
+    """Raises UsageError where one setting is given twice (``--input a --input b``, or
+    ``--crf --no-crf``): argparse keeps the last value without a word, so the first input
+    glob, say, would be dropped. Flags that collect values may repeat."""
+    parsers = [ours] + ([_beam_parser()] if with_beam else [])
+    settings = {option: (index, action.dest)
+                for index, parser in enumerate(parsers) for action in parser._actions
+                if isinstance(action, _ONE_VALUE)
+                for option in action.option_strings if option.startswith("--")}
+    seen: dict = {}
+    for argument in argv:
+        if argument == "--":
+            break
+        flag = argument.split("=", 1)[0]
+        setting = settings.get(flag)
+        if setting is None:
+            continue
+        if setting in seen:
+            again = "again" if seen[setting] == flag else f"after {seen[setting]}"
+            raise UsageError(f"{flag} is given {again}: both set one setting, and only the "
+                             f"last would count; pass it once")
+        seen[setting] = flag
+
+
 def add_container_flags(group, key_column: bool) -> None:
     """Where Parquet and WebDataset shards keep images and masks (``ContainerFields``); the
     same flags for ``segbeam run`` and ``segbeam train``."""

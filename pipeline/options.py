@@ -29,7 +29,8 @@ from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.registry import check_preprocess
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
-    check_container_flags, check_mask_suffix, check_scoring_flags, reject_unknown_flags
+    check_container_flags, check_mask_suffix, check_scoring_flags, reject_repeated_flags, \
+    reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
@@ -388,4 +389,5 @@ def parse_run_argv(argv: Sequence[str]) -> PipelineOptions:
     parser = run_parser()
     _, rest = parser.parse_known_args(argv)
     reject_unknown_flags(rest, parser)
+    reject_repeated_flags(argv, parser, with_beam=True)
     return PipelineOptions(argv)

@@ -25,6 +25,7 @@ from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.flags import reject_repeated_flags
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
 
@@ -315,6 +316,11 @@ def report_command(argv) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        reject_repeated_flags(argv, parser)
+    except ValueError as error:
+        print(f"segbeam report: error: {error}", file=sys.stderr)
+        return ExitCode.USAGE
     wrong = [message for message, fits in (
         ("--fail_on_regression needs --compare PREVIOUS_RUN",
          not args.fail_on_regression or args.compare),

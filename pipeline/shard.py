@@ -8,6 +8,7 @@ import io
 import os
 import posixpath
 import re
+import sys
 from typing import Optional, Sequence
 
 import apache_beam as beam
@@ -23,7 +24,7 @@ from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, check_masks_match, \
-    reject_unknown_flags
+    reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -137,6 +138,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
+    reject_repeated_flags(sys.argv[1:] if argv is None else argv, parser, with_beam=True)
     check_mask_suffix(args.mask_suffix, args.masks)
     args.input = folder_as_glob(args.input)
     if next(iter(match_files(args.input)), None) is None:

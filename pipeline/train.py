@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Optional, Sequence
 
 from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.pipeline.flags import add_container_flags, add_pairing_flags, \
-    check_container_flags, check_masks_match
+    check_container_flags, check_masks_match, reject_repeated_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import ExitCode
 
@@ -143,7 +144,9 @@ def _check_ignored(args) -> None:
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     from segbeam.geometry import parse_size
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reject_repeated_flags(sys.argv[1:] if argv is None else argv, parser)
     convention = resolve_convention(args.dataset, args.num_classes, None,
                                     -1 if args.ignore_index is None and not args.dataset
                                     else args.ignore_index, args.label_map, args.mask_palette,

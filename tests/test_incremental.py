@@ -95,10 +95,15 @@ def _write_scenes(folder, count, seed=5):
 
 
 def _run(data, output, model, *extra):
-    return run(["--input", f"{data}/images/*.png", "--masks", f"{data}/masks",
-                "--output", str(output), "--model", model, "--num_classes", "3",
-                "--input_size", "64", "--ignore_index", "-1", "--crf_iterations", "2",
-                "--batch_size", "3", *extra])
+    """A run with these defaults; a flag in ``extra`` replaces its default (a flag given
+    twice is an error)."""
+    defaults = {"--input": f"{data}/images/*.png", "--masks": f"{data}/masks",
+                "--output": str(output), "--model": model, "--num_classes": "3",
+                "--input_size": "64", "--ignore_index": "-1", "--crf_iterations": "2",
+                "--batch_size": "3"}
+    kept = [item for flag, value in defaults.items() if flag not in extra
+            for item in (flag, value)]
+    return run([*kept, *extra])
 
 
 def _rows(run_dir):

@@ -286,3 +286,49 @@ def test_runs_from_a_folder_holding_an_empty_models_folder(tmp_path):
     for noise in ("absl::InitializeLog", "oneDNN", "cpu_feature_guard", "DT_HALF",
                   "triggered tf.function retracing"):
         assert noise not in result.stderr, result.stderr[-2000:]
+
+
+RUN = ["run", "--model", "tiny_fcn", "--num_classes", "3"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (RUN + ["--input", "a/*.png", "--input", "b/*.png"], "--input is given again"),
+    (RUN + ["--input=a/*.png", "--crf", "--no-crf"], "--no-crf is given after --crf"),
+    (RUN + ["--input", "a/*.png", "--runner", "DirectRunner", "--runner=DaskRunner"],
+     "--runner is given again"),
+    (["train", "--model", "tiny_fcn", "--model", "unet", "--input_size", "32", "--output",
+      "o"], "--model is given again"),
+    (["report", "out", "--output", "r1", "--output", "r2"], "--output is given again"),
+    (["shard", "--input", "a", "--input", "b", "--output", "s/x"], "--input is given again"),
+    (["models", "--num_classes", "3", "--num_classes", "4"], "--num_classes is given again")])
+def test_a_setting_given_twice_is_an_error_not_the_last_one_silently(argv, message, capsys):
+    """argparse keeps the last value: `--input a --input b` read b alone, without a word."""
+    from segbeam.pipeline.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "only the last would count" in err
+
+
+def test_flags_that_collect_values_may_repeat(tmp_path):
+    from segbeam.pipeline.options import parse_run_argv
+
+    options = parse_run_argv(["--input", "a/*.png", "--experiments", "x", "--experiments", "y"])
+    assert options.get_all_options()["experiments"] == ["x", "y"]
+
+
+def test_the_demo_leaves_the_flags_a_user_gives_to_the_user(tmp_path, demo_model_path):
+    """`segbeam run --output DIR` (no --input) ran the demo with --output given twice."""
+    import shutil
+
+    from segbeam.pipeline.demo import demo_argv
+    from segbeam.pipeline.options import parse_run_argv
+
+    folder = tmp_path / "demo" / "demo_inputs"
+    folder.mkdir(parents=True)
+    shutil.copy(demo_model_path, folder / "tiny_fcn_demo.keras")  # not trained again
+    argv = demo_argv(str(tmp_path / "demo"), ["--output", str(tmp_path / "demo"),
+                                              "--input_size=64"])
+    assert argv.count("--output") == 1 and "--input_size" not in argv
+    assert argv[-1] == "--input_size=64"
+    parse_run_argv(argv)
