@@ -17,6 +17,13 @@ _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10))
                      *(f"lpt{i}" for i in range(10))}
 
 
+def file_key(key: str, ignores_case: bool = False) -> str:
+    """What tells a key's output files apart on the output's filesystem: the key itself, or
+    the key case-folded where that filesystem ignores letter case (``a`` and ``A`` are one
+    file there: ``layout.ignores_case``)."""
+    return key.casefold() if ignores_case else key
+
+
 def sanitise_key(raw: str) -> str:
     """Returns a relative POSIX path made of safe components that stays inside any root.
 

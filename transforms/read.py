@@ -19,7 +19,7 @@ from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, n
     pair_by_stem, parse_shard_record, shard_record
 from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, DARK_HIGH_DEPTH_PEAK, \
     DEFAULT_MAX_PIXELS
-from segbeam.keys import glob_base, printable_path, sanitise_key, strip_extension
+from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.matching import match_files
 from segbeam.records import DeadLetter
@@ -133,7 +133,7 @@ def _sources_by_key(keyed):
 
 
 def _unique_or_dead(item, shared: dict, fold_case: bool = False):
-    sources = shared.get(item.key.casefold() if fold_case else item.key)
+    sources = shared.get(file_key(item.key, fold_case))
     if sources is None:
         yield item
         return
@@ -166,8 +166,7 @@ class UniqueKeys(beam.PTransform):
     def expand(self, items):
         fold = self._fold_case
         shared = (items
-                  | "KeySource" >> beam.Map(
-                      lambda item: (item.key.casefold() if fold else item.key, item.source))
+                  | "KeySource" >> beam.Map(lambda item: (file_key(item.key, fold), item.source))
                   | "ByKey" >> beam.GroupByKey()
                   | "Shared" >> beam.FlatMap(_sources_by_key))
         checked = items | "Check" >> beam.FlatMap(

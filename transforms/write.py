@@ -23,6 +23,7 @@ from apache_beam.metrics import Metrics
 
 from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, \
     OVERLAYS_DIR, RAW_MASKS_DIR, mask_png_path, output_path, write_bytes_atomically
+from segbeam.keys import file_key
 from segbeam.masks_png import encode_label_png, palette_bytes
 from segbeam.matching import match_files
 from segbeam.records import SegmentationRecord
@@ -133,7 +134,7 @@ def listed_views(_, root: str, written: Sequence[tuple[str, str]],
                 yield _UNCLAIMED + path, path
             elif name.endswith(suffix):
                 key = name[:-len(suffix)]
-                yield key.casefold() if fold_case else key, path
+                yield file_key(key, fold_case), path
 
 
 def unclaimed_paths(grouped: tuple) -> Iterator[str]:
@@ -187,8 +188,7 @@ class RemoveStaleViews(beam.PTransform):
                   | "Once" >> beam.Create([None])
                   | "List" >> beam.FlatMap(listed_views, self._root, self._written,
                                            self._unwritten, fold))
-        claimed = rows | "Keys" >> beam.Map(
-            lambda row: (row["key"].casefold() if fold else row["key"], None))
+        claimed = rows | "Keys" >> beam.Map(lambda row: (file_key(row["key"], fold), None))
         return ({"paths": listed, "rows": claimed}
                 | "ByKey" >> beam.CoGroupByKey()
                 | "Unclaimed" >> beam.FlatMap(unclaimed_paths)
