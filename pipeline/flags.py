@@ -28,7 +28,7 @@ class _OptionsCollector(argparse.ArgumentParser):
         self.add_argument(*args, **kwargs)
 
 
-def _beam_parser() -> argparse.ArgumentParser:
+def beam_parser() -> argparse.ArgumentParser:
     """Every flag of every registered PipelineOptions class, as Beam collects them."""
     try:  # registers Beam's Dask options (--dask_client_address, ...) where dask is installed
         import apache_beam.runners.dask.dask_runner  # noqa: F401
@@ -46,18 +46,20 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
             if option.startswith("--")]
 
 
-def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser) -> None:
+def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser,
+                         beam: Optional[argparse.ArgumentParser] = None) -> None:
     """Raises UsageError for the first argument in ``rest`` (what ``ours`` did not take) that
-    no Beam option takes either, naming the closest known flag."""
-    beam_parser = _beam_parser()
-    _, unknown = beam_parser.parse_known_args(list(rest))
+    no Beam option takes either (``beam``: ``beam_parser()``, built here if not given),
+    naming the closest known flag."""
+    beam = beam or beam_parser()
+    _, unknown = beam.parse_known_args(list(rest))
     for argument in unknown:
         if not argument.startswith("-"):
             raise UsageError(f"unexpected argument {argument!r}; every value follows its flag "
                              f"(quote globs: --input 'data/*.png')")
         flag = argument.split("=", 1)[0]
         close = difflib.get_close_matches(
-            flag, _option_strings(ours) + _option_strings(beam_parser), n=1, cutoff=0.6)
+            flag, _option_strings(ours) + _option_strings(beam), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
         raise UsageError(f"unknown flag {flag}{hint}")
 
@@ -68,11 +70,12 @@ _ONE_VALUE = (argparse._StoreAction, argparse._StoreConstAction, argparse.Boolea
 
 
 def reject_repeated_flags(argv: Sequence[str], ours: argparse.ArgumentParser,
-                          with_beam: bool = False) -> None:
+                          beam: Optional[argparse.ArgumentParser] = None) -> None:
     """Raises UsageError where one setting is given twice (``--input a --input b``, or
     ``--crf --no-crf``): argparse keeps the last value without a word, so the first input
-    glob, say, would be dropped. Flags that collect values may repeat."""
-    parsers = [ours] + ([_beam_parser()] if with_beam else [])
+    glob, say, would be dropped. Flags that collect values may repeat. ``beam``: Beam's
+    flags too, for commands that pass them through (``beam_parser()``)."""
+    parsers = [ours] + ([beam] if beam else [])
     settings = {option: (index, action.dest)
                 for index, parser in enumerate(parsers) for action in parser._actions
                 if isinstance(action, _ONE_VALUE)

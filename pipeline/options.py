@@ -29,8 +29,8 @@ from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.registry import check_preprocess
 from segbeam.models.source import ModelSource, is_model_path
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
-    check_container_flags, check_mask_suffix, check_scoring_flags, reject_repeated_flags, \
-    reject_unknown_flags
+    beam_parser, check_container_flags, check_mask_suffix, check_scoring_flags, \
+    reject_repeated_flags, reject_unknown_flags
 from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
@@ -388,6 +388,7 @@ def parse_run_argv(argv: Sequence[str]) -> PipelineOptions:
     argv = list(argv)
     parser = run_parser()
     _, rest = parser.parse_known_args(argv)
-    reject_unknown_flags(rest, parser)
-    reject_repeated_flags(argv, parser, with_beam=True)
+    beam_flags = beam_parser()  # built once for both checks
+    reject_unknown_flags(rest, parser, beam_flags)
+    reject_repeated_flags(argv, parser, beam_flags)
     return PipelineOptions(argv)

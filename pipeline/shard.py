@@ -23,8 +23,8 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
 from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
-from segbeam.pipeline.flags import add_pairing_flags, check_mask_suffix, check_masks_match, \
-    reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import add_pairing_flags, beam_parser, check_mask_suffix, \
+    check_masks_match, reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -137,8 +137,9 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     out, masks no image took)."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    reject_unknown_flags(beam_args, parser)
-    reject_repeated_flags(sys.argv[1:] if argv is None else argv, parser, with_beam=True)
+    beam_flags = beam_parser()  # built once for both checks
+    reject_unknown_flags(beam_args, parser, beam_flags)
+    reject_repeated_flags(sys.argv[1:] if argv is None else argv, parser, beam_flags)
     check_mask_suffix(args.mask_suffix, args.masks)
     args.input = folder_as_glob(args.input)
     if next(iter(match_files(args.input)), None) is None:
