@@ -130,6 +130,14 @@ def _to_rgb(image: Image.Image) -> tuple[np.ndarray, int]:
     return np.asarray(image.convert("RGB")), 0
 
 
+def _stored_bits(opened: Image.Image, data: bytes) -> Optional[int]:
+    """The bits per sample a PNG or TIFF file stores (16 for 16-bit colour), else None."""
+    if opened.format == "PNG" and data[12:16] == b"IHDR":
+        return data[24]
+    bits = getattr(opened, "tag_v2", {}).get(258) if opened.format == "TIFF" else None
+    return max(bits) if isinstance(bits, tuple) and bits else bits
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
                  what: str = "image") -> np.ndarray:
     """Decodes JPEG/PNG (or anything Pillow reads) bytes into an HxWx3 uint8 RGB array; of a
@@ -144,11 +152,16 @@ def decode_image_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def _decode_image(data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, int, int]:
-    """(the image, its file's frame count, its peak value if 16-bit, as ``_to_rgb`` says)."""
+    """(the image, its file's frame count, its peak value on 0..65535 if the file stores 16
+    bits per sample, else 0)."""
     opened = _open(data, what, max_pixels)
     frames = int(getattr(opened, "n_frames", 1) or 1)
     image = _oriented(opened)
     rgb, peak = _to_rgb(image)
+    if not peak and image.mode in ("RGB", "RGBA", "LA") and _stored_bits(opened, data) == 16:
+        # Pillow reads 16-bit colour to 8 bits by keeping each value's high byte: the 8-bit
+        # peak v stands for 16-bit values of v * 257 (to within the dropped low byte).
+        peak = int(rgb.max()) * 257
     array = np.array(rgb, dtype=np.uint8, order="C")  # owned and writable
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"{what} decoded to an unusable shape {array.shape}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -26,6 +28,34 @@ def jpeg_bytes(array: np.ndarray, **save_kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=95, **save_kwargs)
     return buffer.getvalue()
+
+
+def colour16_bytes(values: np.ndarray, file_format: str = "PNG") -> bytes:
+    """An HxWxC (C = 2, 3 or 4) uint16 image as a 16-bit-per-sample PNG or (RGB only) TIFF,
+    written by hand: Pillow reads such files but cannot write them."""
+    height, width, channels = values.shape
+    if file_format == "TIFF":
+        data = values.astype("<u2").tobytes()
+        # (tag, type, count, value): 258, bits per sample, points at the three 16s after
+        # the 8-byte header; the pixels follow them, at offset 14.
+        tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 8), (259, 3, 1, 1),
+                (262, 3, 1, 2), (273, 4, 1, 14), (277, 3, 1, 3), (278, 3, 1, height),
+                (279, 4, 1, len(data)), (284, 3, 1, 1)]
+        directory = struct.pack("<H", len(tags)) + b"".join(
+            struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+        return (b"II*\x00" + struct.pack("<I", 14 + len(data)) + struct.pack("<3H", 16, 16, 16)
+                + data + directory)
+    colour_type = {2: 4, 3: 2, 4: 6}[channels]
+    rows = values.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

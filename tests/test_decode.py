@@ -52,6 +52,38 @@ def test_a_sixteen_bit_image_gives_its_peak_and_others_none(values, peak):
     assert decode_input(png_bytes(np.full((2, 3, 3), 255, np.uint8)), None).high_depth_peak == 0
 
 
+@pytest.mark.parametrize("channels, file_format", [(3, "PNG"), (4, "PNG"), (2, "PNG"),
+                                                   (3, "TIFF")])
+def test_sixteen_bit_colour_gives_its_peak_as_grayscale_does(channels, file_format):
+    """Pillow reads 16-bit colour PNGs and TIFFs to 8 bits (the high byte): 12-bit data came
+    out dark, as in grayscale, but only grayscale was counted and warned about."""
+    from tests.conftest import colour16_bytes
+    from segbeam.decode import DARK_HIGH_DEPTH_PEAK, decode_input
+
+    ramp = np.arange(6 * 7, dtype=np.uint16).reshape(6, 7, 1)
+
+    def peak(values):
+        if channels in (2, 4):  # an opaque alpha channel last
+            values = np.concatenate([values[..., :channels - 1],
+                                     np.full_like(values[..., :1], 65535)], axis=2)
+        return decode_input(colour16_bytes(values, file_format), None).high_depth_peak
+
+    twelve_bit = np.repeat(ramp * 97, 3, axis=2)  # peaks at 3977 of 4095
+    assert twelve_bit.max() == 3977 and 0 < peak(twelve_bit) < DARK_HIGH_DEPTH_PEAK
+    assert peak(np.repeat(ramp * 1500, 3, axis=2)) >= DARK_HIGH_DEPTH_PEAK
+    assert peak(np.zeros((6, 7, 3), np.uint16)) == 0
+
+
+def test_eight_bit_colour_gives_no_peak_however_dark():
+    from segbeam.decode import decode_input
+
+    dark = np.full((4, 5, 3), 3, np.uint8)
+    assert decode_input(png_bytes(dark), None).high_depth_peak == 0
+    buffer = io.BytesIO()
+    Image.fromarray(dark).save(buffer, format="TIFF")
+    assert decode_input(buffer.getvalue(), None).high_depth_peak == 0
+
+
 def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
     """Floats in [0, 1] were scaled as if 255 were white: the image came out black."""
     def tiff(values):

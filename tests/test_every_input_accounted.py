@@ -391,6 +391,7 @@ def test_a_run_into_a_folder_that_ignores_case_dead_letters_keys_differing_in_ca
 def test_sixteen_bit_images_that_come_out_dark_are_counted_and_warned_about(tmp_path, capsys):
     """A 16-bit PNG holding 12-bit data (or 8-bit data) is scaled from 0..65535 to at most 15
     of 255: the model saw near-black images, and the run said nothing."""
+    from tests.conftest import colour16_bytes
     from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, dark_high_depth_warning
     from segbeam.pipeline.cli import main
 
@@ -400,9 +401,11 @@ def test_sixteen_bit_images_that_come_out_dark_are_counted_and_warned_about(tmp_
     for name, values in (("twelve_bit", ramp * 16), ("eight_bit_in_16", ramp % 256),
                          ("full_range", ramp * 257)):
         Image.fromarray(values).save(images / f"{name}.png")
+    (images / "twelve_bit_colour.png").write_bytes(  # Pillow reads it to 8 bits, dark too
+        colour16_bytes(np.repeat(ramp[:, :, None] * 16, 3, axis=2)))
     _image(str(images / "rgb.png"))
     assert main(["run", "--input", str(images), "--model", "tiny_fcn", "--num_classes", "3",
                  "--no-crf", "--quiet", "--output", str(tmp_path / "out")]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["beam_counters"][DARK_HIGH_DEPTH_COUNTER] == 2
-    assert f"WARNING: {dark_high_depth_warning(2)}" in capsys.readouterr().out
+    assert manifest["beam_counters"][DARK_HIGH_DEPTH_COUNTER] == 3
+    assert f"WARNING: {dark_high_depth_warning(3)}" in capsys.readouterr().out
