@@ -182,9 +182,17 @@ class ModelSource:
         if self.weights:
             _load_weights(model, local_file(self.weights), self.weights, self.spec)
         elif announce:
-            LOG.warning("model %s has random weights (seed %d): pass --weights or a "
-                        "trained model file for meaningful predictions", self.spec, self.seed)
+            LOG.warning(self.random_weights_warning())
         return model
+
+    def random_weights_warning(self) -> Optional[str]:
+        """What a registry model without --weights (random weights) should be said to be: its
+        figures are chance level, and a run's end must say so, not only its first log line."""
+        if self.saved or self.weights:
+            return None
+        return (f"model {self.spec} has random weights (seed {self.seed}), so its masks and "
+                f"figures are chance level: pass --weights or a trained model file for "
+                f"meaningful predictions")
 
     def fingerprint(self) -> str:
         """A stable identity: the SHA-256 of the saved model file, of a SavedModel folder's

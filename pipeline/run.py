@@ -194,7 +194,8 @@ def _check_model_opens(settings: Settings) -> list[str]:
     one line before any work, not on every worker. So is a registry model that loads a
     --weights file (it may not fit) or is built for a fixed --input_size (an architecture may
     not take it: U-Net's encoder needs 32x32); one that adapts to each image's size is built
-    on the workers only. Returns the warnings the opened model gives."""
+    on the workers only. Returns the warnings the model gives (random weights; a --preprocess
+    that does not fit it)."""
     fixed_size, warning = None, None
     if settings.model.saved or settings.model.weights or settings.model.input_size:
         runtime = settings.model.open(announce=False)
@@ -202,7 +203,7 @@ def _check_model_opens(settings: Settings) -> list[str]:
         fixed_size = runtime.fixed_input_size()
         warning = runtime.preprocess_warning(settings.inference.preprocess)
     settings.inference.check_input_size(settings.model.input_size, fixed_size)
-    return [warning] if warning else []
+    return [w for w in (settings.model.random_weights_warning(), warning) if w]
 
 
 def _training_warnings(settings: Settings, first_input: str) -> list[str]:

@@ -460,3 +460,25 @@ def test_preprocess_for_a_model_that_scales_its_own_input(tmp_path):
     assert "theirs.keras scales its own (a Rescaling layer among its first)" in warning
     assert "warnings" not in launch(ours).manifest
     assert "warnings" not in launch(theirs).manifest
+
+
+def test_a_registry_model_with_random_weights_is_said_at_the_runs_end(tmp_path, capsys):
+    """A registry name without --weights runs with random weights: the run logged it once,
+    among the first lines a progress display scrolls away, and its figures (chance level)
+    came with no word at the end, in the manifest or in the report."""
+    from segbeam.models import create_model
+    from segbeam.pipeline.cli import main
+
+    launch = _dry_run_launcher(tmp_path)
+    [warning] = launch("tiny_fcn").manifest["warnings"]
+    assert warning.startswith("model tiny_fcn has random weights (seed 0), so its masks and "
+                              "figures are chance level")
+    weights = str(tmp_path / "tiny.weights.h5")
+    create_model("tiny_fcn", num_classes=3).save_weights(weights)
+    assert "warnings" not in launch("tiny_fcn", "--weights", weights).manifest
+
+    pattern = _images(str(tmp_path / "run_images"), np.random.default_rng(1))
+    assert main(["run", "--input", pattern, "--model", "tiny_fcn", "--num_classes", "3",
+                 "--no-crf", "--quiet", "--report", "--output", str(tmp_path / "run")]) == 0
+    assert f"segbeam run: warning: {warning}" in capsys.readouterr().err
+    assert warning in (tmp_path / "run" / "report" / "report.md").read_text()

@@ -99,8 +99,9 @@ class KerasSegmentationHandler(ModelHandler[SegmentationRecord, SegmentationReco
     def load_model(self) -> SegmentationPredictor:
         device = _configure_accelerators()
         with placed_on(device):
-            predictor = SegmentationPredictor(self._source.open(), self._inference.model_output,
-                                              device)
+            # Random weights are said by the launcher, at the run's start and end (once).
+            predictor = SegmentationPredictor(self._source.open(announce=False),
+                                              self._inference.model_output, device)
         # A model shared across processes (large_model) answers through a proxy, where device
         # tensors cannot travel: the CRF stays its own stage there.
         self._fusing = bool(self._fused_crf is not None and predictor.serves_keras()
