@@ -190,6 +190,7 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             f"{what} is a {lossy} image: its lossy compression changes class ids along "
             f"region edges (into other classes, without a trace), so it cannot be scored or "
             f"trained on; store masks as PNG")
+    check_mask_depth(opened, data, what)
     image = _oriented(opened)
     mode = image.mode
     if mode in ("RGBA", "LA"):
@@ -223,6 +224,17 @@ def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise InvalidInputError(f"{what} has image mode {mode!r}; expected a class-id PNG "
                                 f"(mode L or P)")
     return np.array(values, dtype=np.uint8, order="C")
+
+
+def check_mask_depth(opened: Image.Image, data: bytes, what: str) -> None:
+    """Refuses a mask that stores 16 bits per colour sample: Pillow reads it to 8 bits by
+    each value's high byte, so class ids 0..255 stored there all read as 0, and colours hold
+    only if their low bytes carry nothing."""
+    if opened.mode in ("RGB", "RGBA", "LA") and _stored_bits(opened, data) == 16:
+        raise InvalidInputError(
+            f"{what} stores 16 bits per colour sample ({opened.mode}), which is read to 8 bits "
+            f"by each value's high byte: its class ids or colours cannot be read exactly; "
+            f"save it as an 8-bit PNG (grayscale or palette class ids, or 8-bit colours)")
 
 
 def check_opaque(image: Image.Image, what: str) -> None:

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from segbeam.decode import InvalidInputError, check_opaque, lossy_format
+from segbeam.decode import InvalidInputError, check_mask_depth, check_opaque, lossy_format
 from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATURE, \
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import matching_paths, read_bytes
@@ -54,12 +54,13 @@ def example_for(ref: ImageRef) -> bytes:
 
 
 def _mask_format(mask: bytes, source: str) -> str:
-    """The mask's format, from its header; a JPEG mask, or one with transparent pixels, is
-    refused here, as ``segbeam run`` refuses it, rather than packed for every later read to
-    refuse."""
+    """The mask's format, from its header; a JPEG mask, one with transparent pixels or one
+    of 16-bit colour is refused here, as ``segbeam run`` refuses it, rather than packed for
+    every later read to refuse."""
     try:
         with Image.open(io.BytesIO(mask)) as header:
             found = header.format or ""
+            check_mask_depth(header, mask, f"mask {source}")
             if header.mode in ("RGBA", "LA"):  # only these are decoded here
                 check_opaque(header, f"mask {source}")
     except InvalidInputError:

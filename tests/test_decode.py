@@ -74,6 +74,22 @@ def test_sixteen_bit_colour_gives_its_peak_as_grayscale_does(channels, file_form
     assert peak(np.zeros((6, 7, 3), np.uint16)) == 0
 
 
+def test_a_16_bit_colour_mask_is_refused_not_read_by_its_high_bytes():
+    """Pillow reads 16-bit colour to 8 bits by the high byte: a 16-bit RGB mask of gray class
+    ids 0..2 read as all 0, every pixel scored as class 0."""
+    from tests.conftest import colour16_bytes
+
+    ids = np.repeat(np.arange(12, dtype=np.uint16).reshape(3, 4, 1) % 3, 3, axis=2)
+    with pytest.raises(InvalidInputError, match="stores 16 bits per colour sample"):
+        decode_mask(colour16_bytes(ids))
+    with pytest.raises(InvalidInputError, match="stores 16 bits per colour sample"):
+        decode_mask(colour16_bytes(ids * 257), colour=True)
+    np.testing.assert_array_equal(decode_mask(png_bytes(ids.astype(np.uint8))), ids[..., 0])
+    sixteen_bit_gray = io.BytesIO()
+    Image.fromarray(ids[..., 0]).save(sixteen_bit_gray, format="PNG")
+    np.testing.assert_array_equal(decode_mask(sixteen_bit_gray.getvalue()), ids[..., 0])
+
+
 def test_eight_bit_colour_gives_no_peak_however_dark():
     from segbeam.decode import decode_input
 

@@ -121,14 +121,18 @@ def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_no
     assert not (tmp_path / "shards2").exists()
 
 
-def test_shard_refuses_jpeg_and_transparent_masks_and_records_each_masks_format(tmp_path,
-                                                                                capsys):
+def test_shard_refuses_jpeg_transparent_and_16_bit_colour_masks_and_records_formats(tmp_path,
+                                                                                   capsys):
     from PIL import Image
 
     from segbeam.pipeline.shard import example_for
     from segbeam.records import ImageRef
 
-    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 4)
+    from tests.conftest import colour16_bytes
+
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 5)
+    (tmp_path / "masks" / "i4.png").write_bytes(  # class ids 0..2 as 16-bit gray RGB
+        colour16_bytes(np.repeat(np.arange(64, dtype=np.uint16).reshape(8, 8, 1) % 3, 3, 2)))
     Image.open(tmp_path / "masks" / "i1.png").save(tmp_path / "masks" / "i1.jpg")
     (tmp_path / "masks" / "i1.png").unlink()
     seethrough = np.zeros((8, 8, 2), np.uint8)  # gray + alpha: one pixel transparent
@@ -139,12 +143,14 @@ def test_shard_refuses_jpeg_and_transparent_masks_and_records_each_masks_format(
                     ).save(tmp_path / "masks" / "i3.png")  # RGBA, opaque: packed
     assert main(["shard", "--input", str(tmp_path / "images"), "--masks",
                  str(tmp_path / "masks"), "--output", str(tmp_path / "s" / "x")]) == 0
-    assert "4 images -> 2 examples" in capsys.readouterr().out
+    assert "5 images -> 2 examples" in capsys.readouterr().out
     letters = sorted((json.loads(line) for path in (tmp_path / "s" / "x_dead_letters").rglob(
         "*.jsonl") for line in path.read_text().splitlines() if line), key=lambda d: d["key"])
-    assert [(d["key"], d["stage"]) for d in letters] == [("i1", "shard"), ("i2", "shard")]
+    assert [(d["key"], d["stage"]) for d in letters] == [("i1", "shard"), ("i2", "shard"),
+                                                         ("i4", "shard")]
     assert "is a JPEG image: its lossy compression" in letters[0]["reason"]
     assert "i2.png has 1 transparent or translucent pixels (LA alpha" in letters[1]["reason"]
+    assert "i4.png stores 16 bits per colour sample (RGB)" in letters[2]["reason"]
     from segbeam.example_proto import MASK_FORMAT_FEATURE, decode_example
 
     example = decode_example(example_for(ImageRef("i0", str(tmp_path / "images" / "i0.png"),
