@@ -169,7 +169,7 @@ def resolve_convention(dataset: Optional[str], num_classes: Optional[int],
                 f"--num_classes {num_classes} makes --dataset {dataset}'s ignore index "
                 f"{ignore_index} a class id, so class {ignore_index} would go unscored; pass "
                 f"--ignore_index (the value to ignore, or -1 for none)")
-    if ignore_index is not None and ignore_index > 255:
+    if ignore_index is not None and not -1 <= ignore_index <= 255:
         raise ValueError(f"--ignore_index must be a mask value (0..255) or -1 for none; "
                          f"received {ignore_index}")
     ignore_index = None if ignore_index is None or ignore_index < 0 else ignore_index

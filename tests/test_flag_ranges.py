@@ -1,7 +1,8 @@
 """Numeric flags of ``segbeam run`` outside their range are errors that name the flag, never a
 run that goes on with a value that cannot mean what the user meant (``--max_image_pixels 0``
-made every image a dead letter; ``--ignore_index 300`` can match no 8-bit mask value; a negative
-CRF weight rewards label changes; ``--seed -1`` and a malformed resource hint failed only on the
+made every image a dead letter; ``--ignore_index 300`` can match no 8-bit mask value, and
+``--ignore_index -100`` (PyTorch's "none") was taken as -1 without a word; a negative CRF
+weight rewards label changes; ``--seed -1`` and a malformed resource hint failed only on the
 workers, with a traceback)."""
 
 import pytest
@@ -19,6 +20,8 @@ def _settings(*extra):
     ("--max_image_pixels", "0", "1000", "--max_image_pixels must be at least 1; received 0"),
     ("--model_copies", "0", "2", "--model_copies must be at least 1; received 0"),
     ("--ignore_index", "300", "255", r"--ignore_index must be a mask value \(0..255\) or -1"),
+    ("--ignore_index", "-100", "-1", r"--ignore_index must be a mask value \(0..255\) or -1 "
+                                     r"for none; received -100"),
     ("--crf_iterations", "0", "1", "CRF iterations must be at least 1; received 0"),
     ("--size_multiple", "0", "8", "--size_multiple must be at least 1; received 0"),
     ("--batch_size", "0", "4", r"need 1 <= --min_batch_size \(1\) <= --batch_size \(0\)"),
