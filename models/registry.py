@@ -103,6 +103,7 @@ def create_model(name: str, num_classes: int, input_size: Optional[tuple[int, in
 def create_model_for_size(name: str, num_classes: int, input_size: tuple[int, int], **kwargs):
     """``create_model`` at a fixed ``input_size``, where an architecture that cannot take the
     size says so in one line that names it (Keras's own error names a layer)."""
+    get_spec(name)  # an unknown name is no matter of size
     try:
         return create_model(name, num_classes, input_size=input_size, **kwargs)
     except ValueError as error:

@@ -204,7 +204,9 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
                                   r"16x16 \(Input size must be at least 32x32"),
                                  ("tiny_fcn", (33, 47), "tiny_fcn cannot be built for "
                                   "--input_size 33x47"),
-                                 ("tiny_fcn", (7, 7), "tiny_fcn maps --input_size 7x7 to 8x8")]:
+                                 ("tiny_fcn", (7, 7), "tiny_fcn maps --input_size 7x7 to 8x8"),
+                                 # not a matter of size: the name is unknown
+                                 ("tiny_fnc", (32, 32), "^unknown model 'tiny_fnc'; known")]:
         with pytest.raises(ValueError, match=message):
             train(TrainingConfig(model=model, num_classes=3, output=str(tmp_path),
                                  input_size=size, images="x", masks="y"))
