@@ -60,7 +60,7 @@ def reject_unknown_flags(rest: Sequence[str], ours: argparse.ArgumentParser,
         flag = argument.split("=", 1)[0]
         close = difflib.get_close_matches(
             flag, _option_strings(ours) + _option_strings(beam), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see `segbeam run --help`"
+        hint = f"; did you mean {close[0]}?" if close else f"; see `{ours.prog} --help`"
         raise UsageError(f"unknown flag {flag}{hint}")
 
 

@@ -142,6 +142,9 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     reject_unknown_flags(beam_args, parser, beam_flags)
     reject_repeated_flags(sys.argv[1:] if argv is None else argv, parser, beam_flags)
     check_mask_suffix(args.mask_suffix, args.masks)
+    if args.num_shards < 0:
+        raise ValueError(f"--num_shards must be 0 (the runner chooses) or more; received "
+                         f"{args.num_shards}")
     args.input = folder_as_glob(args.input)
     if next(iter(match_files(args.input)), None) is None:
         raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "

@@ -115,7 +115,13 @@ def test_shard_takes_a_folder_says_what_it_packed_and_refuses_a_glob_matching_no
              "matches no file; check the path (without masks, drop --masks: the shards would "
              "hold images only)"),
             (["--output", str(tmp_path / "shards") + "/"], "is a folder; add a name, e.g. "),
-            (["--output", str(tmp_path / "shards")], f"add a name, e.g. {tmp_path}/shards/train")):
+            (["--output", str(tmp_path / "shards")], f"add a name, e.g. {tmp_path}/shards/train"),
+            # --num_shards -1 was taken as "the runner chooses"; an unknown flag pointed to
+            # another command's help
+            (["--output", str(tmp_path / "shards2" / "s"), "--num_shards", "-1"],
+             "--num_shards must be 0 (the runner chooses) or more; received -1"),
+            (["--output", str(tmp_path / "shards2" / "s"), "--zzz", "1"],
+             "unknown flag --zzz; see `segbeam shard --help`")):
         assert main(["shard", "--input", str(images), *flags]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "shards2").exists()
