@@ -90,7 +90,6 @@ def _oriented(image: Image.Image) -> Image.Image:
 # A 16-bit image (scaled from 0..65535) whose values all stay below this holds 12 bits or
 # fewer (or 8-bit data in a 16-bit file): it comes out dark, at most 15 of 255.
 DARK_HIGH_DEPTH_PEAK = 4096
-DARK_HIGH_DEPTH_COUNTER = "dark_16_bit_images"
 
 
 def dark_high_depth_warning(count: int) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, REPORT_FILES, RunOutputs, exists, load_run, \
     check_writable_folder, mask_png_path, output_path, write_bytes_atomically
 from segbeam.dataset import container_mask_flag, no_mask_found
-from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, dark_high_depth_warning
+from segbeam.decode import dark_high_depth_warning
 from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
@@ -183,8 +183,11 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str],
                              counts.get("images_with_mask", 0), flag)
     counters = manifest.get("beam_counters") or {}
     read_as_logits = [UNIT_RANGE_AS_LOGITS] if counters.get(UNIT_RANGE_COUNTER) else []
-    dark = counters.get(DARK_HIGH_DEPTH_COUNTER)
-    dark_images = [dark_high_depth_warning(dark)] if dark else []
+    # A run made before the metrics rows kept the peak counted such images in Beam's counters.
+    dark = counts.get("dark_16_bit_images", counters.get("dark_16_bit_images"))
+    named = "; their metrics rows' high_depth_peak column names them" \
+        if "dark_16_bit_images" in counts else ""
+    dark_images = [dark_high_depth_warning(dark) + named] if dark else []
     return ([unpaired] if unpaired else []) + label_warnings(summary, label_map) + \
         dark_images + read_as_logits + manifest.get("warnings", [])
 

@@ -70,7 +70,8 @@ def test_cli_run_on_files_with_bad_inputs(tmp_path, demo_model_path):
                                  "skipped": 0, "dead_letters": 3,
                                  "dead_letters_by_stage": {"decode": 3},
                                  "images_with_mask": 3, "masks_without_image": 0,
-                                 "multi_frame_images": 0, "accounted_for": True}
+                                 "multi_frame_images": 0, "dark_16_bit_images": 0,
+                                 "accounted_for": True}
     assert manifest["counts"] == summary["counts"]
     assert manifest["model_fingerprint"].startswith("sha256:")
     assert manifest["versions"]["apache-beam"]

@@ -388,11 +388,16 @@ def test_a_run_into_a_folder_that_ignores_case_dead_letters_keys_differing_in_ca
     assert os.listdir(tmp_path / "out" / "masks") == ["b.png"]
 
 
-def test_sixteen_bit_images_that_come_out_dark_are_counted_and_warned_about(tmp_path, capsys):
+def test_sixteen_bit_images_that_come_out_dark_are_counted_named_and_warned_about(tmp_path,
+                                                                                   capsys):
     """A 16-bit PNG holding 12-bit data (or 8-bit data) is scaled from 0..65535 to at most 15
-    of 255: the model saw near-black images, and the run said nothing."""
+    of 255: the model saw near-black images, and the run said nothing. Now the run counts
+    them, even in rows it reuses (a Beam counter saw only the images decoded), and each
+    metrics row keeps its image's peak, so that the warning can say where to find them."""
+    import pyarrow.parquet as pq
+
     from tests.conftest import colour16_bytes
-    from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, dark_high_depth_warning
+    from segbeam.decode import dark_high_depth_warning
     from segbeam.pipeline.cli import main
 
     images = tmp_path / "images"
@@ -404,8 +409,17 @@ def test_sixteen_bit_images_that_come_out_dark_are_counted_and_warned_about(tmp_
     (images / "twelve_bit_colour.png").write_bytes(  # Pillow reads it to 8 bits, dark too
         colour16_bytes(np.repeat(ramp[:, :, None] * 16, 3, axis=2)))
     _image(str(images / "rgb.png"))
-    assert main(["run", "--input", str(images), "--model", "tiny_fcn", "--num_classes", "3",
-                 "--no-crf", "--quiet", "--output", str(tmp_path / "out")]) == 0
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["beam_counters"][DARK_HIGH_DEPTH_COUNTER] == 3
-    assert f"WARNING: {dark_high_depth_warning(3)}" in capsys.readouterr().out
+    run = ["run", "--input", str(images), "--model", "tiny_fcn", "--num_classes", "3",
+           "--no-crf", "--quiet", "--output", str(tmp_path / "out")]
+    warning = (f"WARNING: {dark_high_depth_warning(3)}; their metrics rows' high_depth_peak "
+               f"column names them")
+    assert main(run) == 0
+    assert warning in capsys.readouterr().out
+    rows = pq.read_table(str(tmp_path / "out" / "metrics")).to_pylist()
+    assert {row["key"]: row["high_depth_peak"] for row in rows} == {
+        "twelve_bit": 4080, "eight_bit_in_16": 255, "full_range": 65535,
+        "twelve_bit_colour": 15 * 257, "rgb": 0}
+    assert main(run + ["--skip_existing"]) == 0
+    assert warning in capsys.readouterr().out
+    counts = json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
+    assert (counts["reused"], counts["dark_16_bit_images"]) == (5, 3)

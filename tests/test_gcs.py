@@ -38,7 +38,8 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
     assert summary["counts"] | {"dead_letters_by_stage": None} == {
         "inputs": 6, "outputs": 5, "segmented": 5, "reused": 0, "skipped": 0,
         "dead_letters": 1, "dead_letters_by_stage": None, "images_with_mask": 4,
-        "masks_without_image": 0, "multi_frame_images": 0, "accounted_for": True}
+        "masks_without_image": 0, "multi_frame_images": 0, "dark_16_bit_images": 0,
+        "accounted_for": True}
     assert summary["evaluation"]["crf"]["miou"] > 0.5
     metrics = FileSystems.match([f"{gcs}/out/metrics/*.parquet"])[0].metadata_list
     rows = [row for m in metrics for row in pq.read_table(io.BytesIO(get(m.path))).to_pylist()]

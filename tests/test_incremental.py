@@ -190,7 +190,8 @@ def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path
     assert night2.summary["counts"] | {"dead_letters_by_stage": None} == {
         "inputs": 5, "outputs": 0, "segmented": 0, "reused": 0, "skipped": 5,
         "dead_letters": 0, "dead_letters_by_stage": None, "images_with_mask": 0,
-        "masks_without_image": 0, "multi_frame_images": 0, "accounted_for": True}
+        "masks_without_image": 0, "multi_frame_images": 0, "dark_16_bit_images": 0,
+        "accounted_for": True}
     assert _rows(f"{out}/date=2026-11-21")[1] == 0
 
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "images" / "s01.png")

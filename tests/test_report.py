@@ -282,3 +282,20 @@ def test_a_folder_of_dated_runs_names_the_latest(tmp_path):
         load_run(str(tmp_path))
     with pytest.raises(ValueError, match="holds no summary.json: pass the --output folder"):
         load_run(str(tmp_path / "date=2026-11-20" / "nothing"))
+
+
+def test_dark_16_bit_images_are_warned_about_from_the_summary_and_from_older_runs_counters():
+    """The count moved from a Beam counter (which missed reused rows) into the summary; a
+    report on a run made before keeps its warning, without the column it cannot name."""
+    from segbeam.decode import dark_high_depth_warning
+    from segbeam.pipeline.report import run_warnings
+
+    def warnings(counts: dict, counters: dict) -> list:
+        return run_warnings({"counts": {"outputs": 2, **counts}},
+                            {"beam_counters": counters}, None, None, None, None)
+
+    assert warnings({"dark_16_bit_images": 1}, {}) == [
+        f"{dark_high_depth_warning(1)}; their metrics rows' high_depth_peak column names them"]
+    assert warnings({}, {"dark_16_bit_images": 2}) == [dark_high_depth_warning(2)]
+    assert warnings({"dark_16_bit_images": 0}, {"dark_16_bit_images": 2}) == []
+    assert warnings({}, {}) == []

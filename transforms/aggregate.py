@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from segbeam.boundary import BoundaryTotals
 from segbeam.calibration import VECTOR_LENGTH, calibration_figures, from_vector
+from segbeam.decode import DARK_HIGH_DEPTH_PEAK
 from segbeam.metrics import DATASET_METRICS, dense_confusion, fixed_point, from_fixed_point, \
     nan_to_none, summarise_confusion
 
@@ -36,7 +37,7 @@ class ConfusionSum(beam.CombineFn):
                 "crf_images": 0, "unexpected_pixels": 0, "images_with_unexpected": 0,
                 "images_unchecked": 0, "unexpected_values": frozenset(),
                 "mask_pixels": 0, "ignored_pixels": 0,
-                "multi_frame_images": 0,
+                "multi_frame_images": 0, "dark_16_bit_images": 0,
                 **{f"boundary_{v}": BoundaryTotals(self._num_classes) for v in VARIANTS},
                 **{f"calibration_{v}": fixed_point(np.zeros(VECTOR_LENGTH)) for v in VARIANTS},
                 **{f"calibrated_images_{v}": 0 for v in VARIANTS}}
@@ -44,6 +45,8 @@ class ConfusionSum(beam.CombineFn):
     def add_input(self, accumulator, row: dict):
         accumulator["images"] += 1
         accumulator["multi_frame_images"] += (row.get("image_frames") or 1) > 1
+        accumulator["dark_16_bit_images"] += 0 < (row.get("high_depth_peak") or 0) < \
+            DARK_HIGH_DEPTH_PEAK
         if row["confusion_raw"] is not None:
             accumulator["images_with_mask"] += 1
             accumulator["raw"] += dense_confusion(row["confusion_raw"], self._num_classes)
@@ -129,6 +132,8 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
     count them. ``masks_without_image``: mask files that no input image took (not an input, so
     not in the accounting), with the first few by path. ``multi_frame_images``: images whose
     file held several frames (animated, multi-page), of which the first was segmented.
+    ``dark_16_bit_images``: 16-bit images whose values stayed below 4096, so that, scaled from
+    0..65535, they came out dark (their rows' ``high_depth_peak`` names them).
     """
     dead = dict(sorted(dead_by_stage))
     dead_total = sum(dead.values())
@@ -144,6 +149,7 @@ def build_summary(_, totals: dict, inputs: int, segmented: int, dead_by_stage: l
             "images_with_mask": totals["images_with_mask"],
             "masks_without_image": masks_without_image,
             "multi_frame_images": totals["multi_frame_images"],
+            "dark_16_bit_images": totals["dark_16_bit_images"],
             "accounted_for": inputs == segmented + reused + skipped + dead_total
             and totals["images"] == outputs,
         },

@@ -12,13 +12,11 @@ import posixpath
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
 from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, named_mask, \
     pair_by_stem, parse_shard_record, shard_record
-from segbeam.decode import DARK_HIGH_DEPTH_COUNTER, DARK_HIGH_DEPTH_PEAK, \
-    DEFAULT_MAX_PIXELS
+from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
 from segbeam.matching import match_files
@@ -208,14 +206,4 @@ class ReadAndDecode(beam.PTransform):
         encoded, unreadable = items | "Read" >> SafeMap("read", ensure_encoded)
         records, undecodable = encoded | "Decode" >> SafeMap("decode", decode_encoded,
                                                              self._max_pixels, self._labels)
-        records = records | "CountDarkHighDepth" >> beam.Map(_counted_if_dark)
         return records, (unreadable, undecodable) | "DeadLetters" >> beam.Flatten()
-
-
-def _counted_if_dark(record):
-    """Counts a 16-bit image whose values stay so low that, scaled from 0..65535, it came out
-    dark (12-bit or 8-bit data in a 16-bit file): the run warns (``report.run_warnings``)."""
-    if 0 < record.high_depth_peak < DARK_HIGH_DEPTH_PEAK:
-        Metrics.counter("segbeam", DARK_HIGH_DEPTH_COUNTER).inc()
-    return record
-

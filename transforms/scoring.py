@@ -53,6 +53,8 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     the ignore index, and their values (null without a mask, and in rows made before they
     were counted). ``image_frames``: the image file's frame count (an animated GIF or a
     multi-page TIFF has several; the first is segmented); null in rows made before it was kept.
+    ``high_depth_peak``: a 16-bit image's peak value on 0..65535 (0 for 8-bit images; below
+    4096 it came out dark, ``segbeam.decode.DARK_HIGH_DEPTH_PEAK``); null in rows made before.
     ``bf_raw`` / ``bf_crf``: the image's boundary F1, ``bf_classes_*`` per class (null for
     classes absent from both maps), ``boundary_intersection_*`` / ``boundary_union_*``: the
     boundary-IoU pixel counts per class (``segbeam.boundary``); null without a mask.
@@ -84,6 +86,7 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("unexpected_pixels", pa.int64()),
         pa.field("unexpected_values", pa.list_(pa.int32())),
         pa.field("image_frames", pa.int32()),
+        pa.field("high_depth_peak", pa.int32()),
         *[field for variant in ("raw", "crf") for field in (
             pa.field(f"bf_{variant}", pa.float64()),
             pa.field(f"bf_classes_{variant}", iou),
@@ -129,6 +132,7 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str,
         "unexpected_pixels": record.unexpected_pixels if record.has_mask else None,
         "unexpected_values": list(record.unexpected_values) if record.has_mask else None,
         "image_frames": record.frames,
+        "high_depth_peak": record.high_depth_peak,
         **_boundary_fields(record.boundary_raw, "raw"),
         **_boundary_fields(record.boundary_crf, "crf"),
         "calibration_raw": _calibration_vector(record.calibration_raw),
@@ -152,6 +156,7 @@ def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
 ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None,
+                "high_depth_peak": None,
                 **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf"),
                 "calibration_raw": None, "calibration_crf": None}
 
