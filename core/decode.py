@@ -117,8 +117,14 @@ def _to_rgb(image: Image.Image) -> tuple[np.ndarray, int]:
                 f"image holds values up to {values.max():.6g}, beyond 16 bits (65535), which "
                 f"no intensity scale here reads; export it as 8- or 16-bit integers, or "
                 f"floats in [0, 1]")
-        if mode == "F" and values.min() >= 0 and values.max() <= 1:
+        if mode == "F" and values.max() <= 1:
             top = 1.0
+        elif mode == "F" and values.max() < 16:
+            raise InvalidInputError(
+                f"float image holds values up to {values.max():.6g}: above [0, 1], which is "
+                f"read as black to white, yet on the 0..255 scale it would come out dark (at "
+                f"most 15 of 255), so neither reading is safe; clip it to [0, 1], or scale "
+                f"it to 0..255")
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2), int(values.max()) if top == 65535 else 0
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):

@@ -100,8 +100,9 @@ def test_eight_bit_colour_gives_no_peak_however_dark():
     assert decode_input(buffer.getvalue(), None).high_depth_peak == 0
 
 
-def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
-    """Floats in [0, 1] were scaled as if 255 were white: the image came out black."""
+def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_or_a_scale_unsure_refused():
+    """Floats in [0, 1] were scaled as if 255 were white: the image came out black; so did
+    floats just above 1."""
     def tiff(values):
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(values, np.float32), mode="F").save(buffer, format="TIFF")
@@ -111,6 +112,11 @@ def test_a_float_tiff_in_0_1_is_read_as_0_1_and_one_with_nan_refused():
     assert decoded[..., 0].tolist() == [[0, 128, 255]]
     assert (decoded[..., 2] == decoded[..., 0]).all()
     assert decode_image(tiff([[0.0, 100.0, 255.0]]))[..., 0].tolist() == [[0, 100, 255]]
+    assert decode_image(tiff([[0.0, 16.0]]))[..., 0].tolist() == [[0, 16]]
+    # [0, 1] data a resampling pushed just above 1 was read on the 0..255 scale: black
+    for overshoot in (1.0002, 15.9):
+        with pytest.raises(InvalidInputError, match=f"values up to {overshoot}: above"):
+            decode_image(tiff([[0.0, 0.5, overshoot]]))
     with pytest.raises(InvalidInputError, match="NaN or infinite values"):
         decode_image(tiff([[0.0, np.nan]]))
     with pytest.raises(InvalidInputError, match="holds negative values"):  # standardised data
