@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import uuid
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from segbeam.config import Effect, setting
 
@@ -30,6 +30,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_PARQUET = "summary.parquet"
 MANIFEST_JSON = "manifest.json"
 SUCCESS_MARKER = "_SUCCESS"  # written last: the run finished and its files belong together
+RUNNING_MARKER = "_RUNNING"  # while a run writes (``segbeam.run_lock``)
 REPORT_DIR = "report"
 REPORT_FILES = ("report.html", "report.md", "report.json")
 
@@ -87,22 +88,23 @@ class OutputLayout:
                 [(name, suffix) for name, suffix, written in folders if not written])
 
 
-def begin_run(run_dir: str) -> list[str]:
+def begin_run(run_dir: str, claim: Optional[Callable[[str], list[str]]] = None) -> list[str]:
     """Makes ``run_dir`` ready for a run and returns what it removed. Refuses (ValueError) an
-    output that is a file or cannot be written. Removes the completion marker, summary,
-    manifest and report of an earlier run first, so that a run killed part-way never leaves
-    them beside its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs
-    left."""
+    output that is a file or cannot be written; then ``claim`` (``run_lock.claim_output``)
+    claims it, before anything is removed. Removes the completion marker, summary, manifest
+    and report of an earlier run first, so that a run killed part-way never leaves them beside
+    its own masks; and the ``beam-temp-*`` folders that the sinks of killed runs left."""
     filesystems = _filesystems()
     local = "://" not in run_dir
     check_writable_folder(run_dir)
+    taken_over = claim(run_dir) if claim else []
     earlier = [output_path(run_dir, name) for name in (SUCCESS_MARKER, SUMMARY_JSON,
                                                        SUMMARY_PARQUET, MANIFEST_JSON)]
     earlier += [output_path(run_dir, REPORT_DIR, name) for name in REPORT_FILES]
     earlier = [path for path in earlier if filesystems.exists(path)]
     temporary = sorted(_sink_temporaries(run_dir, local))
     filesystems.delete(earlier + temporary)
-    return earlier + temporary
+    return taken_over + earlier + temporary
 
 
 def check_writable_folder(folder: str, flag: str = "--output") -> None:

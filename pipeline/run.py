@@ -40,6 +40,7 @@ from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Setting
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
 from segbeam.pipeline.provenance import beam_counters, package_versions
+from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
 DASK_RUNNER = "segbeam.pipeline.dask_runner.DaskRunner"
@@ -225,8 +226,16 @@ def _training_warnings(settings: Settings, first_input: str) -> list[str]:
 def execute(options: PipelineOptions, argv: Sequence[str],
             test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
     """Runs the job that ``options`` (parsed from ``argv`` by ``parse_run_argv``) describe:
-    builds the graph, runs it, reads back the summary, writes the manifest (and, with
-    ``--report``, the report)."""
+    claims the output folder (one run at a time), builds the graph, runs it, reads back the
+    summary, writes the manifest (and, with ``--report``, the report); releases the folder
+    however it ends."""
+    with contextlib.ExitStack() as cleanup:
+        return _execute(options, argv, test_pipeline, cleanup)
+
+
+def _execute(options: PipelineOptions, argv: Sequence[str],
+             test_pipeline: Optional[beam.Pipeline], cleanup: contextlib.ExitStack
+             ) -> RunOutcome:
     runner = resolve_runner(options)
     FileSystems.set_options(options)  # before the launcher touches gs:// paths
     apply_no_auth(options)
@@ -244,7 +253,8 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     for warning in warnings:
         LOG.warning(warning)
     if not dry_run:
-        for path in begin_run(settings.run_dir):
+        cleanup.callback(release_output, settings.run_dir)
+        for path in begin_run(settings.run_dir, claim_output):
             LOG.info("removed %s, left by an earlier run", path)
         settings = dataclasses.replace(settings,
                                        output_ignores_case=ignores_case(settings.run_dir))
