@@ -59,6 +59,13 @@ def _stored_path_key(path: str) -> str:
     return strip_extension(posixpath.basename(path) if path.startswith("/") else path)
 
 
+def _column_key(value: str) -> str:
+    """A --key_column value as a key: a file name there (``0001.jpg``, as datasets keep
+    them) loses its image extension, as the same file's key does; other values stay."""
+    extension = value.rsplit(".", 1)[-1].lower() if "." in posixpath.basename(value) else ""
+    return strip_extension(value) if extension in IMAGE_EXTENSIONS else value
+
+
 class ParquetRow(NamedTuple):
     """One row of a Parquet shard, as read (before its bytes are checked)."""
 
@@ -84,7 +91,9 @@ def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[Parquet
     its stored image path, or the shard and a hash of its image bytes."""
     for values in table.to_pylist():
         key = values.get(fields.key_column) if fields.key_column else None
-        if not key:
+        if key:
+            key = _column_key(str(key))
+        else:
             cell = values.get(fields.image_column)
             path = cell.get("path") if isinstance(cell, dict) else None
             data = cell.get("bytes") if isinstance(cell, dict) else cell

@@ -118,6 +118,19 @@ def test_files_parquet_and_webdataset_give_identical_outputs(tmp_path):
     assert parquet[1][0]["source"].split("#")[0].endswith(".parquet")
 
 
+def test_a_key_column_of_file_names_gives_the_keys_the_files_give():
+    """A key column holding file names (``0001.jpg``, as datasets keep them) named masks
+    ``0001.jpg.png``, under keys that the same images as files do not get."""
+    from segbeam.containers import ContainerFields, parquet_rows
+
+    names = ["a.jpg", "sub/c.PNG", "scan.v2", "plain", "dotted.dir/x", ".png"]
+    table = pa.table({"image": pa.array([{"bytes": b"x", "path": None}] * len(names),
+                                        IMAGE_STRUCT), "name": names})
+    rows = parquet_rows("s.parquet", table, ContainerFields("image", None, "name"))
+    assert [row.key for row in rows] == ["a", "sub/c", "scan.v2", "plain", "dotted.dir/x",
+                                         ".png"]
+
+
 def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
     data = _dataset(1)
     os.makedirs(tmp_path / "pq")
