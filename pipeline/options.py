@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import re
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
@@ -16,22 +14,19 @@ from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.containers import ContainerFields, container_format
 from segbeam.crf import CrfParams
 from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
+from segbeam.pipeline.model_flags import absolute_local, add_model_flags, model_settings
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
-from segbeam.geometry import RESIZE_MODES, parse_size
 from segbeam.incremental import config_fingerprint, parse_run_date
-from segbeam.inference import DEFAULT_SIZE_MULTIPLE, MODEL_OUTPUTS, InferenceSettings
+from segbeam.inference import InferenceSettings
 from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
-from segbeam.models.formats import DATA_FORMATS
-from segbeam.models.registry import check_preprocess
-from segbeam.models.source import ModelSource, is_model_path
+from segbeam.models.source import ModelSource
 from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
     beam_parser, check_container_flags, check_mask_suffix, check_scoring_flags, \
     reject_repeated_flags, reject_unknown_flags
-from segbeam.preprocessing import PREPROCESSORS
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
@@ -95,56 +90,7 @@ class SegmentationOptions(PipelineOptions):
                                   "settings) match an earlier result under OUTPUT is not "
                                   "segmented again. With --run_date, earlier date partitions "
                                   "count; a re-run of the same directory keeps its rows.")
-        model = parser.add_argument_group("model and inference")
-        model.add_argument("--model", default=None,
-                           help="A saved model on any Beam filesystem: .keras, legacy .h5, a "
-                                "TensorFlow SavedModel folder or .onnx (the format comes from "
-                                "the path; `segbeam models --inspect PATH` shows what segbeam "
-                                "sees), or a registry name (see `segbeam models`) with "
-                                "--weights.")
-        model.add_argument("--signature", default="serving_default",
-                           help="The SavedModel signature to call.")
-        model.add_argument("--output_key", default=None,
-                           help="The output holding the class scores, for a model with "
-                                "several (torchvision's out/aux, a signature's dict).")
-        model.add_argument("--data_format", default="auto", choices=DATA_FORMATS,
-                           help="The model's layout; auto reads it from the declared input "
-                                "shape ((N, 3, H, W) is channels_first, as PyTorch exports).")
-        model.add_argument("--unsafe_model_loading", action="store_true", default=False,
-                           help="Load a legacy .h5 model that holds Python code (Lambda "
-                                "layers); that code runs, so only for files you trust.")
-        model.add_argument("--weights", default=None,
-                           help="Weights file (.weights.h5) for a registry model.")
-        model.add_argument("--num_classes", type=int, default=None,
-                           help="Number of classes the model predicts (required).")
-        model.add_argument("--input_size", default=None,
-                           help="Model input as N or HxW; default: the model's fixed input, "
-                                "else images batch by size, padded to --size_multiple.")
-        model.add_argument("--resize_mode", default="resize", choices=RESIZE_MODES,
-                           help="resize: stretch to the input; letterbox: keep the aspect "
-                                "ratio and pad; pad: no scaling (models that take any size).")
-        model.add_argument("--size_multiple", type=int, default=DEFAULT_SIZE_MULTIPLE,
-                           help="Where images are fed at their own size (no --input_size, a "
-                                "model that takes any size): round each batch's canvas up to "
-                                "this (the model's total stride).")
-        model.add_argument("--preprocess", default="none", choices=tuple(PREPROCESSORS),
-                           help="Normalisation the model expects; none: raw RGB in [0, 255] "
-                                "(this project's models normalise inside their graph).")
-        model.add_argument("--model_output", default="auto", choices=MODEL_OUTPUTS,
-                           help="What the model emits; auto detects per batch.")
-        model.add_argument("--batch_size", type=int, default=8,
-                           help="Largest inference batch.")
-        model.add_argument("--min_batch_size", type=int, default=1,
-                           help="Smallest inference batch Beam waits to form.")
-        model.add_argument("--large_model", action="store_true", default=False,
-                           help="Share one model per machine across SDK processes (Beam's "
-                                "large_model): one copy per GPU instead of one per process.")
-        model.add_argument("--model_copies", type=int, default=None,
-                           help="Models per machine, shared across its SDK processes (as "
-                                "--large_model shares one); e.g. one per GPU. Default: one per "
-                                "process, or with --large_model one per accelerator.")
-        model.add_argument("--seed", type=int, default=0,
-                           help="Initialisation seed of a registry model without --weights.")
+        add_model_flags(parser)
         scale = parser.add_argument_group("distributed runs (Dataflow, Dask)")
         scale.add_argument("--stage_split", default="auto", choices=STAGE_SPLITS,
                            help="reshuffle: a shuffle between inference and the CRF, so that "
@@ -253,19 +199,6 @@ class Settings:
         return config_fingerprint(entries or self.fingerprint_entries())
 
 
-def absolute_local(path: Optional[str]) -> Optional[str]:
-    """A local path or glob made absolute against this directory: the workers of a distributed
-    runner may run elsewhere, in another working directory. URLs (``gs://``) stay as they are."""
-    if path is None or "://" in path:
-        return path
-    return os.path.abspath(path)
-
-
-def _accelerator_count(accelerator: Optional[str]) -> Optional[int]:
-    match = re.search(r"(?:^|;)count:(\d+)", accelerator or "")
-    return int(match.group(1)) if match else None
-
-
 def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
     """Whether the graph puts a Reshuffle between inference and the CRF."""
     if choice != "auto":
@@ -324,22 +257,10 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                          f"--mask_column; WebDataset: --mask_ext)")
     if o.max_image_pixels < 1:
         raise UsageError(f"--max_image_pixels must be at least 1; received {o.max_image_pixels}")
-    if not 0 <= o.seed < 2 ** 32:
-        raise UsageError(f"--seed must be in 0..{2 ** 32 - 1}; received {o.seed}")
     _check_resource_hints(("--inference_accelerator", o.inference_accelerator, "accelerator"),
                           ("--inference_min_ram", o.inference_min_ram, "min_ram"),
                           ("--crf_min_ram", o.crf_min_ram, "min_ram"))
-    model_copies = o.model_copies
-    if o.large_model and model_copies is None:
-        model_copies = _accelerator_count(o.inference_accelerator)  # one model per GPU
-    source = ModelSource(absolute_local(o.model) if o.model and is_model_path(o.model)
-                         else o.model, absolute_local(o.weights), convention.num_classes,
-                         parse_size(o.input_size), o.seed, o.signature, o.output_key,
-                         o.data_format, o.unsafe_model_loading)
-    inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
-                                  o.batch_size, o.min_batch_size, o.large_model, model_copies)
-    if not source.saved:
-        check_preprocess(source.spec, inference.preprocess)
+    source, inference = model_settings(o, convention.num_classes)
     labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
                         convention.label_map, convention.mask_colours)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
