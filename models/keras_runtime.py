@@ -61,8 +61,10 @@ def check_h5(path: str, name: str, unsafe: bool) -> None:
                          f"would run; if you trust the file, pass {UNSAFE_FLAG}")
 
 
-def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = False):
-    """The ``keras.Model`` in a ``.keras`` or ``.h5`` file (``path`` local)."""
+def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = False,
+                    custom_objects: Optional[dict] = None):
+    """The ``keras.Model`` in a ``.keras`` or ``.h5`` file (``path`` local); ``custom_objects``:
+    the classes and functions of ``--custom_objects``, by name."""
     from segbeam import compat
 
     keras = compat.import_keras_quietly()
@@ -74,15 +76,18 @@ def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = Fals
         raise ValueError(f"{name} is not a .keras file (a zip archive that model.save writes); "
                          f"check that it was saved whole, or downloaded completely")
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        return keras.saving.load_model(path, custom_objects=custom_objects, compile=False,
+                                       safe_mode=not unsafe)
     except Exception as error:  # Keras, h5py and zipfile each raise their own types
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         if "safe_mode" in str(error) or "unsafe" in str(error).lower():
             raise ValueError(f"{name} contains Python code that loading would run; if you "
                              f"trust the file, pass {UNSAFE_FLAG}") from error
+        hint = "" if custom_objects else "; a model with custom layers needs " \
+            "--custom_objects FILE.py, the file that defines them"
         raise ValueError(f"Keras cannot load {name}: {type(error).__name__}: {message} (a "
-                         f"model saved by another Keras version or with custom layers may "
-                         f"need exporting to ONNX or a SavedModel)") from error
+                         f"model saved by another Keras version may need exporting to ONNX "
+                         f"or a SavedModel{hint})") from error
 
 
 def _nhwc_single_output(model, index: int, layout: str):

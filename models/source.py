@@ -49,7 +49,9 @@ class ModelSource:
     builds the same one. signature: the SavedModel signature to call. output_key: the output
     that holds the class scores, for models with several. data_format: the model's layout,
     ``auto`` to read it from the declared input shape. unsafe_model_loading: allow a legacy
-    ``.h5`` file that holds Python code (``Lambda`` layers) to run it."""
+    ``.h5`` file that holds Python code (``Lambda`` layers) to run it. custom_objects: the
+    Python file that defines a saved Keras model's custom layers (``models.custom_objects``):
+    its text is read here and travels with the source to the workers."""
 
     spec: str = setting(Effect.MODEL)
     weights: Optional[str] = setting(Effect.MODEL, None)
@@ -60,6 +62,7 @@ class ModelSource:
     output_key: Optional[str] = setting(Effect.MODEL, None)
     data_format: str = setting(Effect.MODEL, "auto")
     unsafe_model_loading: bool = setting(Effect.NONE, False)
+    custom_objects: Optional[str] = setting(Effect.MODEL, None)
 
     def __post_init__(self):
         if not self.spec:
@@ -77,6 +80,11 @@ class ModelSource:
             _require_file(self.spec, "model")
         if self.weights:
             _require_file(self.weights, "--weights file")
+        if self.custom_objects:
+            from segbeam.models.custom_objects import read_custom_objects
+
+            _require_file(self.custom_objects, "--custom_objects file")
+            object.__setattr__(self, "custom_code", read_custom_objects(self.custom_objects))
         if self.saved and self.weights:
             raise ValueError(f"--weights is for registry models; {self.spec} already holds its "
                              f"weights")
@@ -102,6 +110,8 @@ class ModelSource:
             ("--seed", self.seed != 0, not self.saved and not self.weights,
              "registry models without --weights (it draws their random weights)"),
             ("--unsafe_model_loading", self.unsafe_model_loading,
+             self.saved and self.format in KERAS_FORMATS, "saved Keras models (.keras, .h5)"),
+            ("--custom_objects", self.custom_objects is not None,
              self.saved and self.format in KERAS_FORMATS, "saved Keras models (.keras, .h5)"))
             if changed and not used]
 
@@ -169,7 +179,7 @@ class ModelSource:
 
         if self.saved:
             return load_keras_file(local_file(self.spec), self.spec, self.format,
-                                   self.unsafe_model_loading)
+                                   self.unsafe_model_loading, self._custom_objects())
         keras = compat.import_keras_quietly()
         if self.num_classes is None:
             raise ValueError(f"--num_classes is required to build registry model "
@@ -184,6 +194,13 @@ class ModelSource:
         elif announce:
             LOG.warning(self.random_weights_warning())
         return model
+
+    def _custom_objects(self) -> Optional[dict]:
+        if not self.custom_objects:
+            return None
+        from segbeam.models.custom_objects import custom_objects
+
+        return custom_objects(self.custom_code, self.custom_objects)
 
     def random_weights_warning(self) -> Optional[str]:
         """What a registry model without --weights (random weights) should be said to be: its
@@ -217,6 +234,10 @@ class ModelSource:
         calls = [f"{name}={getattr(self, name)}" for name, default in (
             ("signature", "serving_default"), ("output_key", None), ("data_format", "auto"))
             if getattr(self, name) != default]
+        if self.custom_objects:  # the layers' code decides the outputs as the weights do
+            from segbeam.models.custom_objects import code_digest
+
+            calls.append(f"custom_objects=sha256:{code_digest(self.custom_code)}")
         return "|".join([identity, *calls])
 
 

@@ -96,13 +96,16 @@ def models_command(argv: Sequence[str]) -> int:
                         help="with --inspect: the model's layout")
     parser.add_argument("--unsafe_model_loading", action="store_true",
                         help="with --inspect: allow a legacy .h5 holding Python code")
+    parser.add_argument("--custom_objects", default=None, metavar="FILE.py",
+                        help="with --inspect: the Python file that defines the model's custom "
+                             "layers")
     args = parser.parse_args(argv)
     try:
         reject_repeated_flags(argv, parser)
     except ValueError as error:
         return _error("models", error)
-    listing, inspecting = ("num_classes", "no_counts"), ("signature", "output_key",
-                                                         "data_format", "unsafe_model_loading")
+    listing, inspecting = ("num_classes", "no_counts"), (
+        "signature", "output_key", "data_format", "unsafe_model_loading", "custom_objects")
     void = [name for name in (listing if args.inspect else inspecting)
             if getattr(args, name) != parser.get_default(name)]
     if void:
@@ -133,7 +136,8 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         source = ModelSource(args.inspect, signature=args.signature, output_key=args.output_key,
                              data_format=args.data_format,
-                             unsafe_model_loading=args.unsafe_model_loading)
+                             unsafe_model_loading=args.unsafe_model_loading,
+                             custom_objects=args.custom_objects)
         if source.format == "registry":
             raise ValueError(f"{args.inspect!r} is a registry name; --inspect reads saved "
                              f"models (`segbeam models` lists the registry)")

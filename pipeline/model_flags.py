@@ -37,6 +37,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--unsafe_model_loading", action="store_true", default=False,
                        help="Load a legacy .h5 model that holds Python code (Lambda "
                             "layers); that code runs, so only for files you trust.")
+    model.add_argument("--custom_objects", default=None, metavar="FILE.py",
+                       help="The Python file that defines a saved Keras model's custom "
+                            "layers (or functions); it runs before the model loads, on every "
+                            "worker. Only for files you trust.")
     model.add_argument("--weights", default=None,
                        help="Weights file (.weights.h5) for a registry model.")
     model.add_argument("--num_classes", type=int, default=None,
@@ -81,7 +85,8 @@ def model_settings(o, num_classes: int) -> tuple[ModelSource, InferenceSettings]
     source = ModelSource(absolute_local(o.model) if o.model and is_model_path(o.model)
                          else o.model, absolute_local(o.weights), num_classes,
                          parse_size(o.input_size), o.seed, o.signature, o.output_key,
-                         o.data_format, o.unsafe_model_loading)
+                         o.data_format, o.unsafe_model_loading,
+                         absolute_local(o.custom_objects))
     inference = InferenceSettings(o.resize_mode, o.size_multiple, o.preprocess, o.model_output,
                                   o.batch_size, o.min_batch_size, o.large_model, model_copies)
     if not source.saved:
