@@ -241,6 +241,10 @@ def load_run(root: str) -> RunOutputs:
             latest = posixpath.dirname(partitions[-1])
             raise ValueError(f"{root} holds {len(partitions)} dated runs (--run_date), not one "
                              f"run: pass one of them, e.g. the latest, {latest}")
+        if exists(output_path(root, RUNNING_MARKER)):
+            raise ValueError(f"{root} is being written by a run that has not ended (it holds "
+                             f"{RUNNING_MARKER}, and an earlier run's summary is removed "
+                             f"first): report on it once that run ends")
         raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
                          f"finished `segbeam run`")
     manifest_path = output_path(root, MANIFEST_JSON)

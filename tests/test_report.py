@@ -270,9 +270,10 @@ def test_reports_read_the_model_and_inputs_from_old_and_new_manifests():
     assert RunOutputs("/out", {}, {}, [], []).setting("model") is None
 
 
-def test_a_folder_of_dated_runs_names_the_latest(tmp_path):
+def test_a_folder_of_dated_runs_names_the_latest_and_one_being_written_says_so(tmp_path):
     """`segbeam report OUT` on a --run_date run's --output said only that OUT held no
-    summary.json, though the runs lay one level down."""
+    summary.json, though the runs lay one level down; so it did of a folder a run was
+    writing, as if it held no run."""
     for date in ("2026-11-20", "2026-11-21"):
         (tmp_path / f"date={date}").mkdir()
         (tmp_path / f"date={date}" / "summary.json").write_text("{}")
@@ -282,6 +283,11 @@ def test_a_folder_of_dated_runs_names_the_latest(tmp_path):
         load_run(str(tmp_path))
     with pytest.raises(ValueError, match="holds no summary.json: pass the --output folder"):
         load_run(str(tmp_path / "date=2026-11-20" / "nothing"))
+    # a folder a run is writing: its summary comes at the end
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "_RUNNING").write_text("{}")
+    with pytest.raises(ValueError, match="busy is being written by a run that has not ended"):
+        load_run(str(tmp_path / "busy"))
 
 
 def test_dark_16_bit_images_are_warned_about_from_the_summary_and_from_older_runs_counters():
