@@ -190,7 +190,7 @@ class ModelSource:
         else:
             model = models.create_model_for_size(self.spec, self.num_classes, self.input_size)
         if self.weights:
-            _load_weights(model, local_file(self.weights), self.weights, self.spec)
+            load_all_weights(model, local_file(self.weights), self.weights, self.spec)
         elif announce:
             LOG.warning(self.random_weights_warning())
         return model
@@ -267,10 +267,11 @@ def _brief(error: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _load_weights(model, path: str, name: str, spec: str) -> None:
-    """Loads a weights file into a registry model, all of it or not at all: Keras only warns
-    when it skips a part of the model that the file lacks (those layers keep their random
-    initial values); here that is an error, as is any failure, in one line."""
+def load_all_weights(model, path: str, name: str, spec: str, flag: str = "--weights") -> None:
+    """Loads a weights file (or a saved ``.keras`` model's weights) into a registry model, all
+    of it or not at all: Keras only warns when it skips a part of the model that the file
+    lacks (those layers keep their random initial values); here that is an error, as is any
+    failure, in one line naming ``flag``."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
@@ -278,11 +279,11 @@ def _load_weights(model, path: str, name: str, spec: str) -> None:
         try:
             model.load_weights(path)
         except Exception as error:  # noqa: BLE001 - Keras raises several types
-            raise ValueError(f"--weights {name} do not load into model {spec}: "
+            raise ValueError(f"{flag} {name} do not load into model {spec}: "
                              f"{_brief(error)}") from None
     skipped = [str(w.message) for w in caught if "freshly-initialized" in str(w.message)]
     if skipped:
-        raise ValueError(f"--weights {name} leave part of model {spec} at its random initial "
+        raise ValueError(f"{flag} {name} leave part of model {spec} at its random initial "
                          f"values ({_brief(skipped[0], 200)}); were they saved from another "
                          f"architecture or class count?")
     for warning in caught:

@@ -153,6 +153,26 @@ def _check_input_size(config: TrainingConfig) -> None:
                          f"choose a size it keeps, such as a multiple of 32")
 
 
+def _check_init_weights(config: TrainingConfig) -> None:
+    path = config.init_weights
+    if not path:
+        return
+    if "://" not in path and not os.path.isfile(path):
+        raise ValueError(f"--init_weights {path!r} is no file; check the path")
+    if config.backbone_weights:
+        raise ValueError("--init_weights replaces every weight, the backbone's too: drop "
+                         "--backbone_weights")
+
+
+def _init_weights(model, config: TrainingConfig) -> None:
+    """Loads --init_weights into the freshly built ``model``, whole or not at all."""
+    from segbeam.models.formats import local_file
+    from segbeam.models.source import load_all_weights
+
+    load_all_weights(model, local_file(config.init_weights), config.init_weights,
+                     config.model, "--init_weights")
+
+
 def _optimizer(config: TrainingConfig):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(config.learning_rate)
@@ -193,14 +213,18 @@ def train(config: TrainingConfig) -> TrainingResult:
     _optimizer(config)  # flag errors before any data is read
     _check_validation_flags(config)
     _check_input_size(config)
+    _check_init_weights(config)
+    keras.utils.set_random_seed(config.seed)
+    # Built (its backbone weights loaded) before any data is read: its errors come first. Its
+    # --init_weights load before --overwrite clears --output, where they may lie.
+    model = models.create_model(config.model, num_classes=config.num_classes,
+                                input_size=None, backbone_weights=config.backbone_weights)
+    if config.init_weights:
+        _init_weights(model, config)
     _prepare_output(config)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)
-    keras.utils.set_random_seed(config.seed)
-    # Built (its backbone weights loaded) before any data is read: its errors come first.
-    model = models.create_model(config.model, num_classes=config.num_classes,
-                                input_size=None, backbone_weights=config.backbone_weights)
     items, (pixels, present_in), dropped = _usable(
         _items(config.images, config.masks, config.shards, config.containers, naming), labels)
     if config.val_images:

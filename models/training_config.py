@@ -29,6 +29,7 @@ class TrainingConfig:
     val_masks: Optional[str] = None
     val_split: float = 0.0
     backbone_weights: Optional[str] = None
+    init_weights: Optional[str] = None  # a saved model or weights file of this architecture
     batch_size: int = 8
     epochs: int = 10
     optimizer: str = "adam"

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backbone_weights", default=None,
                        help="'imagenet' (downloads on first use) or a local weights file for "
                             "the backbone; default: random initialisation")
+    model.add_argument("--init_weights", default=None, metavar="PATH",
+                       help="start from the weights of a saved model (.keras) or weights file "
+                            "(.weights.h5) of this architecture and class count, e.g. an "
+                            "earlier training's best.keras or checkpoints/last.keras; the "
+                            "optimizer starts afresh")
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size)
     fit.add_argument("--epochs", type=int, default=DEFAULTS.epochs)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from segbeam.models.source import ModelSource, _load_weights
+from segbeam.models.source import ModelSource, load_all_weights
 from segbeam.pipeline.cli import main
 from tests.conftest import write_random_pairs
 
@@ -89,7 +89,7 @@ class _PartlyLoading:
 
 def test_weights_that_leave_layers_at_random_values_are_an_error():
     with pytest.raises(ValueError, match="leave part of model m at its random initial values"):
-        _load_weights(_PartlyLoading(), "w.h5", "w.h5", "m")
+        load_all_weights(_PartlyLoading(), "w.h5", "w.h5", "m")
 
 
 def test_masks_that_pair_with_no_image_say_how_they_could(tmp_path):

@@ -180,6 +180,46 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tmp_path):
     assert model.output_shape == (None, None, None, 3)
 
 
+def test_training_can_start_from_an_earlier_trainings_weights(tmp_path):
+    """Training always started from random weights: a run stopped by --max_minutes, or a
+    model to fine-tune on new data, began again from nothing."""
+    import keras
+
+    from segbeam.models.training import TrainingConfig, train
+
+    images, masks = _write_pairs(tmp_path, 4, height=32, width=32)
+
+    def config(output, **extra):
+        return TrainingConfig(model="tiny_fcn", num_classes=3, output=str(tmp_path / output),
+                              input_size=(32, 32), images=images, masks=masks, batch_size=4,
+                              epochs=1, augment=False, verbose=0, **extra)
+
+    def trained(path):  # batch-norm statistics move without a learning rate; these do not
+        return [w.numpy() for w in keras.saving.load_model(path).trainable_weights]
+
+    first = train(config("first", seed=1))
+    earlier = trained(first.model_path)
+    # a learning rate of almost nothing keeps what the model started from
+    again = train(config("first", seed=2, init_weights=str(tmp_path / "first" / "checkpoints"
+                                                            / "last.keras"),
+                         learning_rate=1e-12, overwrite=True))
+    for before, after in zip(earlier, trained(again.model_path)):
+        np.testing.assert_allclose(after, before, atol=1e-6)
+    fresh = trained(train(config("fresh", seed=2, learning_rate=1e-12)).model_path)
+    assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(fresh, earlier))
+    # another class count, a missing file, a backbone besides: one line each, before any data
+    for extra, message in (
+            ({"num_classes": 4}, "--init_weights .*model.keras do not load into model "
+                                 "tiny_fcn"),
+            ({"init_weights": str(tmp_path / "nothing.keras")}, "is no file; check the path"),
+            ({"backbone_weights": "imagenet"}, "drop --backbone_weights")):
+        settings = config("other", init_weights=first.model_path)
+        for name, value in extra.items():
+            setattr(settings, name, value)
+        with pytest.raises(ValueError, match=message):
+            train(settings)
+
+
 def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     from segbeam.models.training import TrainingConfig, parse_class_weights, train
 
