@@ -71,3 +71,46 @@ def test_a_dying_process_loses_only_the_image_that_killed_it(rng):
     inputs = records[:2] + [killer] + records[3:]
     _assert_stage(inputs, records, params, "k2",
                   lambda d: (d.stage, "died on this image twice" in d.reason), ("crf", True))
+
+
+def test_the_pools_processes_end_when_the_worker_that_started_them_is_killed(tmp_path):
+    """A worker killed outright (SIGKILL, an out-of-memory kill) runs no teardown: its CRF
+    processes stayed behind, idle and holding memory, for good (found 25 minutes on)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from segbeam.crf import CrfParams\n"
+        "from segbeam.transforms.refine import RefineInProcesses\n"
+        "stage = RefineInProcesses(2, CrfParams())\n"
+        "stage.setup()\n"
+        "list(stage._pool.map(abs, [1, 2, 3, 4]))  # the processes have started\n"
+        f"open({str(pids)!r}, 'w').write(' '.join(map(str, stage._pool._processes)))\n"
+        "time.sleep(120)\n")])
+    try:
+        for _ in range(600):
+            if pids.exists() and pids.read_text():
+                break
+            time.sleep(0.1)
+        children = [int(pid) for pid in pids.read_text().split()]
+        assert children and all(_alive(pid) for pid in children)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    for _ in range(300):  # each checks its parent every second
+        if not any(_alive(pid) for pid in children):
+            break
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -12,6 +12,9 @@ import collections
 import concurrent.futures
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from typing import Optional
 
 import apache_beam as beam
@@ -75,6 +78,19 @@ def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = 
         if keep_confidence and probabilities is not None else None)
 
 
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Ends this pool process once ``parent`` (the worker that started it) is gone. A worker
+    killed outright (SIGKILL, the kernel's out-of-memory killer) ran no teardown, and its
+    pool's processes stayed behind, idle, each holding its memory (still there 25 minutes
+    later, when they were found)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class RefineInProcesses(beam.DoFn):
     """``refine_record`` in a pool of ``processes`` worker processes (started in ``setup``,
     spawned rather than forked: the worker may hold TensorFlow's threads). At most twice as
@@ -91,7 +107,8 @@ class RefineInProcesses(beam.DoFn):
 
     def setup(self):
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            self._processes, mp_context=multiprocessing.get_context("spawn"))
+            self._processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=exit_with_parent, initargs=(os.getpid(),))
 
     def start_bundle(self):
         self._pending = collections.deque()
