@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -173,3 +174,18 @@ def add_pairing_flags(group) -> None:
     group.add_argument("--mask_suffix", default=None,
                        help="The suffix of mask stems, e.g. _gtFine_labelIds; with one, files "
                             "whose stem lacks it are not masks (--dataset cityscapes sets it).")
+
+
+class _WithoutWorkersFlagNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Discarding unparseable args" not in record.getMessage()
+
+
+def quiet_workers_flag_warnings() -> None:
+    """Drops the warning each worker of ``--direct_running_mode multi_processing`` logs,
+    "Discarding unparseable args", that lists every segbeam flag: a worker parses the options
+    before segbeam's options class is imported there, and the launcher has checked every
+    flag already."""
+    logger = logging.getLogger("apache_beam.runners.portability.local_job_service")
+    if not any(isinstance(f, _WithoutWorkersFlagNoise) for f in logger.filters):
+        logger.addFilter(_WithoutWorkersFlagNoise())

@@ -35,7 +35,7 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, i
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.flags import check_masks_match
+from segbeam.pipeline.flags import check_masks_match, quiet_workers_flag_warnings
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
@@ -229,6 +229,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     claims the output folder (one run at a time), builds the graph, runs it, reads back the
     summary, writes the manifest (and, with ``--report``, the report); releases the folder
     however it ends."""
+    quiet_workers_flag_warnings()
     with contextlib.ExitStack() as cleanup:
         return _execute(options, argv, test_pipeline, cleanup)
 
