@@ -9,6 +9,7 @@ training batches and, when there is a validation set, on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 from segbeam.models.training_record import TRAINING_JSON
+from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
 
@@ -185,12 +187,15 @@ def _optimizer(config: TrainingConfig):
 OUTPUTS = ("model.keras", "best.keras", "checkpoints/last.keras", "history.csv", TRAINING_JSON)
 
 
-def _prepare_output(config: TrainingConfig) -> None:
+def _prepare_output(config: TrainingConfig, cleanup: contextlib.ExitStack) -> None:
     """Refuses an --output that holds an earlier training's files (its model would be lost,
     and a best.keras it left would stand beside a new training without validation); with
     ``overwrite``, removes them first. An --output that is a file or cannot be written is
-    refused too, before any work."""
+    refused too, before any work, and so is one that another training or run is writing
+    (``segbeam.run_lock``: this training holds it until it ends)."""
     check_writable_folder(config.output)
+    cleanup.callback(release_output, config.output)
+    claim_output(config.output)
     found = [name for name in OUTPUTS if os.path.exists(os.path.join(config.output, name))]
     if found and not config.overwrite:
         raise ValueError(f"--output {config.output} holds an earlier training "
@@ -204,6 +209,11 @@ def train(config: TrainingConfig) -> TrainingResult:
     """Trains ``config.model`` and writes, under ``config.output``: ``model.keras`` (the final
     model), ``best.keras`` (best validation mIoU, when there is validation data),
     ``checkpoints/last.keras`` (after every epoch), ``history.csv`` and ``training.json``."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(config, cleanup)
+
+
+def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingResult:
     from segbeam import models
     from segbeam.dataset import Naming
     from segbeam.training_items import find_training_pairs
@@ -221,7 +231,7 @@ def train(config: TrainingConfig) -> TrainingResult:
                                 input_size=None, backbone_weights=config.backbone_weights)
     if config.init_weights:
         _init_weights(model, config)
-    _prepare_output(config)
+    _prepare_output(config, cleanup)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)

@@ -6,6 +6,7 @@ the summary did not count. A run now claims its folder (``_RUNNING``) and releas
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -103,3 +104,28 @@ def test_the_marker_is_never_read_as_an_input(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     assert [path.rsplit("/", 1)[-1] for path in match_files(
         f"{tmp_path}/**", exclude=str(tmp_path / "out"))] == ["a.png"]
+
+
+def test_a_training_holds_its_output_as_a_run_does(tmp_path):
+    """Two trainings into one --output (with --overwrite) each replaced the other's
+    checkpoints and model mid-way."""
+    from segbeam.models.training import TrainingConfig, train
+
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
+    out = tmp_path / "runs"
+    out.mkdir()
+    config = TrainingConfig(model="tiny_fcn", num_classes=3, output=str(out), input_size=(8, 8),
+                            images=str(tmp_path / "images"), masks=str(tmp_path / "masks"),
+                            batch_size=2, epochs=1, augment=False, verbose=0)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _marker(out, sleeper.pid)
+        with pytest.raises(ValueError, match=f"is being written by another run \\(process "
+                                             f"{sleeper.pid} on "):
+            train(config)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    train(config)  # the marker of a process that is gone is taken over
+    assert sorted(os.listdir(out)) == ["checkpoints", "history.csv", "model.keras",
+                                       "training.json"]
