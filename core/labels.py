@@ -137,11 +137,13 @@ def parse_label_map(spec: Optional[str]) -> Optional[tuple]:
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"cannot read --label_map file {spec}: {error}") from None
     if suffix == "json":
-        try:
-            items = list(json.loads(text).items())
-        except (ValueError, AttributeError):
+        try:  # as pairs: a dict would keep the last of a key given twice, without a word
+            items = json.loads(text, object_pairs_hook=list)
+        except ValueError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(i, tuple) for i in items):
             raise ValueError(f"--label_map file {spec} is not a JSON object of VALUE: CLASS "
-                             f"pairs") from None
+                             f"pairs")
     elif suffix == "csv":
         items = [line.split(",")[:2] for line in text.splitlines() if line.strip()]
         if items and not items[0][0].strip().isdigit():
@@ -152,10 +154,14 @@ def parse_label_map(spec: Optional[str]) -> Optional[tuple]:
     for item in items:
         try:
             source, target = (str(part).strip() for part in item)
-            pairs[int(source)] = IGNORE if target.lower() == IGNORE else int(target)
+            value, mapped = int(source), IGNORE if target.lower() == IGNORE else int(target)
         except ValueError:
             raise ValueError(f"--label_map entry {':'.join(map(str, item))!r} is not "
                              f"VALUE:CLASS or VALUE:ignore") from None
+        if pairs.get(value, mapped) != mapped:
+            raise ValueError(f"--label_map maps {value} twice, to {pairs[value]} and to "
+                             f"{mapped}; name each value once")
+        pairs[value] = mapped
     if not pairs:
         raise ValueError(f"--label_map {spec!r} maps nothing")
     return tuple(sorted(pairs.items()))

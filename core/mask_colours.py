@@ -102,11 +102,13 @@ def parse_mask_palette(spec: Optional[str]) -> Optional[tuple]:
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"cannot read --mask_palette file {spec}: {error}") from None
     if spec.lower().endswith(".json"):
-        try:
-            items = [(colour, value) for colour, value in json.loads(text).items()]
-        except (ValueError, AttributeError):
+        try:  # as pairs: a dict would keep the last of a colour given twice, without a word
+            items = json.loads(text, object_pairs_hook=list)
+        except ValueError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(i, tuple) for i in items):
             raise ValueError(f"--mask_palette file {spec} is not a JSON object of "
-                             f"COLOUR: VALUE pairs") from None
+                             f"COLOUR: VALUE pairs")
     else:
         rows = [[part.strip() for part in line.split(",")]
                 for line in text.splitlines() if line.strip()]
@@ -120,10 +122,14 @@ def parse_mask_palette(spec: Optional[str]) -> Optional[tuple]:
             value = int(str(value).strip())
             if not 0 <= value <= 255:
                 raise ValueError(value)
-            pairs[_rgb(str(colour))] = value
+            rgb = _rgb(str(colour))
         except ValueError:
             raise ValueError(f"--mask_palette entry {colour!r}: {value!r} is not a colour "
                              f"(#rrggbb or r,g,b) and a mask value 0..255") from None
+        if pairs.get(rgb, value) != value:
+            raise ValueError(f"--mask_palette gives colour {rgb} twice, as {pairs[rgb]} and "
+                             f"as {value}; name each colour once")
+        pairs[rgb] = value
     if not pairs:
         raise ValueError(f"--mask_palette {spec} holds no colours")
     return tuple(sorted(pairs.items()))

@@ -223,6 +223,16 @@ def test_label_maps_inline_json_and_csv(tmp_path):
         MaskLabels(3, 255, label_map=((3, 3),))
     with pytest.raises(ValueError, match="maps 0 to ignore, but there is no ignore index"):
         MaskLabels(3, None, label_map=((0, "ignore"),))
+    # a value given twice kept its last class without a word (a JSON object's too)
+    assert parse_label_map("1:0,2:1,1:0") == ((1, 0), (2, 1))
+    (tmp_path / "twice.json").write_text('{"1": 0, "2": 1, "1": "ignore"}')
+    for spec in ("1:0,2:1,1:2", str(tmp_path / "twice.json")):
+        with pytest.raises(ValueError, match="--label_map maps 1 twice, to 0 and to "
+                                             "(2|ignore); name each value once"):
+            parse_label_map(spec)
+    (tmp_path / "list.json").write_text("[[1, 0]]")
+    with pytest.raises(ValueError, match="is not a JSON object of VALUE: CLASS pairs"):
+        parse_label_map(str(tmp_path / "list.json"))
 
 
 def test_a_label_map_is_applied_and_what_it_leaves_out_is_unexpected():

@@ -77,6 +77,14 @@ def test_mask_palette_files(tmp_path):
     (tmp_path / "bad.csv").write_text("128,64,128,300\n")
     with pytest.raises(ValueError, match="is not a colour"):
         parse_mask_palette(str(tmp_path / "bad.csv"))
+    # one colour given twice (a JSON object's key, or one colour in two spellings) kept its
+    # last value without a word
+    (tmp_path / "twice.json").write_text('{"#804080": 0, "0,0,142": 1, "#804080": 2}')
+    (tmp_path / "spelt_twice.csv").write_text("#804080,0\n128,64,128,3\n")
+    for name, second in (("twice.json", 2), ("spelt_twice.csv", 3)):
+        with pytest.raises(ValueError, match=rf"gives colour \(128, 64, 128\) twice, as 0 and "
+                                             rf"as {second}; name each colour once"):
+            parse_mask_palette(str(tmp_path / name))
 
 
 def test_a_run_scores_colour_masks_through_a_palette_file(tmp_path):
