@@ -189,3 +189,11 @@ def quiet_workers_flag_warnings() -> None:
     logger = logging.getLogger("apache_beam.runners.portability.local_job_service")
     if not any(isinstance(f, _WithoutWorkersFlagNoise) for f in logger.filters):
         logger.addFilter(_WithoutWorkersFlagNoise())
+
+
+def absolute_local(path: Optional[str]) -> Optional[str]:
+    """A local path or glob made absolute against this directory: the workers of a distributed
+    runner may run elsewhere, in another working directory. URLs (``gs://``) stay as they are."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(path)

@@ -5,7 +5,6 @@ other flags)."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from typing import Optional
 
@@ -14,7 +13,7 @@ from segbeam.inference import DEFAULT_SIZE_MULTIPLE, MODEL_OUTPUTS, InferenceSet
 from segbeam.models.formats import DATA_FORMATS
 from segbeam.models.registry import check_preprocess
 from segbeam.models.source import ModelSource, is_model_path
-from segbeam.pipeline.flags import UsageError
+from segbeam.pipeline.flags import UsageError, absolute_local
 from segbeam.preprocessing import PREPROCESSORS
 
 
@@ -92,14 +91,6 @@ def model_settings(o, num_classes: int) -> tuple[ModelSource, InferenceSettings]
     if not source.saved:
         check_preprocess(source.spec, inference.preprocess)
     return source, inference
-
-
-def absolute_local(path: Optional[str]) -> Optional[str]:
-    """A local path or glob made absolute against this directory: the workers of a distributed
-    runner may run elsewhere, in another working directory. URLs (``gs://``) stay as they are."""
-    if path is None or "://" in path:
-        return path
-    return os.path.abspath(path)
 
 
 def _accelerator_count(accelerator: Optional[str]) -> Optional[int]:

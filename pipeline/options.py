@@ -14,7 +14,7 @@ from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.containers import ContainerFields, container_format
 from segbeam.crf import CrfParams
 from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
-from segbeam.pipeline.model_flags import absolute_local, add_model_flags, model_settings
+from segbeam.pipeline.model_flags import add_model_flags, model_settings
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -24,9 +24,9 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
-from segbeam.pipeline.flags import UsageError, add_container_flags, add_pairing_flags, \
-    beam_parser, check_container_flags, check_mask_suffix, check_scoring_flags, \
-    reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import UsageError, absolute_local, add_container_flags, \
+    add_pairing_flags, beam_parser, check_container_flags, check_mask_suffix, \
+    check_scoring_flags, reject_repeated_flags, reject_unknown_flags
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
