@@ -200,6 +200,10 @@ def exists(path: str) -> bool:
     return _filesystems().exists(path)
 
 
+def delete(path: str) -> None:
+    _filesystems().delete([path])
+
+
 def matching_paths(pattern: str) -> list[str]:
     """The files a glob matches (none is not an error), sorted; folders are left out."""
     return sorted(m.path for result in _filesystems().match([pattern])

@@ -18,15 +18,10 @@ import os
 import socket
 import uuid
 
-from segbeam.layout import RUNNING_MARKER, output_path, read_json, write_bytes_atomically
+from segbeam.layout import RUNNING_MARKER, delete, exists, output_path, read_json, \
+    write_bytes_atomically
 
 _CLAIMS: dict[str, str] = {}  # run folder -> the token this process wrote into its marker
-
-
-def _filesystems():
-    from apache_beam.io.filesystems import FileSystems  # a library call, not a pipeline
-
-    return FileSystems
 
 
 def claim_output(run_dir: str, flag: str = "--output") -> list[str]:
@@ -46,7 +41,7 @@ def claim_output(run_dir: str, flag: str = "--output") -> list[str]:
                 f"{flag} {run_dir} is being written by another run ({_describe(holder)}); "
                 f"two runs into one folder delete each other's files: wait for it to end, or "
                 f"pass another {flag}; if no run writes there any more, delete {path}")
-        _filesystems().delete([path])
+        delete(path)
         taken_over.append(path)
     _CLAIMS[run_dir] = token
     return taken_over
@@ -57,7 +52,7 @@ def release_output(run_dir: str) -> None:
     token = _CLAIMS.pop(run_dir, None)
     path = output_path(run_dir, RUNNING_MARKER)
     if token is not None and _holder(path).get("token") == token:
-        _filesystems().delete([path])
+        delete(path)
 
 
 def _create(path: str, data: bytes) -> bool:
@@ -69,7 +64,7 @@ def _create(path: str, data: bytes) -> bool:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
         return True
-    if _filesystems().exists(path):
+    if exists(path):
         return False
     write_bytes_atomically(path, data)
     return True
