@@ -24,6 +24,7 @@ setup(
         "pyarrow>=14",
         "scipy>=1.10",  # boundary metrics (distance transforms)
         "pydensecrf2>=1.1",
+        "google-crc32c>=1.5",  # TFRecord checksums (also a dependency of apache-beam[gcp])
     ],
     extras_require={
         # The default Keras backend. Workers with a GPU install `tensorflow[and-cuda]` instead.

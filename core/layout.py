@@ -179,12 +179,14 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     filesystems.rename([temporary], [path])
 
 
-def open_file(path: str):
-    """A readable, seekable file object for ``path`` on any Beam filesystem, its bytes as
-    stored (no decompression guessed from the name)."""
+def open_file(path: str, decompress: bool = False):
+    """A readable file object for ``path`` on any Beam filesystem: its bytes as stored
+    (seekable), or with ``decompress`` decompressed as the name's suffix says (``.gz``,
+    ``.bz2``, ...; as stored without one)."""
     from apache_beam.io.filesystem import CompressionTypes
 
-    return _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _filesystems().open(path, compression_type=CompressionTypes.AUTO if decompress
+                               else CompressionTypes.UNCOMPRESSED)
 
 
 def read_bytes(path: str) -> bytes:

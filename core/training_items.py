@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import struct
 import tarfile
 from typing import NamedTuple, Union
 
@@ -20,6 +19,8 @@ from segbeam.example_proto import MASK_FEATURE
 from segbeam.layout import matching_paths, open_file
 from segbeam.matching import folder_as_glob
 from segbeam.records import ImageRef
+from segbeam.tfrecord import FOOTER_BYTES, DamagedTFRecord, RecordSpan, check_record, \
+    record_spans
 
 LOG = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ class ShardEntry(NamedTuple):
     """One record of a TFRecord shard, located by byte offset so it is read on demand."""
 
     shard: str
-    offset: int
+    offset: int  # of the record's data
     length: int
+    index: int  # its place in the shard
 
 
 class ParquetEntry(NamedTuple):
@@ -54,21 +56,19 @@ TrainingItem = Union[ImageRef, ShardEntry, ParquetEntry, TarEntry]
 
 
 def tfrecord_entries(shard: str) -> list[ShardEntry]:
-    """The records of one TFRecord file (uncompressed): each is an 8-byte length, a 4-byte
-    CRC, the data and another 4-byte CRC."""
-    entries = []
+    """The records of one uncompressed TFRecord file, each header checked against its CRC.
+    Where the file breaks off or a header is damaged, the records before it, with a
+    warning."""
+    entries: list[ShardEntry] = []
     with open_file(shard) as handle:
-        offset = 0
-        while True:
-            header = handle.read(12)
-            if not header:
-                break
-            if len(header) < 12:
-                raise ValueError(f"{shard} is truncated at byte {offset}")
-            (length,) = struct.unpack("<Q", header[:8])
-            entries.append(ShardEntry(shard, offset + 12, length))
-            offset += 12 + length + 4
-            handle.seek(offset)
+        handle.seek(0, 2)
+        size = handle.tell()
+        try:
+            for span in record_spans(handle, size):
+                entries.append(ShardEntry(shard, span.offset, span.length, len(entries)))
+        except DamagedTFRecord as error:
+            LOG.warning("training: %s is damaged: %s; the %d records before it are used",
+                        shard, error, len(entries))
     return entries
 
 
@@ -122,6 +122,13 @@ def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()
             raise ValueError("training on WebDataset shards needs --mask_ext and uncompressed "
                              ".tar shards (samples are read by byte offset)")
         return [entry for shard in shards for entry in tar_entries(shard, fields.mask_ext)]
+    from apache_beam.io.filesystem import CompressionTypes
+
+    compressed = [shard for shard in shards if CompressionTypes.detect_compression_type(shard)
+                  != CompressionTypes.UNCOMPRESSED]
+    if compressed:
+        raise ValueError(f"training reads uncompressed TFRecord shards (records are read by "
+                         f"byte offset); {compressed[0]} is compressed: decompress it first")
     return [entry for shard in shards for entry in tfrecord_entries(shard)]
 
 
@@ -187,7 +194,8 @@ def decode_item(item: TrainingItem, colour_masks: bool = False) -> DecodedInput:
     else:
         with open_file(item.shard) as handle:
             handle.seek(item.offset)
-            data = handle.read(item.length)
+            data = check_record(handle.read(item.length + FOOTER_BYTES),
+                                RecordSpan(item.offset, item.length), item.index)
         encoded = parse_shard_record(ShardRecord(f"{item.shard}@{item.offset}", item.shard,
                                                  data))
         if encoded.mask_bytes is None:

@@ -14,11 +14,12 @@ from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, M
 from segbeam.pipeline.options import SHARD_FORMATS, Settings
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
-from segbeam.transforms.containers import ReadParquetShards, ReadWebDatasetShards
+from segbeam.transforms.containers import ReadParquetShards, ReadTFRecordShards, \
+    ReadWebDatasetShards
 from segbeam.transforms.fused_crf import FusedCrf
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
 from segbeam.transforms.progress import CountProgress
-from segbeam.transforms.read import FindFiles, ReadAndDecode, ReadShardRecords, UniqueKeys
+from segbeam.transforms.read import FindFiles, ReadAndDecode, UniqueKeys
 from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
@@ -66,7 +67,7 @@ class ReadInputs(beam.PTransform):
     def expand(self, pbegin):
         s = self._settings
         if s.input_format in SHARD_FORMATS:
-            reader = {"tfrecord": lambda: ReadShardRecords(s.input),
+            reader = {"tfrecord": lambda: ReadTFRecordShards(s.input),
                       "parquet": lambda: ReadParquetShards(s.input, s.containers),
                       "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers)}
             items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()

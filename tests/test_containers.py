@@ -1,13 +1,16 @@
-"""Images in containers: Parquet shards in the Hugging Face ``datasets`` layout (written here
-with pyarrow) and WebDataset tar shards (written with ``tarfile``). The same images as loose
-files, Parquet rows and tar members give the same masks and metrics rows; broken shards and
-records become dead letters that name them."""
+"""Images in containers: TFRecord shards of DeepLab-style Examples, Parquet shards in the
+Hugging Face ``datasets`` layout (written here with pyarrow) and WebDataset tar shards (written
+with ``tarfile``). The same images as loose files, TFRecord and Parquet records and tar members
+give the same masks and metrics rows; broken shards and records become dead letters that name
+them, and a shard that breaks off keeps what precedes the break."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
+import struct
 import tarfile
 
 import numpy as np
@@ -63,6 +66,23 @@ def write_tar(path, members):
             archive.addfile(info, io.BytesIO(content))
 
 
+def tfrecord_bytes(data, names=None):
+    """A TFRecord file of DeepLab-style Examples, one per name, framed with their CRCs."""
+    from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, \
+        encode_example
+    from segbeam.tfrecord import masked_crc32c
+
+    records = [encode_example({IMAGE_FEATURE: [data[n][0]], MASK_FEATURE: [data[n][1]],
+                               FILENAME_FEATURE: [f"{n}.png".encode()]})
+               for n in (names or data)]
+    framed = []
+    for record in records:
+        length = struct.pack("<Q", len(record))
+        framed += [length, struct.pack("<I", masked_crc32c(length)), record,
+                   struct.pack("<I", masked_crc32c(record))]
+    return b"".join(framed)
+
+
 def tar_members(data, names=None):
     return [member for n in (names or data)
             for member in ((f"{n}.png", data[n][0]), (f"{n}.seg.png", data[n][1]))]
@@ -86,9 +106,13 @@ def _comparable(rows):
                   key=lambda row: row["key"])
 
 
-def test_files_parquet_and_webdataset_give_identical_outputs(tmp_path):
+def test_files_tfrecord_parquet_and_webdataset_give_identical_outputs(tmp_path):
     data = _dataset()
     write_files(str(tmp_path / "files"), data)
+    os.makedirs(tmp_path / "tfr")
+    (tmp_path / "tfr" / "s-0.tfrecord").write_bytes(tfrecord_bytes(data, NAMES[:1]))
+    (tmp_path / "tfr" / "s-1.tfrecord.gz").write_bytes(gzip.compress(tfrecord_bytes(
+        data, NAMES[1:])))  # read as Beam reads it, decompressed by its suffix
     os.makedirs(tmp_path / "pq")
     pq.write_table(parquet_table(data, NAMES[:3]), str(tmp_path / "pq" / "train-0.parquet"),
                    row_group_size=2)  # two row groups in the first shard
@@ -103,18 +127,20 @@ def test_files_parquet_and_webdataset_give_identical_outputs(tmp_path):
                    "--mask_column", "annotation")
     webdataset = _run(tmp_path, "out_wds", "--input", f"{tmp_path}/wds/*.tar",
                       "--mask_ext", "seg.png")
-    for summary, rows, masks in (files, parquet, webdataset):
+    tfrecord = _run(tmp_path, "out_tfr", "--input", f"{tmp_path}/tfr/*", "--input_format",
+                    "tfrecord")
+    shards = (parquet, webdataset, tfrecord)
+    for summary, rows, masks in (files, *shards):
         assert summary["counts"]["inputs"] == summary["counts"]["segmented"] == 4
         assert summary["counts"]["images_with_mask"] == 4
         assert sorted(masks) == ["a.png", "b.png", "sub/c.png", "sub/d.png"]
-    assert parquet[2] == files[2] and webdataset[2] == files[2]
-    exact = [without_calibration(_comparable(run[1]))[0] for run in (files, parquet, webdataset)]
-    assert exact[1] == exact[0] == exact[2]
-    evaluations = [without_calibration(run[0]["evaluation"])[0]
-                   for run in (files, parquet, webdataset)]
-    assert evaluations[1] == evaluations[0] == evaluations[2]
-    assert_close_calibration(parquet[0], files[0])
-    assert_close_calibration(webdataset[0], files[0])
+    assert all(run[2] == files[2] for run in shards)
+    exact = [without_calibration(_comparable(run[1]))[0] for run in shards]
+    assert all(rows == without_calibration(_comparable(files[1]))[0] for rows in exact)
+    evaluations = [without_calibration(run[0]["evaluation"])[0] for run in shards]
+    assert all(e == without_calibration(files[0]["evaluation"])[0] for e in evaluations)
+    for run in shards:
+        assert_close_calibration(run[0], files[0])
     assert parquet[1][0]["source"].split("#")[0].endswith(".parquet")
 
 
@@ -225,6 +251,80 @@ def test_a_truncated_tar_shard_loses_only_what_follows_the_break(tmp_path):
     assert counts["segmented"] == len(masks) >= 1
 
 
+def test_tfrecord_records_are_checked_and_a_damaged_file_keeps_what_precedes_the_damage():
+    """Records are read as Beam writes them, each checked against both CRCs; a file that
+    breaks off or is damaged gives the records before the damage, then says where."""
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from segbeam.tfrecord import DamagedTFRecord, check_record, read_records, record_spans
+
+    records = [b"first", b"", b"third record" * 50]
+    beam_written = io.BytesIO()
+    for record in records:
+        _TFRecordUtil.write_record(beam_written, record)
+    whole = beam_written.getvalue()
+    assert list(read_records(io.BytesIO(whole))) == records
+    spans = list(record_spans(io.BytesIO(whole), len(whole)))
+    assert [whole[s.offset:s.offset + s.length] for s in spans] == records
+    assert [check_record(whole[s.offset:s.offset + s.length + 4], s, i)
+            for i, s in enumerate(spans)] == records
+
+    def damaged(data):
+        read = []
+        with pytest.raises(DamagedTFRecord) as caught:
+            for record in read_records(io.BytesIO(data)):
+                read.append(record)
+        return read, caught.value
+
+    third = spans[2].offset - 12
+    for cut, what in ((third + 5, "breaks off: 5 of its 12 header bytes"),
+                      (len(whole) - 1, "breaks off: 603 of its 604 bytes")):
+        read, error = damaged(whole[:cut])
+        assert read == records[:2] and (error.good_records, error.offset) == (2, third)
+        assert what in str(error) and str(error).startswith(f"record 3 (at byte {third})")
+        with pytest.raises(DamagedTFRecord, match="record 3 .* breaks off"):
+            list(record_spans(io.BytesIO(whole[:cut]), cut))
+    flipped = bytearray(whole)
+    flipped[spans[2].offset + 7] ^= 1
+    read, error = damaged(bytes(flipped))
+    assert read == records[:2] and "has data whose checksum does not match" in str(error)
+    with pytest.raises(DamagedTFRecord, match="record 3 .*checksum"):
+        check_record(bytes(flipped[spans[2].offset:]), spans[2], 2)
+    flipped = bytearray(whole)
+    flipped[spans[1].offset - 12] ^= 1  # the second record's length
+    read, error = damaged(bytes(flipped))
+    assert read == records[:1] and "a length whose checksum does not match" in str(error)
+    assert damaged(b"not a TFRecord file")[0] == []
+
+
+def test_a_damaged_tfrecord_shard_loses_only_what_follows_the_damage(tmp_path):
+    """A shard cut short (an upload that broke off) failed the whole run with a traceback and
+    a megabyte of the record's bytes in hex, its own good records and every other shard's
+    lost; each damaged shard is now one dead letter saying where, after the records before."""
+    data = _dataset(6)
+    os.makedirs(tmp_path / "tfr")
+    (tmp_path / "tfr" / "whole.tfrecord").write_bytes(tfrecord_bytes(data, ["a"]))
+    cut = tfrecord_bytes(data, ["b", "sub/c"])
+    (tmp_path / "tfr" / "cut.tfrecord").write_bytes(cut[:-10])
+    flipped = bytearray(tfrecord_bytes(data, ["sub/d"]))
+    flipped[40] ^= 1
+    (tmp_path / "tfr" / "flipped.tfrecord.gz").write_bytes(gzip.compress(bytes(flipped)))
+    summary, _, masks = _run(tmp_path, "out", "--input", f"{tmp_path}/tfr/*",
+                             "--input_format", "tfrecord")
+    counts = summary["counts"]
+    assert counts["accounted_for"] and sorted(masks) == ["a.png", "b.png"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (4, 2, 2)
+    dead = {d["source"].rsplit("/", 1)[-1]: d["reason"]
+            for path in (tmp_path / "out" / "dead_letters").iterdir()
+            for d in map(json.loads, path.read_text().splitlines())}
+    assert set(dead) == {"cut.tfrecord", "flipped.tfrecord.gz"}
+    assert "record 2 " in dead["cut.tfrecord"] and "breaks off" in dead["cut.tfrecord"]
+    assert "the 1 record before it is read (the last: b)" in dead["cut.tfrecord"]
+    assert "checksum does not match; no record before it is intact" in \
+        dead["flipped.tfrecord.gz"]
+    assert all("\n" not in reason and len(reason) < 300 for reason in dead.values())
+
+
 @pytest.mark.parametrize("suffix, expected", [(".parquet", "parquet"), (".tar", "webdataset"),
                                               (".tar.gz", "webdataset"), (".png", None)])
 def test_the_container_is_told_by_the_suffix(suffix, expected):
@@ -283,3 +383,44 @@ def test_training_reads_parquet_and_webdataset_shards_as_it_reads_files(tmp_path
                           "--epochs", "1", "--batch_size", "2", "--output",
                           str(tmp_path / "run"), "--quiet"])
     assert code == 0 and (tmp_path / "run" / "model.keras").exists()
+
+
+def test_training_on_a_damaged_tfrecord_shard_uses_the_records_before_the_damage(tmp_path,
+                                                                              caplog):
+    """Training indexed a shard by its length fields alone: a cut-off last record was indexed
+    and a damaged record's bytes decoded unchecked. Headers are now checked when indexing,
+    each record's data when it is read, and a compressed shard is refused by name."""
+    from segbeam.tfrecord import DamagedTFRecord
+    from segbeam.training_items import find_shard_entries, find_training_pairs, load_item
+
+    data = _dataset(7)
+    write_files(str(tmp_path / "files"), data)
+    whole = tfrecord_bytes(data)
+    os.makedirs(tmp_path / "tfr")
+    (tmp_path / "tfr" / "whole.tfrecord").write_bytes(whole)
+    files = sorted(image.tobytes() + mask.tobytes() for image, mask in map(
+        load_item, find_training_pairs(str(tmp_path / "files" / "images" / "**"),
+                                       str(tmp_path / "files" / "masks"))))
+    entries = find_shard_entries(str(tmp_path / "tfr" / "whole.tfrecord"))
+    assert sorted(image.tobytes() + mask.tobytes()
+                  for image, mask in map(load_item, entries)) == files
+
+    (tmp_path / "tfr" / "cut.tfrecord").write_bytes(whole[:-10])
+    with caplog.at_level("WARNING"):
+        cut = find_shard_entries(str(tmp_path / "tfr" / "cut.tfrecord"))
+    assert cut == [entry._replace(shard=cut[0].shard) for entry in entries[:3]]
+    assert "cut.tfrecord is damaged: record 4 " in caplog.text and "breaks off" in caplog.text
+    assert "the 3 records before it are used" in caplog.text
+
+    flipped = bytearray(whole)
+    flipped[entries[1].offset + 9] ^= 1
+    (tmp_path / "tfr" / "flipped.tfrecord").write_bytes(bytes(flipped))
+    damaged = find_shard_entries(str(tmp_path / "tfr" / "flipped.tfrecord"))
+    assert len(damaged) == 4 and load_item(damaged[0]) is not None
+    with pytest.raises(DamagedTFRecord, match="record 2 .*checksum does not match"):
+        load_item(damaged[1])
+
+    (tmp_path / "tfr" / "t.tfrecord.gz").write_bytes(gzip.compress(whole))
+    with pytest.raises(ValueError, match="uncompressed TFRecord shards .*/t.tfrecord.gz is "
+                                         "compressed"):
+        find_shard_entries(str(tmp_path / "tfr" / "*.gz"))

@@ -1,22 +1,25 @@
-"""Reading containers in Beam, thin shells over ``segbeam.containers``: Parquet shards through
-Beam's Parquet IO (row groups streamed, any Beam filesystem) and WebDataset tar shards streamed
-member by member through Beam's FileSystems. Each gives (EncodedImages, dead letters, number of
-inputs), as ``ReadShardRecords`` does for TFRecord shards.
+"""Reading shards in Beam, thin shells over ``segbeam.tfrecord`` and ``segbeam.containers``:
+TFRecord shards and WebDataset tar shards streamed record by record, and Parquet shards through
+Beam's Parquet IO (row groups streamed), on any Beam filesystem. Each gives (EncodedImages, dead
+letters, number of inputs); a shard that breaks off keeps the records before the break.
 """
 
 from __future__ import annotations
 
 import posixpath
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
 from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns, \
     parquet_rows, parse_parquet_row, webdataset_samples
+from segbeam.dataset import ShardRecord, parse_shard_record, shard_record
 from segbeam.keys import sanitise_key
 from segbeam.layout import open_file
 from segbeam.matching import match_files
 from segbeam.records import DeadLetter, one_line_reason
+from segbeam.tfrecord import DamagedTFRecord, read_records
 from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
 
@@ -27,6 +30,58 @@ def _shard_dead_letter(shard: str, reason: str) -> beam.pvalue.TaggedOutput:
     tally("dead")
     return beam.pvalue.TaggedOutput(DEAD, DeadLetter(
         sanitise_key(posixpath.basename(shard)), shard, "read", reason))
+
+
+def _damage(error: Exception, count: int, last: Optional[ShardRecord]) -> str:
+    """A one-line reason for a TFRecord shard that breaks off or is damaged after ``count``
+    intact records, naming the last of them (by its key)."""
+    what = str(error) if isinstance(error, DamagedTFRecord) else one_line_reason(error)
+    if last is None:
+        return f"damaged TFRecord shard: {what}; no record before it is intact"
+    try:
+        name = parse_shard_record(last).key
+    except ValueError:
+        name = last.key
+    return (f"damaged TFRecord shard: {what}; the {count} record{'s' * (count != 1)} before "
+            f"it {'are' if count != 1 else 'is'} read (the last: {name})")
+
+
+def _tfrecord_records(shard: str):
+    """Each record of a TFRecord shard (gzip and other compressions by the name's suffix, as
+    Beam reads them) checked against its CRCs; where the shard breaks off or is damaged, one
+    dead letter for the rest of it, saying where, after the records before."""
+    count, record = 0, None
+    try:
+        with open_file(shard, decompress=True) as handle:
+            for data in read_records(handle):
+                record, count = shard_record((shard, data)), count + 1
+                yield record
+    except Exception as error:  # noqa: BLE001 - a shard's damage must not cost its other records
+        yield _shard_dead_letter(shard, _damage(error, count, record))
+
+
+class ReadTFRecordShards(beam.PTransform):
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards holding
+    DeepLab-style Examples (``image/encoded``, ``image/filename``, optional
+    ``image/segmentation/class/encoded``); each shard is read by one worker, the shards spread
+    over workers."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self._pattern = pattern
+
+    def expand(self, pbegin):
+        records = (pbegin
+                   | "Pattern" >> beam.Create([self._pattern])
+                   | "MatchShards" >> beam.FlatMap(match_files)
+                   | "SpreadShards" >> beam.Reshuffle()
+                   | "Records" >> beam.FlatMap(_tfrecord_records).with_outputs(
+                       DEAD, main="intact"))
+        encoded, unparsable = records.intact | "Parse" >> SafeMap("parse", parse_shard_record)
+        dead = (records[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
+        inputs = ((records.intact, records[DEAD]) | "AllInputs" >> beam.Flatten()
+                  | "CountInputs" >> beam.combiners.Count.Globally())
+        return encoded, dead, inputs
 
 
 def _readable_parquet(shard: str, fields: ContainerFields):

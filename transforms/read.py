@@ -1,7 +1,6 @@
-"""Reading inputs in Beam: loose image files (with masks paired by relative path or file stem)
-and TFRecord shards, thin shells over ``segbeam.dataset``.
-
-Both produce ``SegmentationRecord``s with decoded arrays, plus dead letters for everything that
+"""Reading inputs in Beam: loose image files (with masks paired by relative path or file stem),
+thin shells over ``segbeam.dataset``; ``ReadAndDecode`` decodes them, and the records of shards
+(``transforms.containers``), into ``SegmentationRecord``s, plus dead letters for everything that
 cannot be used. Only paths cross the mask-pairing shuffle; image bytes are read after it.
 """
 
@@ -12,10 +11,9 @@ import posixpath
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
 from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, named_mask, \
-    pair_by_stem, parse_shard_record, shard_record
+    pair_by_stem
 from segbeam.decode import DEFAULT_MAX_PIXELS
 from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
@@ -171,25 +169,6 @@ class UniqueKeys(beam.PTransform):
             _unique_or_dead, shared=beam.pvalue.AsDict(shared), fold_case=fold
         ).with_outputs(DEAD, main="unique")
         return checked.unique, checked[DEAD]
-
-
-class ReadShardRecords(beam.PTransform):
-    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards holding
-    DeepLab-style Examples (``image/encoded``, ``image/filename``, optional
-    ``image/segmentation/class/encoded``)."""
-
-    def __init__(self, pattern: str):
-        super().__init__()
-        self._pattern = pattern
-
-    def expand(self, pbegin):
-        raw = (pbegin
-               | "Pattern" >> beam.Create([self._pattern])
-               | "ReadTFRecords" >> ReadAllFromTFRecord(with_filename=True)
-               | "Identify" >> beam.Map(shard_record))
-        encoded, unparsable = raw | "Parse" >> SafeMap("parse", parse_shard_record)
-        inputs = raw | "CountInputs" >> beam.combiners.Count.Globally()
-        return encoded, unparsable, inputs
 
 
 class ReadAndDecode(beam.PTransform):
