@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from segbeam import compat
-from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 
 USAGE = """segbeam COMMAND [flags]
 
@@ -208,8 +208,12 @@ def _internal_error(command: str, error: Exception) -> int:
     with tempfile.NamedTemporaryFile("w", prefix="segbeam-error-", suffix=".txt",
                                      delete=False) as handle:
         traceback.print_exception(error, file=handle)
-    print(f"segbeam {command}: internal error: {one_line_reason(error)} (the full traceback "
-          f"is in {handle.name}; please report it)", file=sys.stderr)
+    if isinstance(error, JobFailed):
+        print(f"segbeam {command}: the job failed while running: {error} (the full traceback "
+              f"is in {handle.name})", file=sys.stderr)
+    else:
+        print(f"segbeam {command}: internal error: {one_line_reason(error)} (the full "
+              f"traceback is in {handle.name}; please report it)", file=sys.stderr)
     return ExitCode.INTERNAL
 
 

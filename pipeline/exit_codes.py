@@ -11,3 +11,9 @@ class ExitCode(enum.IntEnum):
     ACCOUNTING = 3  # inputs != outputs + dead letters: a defect, please report it
     REGRESSION = 4  # `segbeam report --fail_on_regression` found a regression
     INTERNAL = 5  # an unexpected failure: a defect in segbeam or a library (traceback saved)
+
+
+class JobFailed(RuntimeError):
+    """The job failed while it ran: a worker's error that no input's dead letter could hold (a
+    full disk, lost permissions, a defect). Never a usage error, whatever the worker raised:
+    one line and exit 5, the traceback saved."""

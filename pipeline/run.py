@@ -33,13 +33,14 @@ from segbeam.matching import could_match_outputs, first_file_and_subfolder_count
 from segbeam.metrics import DATASET_METRICS
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, ignores_case, \
     output_path, read_json, write_bytes_atomically
-from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
 from segbeam.pipeline.flags import check_masks_match, quiet_workers_flag_warnings
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
 from segbeam.pipeline.provenance import beam_counters, package_versions
+from segbeam.records import one_line_reason
 from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
@@ -292,8 +293,11 @@ def _execute(options: PipelineOptions, argv: Sequence[str],
         manifest["dry_run"] = _job_description(pipeline, result)
         return RunOutcome(settings, None, manifest)
     with progress or contextlib.nullcontext():
-        result = pipeline.run()
-        result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+        except Exception as error:  # noqa: BLE001 - what a worker raised is no usage error
+            raise JobFailed(one_line_reason(error)) from error
     manifest["wall_time_seconds"] = round(time.perf_counter() - clock, 3)
     manifest["beam_counters"] = beam_counters(result)
     summary = read_json(output_path(settings.run_dir, SUMMARY_JSON))

@@ -131,3 +131,32 @@ def test_in_a_pipeline_one_bad_image_does_not_take_its_batch_down():
                     equal_to([f"k{i}" for i in range(8) if i != 5]), label="predicted")
         assert_that(dead | beam.Map(lambda d: (d.key, d.stage)), equal_to([("k5", "inference")]),
                     label="dead")
+
+
+def test_a_failure_while_the_job_runs_is_one_line_and_exit_5_not_a_usage_error(
+        tmp_path, monkeypatch, capsys):
+    """Whatever a worker raised ended the run as a usage error (exit 2) when it was a
+    ValueError, printed whole: a damaged TFRecord shard printed a megabyte of hex."""
+    import os
+
+    from segbeam.pipeline import graph
+    from segbeam.pipeline.cli import main
+    from tests.conftest import png_bytes
+
+    os.makedirs(tmp_path / "images")
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
+
+    def failing(_summary):
+        raise ValueError("not a usage error " + "0f" * 100_000)
+
+    monkeypatch.setattr(graph, "summary_rows", failing)
+    code = main(["run", "--input", str(tmp_path / "images"), "--model", "tiny_fcn",
+                 "--num_classes", "3", "--input_size", "16", "--no-crf", "--quiet",
+                 "--output", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 5 and len(lines[-1]) < 600
+    assert lines[-1].startswith("segbeam run: the job failed while running: ValueError: not a "
+                                "usage error 0f0f")
+    saved = lines[-1].rsplit("the full traceback is in ", 1)[1].rstrip(")")
+    assert "not a usage error" in open(saved).read()
+    assert not (tmp_path / "out" / "_RUNNING").exists()
