@@ -119,12 +119,30 @@ def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
 
 def parquet_columns(shard: str) -> list[str]:
     """The column names in a Parquet shard's footer (raises where the footer cannot be read)."""
+    return parquet_footer(shard)[0]
+
+
+def parquet_footer(shard: str) -> tuple[list[str], list[int]]:
+    """A Parquet shard's column names and the row count of each of its row groups, from its
+    footer (raises where the footer cannot be read)."""
     import pyarrow.parquet as pq
 
     from segbeam.layout import open_file
 
     with open_file(shard) as handle:
-        return pq.ParquetFile(handle).schema_arrow.names
+        parquet = pq.ParquetFile(handle)
+        return (parquet.schema_arrow.names,
+                [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
+
+
+def read_row_group(shard: str, group: int, columns: list[str]):
+    """One row group of a Parquet shard, only ``columns``, as an Arrow table."""
+    import pyarrow.parquet as pq
+
+    from segbeam.layout import open_file
+
+    with open_file(shard) as handle:
+        return pq.ParquetFile(handle).read_row_group(group, columns=columns)
 
 
 def check_parquet_columns(schema_names: list[str], fields: ContainerFields, shard: str) -> None:

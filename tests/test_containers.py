@@ -170,17 +170,27 @@ def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
     (tmp_path / "pq" / "cut.parquet").write_bytes(whole.getvalue()[:-20])  # footer cut off
     duplicate = parquet_table(data, ["a"])
     pq.write_table(duplicate, str(tmp_path / "pq" / "again.parquet"))  # key a, second time
+    # A damaged row group failed the whole run; now it alone is lost, with its row count.
+    pq.write_table(parquet_table({"e": data["a"], "f": data["b"]}),
+                   str(tmp_path / "pq" / "damaged.parquet"), row_group_size=1)
+    page = pq.ParquetFile(str(tmp_path / "pq" / "damaged.parquet")).metadata.row_group(1) \
+        .column(0).data_page_offset
+    damaged = bytearray((tmp_path / "pq" / "damaged.parquet").read_bytes())
+    damaged[page:page + 8] = b"\xff" * 8  # row group 1's first page header
+    (tmp_path / "pq" / "damaged.parquet").write_bytes(bytes(damaged))
     summary, _, masks = _run(tmp_path, "out", "--input", f"{tmp_path}/pq/*.parquet",
                              "--mask_column", "annotation")
     counts = summary["counts"]
     assert counts["accounted_for"]
-    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (5, 1, 4)
-    assert sorted(masks) == ["sub/c.png"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (7, 2, 5)
+    assert sorted(masks) == ["e.png", "sub/c.png"]
     dead = {(d["source"].rsplit("/", 1)[-1], d["stage"]): d["reason"]
             for path in (tmp_path / "out" / "dead_letters").iterdir()
             for d in map(json.loads, path.read_text().splitlines())}
     assert "no bytes in column 'image'" in dead[("good.parquet#b", "parse")]
     assert "not a readable Parquet shard" in dead[("cut.parquet", "read")]
+    assert dead[("damaged.parquet", "read")].startswith(
+        "row group 1 of this Parquet shard cannot be read, so its 1 row is lost: ")
     assert "2 inputs share the key 'a'" in dead[("again.parquet#a", "pair")]
     assert "2 inputs share the key 'a'" in dead[("good.parquet#a", "pair")]
 

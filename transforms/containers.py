@@ -1,7 +1,8 @@
 """Reading shards in Beam, thin shells over ``segbeam.tfrecord`` and ``segbeam.containers``:
-TFRecord shards and WebDataset tar shards streamed record by record, and Parquet shards through
-Beam's Parquet IO (row groups streamed), on any Beam filesystem. Each gives (EncodedImages, dead
-letters, number of inputs); a shard that breaks off keeps the records before the break.
+TFRecord shards and WebDataset tar shards streamed record by record, Parquet shards one row group
+at a time, on any Beam filesystem. Each gives (EncodedImages, dead letters, number of inputs); a
+shard that breaks off keeps the records before the break, and a Parquet shard with a damaged row
+group keeps its other row groups.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import posixpath
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 
-from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns, \
-    parquet_rows, parse_parquet_row, webdataset_samples
+from segbeam.containers import ContainerFields, check_parquet_columns, parquet_footer, \
+    parquet_rows, parse_parquet_row, read_row_group, webdataset_samples
 from segbeam.dataset import ShardRecord, parse_shard_record, shard_record
 from segbeam.keys import sanitise_key
 from segbeam.layout import open_file
@@ -26,10 +26,11 @@ from segbeam.transforms.safe_map import SafeMap
 DEAD = "dead_letter"
 
 
-def _shard_dead_letter(shard: str, reason: str) -> beam.pvalue.TaggedOutput:
+def _shard_dead_letter(shard: str, reason: str, part: str = "") -> beam.pvalue.TaggedOutput:
+    """A dead letter for a shard, or a ``part`` of it, that cannot be read."""
     tally("dead")
-    return beam.pvalue.TaggedOutput(DEAD, DeadLetter(
-        sanitise_key(posixpath.basename(shard)), shard, "read", reason))
+    name = posixpath.basename(shard) + (f"-{part}" if part else "")
+    return beam.pvalue.TaggedOutput(DEAD, DeadLetter(sanitise_key(name), shard, "read", reason))
 
 
 def _damage(error: Exception, count: int, last: Optional[ShardRecord]) -> str:
@@ -84,21 +85,41 @@ class ReadTFRecordShards(beam.PTransform):
         return encoded, dead, inputs
 
 
-def _readable_parquet(shard: str, fields: ContainerFields):
-    """The shard, when its footer reads and it has the configured columns; else a dead letter
-    for the whole shard (a truncated file has no footer, so its rows cannot be counted)."""
+def _row_groups(shard: str, fields: ContainerFields):
+    """(shard, row group, its row count) for each row group of a shard whose footer reads and
+    that has the configured columns; else a dead letter for the whole shard (a truncated file
+    has no footer, so its rows cannot be counted)."""
     try:
-        check_parquet_columns(parquet_columns(shard), fields, shard)
+        columns, group_rows = parquet_footer(shard)
+        check_parquet_columns(columns, fields, shard)
     except Exception as error:  # noqa: BLE001 - any unreadable shard becomes a dead letter
         yield _shard_dead_letter(shard, f"not a readable Parquet shard: "
                                         f"{one_line_reason(error)}")
         return
-    yield shard
+    for group, rows in enumerate(group_rows):
+        yield shard, group, rows
+
+
+def _rows_of_group(piece: tuple, fields: ContainerFields):
+    """The rows of one row group; a row group that cannot be read (damaged pages) is one dead
+    letter naming it and its row count, and the shard's other row groups are read."""
+    shard, group, count = piece
+    columns = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
+    try:
+        table = read_row_group(shard, group, columns)
+    except Exception as error:  # noqa: BLE001 - a damaged row group must not cost the others
+        rows = f"{count} row{'s are' if count != 1 else ' is'}"
+        yield _shard_dead_letter(shard, f"row group {group} of this Parquet shard cannot be read, "
+                                        f"so its {rows} lost: {one_line_reason(error)}",
+                                 f"row-group-{group}")
+        return
+    yield from parquet_rows(shard, table, fields)
 
 
 class ReadParquetShards(beam.PTransform):
     """pipeline -> (EncodedImages, dead letters, number of inputs) for Parquet shards of
-    encoded images (the ``datasets`` layout)."""
+    encoded images (the ``datasets`` layout), read one row group at a time (never a whole
+    file), only the named columns; the row groups spread over workers."""
 
     def __init__(self, pattern: str, fields: ContainerFields):
         super().__init__()
@@ -106,19 +127,17 @@ class ReadParquetShards(beam.PTransform):
 
     def expand(self, pbegin):
         fields = self._fields
-        columns = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
-        shards = (pbegin
+        groups = (pbegin
                   | "Pattern" >> beam.Create([self._pattern])
                   | "MatchShards" >> beam.FlatMap(match_files)
-                  | "CheckShards" >> beam.FlatMap(_readable_parquet, fields).with_outputs(
+                  | "RowGroups" >> beam.FlatMap(_row_groups, fields).with_outputs(
                       DEAD, main="readable"))
-        rows = (shards.readable
-                | "ReadRowGroups" >> ReadAllFromParquetBatched(columns=columns,
-                                                               with_filename=True)
-                | "Rows" >> beam.FlatMap(lambda named: parquet_rows(*named, fields)))
-        encoded, unparsable = rows | "Parse" >> SafeMap("parse", parse_parquet_row, fields)
-        dead = (shards[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
-        inputs = ((rows, shards[DEAD]) | "AllInputs" >> beam.Flatten()
+        rows = (groups.readable
+                | "SpreadRowGroups" >> beam.Reshuffle()
+                | "Rows" >> beam.FlatMap(_rows_of_group, fields).with_outputs(DEAD, main="read"))
+        encoded, unparsable = rows.read | "Parse" >> SafeMap("parse", parse_parquet_row, fields)
+        dead = (groups[DEAD], rows[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
+        inputs = ((rows.read, groups[DEAD], rows[DEAD]) | "AllInputs" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
         return encoded, dead, inputs
 
