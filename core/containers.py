@@ -182,13 +182,31 @@ def _sample(shard: str, key: str, members: dict[str, bytes],
                         content_sha256(image, mask))
 
 
+class DamagedTarHeader(tarfile.TarError):
+    """A member header inside a tar shard that fails its checksum or breaks off."""
+
+
+class CheckedTarInfo(tarfile.TarInfo):
+    """Tells a damaged member header from the end of the archive: ``tarfile`` takes a header
+    that fails its checksum, or breaks off, past the first member for the end, and ends the
+    archive there without a word, losing every member after it."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as error:
+            raise DamagedTarHeader(f"a member header is damaged ({error})") from error
+
+
 def webdataset_samples(shard: str, handle, mask_ext: Optional[str]
                        ) -> Iterator[Union[EncodedImage, DeadLetter]]:
     """The samples of a tar shard, streamed member by member (plain or gzip-compressed). A
-    shard that breaks off yields a dead letter naming the shard and the last good sample."""
+    shard that breaks off, or has a damaged member header, yields a dead letter naming the
+    shard and the last good sample."""
     key, members, last = None, {}, None
     try:
-        with tarfile.open(fileobj=handle, mode="r|*") as archive:
+        with tarfile.open(fileobj=handle, mode="r|*", tarinfo=CheckedTarInfo) as archive:
             for member in archive:
                 if not member.isfile():
                     continue
@@ -201,8 +219,8 @@ def webdataset_samples(shard: str, handle, mask_ext: Optional[str]
     except (tarfile.TarError, EOFError, OSError) as error:
         after = f"after sample {last!r}" if last else "before its first sample"
         yield DeadLetter(sanitise_key(f"{posixpath.basename(shard)}-rest"), shard, "read",
-                         f"the shard breaks off {after} ({type(error).__name__}: {error}); "
-                         f"the samples after it are lost")
+                         f"the shard breaks off or is damaged {after} "
+                         f"({type(error).__name__}: {error}); the samples after it are lost")
         return
     if key is not None:
         yield _sample(shard, key, members, mask_ext)

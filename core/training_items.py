@@ -11,8 +11,9 @@ import logging
 import tarfile
 from typing import NamedTuple, Union
 
-from segbeam.containers import IMAGE_EXTENSIONS, ContainerFields, check_parquet_columns, \
-    container_format, member_key, parquet_rows, parse_parquet_row
+from segbeam.containers import IMAGE_EXTENSIONS, CheckedTarInfo, ContainerFields, \
+    check_parquet_columns, container_format, member_key, parquet_footer, parquet_rows, \
+    parse_parquet_row
 from segbeam.dataset import Naming, ShardRecord, find_pairs, parse_shard_record, read_encoded
 from segbeam.decode import DecodedInput, InvalidInputError, decode_input
 from segbeam.example_proto import MASK_FEATURE
@@ -73,25 +74,34 @@ def tfrecord_entries(shard: str) -> list[ShardEntry]:
 
 
 def parquet_entries(shard: str, fields: ContainerFields) -> list[ParquetEntry]:
-    import pyarrow.parquet as pq
-
-    with open_file(shard) as handle:
-        parquet = pq.ParquetFile(handle)
-        check_parquet_columns(parquet.schema_arrow.names, fields, shard)
-        return [ParquetEntry(shard, group, row, fields)
-                for group in range(parquet.num_row_groups)
-                for row in range(parquet.metadata.row_group(group).num_rows)]
+    """The rows of a Parquet shard, by row group; a shard whose footer cannot be read is left
+    out with a warning."""
+    try:
+        names, group_rows = parquet_footer(shard)
+    except (OSError, ValueError) as error:
+        LOG.warning("training: %s is not a readable Parquet shard and is left out (%s)", shard,
+                    error)
+        return []
+    check_parquet_columns(names, fields, shard)
+    return [ParquetEntry(shard, group, row, fields)
+            for group, rows in enumerate(group_rows) for row in range(rows)]
 
 
 def tar_entries(shard: str, mask_ext: str) -> list[TarEntry]:
-    """The samples of an uncompressed tar shard that have an image and a mask member."""
+    """The samples of an uncompressed tar shard that have an image and a mask member; where a
+    member header is damaged, those before it, with a warning."""
     samples: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
-    with open_file(shard) as handle:
-        with tarfile.open(fileobj=handle, mode="r:") as archive:
-            for member in archive:
+    count = 0
+    try:
+        with open_file(shard) as handle, tarfile.open(fileobj=handle, mode="r:",
+                                                      tarinfo=CheckedTarInfo) as archive:
+            for count, member in enumerate(archive, 1):
                 if member.isfile():
                     key, extension = member_key(member.name)
                     samples[key][extension] = (member.offset_data, member.size)
+    except tarfile.TarError as error:
+        LOG.warning("training: %s is damaged after %d members (%s); the samples before it "
+                    "are used", shard, count, error)
     entries, unmasked = [], 0
     for key, members in samples.items():
         images = [e for e in members if e != mask_ext and
@@ -108,7 +118,8 @@ def tar_entries(shard: str, mask_ext: str) -> list[TarEntry]:
 
 def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()) -> list:
     """The training records of TFRecord, Parquet (with ``fields.mask_column``) or WebDataset
-    (uncompressed ``.tar``, with ``fields.mask_ext``) shards."""
+    (uncompressed ``.tar``, with ``fields.mask_ext``) shards. A shard that cannot be read, or
+    the part of one after damage, is left out with a warning; none left is an error."""
     shards = matching_paths(pattern)
     kind = container_format(pattern) or "TFRecord"
     if not shards:
@@ -116,12 +127,25 @@ def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()
     if kind == "parquet":
         if not fields.mask_column:
             raise ValueError("training on Parquet shards needs --mask_column")
-        return [entry for shard in shards for entry in parquet_entries(shard, fields)]
-    if kind == "webdataset":
+        entries = [entry for shard in shards for entry in parquet_entries(shard, fields)]
+    elif kind == "webdataset":
         if not fields.mask_ext or not pattern.endswith(".tar"):
             raise ValueError("training on WebDataset shards needs --mask_ext and uncompressed "
                              ".tar shards (samples are read by byte offset)")
-        return [entry for shard in shards for entry in tar_entries(shard, fields.mask_ext)]
+        entries = [entry for shard in shards for entry in tar_entries(shard, fields.mask_ext)]
+    else:
+        _refuse_compressed(shards)
+        entries = [entry for shard in shards for entry in tfrecord_entries(shard)]
+    if not entries:
+        name = {"parquet": "Parquet", "webdataset": "WebDataset"}.get(kind, kind)
+        many = len(shards) != 1
+        raise ValueError(f"the {len(shards)} {name} shard{'s' * many} matching {pattern!r} "
+                         f"hold{'' if many else 's'} no training record that can be read (the "
+                         f"warnings above say why)")
+    return entries
+
+
+def _refuse_compressed(shards: list[str]) -> None:
     from apache_beam.io.filesystem import CompressionTypes
 
     compressed = [shard for shard in shards if CompressionTypes.detect_compression_type(shard)
@@ -129,7 +153,6 @@ def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()
     if compressed:
         raise ValueError(f"training reads uncompressed TFRecord shards (records are read by "
                          f"byte offset); {compressed[0]} is compressed: decompress it first")
-    return [entry for shard in shards for entry in tfrecord_entries(shard)]
 
 
 @functools.lru_cache(maxsize=4)

@@ -434,3 +434,36 @@ def test_training_on_a_damaged_tfrecord_shard_uses_the_records_before_the_damage
     with pytest.raises(ValueError, match="uncompressed TFRecord shards .*/t.tfrecord.gz is "
                                          "compressed"):
         find_shard_entries(str(tmp_path / "tfr" / "*.gz"))
+
+
+def test_a_damaged_tar_member_header_is_said_not_taken_for_the_end_of_the_shard(tmp_path,
+                                                                               caplog):
+    """``tarfile`` takes a member header that fails its checksum for the end of the archive:
+    the samples after it were lost without a word, in run and in training."""
+    from segbeam.containers import ContainerFields
+    from segbeam.training_items import find_shard_entries, tar_entries
+
+    data = _dataset(8)
+    write_tar(str(tmp_path / "whole.tar"), tar_members(data))
+    with tarfile.open(str(tmp_path / "whole.tar")) as archive:
+        third = archive.getmembers()[4].offset  # sub/c.png, the third sample's first member
+    damaged = bytearray((tmp_path / "whole.tar").read_bytes())
+    damaged[third + 148:third + 156] = b"0000001\0"  # its header's checksum
+    for name, content in (("s.tar", bytes(damaged)), ("s.tar.gz", gzip.compress(damaged))):
+        items = list(webdataset_samples(name, io.BytesIO(content), "seg.png"))
+        # b, whose members precede the damage, may lack a member: it goes with the rest
+        assert items[0].key == "a" and len(items) == 2
+        assert isinstance(items[1], DeadLetter) and items[1].source == name
+        assert "is damaged after sample 'a'" in items[1].reason
+        assert "the samples after it are lost" in items[1].reason
+
+    (tmp_path / "t.tar").write_bytes(bytes(damaged))
+    with caplog.at_level("WARNING"):
+        entries = tar_entries(str(tmp_path / "t.tar"), "seg.png")
+    assert [entry.key for entry in entries] == ["a", "b"]
+    assert "t.tar is damaged after 4 members" in caplog.text
+    os.makedirs(tmp_path / "junk")
+    (tmp_path / "junk" / "x.tar").write_bytes(b"\x07" * 3000)
+    with pytest.raises(ValueError, match="the 1 WebDataset shard matching .* holds no training "
+                                         "record that can be read"):
+        find_shard_entries(str(tmp_path / "junk" / "*.tar"), ContainerFields(mask_ext="seg.png"))
