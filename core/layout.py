@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 import uuid
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 from segbeam.config import Effect, setting
 
@@ -210,6 +210,18 @@ def matching_paths(pattern: str) -> list[str]:
     """The files a glob matches (none is not an error), sorted; folders are left out."""
     return sorted(m.path for result in _filesystems().match([pattern])
                   for m in result.metadata_list if not _is_folder(m.path))
+
+
+def files_under(folder: str) -> Iterator[str]:
+    """Every file under ``folder``, at any depth, spelled as ``output_path`` spells paths under
+    it: one listing (a request per thousand objects on Cloud Storage), not a request per file.
+    A folder that does not exist holds none."""
+    folder = folder.rstrip("/")
+    if "://" not in folder:
+        for top, _, names in os.walk(folder):
+            yield from (os.path.join(top, name) for name in names)
+        return
+    yield from (m.path for m in _filesystems().match([folder + "/**"])[0].metadata_list)
 
 
 def _is_folder(path: str) -> bool:

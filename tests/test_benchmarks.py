@@ -146,3 +146,14 @@ def test_the_many_images_rerun_removes_exactly_the_deleted_inputs_masks(tmp_path
     assert rerun["inputs_deleted"] == 3
     assert rerun["rerun"]["stale_outputs_removed"] == 3 and rerun["rerun"]["masks_left"] == 3
     assert rerun["fresh"]["stale_outputs_removed"] == 0 and rerun["fresh"]["masks_left"] == 3
+
+
+def test_the_mask_listing_benchmark_finds_every_mask_both_ways(tmp_path, monkeypatch):
+    from benchmarks import mask_listing
+
+    for name in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK"):  # restored after the test
+        monkeypatch.setenv(name, "")
+    mask_listing.main(["--count", "12", "--output", str(tmp_path / "record.json")])
+    rows = json.loads((tmp_path / "record.json").read_text())["rows"]
+    assert [(row["where"], row["masks"]) for row in rows] == [
+        ("Cloud Storage emulator", 12), ("local disk", 12)]

@@ -56,9 +56,13 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
 
     # A second night on the bucket: the history is read back from gs://, nothing is redone;
     # a mask no input of it claims (an earlier run's) is deleted, as on a local disk.
+    # A mask deleted from the bucket is found missing by one listing of the masks, not a
+    # request per reused row, and that image alone is segmented again.
     put(f"{gcs}/out/masks/gone/old.png", b"an earlier run's")
+    FileSystems.delete([f"{gcs}/out/masks/scene2.png"])
     again = run(argv)
-    assert (again.summary["counts"]["segmented"], again.summary["counts"]["reused"]) == (0, 5)
+    assert (again.summary["counts"]["segmented"], again.summary["counts"]["reused"]) == (1, 4)
+    assert again.manifest["beam_counters"]["reused_rows_without_mask_file"] == 1
     assert again.manifest["beam_counters"]["stale_outputs_removed"] == 1
     assert sorted(m.path.rsplit("/", 1)[1] for m in FileSystems.match(
         [f"{gcs}/out/masks/**"])[0].metadata_list) == sorted(f"{key}.png" for key in truth)

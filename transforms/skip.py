@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
-from segbeam.layout import METRICS_DIR
+from segbeam.layout import MASKS_DIR, METRICS_DIR, files_under, output_path
 from segbeam.records import EncodedImage, ImageRef
 from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.scoring import complete_row
@@ -45,17 +44,26 @@ class _Decide(beam.DoFn):
         for candidate in grouped["candidates"]:
             decision, row = decide(candidate, prior, self._fingerprint, self._run_dir,
                                    self._run_date)
-            if decision == REUSE and not FileSystems.exists(row.get("mask_path") or ""):
-                # The row stands but its mask PNG is gone (deleted by hand): segment again
-                # rather than keep a row that names a file no longer there.
-                Metrics.counter("segbeam", "reused_rows_without_mask_file").inc()
-                decision = PROCESS
             if decision == PROCESS:
                 yield candidate.item
-            elif decision == REUSE:
-                yield beam.pvalue.TaggedOutput(REUSE, complete_row(row))
+            elif decision == REUSE:  # once its mask PNG is found in the listing
+                yield beam.pvalue.TaggedOutput(REUSE, (row.get("mask_path") or "",
+                                                       (candidate.item, row)))
             else:
                 yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
+
+
+def _with_mask_file(element):
+    """A row to reuse whose mask PNG is listed stands; one whose mask is gone (deleted by
+    hand) is segmented again, rather than kept naming a file no longer there."""
+    _, grouped = element
+    listed = any(True for _ in grouped["listed"])
+    for item, row in grouped["reused"]:
+        if listed:
+            yield beam.pvalue.TaggedOutput(REUSE, complete_row(row))
+        else:
+            Metrics.counter("segbeam", "reused_rows_without_mask_file").inc()
+            yield item
 
 
 class SkipUnchanged(beam.PTransform):
@@ -87,4 +95,14 @@ class SkipUnchanged(beam.PTransform):
                    | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._run_dir,
                                                     self._run_date)).with_outputs(
                        REUSE, SKIP, main=PROCESS))
-        return decided[PROCESS], decided[REUSE], decided[SKIP], unreadable
+        # One listing of this run's masks, not an existence check per reused row.
+        listed = (items.pipeline
+                  | "MasksFolder" >> beam.Create([output_path(self._run_dir, MASKS_DIR)])
+                  | "ListMasks" >> beam.FlatMap(files_under)
+                  | "KeyMasks" >> beam.Map(lambda path: (path, None)))
+        checked = ({"reused": decided[REUSE], "listed": listed}
+                   | "JoinMasks" >> beam.CoGroupByKey()
+                   | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(
+                       REUSE, main=PROCESS))
+        process = (decided[PROCESS], checked[PROCESS]) | "ToProcess" >> beam.Flatten()
+        return process, checked[REUSE], decided[SKIP], unreadable
