@@ -23,6 +23,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Union
 
 from segbeam.config import Effect, setting
 from segbeam.decode import InvalidInputError
+from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
 from segbeam.incremental import content_sha256
 from segbeam.keys import sanitise_key, strip_extension
 from segbeam.records import DeadLetter, EncodedImage
@@ -35,12 +36,17 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 @dataclasses.dataclass(frozen=True)
 class ContainerFields:
     """Where a container keeps its images: ``image_column`` / ``mask_column`` / ``key_column``
-    (Parquet), ``mask_ext`` (WebDataset: the extension of the mask member, e.g. ``seg.png``)."""
+    (Parquet), ``mask_ext`` (WebDataset: the extension of the mask member, e.g. ``seg.png``),
+    ``image_feature`` / ``mask_feature`` / ``key_feature`` (the features of a TFRecord shard's
+    Examples; DeepLab's names by default)."""
 
     image_column: str = setting(Effect.NONE, "image")
     mask_column: Optional[str] = setting(Effect.NONE, None)
     key_column: Optional[str] = setting(Effect.NONE, None)
     mask_ext: Optional[str] = setting(Effect.NONE, None)
+    image_feature: str = setting(Effect.NONE, IMAGE_FEATURE)
+    mask_feature: str = setting(Effect.NONE, MASK_FEATURE)
+    key_feature: str = setting(Effect.NONE, FILENAME_FEATURE)
 
 
 def container_format(pattern: str) -> Optional[str]:
@@ -59,7 +65,7 @@ def _stored_path_key(path: str) -> str:
     return strip_extension(posixpath.basename(path) if path.startswith("/") else path)
 
 
-def _column_key(value: str) -> str:
+def column_key(value: str) -> str:
     """A --key_column value as a key: a file name there (``0001.jpg``, as datasets keep
     them) loses its image extension, as the same file's key does; other values stay."""
     extension = value.rsplit(".", 1)[-1].lower() if "." in posixpath.basename(value) else ""
@@ -92,7 +98,7 @@ def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[Parquet
     for values in table.to_pylist():
         key = values.get(fields.key_column) if fields.key_column else None
         if key:
-            key = _column_key(str(key))
+            key = column_key(str(key))
         else:
             cell = values.get(fields.image_column)
             path = cell.get("path") if isinstance(cell, dict) else None
@@ -143,6 +149,37 @@ def read_row_group(shard: str, group: int, columns: list[str]):
 
     with open_file(shard) as handle:
         return pq.ParquetFile(handle).read_row_group(group, columns=columns)
+
+
+def shard_fields(input_format: str, shard: str) -> list[str]:
+    """What a shard offers the field flags: a Parquet shard's columns, or the features of a
+    TFRecord shard's first record (raises where they cannot be read)."""
+    if input_format == "parquet":
+        return parquet_columns(shard)
+    from segbeam.example_proto import decode_example
+    from segbeam.layout import open_file
+    from segbeam.tfrecord import read_records
+
+    with open_file(shard, decompress=True) as handle:
+        return sorted(decode_example(next(read_records(handle))))
+
+
+def check_shard_fields(input_format: str, found: list[str], fields: ContainerFields,
+                       shard: str) -> None:
+    """Raises ValueError naming what the shard has where a column flag names no column of a
+    Parquet shard, or where a TFRecord shard's first record lacks the image feature or a key
+    feature given by flag. (A mask feature may be absent from a record: an image without a
+    mask; where none has it, the run says that nothing was scored.)"""
+    if input_format == "parquet":
+        check_parquet_columns(found, fields, shard)
+        return
+    wanted = [(fields.image_feature, "--image_feature")]
+    if fields.key_feature != FILENAME_FEATURE:
+        wanted.append((fields.key_feature, "--key_feature"))
+    for name, flag in wanted:
+        if name not in found:
+            raise ValueError(f"the first record of {shard} has no feature {name!r} ({flag}); "
+                             f"its features are {', '.join(found)}")
 
 
 def check_parquet_columns(schema_names: list[str], fields: ContainerFields, shard: str) -> None:

@@ -17,8 +17,9 @@ import os
 import posixpath
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
+from segbeam.containers import ContainerFields, column_key
 from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
-from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, decode_example
+from segbeam.example_proto import FILENAME_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
@@ -114,11 +115,15 @@ def no_mask_found(masks_given: bool, images: int, images_with_mask: int,
             "_mask (and --image_suffix for the images')")
 
 
-def container_mask_flag(mask_column: Optional[str], mask_ext: Optional[str]) -> Optional[str]:
-    """The flag by which shards name their masks, as given (``--mask_column X``), or None."""
-    if mask_column:
-        return f"--mask_column {mask_column}"
-    return f"--mask_ext {mask_ext}" if mask_ext else None
+def container_mask_flag(fields: dict) -> Optional[str]:
+    """The flag by which shards name their masks, as given (``--mask_column X``), or None;
+    ``fields``: a ``ContainerFields`` as a dict (a run's manifest keeps it so)."""
+    if fields.get("mask_column"):
+        return f"--mask_column {fields['mask_column']}"
+    if fields.get("mask_ext"):
+        return f"--mask_ext {fields['mask_ext']}"
+    feature = fields.get("mask_feature")
+    return f"--mask_feature {feature}" if feature and feature != MASK_FEATURE else None
 
 
 def apart(images: list[str], masks: list[str], image_base: str, mask_base: str
@@ -267,26 +272,32 @@ def shard_record(element: tuple[str, bytes]) -> ShardRecord:
     return ShardRecord(f"{posixpath.basename(shard)}@{digest}", shard, data)
 
 
-def parse_shard_record(record: ShardRecord) -> EncodedImage:
-    """A DeepLab-convention Example -> EncodedImage. The key comes from ``image/filename``
-    (sanitised), else from the shard name and a content hash."""
+def parse_shard_record(record: ShardRecord, fields: ContainerFields = ContainerFields()
+                       ) -> EncodedImage:
+    """An Example -> EncodedImage, its features named by ``fields`` (DeepLab's by default:
+    ``image/encoded``, ``image/segmentation/class/encoded``, ``image/filename``). The key comes
+    from the key feature (a file name loses its image extension), else from the shard name and
+    a content hash."""
     try:
         features = decode_example(record.data)
     except ValueError as error:
         raise InvalidInputError(f"shard record is not a tf.train.Example: {error}") from error
-    encoded = features.get(IMAGE_FEATURE)
+    encoded = features.get(fields.image_feature)
     if not encoded or not isinstance(encoded[0], bytes):
-        raise InvalidInputError(f"shard record has no {IMAGE_FEATURE!r} bytes feature; found "
-                                f"{sorted(features)}")
-    filename = features.get(FILENAME_FEATURE)
-    if filename and isinstance(filename[0], bytes) and filename[0]:
-        name = filename[0].decode("utf-8", "replace")
-        key = sanitise_key(strip_extension(name))
+        raise InvalidInputError(f"shard record has no {fields.image_feature!r} bytes feature "
+                                f"(--image_feature); found {sorted(features)}")
+    named = features.get(fields.key_feature)
+    if named and isinstance(named[0], (bytes, int)) and named[0] != b"":
+        name = named[0].decode("utf-8", "replace") if isinstance(named[0], bytes) \
+            else str(named[0])
+        # DeepLab's file name loses any extension; another key feature, as --key_column does
+        key = sanitise_key(strip_extension(name) if fields.key_feature == FILENAME_FEATURE
+                           else column_key(name))
     else:
         name, key = record.key, sanitise_key(record.key.replace("@", "-"))
-    masks = features.get(MASK_FEATURE)
+    masks = features.get(fields.mask_feature)
     mask_bytes = masks[0] if masks and isinstance(masks[0], bytes) and masks[0] else None
     source = f"{record.source}#{name}"
     return EncodedImage(key, source, encoded[0], mask_bytes,
-                        f"{source}:{MASK_FEATURE}" if mask_bytes else None,
+                        f"{source}:{fields.mask_feature}" if mask_bytes else None,
                         content_sha256(encoded[0], mask_bytes))

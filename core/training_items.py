@@ -16,7 +16,6 @@ from segbeam.containers import IMAGE_EXTENSIONS, CheckedTarInfo, ContainerFields
     parse_parquet_row
 from segbeam.dataset import Naming, ShardRecord, find_pairs, parse_shard_record, read_encoded
 from segbeam.decode import DecodedInput, InvalidInputError, decode_input
-from segbeam.example_proto import MASK_FEATURE
 from segbeam.layout import matching_paths, open_file
 from segbeam.matching import folder_as_glob
 from segbeam.records import ImageRef
@@ -33,6 +32,7 @@ class ShardEntry(NamedTuple):
     offset: int  # of the record's data
     length: int
     index: int  # its place in the shard
+    fields: ContainerFields = ContainerFields()  # the Example's feature names
 
 
 class ParquetEntry(NamedTuple):
@@ -56,7 +56,8 @@ class TarEntry(NamedTuple):
 TrainingItem = Union[ImageRef, ShardEntry, ParquetEntry, TarEntry]
 
 
-def tfrecord_entries(shard: str) -> list[ShardEntry]:
+def tfrecord_entries(shard: str, fields: ContainerFields = ContainerFields()
+                     ) -> list[ShardEntry]:
     """The records of one uncompressed TFRecord file, each header checked against its CRC.
     Where the file breaks off or a header is damaged, the records before it, with a
     warning."""
@@ -66,7 +67,8 @@ def tfrecord_entries(shard: str) -> list[ShardEntry]:
         size = handle.tell()
         try:
             for span in record_spans(handle, size):
-                entries.append(ShardEntry(shard, span.offset, span.length, len(entries)))
+                entries.append(ShardEntry(shard, span.offset, span.length, len(entries),
+                                          fields))
         except DamagedTFRecord as error:
             LOG.warning("training: %s is damaged: %s; the %d records before it are used",
                         shard, error, len(entries))
@@ -135,7 +137,7 @@ def find_shard_entries(pattern: str, fields: ContainerFields = ContainerFields()
         entries = [entry for shard in shards for entry in tar_entries(shard, fields.mask_ext)]
     else:
         _refuse_compressed(shards)
-        entries = [entry for shard in shards for entry in tfrecord_entries(shard)]
+        entries = [entry for shard in shards for entry in tfrecord_entries(shard, fields)]
     if not entries:
         name = {"parquet": "Parquet", "webdataset": "WebDataset"}.get(kind, kind)
         many = len(shards) != 1
@@ -220,10 +222,10 @@ def decode_item(item: TrainingItem, colour_masks: bool = False) -> DecodedInput:
             data = check_record(handle.read(item.length + FOOTER_BYTES),
                                 RecordSpan(item.offset, item.length), item.index)
         encoded = parse_shard_record(ShardRecord(f"{item.shard}@{item.offset}", item.shard,
-                                                 data))
+                                                 data), item.fields)
         if encoded.mask_bytes is None:
             raise InvalidInputError(f"record at byte {item.offset} of {item.shard} lacks "
-                                    f"{MASK_FEATURE!r}")
+                                    f"{item.fields.mask_feature!r}")
     return decode_input(encoded.image_bytes, encoded.mask_bytes, colour_masks=colour_masks)
 
 

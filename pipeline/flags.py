@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam.dataset import mask_glob
+from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
 from segbeam.matching import match_files
 
 
@@ -97,8 +98,8 @@ def reject_repeated_flags(argv: Sequence[str], ours: argparse.ArgumentParser,
 
 
 def add_container_flags(group, key_column: bool) -> None:
-    """Where Parquet and WebDataset shards keep images and masks (``ContainerFields``); the
-    same flags for ``segbeam run`` and ``segbeam train``."""
+    """Where Parquet, WebDataset and TFRecord shards keep images and masks
+    (``ContainerFields``); the same flags for ``segbeam run`` and ``segbeam train``."""
     group.add_argument("--image_column", default="image",
                        help="Parquet: the column of encoded images (the datasets library's "
                             "{bytes, path} struct, or binary).")
@@ -111,12 +112,27 @@ def add_container_flags(group, key_column: bool) -> None:
     group.add_argument("--mask_ext", default=None,
                        help="WebDataset: the extension of each sample's mask member, e.g. "
                             "seg.png for KEY.seg.png beside KEY.jpg.")
+    group.add_argument("--image_feature", default=IMAGE_FEATURE,
+                       help=f"TFRecord: the Example feature of encoded images (default: "
+                            f"DeepLab's {IMAGE_FEATURE}; TensorFlow Datasets: image).")
+    group.add_argument("--mask_feature", default=MASK_FEATURE,
+                       help=f"TFRecord: the Example feature of encoded masks, where a record "
+                            f"has one (default: DeepLab's {MASK_FEATURE}).")
+    if key_column:
+        group.add_argument("--key_feature", default=FILENAME_FEATURE,
+                           help=f"TFRecord: the Example feature naming each record, bytes or "
+                                f"an integer (default: {FILENAME_FEATURE}, without its "
+                                f"extension; a record without it is named by its shard and "
+                                f"a hash of its image).")
 
 
 # (flag, its default, the input format it applies to) for the flags that only one input
 # format reads.
 _FORMAT_FLAGS = (("image_column", "image", "parquet"), ("mask_column", None, "parquet"),
                  ("key_column", None, "parquet"), ("mask_ext", None, "webdataset"),
+                 ("image_feature", IMAGE_FEATURE, "tfrecord"),
+                 ("mask_feature", MASK_FEATURE, "tfrecord"),
+                 ("key_feature", FILENAME_FEATURE, "tfrecord"),
                  ("image_suffix", None, "images"), ("mask_suffix", None, "images"))
 
 

@@ -67,7 +67,7 @@ class ReadInputs(beam.PTransform):
     def expand(self, pbegin):
         s = self._settings
         if s.input_format in SHARD_FORMATS:
-            reader = {"tfrecord": lambda: ReadTFRecordShards(s.input),
+            reader = {"tfrecord": lambda: ReadTFRecordShards(s.input, s.containers),
                       "parquet": lambda: ReadParquetShards(s.input, s.containers),
                       "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers)}
             items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()

@@ -283,7 +283,8 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         crf_processes=crf_processes(
             o.crf_processes, o.crf_backend, (runner or "DirectRunner").rsplit(".", 1)[-1]
             in LOCAL_RUNNERS, options.view_as(DirectOptions).direct_num_workers),
-        containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext),
+        containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext,
+                                   o.image_feature, o.mask_feature, o.key_feature),
         image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix)
 
 

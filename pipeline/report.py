@@ -170,15 +170,15 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
     }
 
 
-def run_warnings(summary: dict, manifest: dict, masks: Optional[str],
-                 mask_column: Optional[str], mask_ext: Optional[str],
+def run_warnings(summary: dict, manifest: dict, masks: Optional[str], containers: dict,
                  label_map: Optional[Sequence]) -> list[str]:
     """What a finished run warns about, the same in the terminal and in the report: masks
     that no input found, mask values not scored, 16-bit images that came out dark, model
     outputs in [0, 1] read as logits, and what the launcher found (a model trained under
-    another label convention or scale: the manifest's ``warnings``)."""
+    another label convention or scale: the manifest's ``warnings``). ``containers``: the
+    run's ``ContainerFields`` as a dict."""
     counts = summary.get("counts", {})
-    flag = container_mask_flag(mask_column, mask_ext)
+    flag = container_mask_flag(containers)
     unpaired = no_mask_found(bool(masks or flag), counts.get("outputs", 0),
                              counts.get("images_with_mask", 0), flag)
     counters = manifest.get("beam_counters") or {}
@@ -193,10 +193,8 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str],
 
 
 def _warnings(run: RunOutputs) -> list[str]:
-    fields = run.setting("containers") or {}
     return run_warnings(run.summary, run.manifest, run.setting("masks"),
-                        fields.get("mask_column"), fields.get("mask_ext"),
-                        run.setting("label_map"))
+                        run.setting("containers") or {}, run.setting("label_map"))
 
 
 # The settings that decide which mask pixels are scored and as what.

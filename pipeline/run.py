@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, TestOptions)
 
 from segbeam import compat
-from segbeam.containers import ContainerFields, check_parquet_columns, parquet_columns
+from segbeam.containers import ContainerFields, check_shard_fields, shard_fields
 from segbeam.dataset import apart, mask_glob, named_mask
 from segbeam.keys import glob_base
 from segbeam.models.output_adapters import adapt_outputs
@@ -85,20 +85,20 @@ def _check_inputs_exist(settings: Settings) -> str:
         LOG.warning("--input %s reads the files in that folder, not the %d in its sub-folders;"
                     " pass '%s/**' to read those too", settings.input, deeper,
                     settings.input[:-2])
-    if settings.input_format == "parquet":
-        _check_parquet_columns(first, settings.containers)
+    if settings.input_format in ("parquet", "tfrecord"):
+        _check_shard_fields(first, settings.input_format, settings.containers)
     return first
 
 
-def _check_parquet_columns(shard: str, fields: ContainerFields) -> None:
-    """A column flag that names no column of the first shard is a usage error, not a dead
-    letter per shard."""
+def _check_shard_fields(shard: str, input_format: str, fields: ContainerFields) -> None:
+    """A column or feature flag that names nothing in the first shard (its first record, for
+    TFRecord) is a usage error, not a dead letter per shard or record."""
     try:
-        names = parquet_columns(shard)
+        found = shard_fields(input_format, shard)
     except Exception:  # noqa: BLE001 - an unreadable shard is the pipeline's dead letter
         return
     try:
-        check_parquet_columns(names, fields, shard)
+        check_shard_fields(input_format, found, fields, shard)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -338,8 +338,8 @@ def outcome_warnings(outcome: RunOutcome) -> list[str]:
     from segbeam.pipeline.report import run_warnings
 
     s = outcome.settings
-    return run_warnings(outcome.summary, outcome.manifest, s.masks, s.containers.mask_column,
-                        s.containers.mask_ext, s.label_map)
+    return run_warnings(outcome.summary, outcome.manifest, s.masks,
+                        dataclasses.asdict(s.containers), s.label_map)
 
 
 def format_report(outcome: RunOutcome) -> str:

@@ -169,9 +169,9 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
                           else "images", args)
     values = vars(args)
     del values["dataset"], values["mask_palette"]
-    values["containers"] = ContainerFields(values.pop("image_column"),
-                                           values.pop("mask_column"), None,
-                                           values.pop("mask_ext"))
+    values["containers"] = ContainerFields(
+        values.pop("image_column"), values.pop("mask_column"), None, values.pop("mask_ext"),
+        values.pop("image_feature"), values.pop("mask_feature"))
     values.update(num_classes=convention.num_classes, ignore_index=convention.ignore_index,
                   label_map=convention.label_map, mask_colours=convention.mask_colours,
                   image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix,

@@ -66,14 +66,16 @@ def write_tar(path, members):
             archive.addfile(info, io.BytesIO(content))
 
 
-def tfrecord_bytes(data, names=None):
-    """A TFRecord file of DeepLab-style Examples, one per name, framed with their CRCs."""
+def tfrecord_bytes(data, names=None, features=None):
+    """A TFRecord file of Examples, one per name, framed with their CRCs; ``features``: the
+    names of the image, mask and file-name features (DeepLab's by default)."""
     from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE, \
         encode_example
     from segbeam.tfrecord import masked_crc32c
 
-    records = [encode_example({IMAGE_FEATURE: [data[n][0]], MASK_FEATURE: [data[n][1]],
-                               FILENAME_FEATURE: [f"{n}.png".encode()]})
+    image, mask, filename = features or (IMAGE_FEATURE, MASK_FEATURE, FILENAME_FEATURE)
+    records = [encode_example({image: [data[n][0]], mask: [data[n][1]],
+                               filename: [f"{n}.png".encode()]})
                for n in (names or data)]
     framed = []
     for record in records:
@@ -467,3 +469,50 @@ def test_a_damaged_tar_member_header_is_said_not_taken_for_the_end_of_the_shard(
     with pytest.raises(ValueError, match="the 1 WebDataset shard matching .* holds no training "
                                          "record that can be read"):
         find_shard_entries(str(tmp_path / "junk" / "*.tar"), ContainerFields(mask_ext="seg.png"))
+
+
+def test_tfrecord_shards_name_their_features_by_flag(tmp_path, capsys):
+    """Shards of other conventions (TensorFlow Datasets: ``image``, ``segmentation_mask``)
+    were dead letters record by record; --image_feature, --mask_feature and --key_feature name
+    the features, and a name the first record lacks is a usage error that lists its
+    features."""
+    from segbeam.dataset import ShardRecord, parse_shard_record
+    from segbeam.containers import ContainerFields
+    from segbeam.example_proto import encode_example
+    from segbeam.pipeline.cli import main
+    from segbeam.pipeline.run import format_report, outcome_warnings, run
+
+    data = _dataset(9)
+    os.makedirs(tmp_path / "tfds")
+    (tmp_path / "tfds" / "x.tfrecord").write_bytes(tfrecord_bytes(
+        data, features=("image", "segmentation_mask", "image/filename")))
+    common = ["--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32", "--no-crf",
+              "--quiet", "--input", f"{tmp_path}/tfds/*.tfrecord"]
+    outcome = run(common + ["--output", str(tmp_path / "out"), "--image_feature", "image",
+                            "--mask_feature", "segmentation_mask"])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["images_with_mask"]) == (4, 4, 4)
+    assert sorted(str(p.relative_to(tmp_path / "out" / "masks"))
+                  for p in (tmp_path / "out" / "masks").rglob("*.png")) == \
+        ["a.png", "b.png", "sub/c.png", "sub/d.png"]
+
+    mistyped = run(common + ["--output", str(tmp_path / "typo"), "--image_feature", "image",
+                             "--mask_feature", "segmentation_mak"])
+    assert mistyped.summary["counts"]["images_with_mask"] == 0
+    assert any("--mask_feature segmentation_mak named no mask in any record" in w
+               for w in outcome_warnings(mistyped))
+    assert "segmentation_mak" in format_report(mistyped)
+
+    for flags, missing in (([], "'image/encoded' (--image_feature)"),
+                           (["--image_feature", "image", "--key_feature", "id"],
+                            "'id' (--key_feature)")):
+        assert main(["run", *common, "--output", str(tmp_path / "bad"), *flags]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and f"has no feature {missing}" in error[0]
+        assert "its features are image, image/filename, segmentation_mask" in error[0]
+
+    fields = ContainerFields(image_feature="image", key_feature="id")
+    record = encode_example({"image": [data["a"][0]], "id": [1234]})
+    assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "1234"
+    record = encode_example({"image": [data["a"][0]], "id": [b"scan.v2.jpg"]})
+    assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "scan.v2"

@@ -298,7 +298,7 @@ def test_dark_16_bit_images_are_warned_about_from_the_summary_and_from_older_run
 
     def warnings(counts: dict, counters: dict) -> list:
         return run_warnings({"counts": {"outputs": 2, **counts}},
-                            {"beam_counters": counters}, None, None, None, None)
+                            {"beam_counters": counters}, None, {}, None)
 
     assert warnings({"dark_16_bit_images": 1}, {}) == [
         f"{dark_high_depth_warning(1)}; their metrics rows' high_depth_peak column names them"]

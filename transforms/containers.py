@@ -33,21 +33,22 @@ def _shard_dead_letter(shard: str, reason: str, part: str = "") -> beam.pvalue.T
     return beam.pvalue.TaggedOutput(DEAD, DeadLetter(sanitise_key(name), shard, "read", reason))
 
 
-def _damage(error: Exception, count: int, last: Optional[ShardRecord]) -> str:
+def _damage(error: Exception, count: int, last: Optional[ShardRecord],
+            fields: ContainerFields) -> str:
     """A one-line reason for a TFRecord shard that breaks off or is damaged after ``count``
     intact records, naming the last of them (by its key)."""
     what = str(error) if isinstance(error, DamagedTFRecord) else one_line_reason(error)
     if last is None:
         return f"damaged TFRecord shard: {what}; no record before it is intact"
     try:
-        name = parse_shard_record(last).key
+        name = parse_shard_record(last, fields).key
     except ValueError:
         name = last.key
     return (f"damaged TFRecord shard: {what}; the {count} record{'s' * (count != 1)} before "
             f"it {'are' if count != 1 else 'is'} read (the last: {name})")
 
 
-def _tfrecord_records(shard: str):
+def _tfrecord_records(shard: str, fields: ContainerFields):
     """Each record of a TFRecord shard (gzip and other compressions by the name's suffix, as
     Beam reads them) checked against its CRCs; where the shard breaks off or is damaged, one
     dead letter for the rest of it, saying where, after the records before."""
@@ -58,27 +59,28 @@ def _tfrecord_records(shard: str):
                 record, count = shard_record((shard, data)), count + 1
                 yield record
     except Exception as error:  # noqa: BLE001 - a shard's damage must not cost its other records
-        yield _shard_dead_letter(shard, _damage(error, count, record))
+        yield _shard_dead_letter(shard, _damage(error, count, record, fields))
 
 
 class ReadTFRecordShards(beam.PTransform):
-    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards holding
-    DeepLab-style Examples (``image/encoded``, ``image/filename``, optional
-    ``image/segmentation/class/encoded``); each shard is read by one worker, the shards spread
-    over workers."""
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards of
+    Examples, their features named by ``fields`` (DeepLab's by default: ``image/encoded``,
+    ``image/filename``, optional ``image/segmentation/class/encoded``); each shard is read by
+    one worker, the shards spread over workers."""
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, fields: ContainerFields = ContainerFields()):
         super().__init__()
-        self._pattern = pattern
+        self._pattern, self._fields = pattern, fields
 
     def expand(self, pbegin):
         records = (pbegin
                    | "Pattern" >> beam.Create([self._pattern])
                    | "MatchShards" >> beam.FlatMap(match_files)
                    | "SpreadShards" >> beam.Reshuffle()
-                   | "Records" >> beam.FlatMap(_tfrecord_records).with_outputs(
+                   | "Records" >> beam.FlatMap(_tfrecord_records, self._fields).with_outputs(
                        DEAD, main="intact"))
-        encoded, unparsable = records.intact | "Parse" >> SafeMap("parse", parse_shard_record)
+        encoded, unparsable = records.intact | "Parse" >> SafeMap("parse", parse_shard_record,
+                                                                  self._fields)
         dead = (records[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
         inputs = ((records.intact, records[DEAD]) | "AllInputs" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
