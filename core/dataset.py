@@ -276,8 +276,9 @@ def parse_shard_record(record: ShardRecord, fields: ContainerFields = ContainerF
                        ) -> EncodedImage:
     """An Example -> EncodedImage, its features named by ``fields`` (DeepLab's by default:
     ``image/encoded``, ``image/segmentation/class/encoded``, ``image/filename``). The key comes
-    from the key feature (a file name loses its image extension), else from the shard name and
-    a content hash."""
+    from the key feature (DeepLab's file name loses its extension, another feature's value only
+    an image extension), else from the shard name and a content hash. A record holding several
+    images (or masks) in its feature is refused, not read by its first."""
     try:
         features = decode_example(record.data)
     except ValueError as error:
@@ -296,6 +297,11 @@ def parse_shard_record(record: ShardRecord, fields: ContainerFields = ContainerF
     else:
         name, key = record.key, sanitise_key(record.key.replace("@", "-"))
     masks = features.get(fields.mask_feature)
+    for feature, values in ((fields.image_feature, encoded), (fields.mask_feature, masks)):
+        if values and len(values) > 1:  # reading the first would drop the others unsaid
+            raise InvalidInputError(f"shard record {name!r} holds {len(values)} values in "
+                                    f"{feature!r}; one image and one mask per record are read: "
+                                    f"write a record per image")
     mask_bytes = masks[0] if masks and isinstance(masks[0], bytes) and masks[0] else None
     source = f"{record.source}#{name}"
     return EncodedImage(key, source, encoded[0], mask_bytes,

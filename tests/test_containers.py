@@ -516,3 +516,9 @@ def test_tfrecord_shards_name_their_features_by_flag(tmp_path, capsys):
     assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "1234"
     record = encode_example({"image": [data["a"][0]], "id": [b"scan.v2.jpg"]})
     assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "scan.v2"
+    for doubled in ("image", "image/segmentation/class/encoded"):
+        features = {"image": [data["a"][0]], "id": [b"x"],
+                    "image/segmentation/class/encoded": [data["a"][1]]}
+        features[doubled] = features[doubled] * 2  # two values: the second was dropped unsaid
+        with pytest.raises(ValueError, match=f"record 'x' holds 2 values in '{doubled}'"):
+            parse_shard_record(ShardRecord("s@1", "s", encode_example(features)), fields)
