@@ -110,17 +110,29 @@ def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[Parquet
 
 def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
     """A Parquet row -> EncodedImage; a row without image bytes is refused with the reason."""
-    image, _ = _cell_bytes(row.values.get(fields.image_column), fields.image_column)
+    image, path = _cell_bytes(row.values.get(fields.image_column), fields.image_column)
     if not image:
         raise InvalidInputError(f"row {row.key!r} has no bytes in column "
-                                f"{fields.image_column!r}")
+                                f"{fields.image_column!r}{_path_only(path)}")
     mask = None
     if fields.mask_column:
-        mask, _ = _cell_bytes(row.values.get(fields.mask_column), fields.mask_column)
+        mask, path = _cell_bytes(row.values.get(fields.mask_column), fields.mask_column)
+        if not mask and path:  # a mask is there, by path: scoring nothing would hide it
+            raise InvalidInputError(f"row {row.key!r} has no bytes in mask column "
+                                    f"{fields.mask_column!r}{_path_only(path)}")
     key = sanitise_key(row.key)
     return EncodedImage(key, row.source, image, mask or None,
                         f"{row.source}:{fields.mask_column}" if mask else None,
                         content_sha256(image, mask or None))
+
+
+def _path_only(path: Optional[str]) -> str:
+    """Why a ``datasets`` struct holds a path and no bytes, and what to do, or nothing."""
+    if not path:
+        return ""
+    return (f", only the path {path!r}: the dataset was saved without embedding its files; "
+            f"save it with the images (and masks) embedded, as push_to_hub does, or read the "
+            f"files themselves")
 
 
 def parquet_columns(shard: str) -> list[str]:

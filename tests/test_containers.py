@@ -166,6 +166,11 @@ def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
     cells = table.column("image").to_pylist()
     cells[1] = {"bytes": None, "path": "b.png"}  # a row without image bytes
     table = table.set_column(0, "image", pa.array(cells, IMAGE_STRUCT))
+    # A mask by path alone (a dataset saved without embedding its files): the image was
+    # segmented as if it had no mask, and nothing said why it was not scored.
+    cells = table.column("annotation").to_pylist()
+    cells[2] = {"bytes": None, "path": "sub/c.png"}
+    table = table.set_column(1, "annotation", pa.array(cells, IMAGE_STRUCT))
     pq.write_table(table, str(tmp_path / "pq" / "good.parquet"))
     whole = io.BytesIO()
     pq.write_table(parquet_table(data, NAMES[3:]), whole)
@@ -184,12 +189,15 @@ def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
                              "--mask_column", "annotation")
     counts = summary["counts"]
     assert counts["accounted_for"]
-    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (7, 2, 5)
-    assert sorted(masks) == ["e.png", "sub/c.png"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (7, 1, 6)
+    assert sorted(masks) == ["e.png"]
     dead = {(d["source"].rsplit("/", 1)[-1], d["stage"]): d["reason"]
             for path in (tmp_path / "out" / "dead_letters").iterdir()
             for d in map(json.loads, path.read_text().splitlines())}
-    assert "no bytes in column 'image'" in dead[("good.parquet#b", "parse")]
+    assert "no bytes in column 'image', only the path 'b.png': the dataset was saved " \
+        "without embedding its files" in dead[("good.parquet#b", "parse")]
+    assert "no bytes in mask column 'annotation', only the path 'sub/c.png'" in \
+        dead[("c", "parse")]  # the source good.parquet#sub/c, split at its last slash
     assert "not a readable Parquet shard" in dead[("cut.parquet", "read")]
     assert dead[("damaged.parquet", "read")].startswith(
         "row group 1 of this Parquet shard cannot be read, so its 1 row is lost: ")
