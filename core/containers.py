@@ -117,7 +117,8 @@ def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
     mask = None
     if fields.mask_column:
         mask, path = _cell_bytes(row.values.get(fields.mask_column), fields.mask_column)
-        if not mask and path:  # a mask is there, by path: scoring nothing would hide it
+        if not mask and (path or mask is not None):  # a mask by path, or empty: scoring
+            # nothing would hide it
             raise InvalidInputError(f"row {row.key!r} has no bytes in mask column "
                                     f"{fields.mask_column!r}{_path_only(path)}")
     key = sanitise_key(row.key)

@@ -170,6 +170,7 @@ def test_broken_parquet_shards_and_rows_are_dead_letters_naming_them(tmp_path):
     # segmented as if it had no mask, and nothing said why it was not scored.
     cells = table.column("annotation").to_pylist()
     cells[2] = {"bytes": None, "path": "sub/c.png"}
+    cells[1] = {"bytes": b"", "path": None}  # b's image is refused first
     table = table.set_column(1, "annotation", pa.array(cells, IMAGE_STRUCT))
     pq.write_table(table, str(tmp_path / "pq" / "good.parquet"))
     whole = io.BytesIO()
@@ -530,3 +531,21 @@ def test_tfrecord_shards_name_their_features_by_flag(tmp_path, capsys):
         features[doubled] = features[doubled] * 2  # two values: the second was dropped unsaid
         with pytest.raises(ValueError, match=f"record 'x' holds 2 values in '{doubled}'"):
             parse_shard_record(ShardRecord("s@1", "s", encode_example(features)), fields)
+
+
+def test_a_parquet_mask_cell_that_holds_no_mask_bytes_is_refused_unless_it_is_null():
+    """A null cell is an image without a mask; an empty one, or one with only a path, was
+    read the same way: its image went unscored without a word."""
+    from segbeam.containers import ContainerFields, ParquetRow, parse_parquet_row
+
+    fields = ContainerFields(mask_column="m")
+
+    def parsed(cell):
+        return parse_parquet_row(ParquetRow("k", "s#k", {"image": b"x", "m": cell}), fields)
+
+    assert parsed(None).mask_bytes is None and parsed({"bytes": None, "path": None}) \
+        .mask_bytes is None
+    assert parsed({"bytes": b"png", "path": "k.png"}).mask_bytes == b"png"
+    for cell in (b"", {"bytes": b"", "path": None}, {"bytes": None, "path": "k.png"}):
+        with pytest.raises(ValueError, match="row 'k' has no bytes in mask column 'm'"):
+            parsed(cell)
