@@ -194,7 +194,25 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str], containers
 
 def _warnings(run: RunOutputs) -> list[str]:
     return run_warnings(run.summary, run.manifest, run.setting("masks"),
-                        run.setting("containers") or {}, run.setting("label_map"))
+                        run.setting("containers") or {}, run.setting("label_map")) + \
+        files_missing(run.summary, len(run.rows), len(run.dead_letters))
+
+
+def files_missing(summary: dict, rows: int, dead_letters: int) -> list[str]:
+    """Where a run's folder holds fewer (or more) metrics rows or dead letters than its summary
+    counts (files removed, or a copy of the folder cut short, since it ran): the report's
+    per-image figures would cover what is left without a word."""
+    counts = summary.get("counts", {})
+    found = []
+    for what, counted, held in (("metrics row", counts.get("outputs"), rows),
+                                ("dead letter", counts.get("dead_letters"), dead_letters)):
+        if counted is not None and counted != held:
+            found.append(f"the run's summary counts {counted} {what}{'s' * (counted != 1)}, "
+                         f"but its folder holds {held}: files were removed, or the folder was "
+                         f"not copied whole, since it ran; the aggregate figures are the "
+                         f"summary's, the per-image figures and the gallery cover the {held} "
+                         f"found")
+    return found
 
 
 # The settings that decide which mask pixels are scored and as what.
@@ -342,6 +360,8 @@ def report_command(argv) -> int:
         print(f"segbeam report: error: {error}", file=sys.stderr)
         return ExitCode.USAGE
     print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
+    for warning in report["warnings"]:  # in the report, and said here as `segbeam run` says them
+        print(f"segbeam report: warning: {warning}", file=sys.stderr)
     comparison = report.get("comparison") or {}
     if comparison and not comparison["comparable"]:
         print(f"  not compared: {comparison['not_comparable']}")

@@ -305,3 +305,27 @@ def test_dark_16_bit_images_are_warned_about_from_the_summary_and_from_older_run
     assert warnings({}, {"dark_16_bit_images": 2}) == [dark_high_depth_warning(2)]
     assert warnings({"dark_16_bit_images": 0}, {"dark_16_bit_images": 2}) == []
     assert warnings({}, {}) == []
+
+
+def test_a_run_folder_missing_rows_or_dead_letters_is_said_to_be_incomplete(runs, tmp_path,
+                                                                            capsys):
+    """A run folder copied in part (or with a metrics shard removed) gave a report whose
+    per-image figures and gallery covered what was left, without a word."""
+    import pyarrow.parquet as pq
+
+    whole = runs["with_masks"]
+    assert main(["report", whole, "--output", str(tmp_path / "whole")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    (shard,) = (cut / "metrics").glob("*.parquet")
+    pq.write_table(pq.read_table(shard).slice(0, 7), shard)
+    for letters in (cut / "dead_letters").glob("*.jsonl"):
+        letters.write_text("")
+    assert main(["report", str(cut), "--output", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    expected = ["the run's summary counts 10 metrics rows, but its folder holds 7",
+                "the run's summary counts 1 dead letter, but its folder holds 0"]
+    assert all(f"segbeam report: warning: {line}" in err for line in expected)
+    warnings = json.loads((tmp_path / "out" / "report.json").read_text())["warnings"]
+    assert all(any(w.startswith(line) for w in warnings) for line in expected)
