@@ -67,9 +67,10 @@ class ReadInputs(beam.PTransform):
     def expand(self, pbegin):
         s = self._settings
         if s.input_format in SHARD_FORMATS:
-            reader = {"tfrecord": lambda: ReadTFRecordShards(s.input, s.containers),
-                      "parquet": lambda: ReadParquetShards(s.input, s.containers),
-                      "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers)}
+            root = s.layout.root  # a run's own outputs are never read as inputs
+            reader = {"tfrecord": lambda: ReadTFRecordShards(s.input, s.containers, root),
+                      "parquet": lambda: ReadParquetShards(s.input, s.containers, root),
+                      "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers, root)}
             items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()
             unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
         else:

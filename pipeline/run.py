@@ -70,7 +70,7 @@ def _check_inputs_exist(settings: Settings) -> str:
     """Fails before the pipeline starts when the input glob, or the masks, match nothing: a
     clearer message than the runner's, no empty outputs, and no run that scores nothing
     because --masks was mistyped. Returns the first input file."""
-    exclude = settings.layout.root if settings.input_format == "images" else None
+    exclude = settings.layout.root
     first, deeper = first_file_and_subfolder_count(settings.input, exclude)
     if first is None and deeper:
         raise UsageError(f"--input {settings.input[:-2]!r} is a folder whose {deeper} files "
@@ -121,7 +121,7 @@ def _note_outputs_inside_inputs(settings: Settings) -> None:
     """Says so when the input glob would match this run's own outputs: they are left out."""
     root = settings.layout.root
     globs = [settings.input] + ([mask_glob(settings.masks)] if settings.masks else [])
-    if settings.input_format == "images" and any(could_match_outputs(g, root) for g in globs):
+    if any(could_match_outputs(g, root) for g in globs):
         LOG.warning("the output folder %s lies inside the input glob; the files runs write "
                     "there are not read as inputs", root)
 

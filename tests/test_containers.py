@@ -549,3 +549,17 @@ def test_a_parquet_mask_cell_that_holds_no_mask_bytes_is_refused_unless_it_is_nu
     for cell in (b"", {"bytes": b"", "path": None}, {"bytes": None, "path": "k.png"}):
         with pytest.raises(ValueError, match="row 'k' has no bytes in mask column 'm'"):
             parsed(cell)
+
+
+def test_a_runs_own_outputs_inside_a_shard_glob_are_not_read_as_shards(tmp_path):
+    """Shard globs were matched without leaving out the run's own outputs: a second run into
+    a folder inside ``data/**.parquet`` read the first run's metrics Parquet as a shard."""
+    data = _dataset(10)
+    os.makedirs(tmp_path / "data")
+    pq.write_table(parquet_table(data), str(tmp_path / "data" / "train.parquet"))
+    for _ in range(2):
+        summary, _, masks = _run(tmp_path, "data/out", "--input",
+                                 f"{tmp_path}/data/**.parquet", "--mask_column", "annotation")
+        counts = summary["counts"]
+        assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (4, 4, 0)
+    assert len(masks) == 4

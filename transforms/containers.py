@@ -2,7 +2,8 @@
 TFRecord shards and WebDataset tar shards streamed record by record, Parquet shards one row group
 at a time, on any Beam filesystem. Each gives (EncodedImages, dead letters, number of inputs); a
 shard that breaks off keeps the records before the break, and a Parquet shard with a damaged row
-group keeps its other row groups.
+group keeps its other row groups. Files a run writes under ``exclude`` (its output root: metrics
+Parquet, say) are never read as shards.
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ class ReadTFRecordShards(beam.PTransform):
     ``image/filename``, optional ``image/segmentation/class/encoded``); each shard is read by
     one worker, the shards spread over workers."""
 
-    def __init__(self, pattern: str, fields: ContainerFields = ContainerFields()):
+    def __init__(self, pattern: str, fields: ContainerFields = ContainerFields(),
+                 exclude: Optional[str] = None):
         super().__init__()
-        self._pattern, self._fields = pattern, fields
+        self._pattern, self._fields, self._exclude = pattern, fields, exclude
 
     def expand(self, pbegin):
         records = (pbegin
                    | "Pattern" >> beam.Create([self._pattern])
-                   | "MatchShards" >> beam.FlatMap(match_files)
+                   | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
                    | "SpreadShards" >> beam.Reshuffle()
                    | "Records" >> beam.FlatMap(_tfrecord_records, self._fields).with_outputs(
                        DEAD, main="intact"))
@@ -123,15 +125,15 @@ class ReadParquetShards(beam.PTransform):
     encoded images (the ``datasets`` layout), read one row group at a time (never a whole
     file), only the named columns; the row groups spread over workers."""
 
-    def __init__(self, pattern: str, fields: ContainerFields):
+    def __init__(self, pattern: str, fields: ContainerFields, exclude: Optional[str] = None):
         super().__init__()
-        self._pattern, self._fields = pattern, fields
+        self._pattern, self._fields, self._exclude = pattern, fields, exclude
 
     def expand(self, pbegin):
         fields = self._fields
         groups = (pbegin
                   | "Pattern" >> beam.Create([self._pattern])
-                  | "MatchShards" >> beam.FlatMap(match_files)
+                  | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
                   | "RowGroups" >> beam.FlatMap(_row_groups, fields).with_outputs(
                       DEAD, main="readable"))
         rows = (groups.readable
@@ -161,14 +163,14 @@ class ReadWebDatasetShards(beam.PTransform):
     """pipeline -> (EncodedImages, dead letters, number of inputs) for WebDataset tar shards;
     each shard is read by one worker, the shards spread over workers."""
 
-    def __init__(self, pattern: str, fields: ContainerFields):
+    def __init__(self, pattern: str, fields: ContainerFields, exclude: Optional[str] = None):
         super().__init__()
-        self._pattern, self._fields = pattern, fields
+        self._pattern, self._fields, self._exclude = pattern, fields, exclude
 
     def expand(self, pbegin):
         samples = (pbegin
                    | "Pattern" >> beam.Create([self._pattern])
-                   | "MatchShards" >> beam.FlatMap(match_files)
+                   | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
                    | "SpreadShards" >> beam.Reshuffle()
                    | "Samples" >> beam.FlatMap(_tar_samples, self._fields.mask_ext).with_outputs(
                        DEAD, main="encoded"))
