@@ -288,7 +288,11 @@ def parse_shard_record(record: ShardRecord, fields: ContainerFields = ContainerF
         raise InvalidInputError(f"shard record has no {fields.image_feature!r} bytes feature "
                                 f"(--image_feature); found {sorted(features)}")
     named = features.get(fields.key_feature)
-    if named and isinstance(named[0], (bytes, int)) and named[0] != b"":
+    if named and not isinstance(named[0], (bytes, int)):
+        raise InvalidInputError(f"shard record's key feature {fields.key_feature!r} holds "
+                                f"{type(named[0]).__name__}s; a key is bytes or an integer "
+                                f"(--key_feature)")
+    if named and named[0] != b"":
         name = named[0].decode("utf-8", "replace") if isinstance(named[0], bytes) \
             else str(named[0])
         # DeepLab's file name loses any extension; another key feature, as --key_column does

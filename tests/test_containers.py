@@ -525,6 +525,10 @@ def test_tfrecord_shards_name_their_features_by_flag(tmp_path, capsys):
     assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "1234"
     record = encode_example({"image": [data["a"][0]], "id": [b"scan.v2.jpg"]})
     assert parse_shard_record(ShardRecord("s@1", "s", record), fields).key == "scan.v2"
+    record = encode_example({"image": [data["a"][0]], "id": [0.5]})
+    with pytest.raises(ValueError, match="key feature 'id' holds floats; a key is bytes or an "
+                                         "integer"):  # was named by a hash without a word
+        parse_shard_record(ShardRecord("s@1", "s", record), fields)
     for doubled in ("image", "image/segmentation/class/encoded"):
         features = {"image": [data["a"][0]], "id": [b"x"],
                     "image/segmentation/class/encoded": [data["a"][1]]}
