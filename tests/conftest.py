@@ -190,7 +190,8 @@ def gcs_bucket(monkeypatch):
 
 
 def put(path: str, data: bytes) -> None:
-    """Writes bytes to any Beam filesystem path (gs:// included)."""
+    """Writes bytes to any Beam filesystem path (gs:// included). Beam compresses by the
+    name's suffix on the way: ``x.gz`` gets ``data`` gzip-compressed."""
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.create(path) as handle:

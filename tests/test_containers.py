@@ -374,6 +374,29 @@ def test_a_parquet_shard_on_cloud_storage(tmp_path, gcs_bucket):
         ["a.png", "b.png", "sub/c.png", "sub/d.png"]
 
 
+def test_tfrecord_shards_on_cloud_storage_plain_and_gzip(tmp_path, gcs_bucket):
+    """TFRecord shards are read by segbeam's own reader (checksums checked) through Beam's
+    FileSystems: from gs://, and decompressed by the name's suffix there too."""
+    from tests.conftest import put
+
+    gcs = gcs_bucket()
+    data = _dataset(11)
+    put(f"{gcs}/tfr/s-0.tfrecord", tfrecord_bytes(data, NAMES[:2]))
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(f"{gcs}/tfr/s-1.tfrecord.gz",  # as stored: compressed here
+                            compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(gzip.compress(tfrecord_bytes(data, NAMES[2:])))
+    from segbeam.pipeline.run import run
+
+    outcome = run(["--input", f"{gcs}/tfr/s-*", "--input_format", "tfrecord", "--model",
+                   "tiny_fcn", "--num_classes", "3", "--input_size", "32", "--no-crf",
+                   "--output", str(tmp_path / "out"), "--no_auth", "--quiet"])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["images_with_mask"]) == (4, 4, 4)
+
+
 def test_training_reads_parquet_and_webdataset_shards_as_it_reads_files(tmp_path):
     from segbeam.containers import ContainerFields
     from segbeam.pipeline.train import train_command
