@@ -135,6 +135,12 @@ class SegmentationDataset(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.items) / self.batch_size)
 
+    def start_at_epoch(self, epoch: int) -> None:
+        """Serves epoch ``epoch`` next, in the order and with the views an uninterrupted
+        training would have had (a resumed training)."""
+        self._epoch = epoch
+        self.on_epoch_end()
+
     def on_epoch_end(self):
         if self.shuffle:
             self._order = np.random.default_rng((self.seed, self._epoch)).permutation(

@@ -25,6 +25,8 @@ from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 from segbeam.models.training_record import TRAINING_JSON
+from segbeam.models.training_resume import CHECKPOINT, HISTORY, epochs_done, load_checkpoint, \
+    record_start, resume_point
 from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
@@ -196,6 +198,8 @@ def _prepare_output(config: TrainingConfig, cleanup: contextlib.ExitStack) -> No
     check_writable_folder(config.output)
     cleanup.callback(release_output, config.output)
     claim_output(config.output)
+    if config.resume:  # its files are the training going on
+        return
     found = [name for name in OUTPUTS if os.path.exists(os.path.join(config.output, name))]
     if found and not config.overwrite:
         raise ValueError(f"--output {config.output} holds an earlier training "
@@ -227,9 +231,13 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     keras.utils.set_random_seed(config.seed)
     # Built (its backbone weights loaded) before any data is read: its errors come first. Its
     # --init_weights load before --overwrite clears --output, where they may lie.
-    model = models.create_model(config.model, num_classes=config.num_classes,
-                                input_size=None, backbone_weights=config.backbone_weights)
-    if config.init_weights:
+    resumed = resume_point(config) if config.resume else None
+    if resumed:
+        model = load_checkpoint(config)
+    else:
+        model = models.create_model(config.model, num_classes=config.num_classes,
+                                    input_size=None, backbone_weights=config.backbone_weights)
+    if config.init_weights and not resumed:  # where it started; the checkpoint went on
         _init_weights(model, config)
     _prepare_output(config, cleanup)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
@@ -272,31 +280,40 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
         else None
 
     ignore = config.ignore_index
-    model.compile(
-        optimizer=_optimizer(config),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore),
-        metrics=[miou_metric(config.num_classes, ignore)])
-    os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
+    done = 0
+    if resumed:  # compiled as it was saved: its optimizer state goes on
+        done = epochs_done(model, len(train_data), config)
+        train_data.start_at_epoch(done)
+    else:
+        model.compile(
+            optimizer=_optimizer(config),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                            ignore_class=ignore),
+            metrics=[miou_metric(config.num_classes, ignore)])
+        os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
+        record_start(config)
     budget = WallTimeBudget(config.max_minutes)
     best_path = os.path.join(config.output, "best.keras") if val_data else None
     callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(config.output, "checkpoints",
-                                                     "last.keras")),
-        keras.callbacks.CSVLogger(os.path.join(config.output, "history.csv")),
+        keras.callbacks.ModelCheckpoint(os.path.join(config.output, CHECKPOINT)),
+        keras.callbacks.CSVLogger(os.path.join(config.output, HISTORY), append=bool(resumed)),
         budget,
     ]
     if best_path:
-        callbacks.append(keras.callbacks.ModelCheckpoint(best_path, monitor="val_miou",
-                                                         mode="max", save_best_only=True))
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            best_path, monitor="val_miou", mode="max", save_best_only=True,
+            initial_value_threshold=resumed.best_val_miou if resumed else None))
     start = time.monotonic()
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                        callbacks=callbacks, verbose=config.verbose)
+                        initial_epoch=done, callbacks=callbacks, verbose=config.verbose)
     seconds = time.monotonic() - start
     model_path = os.path.join(config.output, "model.keras")
     model.save(model_path)
+    earlier = resumed.history if resumed else {}
     result = TrainingResult(
         model_path=model_path, best_path=best_path,
-        history={k: [float(v) for v in values] for k, values in history.history.items()},
+        history={k: [float(v) for v in earlier.get(k, [])[:done] + list(values)]
+                 for k, values in history.history.items()},
         class_weights=None if class_weights is None else [float(w) for w in class_weights],
         train_items=len(items), val_items=len(val_items), seconds=round(seconds, 1),
         stopped_early=budget.stopped)

@@ -51,6 +51,7 @@ class TrainingConfig:
     seed: int = 0
     verbose: int = 2
     overwrite: bool = False  # replace the files of an earlier training under output
+    resume: bool = False  # go on with the training under output from its last checkpoint
 
 
 def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--init_weights", default=None, metavar="PATH",
                        help="start from the weights of a saved model (.keras) or weights file "
                             "(.weights.h5) of this architecture and class count, e.g. an "
-                            "earlier training's best.keras or checkpoints/last.keras; the "
-                            "optimizer starts afresh")
+                            "earlier training's best.keras; the optimizer starts afresh "
+                            "(--resume goes on with a stopped training instead)")
     fit = parser.add_argument_group("optimisation")
     fit.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size)
     fit.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier training's files under --output (without it, "
                              "such an --output is refused)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the training under --output from its last checkpoint "
+                             "(checkpoints/last.keras, optimizer state included), as if it had "
+                             "not stopped: the same command, plus --resume; only --epochs, "
+                             "--max_minutes, --workers and --quiet may differ")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return parser
 
@@ -144,6 +149,9 @@ def _check_ignored(args) -> None:
         if void:
             raise ValueError(f"{void[0]} sets the random augmentation, which --no_augment turns "
                              f"off: drop one of them")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume goes on with the training under --output, which --overwrite "
+                         "would replace: pass one of them")
 
 
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:

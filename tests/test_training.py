@@ -220,6 +220,67 @@ def test_training_can_start_from_an_earlier_trainings_weights(tmp_path):
             train(settings)
 
 
+def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
+    """A training stopped by --max_minutes (or a lost machine) could only start again from its
+    weights (--init_weights), the optimizer afresh and the epochs counted from 1. --resume
+    goes on from the last checkpoint, optimizer state, data order and augmentation included,
+    and ends where an uninterrupted training ends."""
+    import csv
+
+    import keras
+
+    from segbeam.models.training import TrainingConfig, train
+
+    images, masks = _write_pairs(tmp_path, 6, height=32, width=32)
+
+    def config(output, **extra):
+        return TrainingConfig(**{**dict(
+            model="tiny_fcn", num_classes=3, output=str(tmp_path / output),
+            input_size=(32, 32), images=images, masks=masks, batch_size=2, val_split=0.34,
+            epochs=3, verbose=0), **extra})
+
+    def weights(path):
+        model = keras.saving.load_model(path)
+        return model.get_weights(), int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+    def history(output):
+        with open(tmp_path / output / "history.csv", newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    straight = train(config("straight"))
+    train(config("stopped", epochs=1))
+    resumed = train(config("stopped", resume=True, max_minutes=30))
+    (expected, steps), (found, resumed_steps) = weights(straight.model_path), \
+        weights(resumed.model_path)
+    assert resumed_steps == steps == 6  # 2 batches a pass, 3 passes
+    for a, b in zip(expected, found):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    assert [row["epoch"] for row in history("stopped")] == ["0", "1", "2"]
+    assert [row["loss"] for row in history("stopped")] == [row["loss"]
+                                                           for row in history("straight")]
+    assert resumed.history["loss"] == straight.history["loss"]
+    assert weights(str(tmp_path / "stopped" / "best.keras"))[0][0].shape == expected[0].shape
+    # Without validation Keras's CSVLogger writes NA for the validation columns.
+    train(config("no_validation", epochs=1, val_split=0.0))
+    train(config("no_validation", epochs=2, val_split=0.0, resume=True))
+    assert [row["epoch"] for row in history("no_validation")] == ["0", "1"]
+
+    for settings, message in (
+            (config("stopped", resume=True), "has done 3 of --epochs 3 already; raise "
+                                             "--epochs"),
+            (config("stopped", resume=True, epochs=4, learning_rate=0.01),
+             "these settings differ: --learning_rate 0.01 \\(it started with 0.001\\)"),
+            (config("empty", resume=True), "holds no checkpoints/last.keras or "
+                                           "checkpoints/config.json")):
+        with pytest.raises(ValueError, match=message):
+            train(settings)
+    from segbeam.pipeline.cli import main
+
+    assert main(["train", "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+                 "--images", images, "--masks", masks, "--output", str(tmp_path / "stopped"),
+                 "--resume", "--overwrite"]) == 2
+
+
 def test_bad_training_flags_are_refused_before_any_work(tmp_path):
     from segbeam.models.training import TrainingConfig, parse_class_weights, train
 

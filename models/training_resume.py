@@ -1,0 +1,105 @@
+"""``segbeam train --resume``: going on with a training that stopped (``--max_minutes``, an
+interrupted or preempted machine) from its last checkpoint, optimizer state included, as if it
+had not stopped.
+
+A training writes the settings it started with beside its checkpoints
+(``checkpoints/config.json``); a resume refuses other settings (a different learning rate, other
+data) rather than mix two trainings in one model. Only the settings that do not change what is
+learnt may differ: ``--epochs`` (the total to reach), ``--max_minutes``, ``--workers`` and
+``--quiet``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import NamedTuple, Optional
+
+from segbeam.models.training_config import TrainingConfig
+
+CHECKPOINT = os.path.join("checkpoints", "last.keras")
+STARTED_WITH = os.path.join("checkpoints", "config.json")
+HISTORY = "history.csv"
+# Settings a resume may change: how long and how fast, not what is learnt.
+FREE_TO_CHANGE = ("epochs", "max_minutes", "workers", "verbose", "resume", "overwrite")
+
+
+class ResumePoint(NamedTuple):
+    """A stopped training's history so far (``history.csv``) and the best validation mIoU it
+    reached (None without validation). The epochs it finished are counted from the
+    checkpoint's optimizer steps (``epochs_done``), which the history may lag by one where
+    the machine stopped between the two writes."""
+
+    history: dict[str, list[float]]
+    best_val_miou: Optional[float]
+
+
+def _settings(config: TrainingConfig) -> dict:
+    """The settings as JSON keeps them (tuples as lists), so that a read-back file compares."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def record_start(config: TrainingConfig) -> None:
+    """Keeps the settings a training starts with beside its checkpoints."""
+    with open(os.path.join(config.output, STARTED_WITH), "w") as handle:
+        json.dump(_settings(config), handle, indent=2)
+
+
+# Settings whose flag is not their name.
+_FLAGS = {"augment": "--no_augment", "flip": "--no_flip", "mask_colours": "--mask_palette",
+          "containers": "the shard fields (--image_column, --mask_column, ...)"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name)
+
+
+def resume_point(config: TrainingConfig) -> ResumePoint:
+    """Checks that ``config.output`` holds a training to resume under the same settings and
+    reads where it stands; ValueError saying what is missing or which flags differ."""
+    missing = [name for name in (CHECKPOINT, STARTED_WITH)
+               if not os.path.isfile(os.path.join(config.output, name))]
+    if missing:
+        raise ValueError(f"--resume: --output {config.output} holds no {' or '.join(missing)} "
+                         f"of an earlier training to go on from; start it without --resume")
+    with open(os.path.join(config.output, STARTED_WITH)) as handle:
+        started = json.load(handle)
+    now = _settings(config)
+    differ = [f"{_flag(name)} {json.dumps(now.get(name))} (it started with "
+              f"{json.dumps(started.get(name))})"
+              for name in sorted(set(started) | set(now))
+              if name not in FREE_TO_CHANGE and started.get(name) != now.get(name)]
+    if differ:
+        raise ValueError(f"--resume goes on with the training as it started; these settings "
+                         f"differ: {'; '.join(differ)}")
+    history: dict[str, list[float]] = {}
+    path = os.path.join(config.output, HISTORY)
+    if os.path.isfile(path):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                for name, value in row.items():
+                    if name != "epoch" and value != "NA":  # Keras's CSVLogger: no value
+                        history.setdefault(name, []).append(float(value))
+    best = max(history["val_miou"]) if history.get("val_miou") else None
+    return ResumePoint(history, best)
+
+
+def load_checkpoint(config: TrainingConfig):
+    """The model of the last finished epoch, compiled, its optimizer state as it was."""
+    import keras
+
+    return keras.saving.load_model(os.path.join(config.output, CHECKPOINT))
+
+
+def epochs_done(model, steps_per_epoch: int, config: TrainingConfig) -> int:
+    """The epochs the checkpointed ``model`` has trained, from its optimizer's step count;
+    ValueError where that already reaches ``--epochs``."""
+    import keras
+
+    done = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps_per_epoch
+    if done >= config.epochs:
+        raise ValueError(f"--resume: the training under {config.output} has done {done} of "
+                         f"--epochs {config.epochs} already; raise --epochs to train on")
+    return done
