@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import posixpath
+import re
 import uuid
 from typing import Callable, Iterator, NamedTuple, Optional
 
@@ -221,7 +222,10 @@ def files_under(folder: str) -> Iterator[str]:
         for top, _, names in os.walk(folder):
             yield from (os.path.join(top, name) for name in names)
         return
-    yield from (m.path for m in _filesystems().match([folder + "/**"])[0].metadata_list)
+    # Listed from the name's part before any glob character: a folder named out[1] is no glob.
+    prefix = re.match(r"[^\[*?]*", folder).group(0)
+    listed = _filesystems().match([prefix + "**"])[0].metadata_list
+    yield from (m.path for m in listed if m.path.startswith(folder + "/"))
 
 
 def _is_folder(path: str) -> bool:

@@ -74,3 +74,22 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
     leftovers = [m.path for m in FileSystems.match([f"{gcs}/out/**"])[0].metadata_list
                  if ".tmp-" in m.path or "beam-temp" in m.path]
     assert leftovers == []
+
+
+def test_a_masks_listing_takes_the_folder_name_literally(gcs_bucket, tmp_path):
+    """--skip_existing lists a run's masks with one glob; a folder named ``out[1]`` was read
+    as a pattern (``out1``), so the listing held another folder's masks, not its own, and
+    every reused row was segmented again."""
+    from segbeam.layout import files_under
+
+    gcs = gcs_bucket()
+    for path in ("out[1]/masks/a.png", "out[1]/masks/sub/b.png", "out1/masks/c.png",
+                 "out*/masks/d.png"):
+        put(f"{gcs}/{path}", b"png")
+    assert sorted(files_under(f"{gcs}/out[1]/masks")) == [f"{gcs}/out[1]/masks/a.png",
+                                                           f"{gcs}/out[1]/masks/sub/b.png"]
+    assert list(files_under(f"{gcs}/out*/masks")) == [f"{gcs}/out*/masks/d.png"]
+    (tmp_path / "out[1]" / "masks").mkdir(parents=True)
+    (tmp_path / "out[1]" / "masks" / "e.png").write_bytes(b"png")
+    assert list(files_under(str(tmp_path / "out[1]" / "masks"))) == [
+        str(tmp_path / "out[1]" / "masks" / "e.png")]
