@@ -149,6 +149,11 @@ def check_container_flags(input_format: str, values) -> None:
                              f"--{name}")
         raise UsageError(f"--{name} applies to {applies} shards, but the input is read as "
                          f"{input_format}; drop it, or point the input at {applies} shards")
+    for image, mask in (("image_column", "mask_column"), ("image_feature", "mask_feature")):
+        if getattr(values, mask, None) and getattr(values, mask) == getattr(values, image, None):
+            raise UsageError(f"--{mask} {getattr(values, mask)} names the images' own "
+                             f"{image.split('_')[1]} (--{image}): the images would be read "
+                             f"as their own masks; name the one that holds the masks")
 
 
 def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:

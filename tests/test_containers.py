@@ -590,3 +590,22 @@ def test_a_runs_own_outputs_inside_a_shard_glob_are_not_read_as_shards(tmp_path)
         counts = summary["counts"]
         assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (4, 4, 0)
     assert len(masks) == 4
+
+
+def test_a_mask_column_or_feature_that_names_the_images_is_a_usage_error(tmp_path, capsys):
+    """--mask_column image read each image as its own mask: colour images were dead letters,
+    but grayscale ones were scored, their gray levels as class ids."""
+    from segbeam.pipeline.cli import main
+
+    os.makedirs(tmp_path / "pq")
+    pq.write_table(parquet_table(_dataset(), ["a"]), str(tmp_path / "pq" / "x.parquet"))
+    common = ["--model", "tiny_fcn", "--num_classes", "3", "--output", str(tmp_path / "o")]
+    for flags in (["--input", f"{tmp_path}/pq/*.parquet", "--mask_column", "image"],
+                  ["--input", f"{tmp_path}/x.tfrecord", "--image_feature", "i",
+                   "--mask_feature", "i"]):
+        assert main(["run", *flags, *common]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "names the images' own" in err[0]
+    assert main(["train", "--shards", f"{tmp_path}/pq/*.parquet", "--mask_column", "image",
+                 "--input_size", "32", *common]) == 2
+    assert "names the images' own column (--image_column)" in capsys.readouterr().err
