@@ -17,7 +17,7 @@ import os
 import posixpath
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
-from segbeam.containers import ContainerFields, column_key
+from segbeam.containers import ContainerFields, column_key, container_format
 from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
 from segbeam.example_proto import FILENAME_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
@@ -245,8 +245,16 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Decodes an input; with ``labels``, its mask goes through the label map and its
     unexpected values are counted (or, with ``labels.strict``, refused)."""
     colour = labels is not None and labels.colours is not None
-    image, mask, frames, peak = decode_input(item.image_bytes, item.mask_bytes, max_pixels,
-                                             colour)
+    try:
+        image, mask, frames, peak = decode_input(item.image_bytes, item.mask_bytes, max_pixels,
+                                                 colour)
+    except InvalidInputError as error:
+        shard = _shard_format(item.source)
+        if shard is None:
+            raise
+        raise InvalidInputError(f"{error}; its name says it is a {shard} shard, read here as "
+                                f"an image: end the --input glob in its suffix, or pass "
+                                f"--input_format {shard.lower()}") from error
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
         mask, *unexpected = labels.prepare(mask)
@@ -256,6 +264,15 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               content_sha256=item.content_sha256,
                               unexpected_pixels=unexpected[0], unexpected_values=unexpected[1],
                               frames=frames, high_depth_peak=peak)
+
+
+def _shard_format(source: str) -> Optional[str]:
+    """The shard format a file's name says it holds (a folder of shards given as --input is
+    read as images), or None."""
+    name = posixpath.basename(source).lower()
+    if ".tfrecord" in name or name.endswith(".tfrec"):
+        return "TFRecord"
+    return {"parquet": "Parquet", "webdataset": "WebDataset"}.get(container_format(name))
 
 
 class ShardRecord(NamedTuple):

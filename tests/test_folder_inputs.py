@@ -5,6 +5,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
 from segbeam.matching import files_in_subfolders, first_file_and_subfolder_count, folder_as_glob
 from segbeam.pipeline.cli import main
@@ -214,3 +215,18 @@ def test_shard_refuses_an_earlier_runs_prefix_unless_told_and_guards_other_shard
     assert main(argv + ["--num_shards", "1", "--overwrite"]) == 2
     assert "s-extra-00000-of-00001.tfrecord (another shard set's)" in capsys.readouterr().err
     assert (out / "s-extra-00000-of-00001.tfrecord").read_bytes() == b"another set"
+
+
+def test_a_shard_read_as_an_image_is_a_dead_letter_that_says_how_to_read_it():
+    """A folder of shards as --input is read as images (the glob has no shard suffix): each
+    shard was a dead letter saying only that it is not an image."""
+    from segbeam.dataset import decode_encoded
+    from segbeam.records import EncodedImage
+
+    for name, flag in (("data/s-00000-of-00004.tfrecord", "tfrecord"),
+                       ("data/train-0.parquet", "parquet"), ("data/shard.tar.gz", "webdataset")):
+        with pytest.raises(ValueError, match=f"its name says it is a .* shard, read here as an "
+                                             f"image: .* pass --input_format {flag}$"):
+            decode_encoded(EncodedImage("k", name, b"not an image", None, None, "h"))
+    with pytest.raises(ValueError, match="check that the file is a JPEG or PNG$"):
+        decode_encoded(EncodedImage("k", "data/k.png", b"not an image", None, None, "h"))
