@@ -231,15 +231,17 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     keras.utils.set_random_seed(config.seed)
     # Built (its backbone weights loaded) before any data is read: its errors come first. Its
     # --init_weights load before --overwrite clears --output, where they may lie.
-    resumed = resume_point(config) if config.resume else None
-    if resumed:
+    resumed = None
+    if config.resume:  # held first: no other training may write the checkpoint being read
+        _prepare_output(config, cleanup)
+        resumed = resume_point(config)
         model = load_checkpoint(config)
     else:
         model = models.create_model(config.model, num_classes=config.num_classes,
                                     input_size=None, backbone_weights=config.backbone_weights)
-    if config.init_weights and not resumed:  # where it started; the checkpoint went on
-        _init_weights(model, config)
-    _prepare_output(config, cleanup)
+        if config.init_weights:
+            _init_weights(model, config)
+        _prepare_output(config, cleanup)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)

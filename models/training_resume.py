@@ -87,10 +87,19 @@ def resume_point(config: TrainingConfig) -> ResumePoint:
 
 
 def load_checkpoint(config: TrainingConfig):
-    """The model of the last finished epoch, compiled, its optimizer state as it was."""
+    """The model of the last finished epoch, compiled, its optimizer state as it was;
+    ValueError where the checkpoint cannot be loaded (a machine that stopped while writing
+    it)."""
     import keras
 
-    return keras.saving.load_model(os.path.join(config.output, CHECKPOINT))
+    path = os.path.join(config.output, CHECKPOINT)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001 - zipfile, h5py and Keras raise their own types
+        raise ValueError(f"--resume: {path} cannot be loaded ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}); it may have "
+                         f"been cut short while written: start again, or from best.keras "
+                         f"with --init_weights") from error
 
 
 def epochs_done(model, steps_per_epoch: int, config: TrainingConfig) -> int:

@@ -274,6 +274,10 @@ def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
                                            "checkpoints/config.json")):
         with pytest.raises(ValueError, match=message):
             train(settings)
+    (tmp_path / "stopped" / "checkpoints" / "last.keras").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match="last.keras cannot be loaded .*it may have been cut "
+                                         "short while written"):
+        train(config("stopped", resume=True, epochs=4))
     from segbeam.pipeline.cli import main
 
     assert main(["train", "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
