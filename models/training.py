@@ -25,8 +25,8 @@ from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 from segbeam.models.training_record import TRAINING_JSON
-from segbeam.models.training_resume import CHECKPOINT, HISTORY, epochs_done, load_checkpoint, \
-    record_start, resume_point
+from segbeam.models.training_resume import CHECKPOINT, HISTORY, atomic_checkpoint, \
+    epochs_done, load_checkpoint, record_start, resume_point
 from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     budget = WallTimeBudget(config.max_minutes)
     best_path = os.path.join(config.output, "best.keras") if val_data else None
     callbacks = [
-        keras.callbacks.ModelCheckpoint(os.path.join(config.output, CHECKPOINT)),
+        atomic_checkpoint(os.path.join(config.output, CHECKPOINT)),
         keras.callbacks.CSVLogger(os.path.join(config.output, HISTORY), append=bool(resumed)),
         budget,
     ]

@@ -86,6 +86,25 @@ def resume_point(config: TrainingConfig) -> ResumePoint:
     return ResumePoint(history, best)
 
 
+def atomic_checkpoint(path: str):
+    """A callback that saves the model to ``path`` after every epoch by writing a temporary
+    file and renaming it: a machine stopped mid-save leaves the previous epoch's checkpoint,
+    not a file cut short (Keras's ``ModelCheckpoint`` writes in place)."""
+    import keras
+
+    class AtomicCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            temporary = f"{path}.tmp-{os.getpid()}.keras"
+            try:
+                self.model.save(temporary)
+                os.replace(temporary, path)
+            finally:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+
+    return AtomicCheckpoint()
+
+
 def load_checkpoint(config: TrainingConfig):
     """The model of the last finished epoch, compiled, its optimizer state as it was;
     ValueError where the checkpoint cannot be loaded (a machine that stopped while writing

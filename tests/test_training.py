@@ -274,7 +274,26 @@ def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
                                            "checkpoints/config.json")):
         with pytest.raises(ValueError, match=message):
             train(settings)
-    (tmp_path / "stopped" / "checkpoints" / "last.keras").write_bytes(b"cut short")
+    # The checkpoint is replaced by rename: a save that fails part-way leaves the last one.
+    from segbeam.models.training_resume import atomic_checkpoint
+
+    last = tmp_path / "stopped" / "checkpoints" / "last.keras"
+    before = last.read_bytes()
+    model = keras.saving.load_model(str(last))
+    callback = atomic_checkpoint(str(last))
+    callback.set_model(model)
+
+    def cut_short(path, **_):
+        with open(path, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("the machine stopped")
+
+    model.save = cut_short
+    with pytest.raises(OSError, match="the machine stopped"):
+        callback.on_epoch_end(3)
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["config.json", "last.keras"]
+    last.write_bytes(b"cut short")
     with pytest.raises(ValueError, match="last.keras cannot be loaded .*it may have been cut "
                                          "short while written"):
         train(config("stopped", resume=True, epochs=4))
