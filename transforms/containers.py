@@ -134,6 +134,7 @@ class ReadParquetShards(beam.PTransform):
         groups = (pbegin
                   | "Pattern" >> beam.Create([self._pattern])
                   | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
+                  | "SpreadShards" >> beam.Reshuffle()  # footers read in parallel, not in turn
                   | "RowGroups" >> beam.FlatMap(_row_groups, fields).with_outputs(
                       DEAD, main="readable"))
         rows = (groups.readable
