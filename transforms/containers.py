@@ -63,30 +63,41 @@ def _tfrecord_records(shard: str, fields: ContainerFields):
         yield _shard_dead_letter(shard, _damage(error, count, record, fields))
 
 
-class ReadTFRecordShards(beam.PTransform):
-    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards of
-    Examples, their features named by ``fields`` (DeepLab's by default: ``image/encoded``,
-    ``image/filename``, optional ``image/segmentation/class/encoded``); each shard is read by
-    one worker, the shards spread over workers."""
+class _ReadShards(beam.PTransform):
+    """What every shard reader shares: the pattern, the fields, and the shard files it
+    matches (none a run writes under ``exclude``, its output root), spread over workers."""
 
     def __init__(self, pattern: str, fields: ContainerFields = ContainerFields(),
                  exclude: Optional[str] = None):
         super().__init__()
         self._pattern, self._fields, self._exclude = pattern, fields, exclude
 
+    def _spread_shards(self, pbegin):
+        return (pbegin
+                | "Pattern" >> beam.Create([self._pattern])
+                | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
+                | "SpreadShards" >> beam.Reshuffle())
+
+
+def _count_inputs(*parts):
+    """Every record read, and every dead letter that stands for a shard or part of one."""
+    return parts | "AllInputs" >> beam.Flatten() | "CountInputs" >> beam.combiners.Count.Globally()
+
+
+class ReadTFRecordShards(_ReadShards):
+    """pipeline -> (EncodedImages, dead letters, number of inputs) for TFRecord shards of
+    Examples, their features named by ``fields`` (DeepLab's by default: ``image/encoded``,
+    ``image/filename``, optional ``image/segmentation/class/encoded``); each shard is read by
+    one worker, the shards spread over workers."""
+
     def expand(self, pbegin):
-        records = (pbegin
-                   | "Pattern" >> beam.Create([self._pattern])
-                   | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
-                   | "SpreadShards" >> beam.Reshuffle()
+        records = (self._spread_shards(pbegin)
                    | "Records" >> beam.FlatMap(_tfrecord_records, self._fields).with_outputs(
                        DEAD, main="intact"))
         encoded, unparsable = records.intact | "Parse" >> SafeMap("parse", parse_shard_record,
                                                                   self._fields)
         dead = (records[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
-        inputs = ((records.intact, records[DEAD]) | "AllInputs" >> beam.Flatten()
-                  | "CountInputs" >> beam.combiners.Count.Globally())
-        return encoded, dead, inputs
+        return encoded, dead, _count_inputs(records.intact, records[DEAD])
 
 
 def _row_groups(shard: str, fields: ContainerFields):
@@ -104,11 +115,11 @@ def _row_groups(shard: str, fields: ContainerFields):
         yield shard, group, rows
 
 
-def _rows_of_group(piece: tuple, fields: ContainerFields):
-    """The rows of one row group; a row group that cannot be read (damaged pages) is one dead
-    letter naming it and its row count, and the shard's other row groups are read."""
+def _rows_of_group(piece: tuple, fields: ContainerFields, columns: list[str]):
+    """The rows of one row group (only ``columns``); a row group that cannot be read (damaged
+    pages) is one dead letter naming it and its row count, and the shard's other row groups
+    are read."""
     shard, group, count = piece
-    columns = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
     try:
         table = read_row_group(shard, group, columns)
     except Exception as error:  # noqa: BLE001 - a damaged row group must not cost the others
@@ -120,31 +131,25 @@ def _rows_of_group(piece: tuple, fields: ContainerFields):
     yield from parquet_rows(shard, table, fields)
 
 
-class ReadParquetShards(beam.PTransform):
+class ReadParquetShards(_ReadShards):
     """pipeline -> (EncodedImages, dead letters, number of inputs) for Parquet shards of
     encoded images (the ``datasets`` layout), read one row group at a time (never a whole
-    file), only the named columns; the row groups spread over workers."""
-
-    def __init__(self, pattern: str, fields: ContainerFields, exclude: Optional[str] = None):
-        super().__init__()
-        self._pattern, self._fields, self._exclude = pattern, fields, exclude
+    file), only the named columns; the shards spread over workers to read their footers, the
+    row groups to read them."""
 
     def expand(self, pbegin):
         fields = self._fields
-        groups = (pbegin
-                  | "Pattern" >> beam.Create([self._pattern])
-                  | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
-                  | "SpreadShards" >> beam.Reshuffle()  # footers read in parallel, not in turn
+        columns = [c for c in (fields.image_column, fields.mask_column, fields.key_column) if c]
+        groups = (self._spread_shards(pbegin)
                   | "RowGroups" >> beam.FlatMap(_row_groups, fields).with_outputs(
                       DEAD, main="readable"))
         rows = (groups.readable
                 | "SpreadRowGroups" >> beam.Reshuffle()
-                | "Rows" >> beam.FlatMap(_rows_of_group, fields).with_outputs(DEAD, main="read"))
+                | "Rows" >> beam.FlatMap(_rows_of_group, fields, columns).with_outputs(
+                    DEAD, main="read"))
         encoded, unparsable = rows.read | "Parse" >> SafeMap("parse", parse_parquet_row, fields)
         dead = (groups[DEAD], rows[DEAD], unparsable) | "DeadLetters" >> beam.Flatten()
-        inputs = ((rows.read, groups[DEAD], rows[DEAD]) | "AllInputs" >> beam.Flatten()
-                  | "CountInputs" >> beam.combiners.Count.Globally())
-        return encoded, dead, inputs
+        return encoded, dead, _count_inputs(rows.read, groups[DEAD], rows[DEAD])
 
 
 def _tar_samples(shard: str, mask_ext):
@@ -160,21 +165,12 @@ def _tar_samples(shard: str, mask_ext):
         yield _shard_dead_letter(shard, f"cannot open the shard: {one_line_reason(error)}")
 
 
-class ReadWebDatasetShards(beam.PTransform):
+class ReadWebDatasetShards(_ReadShards):
     """pipeline -> (EncodedImages, dead letters, number of inputs) for WebDataset tar shards;
     each shard is read by one worker, the shards spread over workers."""
 
-    def __init__(self, pattern: str, fields: ContainerFields, exclude: Optional[str] = None):
-        super().__init__()
-        self._pattern, self._fields, self._exclude = pattern, fields, exclude
-
     def expand(self, pbegin):
-        samples = (pbegin
-                   | "Pattern" >> beam.Create([self._pattern])
-                   | "MatchShards" >> beam.FlatMap(match_files, self._exclude)
-                   | "SpreadShards" >> beam.Reshuffle()
+        samples = (self._spread_shards(pbegin)
                    | "Samples" >> beam.FlatMap(_tar_samples, self._fields.mask_ext).with_outputs(
                        DEAD, main="encoded"))
-        inputs = ((samples.encoded, samples[DEAD]) | "AllInputs" >> beam.Flatten()
-                  | "CountInputs" >> beam.combiners.Count.Globally())
-        return samples.encoded, samples[DEAD], inputs
+        return samples.encoded, samples[DEAD], _count_inputs(samples.encoded, samples[DEAD])
