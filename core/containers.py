@@ -59,6 +59,14 @@ def container_format(pattern: str) -> Optional[str]:
     return None
 
 
+def shard_format(pattern: str) -> Optional[str]:
+    """``tfrecord``, ``parquet`` or ``webdataset`` as a glob's (or file's) name says; None for
+    anything else (images)."""
+    if any(suffix in pattern.lower() for suffix in (".tfrecord", ".tfrec")):
+        return "tfrecord"
+    return container_format(pattern)
+
+
 def _stored_path_key(path: str) -> str:
     """The key a stored file name gives: a relative path keeps its folders; an absolute one
     (the machine the dataset was made on) keeps only its base name."""

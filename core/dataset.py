@@ -17,7 +17,7 @@ import os
 import posixpath
 from typing import Callable, Iterable, NamedTuple, Optional, Union
 
-from segbeam.containers import ContainerFields, column_key, container_format
+from segbeam.containers import ContainerFields, column_key, shard_format
 from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
 from segbeam.example_proto import FILENAME_FEATURE, MASK_FEATURE, decode_example
 from segbeam.incremental import content_sha256
@@ -269,10 +269,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
 def _shard_format(source: str) -> Optional[str]:
     """The shard format a file's name says it holds (a folder of shards given as --input is
     read as images), or None."""
-    name = posixpath.basename(source).lower()
-    if ".tfrecord" in name or name.endswith(".tfrec"):
-        return "TFRecord"
-    return {"parquet": "Parquet", "webdataset": "WebDataset"}.get(container_format(name))
+    return {"tfrecord": "TFRecord", "parquet": "Parquet", "webdataset": "WebDataset"}.get(
+        shard_format(posixpath.basename(source)))
 
 
 class ShardRecord(NamedTuple):

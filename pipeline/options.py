@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from segbeam.config import Effect, fingerprint_entries, setting
-from segbeam.containers import ContainerFields, container_format
+from segbeam.containers import ContainerFields, shard_format
 from segbeam.crf import CrfParams
 from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
 from segbeam.pipeline.model_flags import add_model_flags, model_settings
@@ -210,9 +210,7 @@ def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
 def _input_format(choice: str, pattern: str) -> str:
     if choice != "auto":
         return choice
-    if any(s in pattern.lower() for s in (".tfrecord", ".tfrec")):
-        return "tfrecord"
-    return container_format(pattern) or "images"
+    return shard_format(pattern) or "images"
 
 
 def _check_resource_hints(*hints: tuple) -> None:
