@@ -232,7 +232,7 @@ def read_encoded(ref: ImageRef) -> EncodedImage:
     image_bytes = _read_file(ref.source)
     mask_bytes = _read_file(ref.mask_source) if ref.mask_source else None
     return EncodedImage(ref.key, ref.source, image_bytes, mask_bytes, ref.mask_source,
-                        content_sha256(image_bytes, mask_bytes))
+                        content_sha256(image_bytes, mask_bytes), ref.source_stamp)
 
 
 def ensure_encoded(item: Union[ImageRef, EncodedImage]) -> EncodedImage:
@@ -262,6 +262,7 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               mask_source=item.mask_source, height=image.shape[0],
                               width=image.shape[1], has_mask=mask is not None,
                               content_sha256=item.content_sha256,
+                              source_stamp=item.source_stamp,
                               unexpected_pixels=unexpected[0], unexpected_values=unexpected[1],
                               frames=frames, high_depth_peak=peak)
 

@@ -5,6 +5,10 @@ A result (a metrics row, with its mask PNG) still stands when it was computed fr
 bytes (``content_sha256``: image and mask) under the same configuration (``config_fingerprint``:
 the model file and every setting that changes masks or metrics). Results live in run
 directories: ``OUTPUT`` for a plain run, ``OUTPUT/date=YYYY-MM-DD`` with ``--run_date``.
+
+Hashing reads every input's bytes. Under ``--change_detection stamp`` an input whose files'
+stamps (``input_stamp``: paths, sizes, modification times) equal those of the row that would
+stand takes that row's hash without being read; any other is hashed.
 """
 
 from __future__ import annotations
@@ -48,9 +52,28 @@ def parse_run_date(text: Optional[str], today: Optional[datetime.date] = None) -
         raise ValueError(f"--run_date must be YYYY-MM-DD or 'today'; received {text!r}") from None
 
 
+def input_stamp(image_stamp: str, mask_source: Optional[str], mask_stamp: str) -> str:
+    """The stamp of an input: ``image=STAMP mask=STAMP`` (or ``mask=none``) from its files'
+    stamps (``segbeam.matching.file_stamp``); "" when a file it has gave none."""
+    if not image_stamp or (mask_source is not None and not mask_stamp):
+        return ""
+    return f"image={image_stamp} mask={mask_stamp if mask_source is not None else 'none'}"
+
+
+def unchanged_by_stamp(item: Any, latest: Optional["PriorResult"]) -> bool:
+    """Whether an input's files are, by their stamps, the ones ``latest`` was made from: the
+    same paths, and stamps that are known and equal."""
+    if latest is None or not item.source_stamp:
+        return False
+    row = latest.row
+    return (row.get("source_stamp") == item.source_stamp and row.get("source") == item.source
+            and row.get("mask_source") == item.mask_source)
+
+
 class Candidate(NamedTuple):
     """An input on its way to the skip decision. ``item`` is an ``ImageRef`` (read again if it
-    must be processed) or an ``EncodedImage`` (shard records, whose bytes travel along)."""
+    must be processed) or an ``EncodedImage`` (shard records, whose bytes travel along).
+    ``content_sha256`` is "" for a file not hashed yet (``--change_detection stamp``)."""
 
     key: str
     content_sha256: str

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Iterator, Optional
 
 from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, MANIFEST_JSON, MASKS_DIR, \
@@ -116,32 +117,96 @@ def _local_files(root: str, depth: Optional[int]) -> Iterator[str]:
 
 def match_files(pattern: str, exclude: Optional[str] = None) -> Iterator[str]:
     """The files ``pattern`` matches, in listing order, none that a run writes under
-    ``exclude`` (an output root). A pattern
-    ending in ``/`` names every file in that folder, as in Beam."""
+    ``exclude`` (an output root). A pattern ending in ``/`` names every file in that folder,
+    as in Beam."""
+    return (path for path, _ in _matched(pattern, exclude, stamped=False))
+
+
+def match_stamped_files(pattern: str, exclude: Optional[str] = None
+                        ) -> Iterator[tuple[str, str]]:
+    """``match_files`` with each file's stamp (``file_stamp``): what the listing says of it,
+    so that an incremental run can tell an unchanged file without reading it. On Cloud
+    Storage the stamps come with the listing; a local file costs one ``stat``."""
+    return _matched(pattern, exclude, stamped=True)
+
+
+# A file changed this recently when listed gets no stamp: a filesystem whose times tick
+# coarsely (a second on some network and older filesystems, a few milliseconds on ext4) could
+# give a file still being written, and the same file finished, one stamp.
+RECENT_SECONDS = 5.0
+
+
+def file_stamp(size: int, modified: float, changed: Optional[int] = None,
+               age: float = float("inf")) -> str:
+    """``size:modified[:changed]``, or "" where the filesystem gives no modification time
+    (Beam reports 0.0 for "not known") or the file changed less than ``RECENT_SECONDS``
+    before it was listed (``age``, in seconds; negative where the clocks disagree): such a
+    file has no stamp and is hashed.
+
+    ``modified`` is a local file's ``st_mtime_ns`` or a remote object's update time in
+    seconds; ``changed`` a local file's ``st_ctime_ns``, which no tool can set back, so that
+    a file rewritten and given its old modification time again (``cp -p``, ``touch -d``)
+    still gets a new stamp."""
+    if not modified or not age >= RECENT_SECONDS:
+        return ""
+    return f"{size}:{modified!r}" + (f":{changed}" if changed is not None else "")
+
+
+def _local_stamp(path: str) -> str:
+    try:
+        status = os.stat(path)
+    except OSError:  # a dangling link, say: it fails at read, as a dead letter
+        return ""
+    return file_stamp(status.st_size, status.st_mtime_ns, status.st_ctime_ns,
+                      (time.time_ns() - status.st_ctime_ns) / 1e9)
+
+
+def _remote_stamp(metadata) -> str:
+    """The stamp of a file from Beam's ``FileMetadata``."""
+    return file_stamp(metadata.size_in_bytes, metadata.last_updated_in_seconds,
+                      age=time.time() - metadata.last_updated_in_seconds)
+
+
+def _remote_file_stamp(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    listed = FileSystems.match([path])[0].metadata_list
+    return next((_remote_stamp(m) for m in listed if m.path == path), "")
+
+
+def _matched(pattern: str, exclude: Optional[str], stamped: bool
+             ) -> Iterator[tuple[str, str]]:
+    """(path, stamp) of each file ``pattern`` matches; stamps are "" unless ``stamped``."""
     if pattern.endswith("/"):
         pattern += "*"
+    local = not _is_remote(pattern)
     if not any(c in pattern for c in _WILDCARDS):
         from apache_beam.io.filesystems import FileSystems
 
-        local = not _is_remote(pattern)
-        found = os.path.lexists(pattern) and not os.path.isdir(pattern) if local \
-            else FileSystems.exists(pattern)
+        if local:
+            found = os.path.lexists(pattern) and not os.path.isdir(pattern)
+            stamp = _local_stamp(pattern) if found and stamped else ""
+        else:
+            found = FileSystems.exists(pattern)
+            stamp = _remote_file_stamp(pattern) if found and stamped else ""
         if found and not _is_output(pattern, exclude):
-            yield pattern
+            yield pattern, stamp
         return
     regex = pattern_regex(pattern)
     root = _listing_root(pattern)
-    if _is_remote(pattern):
+    if local:
+        rest = pattern[len(root):]
+        listed = ((path, "") for path in
+                  _local_files(root, None if "**" in rest else rest.count("/")))
+    else:
         from apache_beam.io.filesystems import FileSystems
 
         # "**" lists everything below the root; the filter below then applies the pattern.
-        listed = (m.path for m in FileSystems.match([root + "**"])[0].metadata_list)
-    else:
-        rest = pattern[len(root):]
-        listed = _local_files(root, None if "**" in rest else rest.count("/"))
-    for path in listed:
+        listed = ((m.path, _remote_stamp(m))
+                  for m in FileSystems.match([root + "**"])[0].metadata_list)
+    for path, stamp in listed:
         if regex.match(path) and not _is_output(path, exclude):
-            yield path
+            yield path, (_local_stamp(path) if local else stamp) if stamped else ""
 
 
 def could_match_outputs(pattern: str, output_root: str) -> bool:

@@ -19,19 +19,22 @@ class ImageRef(NamedTuple):
     """An image found by a read transform, before its bytes are loaded.
 
     ``key`` is already sanitised: it names the outputs. ``mask_source`` is None when the image
-    has no ground-truth mask.
+    has no ground-truth mask. ``source_stamp``: what the listing said of the files
+    (``segbeam.incremental.input_stamp``), "" where it was not asked for or not known.
     """
 
     key: str
     source: str
     mask_source: Optional[str] = None
+    source_stamp: str = ""
 
 
 class EncodedImage(NamedTuple):
     """An image (and optional mask) as encoded bytes: a file read, or one record of a shard.
 
     ``content_sha256`` identifies the bytes (image and mask together), so that an incremental
-    run can tell an unchanged input from a changed one (see ``segbeam.incremental``).
+    run can tell an unchanged input from a changed one (see ``segbeam.incremental``);
+    ``source_stamp`` is the files' stamp (``ImageRef.source_stamp``), "" for shard records.
     """
 
     key: str
@@ -40,6 +43,7 @@ class EncodedImage(NamedTuple):
     mask_bytes: Optional[bytes] = None
     mask_source: Optional[str] = None
     content_sha256: str = ""
+    source_stamp: str = ""
 
 
 @dataclasses.dataclass
@@ -51,7 +55,8 @@ class SegmentationRecord:
     raw_labels / crf_labels: HxW uint8 (uint16 above 256 classes) argmax before / after the CRF.
     confusion_raw / confusion_crf: CxC int64 confusion matrices (rows: truth, columns: prediction).
     height, width, has_mask: known from decode on, after the arrays themselves are dropped.
-    content_sha256: the hash of the encoded image and mask bytes the record was decoded from.
+    content_sha256: the hash of the encoded image and mask bytes the record was decoded from;
+    source_stamp: their files' stamp (``ImageRef.source_stamp``), "" where none was taken.
     unexpected_pixels / unexpected_values: mask pixels whose value is neither a class nor the
     ignore index, and those values (``segbeam.labels``); counted at decode.
     frames: how many frames the image file holds (animated or multi-page files: the first one
@@ -75,6 +80,7 @@ class SegmentationRecord:
     has_mask: bool = False
     crf_applied: bool = False
     content_sha256: str = ""
+    source_stamp: str = ""
     unexpected_pixels: int = 0
     unexpected_values: tuple = ()
     frames: int = 1

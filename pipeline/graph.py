@@ -74,15 +74,19 @@ class ReadInputs(beam.PTransform):
             items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()
             unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
         else:
+            # Under --skip_existing the listing's stamps are kept in the rows, for
+            # --change_detection stamp (now or in a later run).
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
-                s.input, s.masks, exclude=s.layout.root, naming=s.naming)
+                s.input, s.masks, exclude=s.layout.root, naming=s.naming,
+                stamped=s.skip_existing)
             _ = unusable | "ProgressUnpaired" >> beam.ParDo(CountProgress("dead"))
         items, shared = items | "UniqueKeys" >> UniqueKeys(s.output_ignores_case)
         _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))
         unusable = (unusable, shared) | "UnusableOrShared" >> beam.Flatten()
         if s.skip_existing:
             items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
-                s.layout.history_glob, self._fingerprint, s.run_dir, s.layout.run_date)
+                s.layout.history_glob, self._fingerprint, s.run_dir, s.layout.run_date,
+                by_stamp=s.change_detection == "stamp")
             unusable = (unusable, unreadable) | "Unusable" >> beam.Flatten()
         else:
             reused = pbegin | "NothingReused" >> beam.Create([])

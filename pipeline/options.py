@@ -31,6 +31,7 @@ from segbeam.pipeline.flags import UsageError, absolute_local, add_container_fla
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
 STAGE_SPLITS = ("auto", "reshuffle", "fused")
+CHANGE_DETECTIONS = ("content", "stamp")  # how --skip_existing tells an unchanged input
 # Runners that execute in this process (or its worker subprocesses) and hold every element that
 # crosses a shuffle in memory: on them the inference and CRF stages are fused by default.
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner",
@@ -90,6 +91,15 @@ class SegmentationOptions(PipelineOptions):
                                   "settings) match an earlier result under OUTPUT is not "
                                   "segmented again. With --run_date, earlier date partitions "
                                   "count; a re-run of the same directory keeps its rows.")
+        nightly.add_argument("--change_detection", default="content", choices=CHANGE_DETECTIONS,
+                             help="How --skip_existing tells an unchanged image file. content: "
+                                  "hash every input's bytes (image and mask). stamp: compare "
+                                  "each file's path, size and modification time (on local "
+                                  "disks also its change time) with those of the standing "
+                                  "result, and read only the files whose stamp differs (a "
+                                  "file rewritten keeping its size and update time exactly, "
+                                  "where no change time is kept, would be missed: see the "
+                                  "README). Shard records are always hashed.")
         add_model_flags(parser)
         scale = parser.add_argument_group("distributed runs (Dataflow, Dask)")
         scale.add_argument("--stage_split", default="auto", choices=STAGE_SPLITS,
@@ -163,6 +173,7 @@ class Settings:
     calibration: bool = setting(Effect.OUTPUT, False, omit_default=True)  # without the CRF too
     fail_on_errors: bool = setting(Effect.NONE, False)
     skip_existing: bool = setting(Effect.NONE, False)
+    change_detection: str = setting(Effect.NONE, "content")
     report: bool = setting(Effect.NONE, False)
     reshuffle: bool = setting(Effect.NONE, True)
     inference_hints: tuple = setting(Effect.NONE, ())  # (name, value) pairs for Beam
@@ -246,6 +257,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     check_container_flags(input_format, o)
     check_mask_suffix(o.mask_suffix, o.masks)
     check_scoring_flags(o, input_format)
+    _check_change_detection(o.change_detection, o.skip_existing, input_format)
     if o.write_raw_masks and not o.crf:
         raise UsageError("--write_raw_masks writes the labels before the CRF beside the refined "
                          "ones; with --no-crf, masks/ holds them already: drop one of them")
@@ -272,7 +284,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         class_names=convention.class_names, layout=layout, strict_labels=labels.strict,
         label_map=labels.label_map, mask_colours=labels.colours, palette=convention.palette,
         calibration=o.calibration, fail_on_errors=o.fail_on_errors,
-        skip_existing=o.skip_existing, report=o.report,
+        skip_existing=o.skip_existing, change_detection=o.change_detection, report=o.report,
         reshuffle=stage_split_reshuffles(o.stage_split, runner),
         inference_hints=tuple((name, value) for name, value in (
             ("accelerator", o.inference_accelerator), ("min_ram", o.inference_min_ram))
@@ -284,6 +296,15 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
         containers=ContainerFields(o.image_column, o.mask_column, o.key_column, o.mask_ext,
                                    o.image_feature, o.mask_feature, o.key_feature),
         image_suffix=convention.image_suffix, mask_suffix=convention.mask_suffix)
+
+
+def _check_change_detection(mode: str, skip_existing: bool, input_format: str) -> None:
+    if mode == "stamp" and not skip_existing:
+        raise UsageError("--change_detection says how --skip_existing tells an unchanged "
+                         "input; add --skip_existing or drop --change_detection")
+    if mode == "stamp" and input_format in SHARD_FORMATS:
+        raise UsageError(f"--change_detection stamp applies to image files; the records of "
+                         f"{input_format} shards are hashed from the bytes read anyway: drop it")
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -93,3 +93,36 @@ def test_a_masks_listing_takes_the_folder_name_literally(gcs_bucket, tmp_path):
     (tmp_path / "out[1]" / "masks" / "e.png").write_bytes(b"png")
     assert list(files_under(str(tmp_path / "out[1]" / "masks"))) == [
         str(tmp_path / "out[1]" / "masks" / "e.png")]
+
+
+def test_change_detection_by_stamp_reads_no_unchanged_object(gcs_bucket, demo_model_path,
+                                                             monkeypatch):
+    """On Cloud Storage the stamps (size, update time) come with the listing: a night with
+    nothing new reads no object, and an object written again is read and segmented."""
+    import segbeam.matching
+
+    monkeypatch.setattr(segbeam.matching, "RECENT_SECONDS", 0.0)  # objects written just now
+    gcs = gcs_bucket()
+    rng = np.random.default_rng(4)
+    for index in range(3):
+        image, mask = synthetic_scene(rng, 48, 64)
+        put(f"{gcs}/data/images/scene{index}.png", png_bytes(image))
+        put(f"{gcs}/data/masks/scene{index}.png", png_bytes(mask))
+    put(f"{gcs}/models/demo.keras", open(demo_model_path, "rb").read())
+    argv = ["--input", f"{gcs}/data/images/*.png", "--masks", f"{gcs}/data/masks",
+            "--model", f"{gcs}/models/demo.keras", "--num_classes", "3", "--input_size", "64",
+            "--ignore_index", "-1", "--crf_iterations", "2", "--output", f"{gcs}/out",
+            "--no_auth", "--skip_existing", "--change_detection", "stamp"]
+    first = run(argv)
+    assert first.manifest["beam_counters"]["inputs_hashed"] == 3
+    again = run(argv)
+    assert again.summary["counts"]["reused"] == 3
+    assert again.manifest["beam_counters"].get("inputs_hashed", 0) == 0
+    assert again.manifest["beam_counters"]["inputs_unchanged_by_stamp"] == 3
+
+    image, _ = synthetic_scene(rng, 48, 64)
+    put(f"{gcs}/data/images/scene1.png", png_bytes(image))
+    changed = run(argv)
+    counts = changed.summary["counts"]
+    assert (counts["segmented"], counts["reused"]) == (1, 2)
+    assert changed.manifest["beam_counters"]["inputs_hashed"] == 1

@@ -123,7 +123,11 @@ def _leftovers(root):
 
 
 def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path,
-                                                                        demo_model_path):
+                                                                        demo_model_path,
+                                                                        monkeypatch):
+    # Files written a moment ago get no stamp (segbeam.matching.RECENT_SECONDS), and would get
+    # one when the second run rewrites their rows; here they are stamped from the first run.
+    monkeypatch.setattr("segbeam.matching.RECENT_SECONDS", 0.0)
     data, out = tmp_path / "data", tmp_path / "out"
     _write_scenes(data, 7)
     first = _run(data, out, demo_model_path, "--skip_existing")

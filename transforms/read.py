@@ -15,9 +15,10 @@ import apache_beam as beam
 from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, named_mask, \
     pair_by_stem
 from segbeam.decode import DEFAULT_MAX_PIXELS
+from segbeam.incremental import input_stamp
 from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
-from segbeam.matching import match_files
+from segbeam.matching import match_files, match_stamped_files
 from segbeam.records import DeadLetter
 from segbeam.transforms.safe_map import SafeMap
 
@@ -34,37 +35,46 @@ class _PairByStem(beam.DoFn):
 
     def process(self, element):
         stem, grouped = element
-        pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], self._image_base,
-                               self._mask_base, self._naming)
-        yield from pairing.refs
+        images, masks = dict(grouped["images"]), dict(grouped["masks"])  # path -> stamp
+        pairing = pair_by_stem(stem, images, masks, self._image_base, self._mask_base,
+                               self._naming)
+        yield from _stamped(pairing.refs, images, masks)
         for letter in pairing.dead:
             yield beam.pvalue.TaggedOutput(DEAD, letter)
         for path in pairing.unclaimed_masks:
             yield beam.pvalue.TaggedOutput(UNCLAIMED, path)
 
 
+def _stamped(refs: list, images: dict, masks: dict) -> list:
+    """The refs, each with its files' stamp from the stamps of the listing (or none)."""
+    return [ref._replace(source_stamp=input_stamp(images[ref.source], ref.mask_source,
+                                                  masks.get(ref.mask_source, "")))
+            for ref in refs]
+
+
 class MatchImages(beam.PTransform):
     """pipeline -> (ImageRefs, dead letters, masks no image took): image files matching a glob,
     each paired with its mask where ``masks`` (a folder or glob) holds one
     (``segbeam.dataset.pair_by_stem``). Files under ``exclude`` (the output root) are not
-    inputs."""
+    inputs. With ``stamped``, each ImageRef carries its files' stamp from the listing
+    (``--skip_existing``)."""
 
     def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None,
-                 naming: Naming = Naming()):
+                 naming: Naming = Naming(), stamped: bool = False):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
-        self._naming = naming
+        self._naming, self._stamped = naming, stamped
 
     def expand(self, pbegin):
         images = (pbegin
                   | "ImageGlob" >> beam.Create([self._images])
                   | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude,
-                                                      self._naming, self._masks
+                                                      self._naming, self._stamped, self._masks
                                                       ).with_outputs(DEAD, main="named"))
         masks = (pbegin
                  | "MaskGlob" >> beam.Create([mask_glob(self._masks)] if self._masks else [])
                  | "MatchMaskFiles" >> beam.FlatMap(_matched_by_stem, "mask", self._exclude,
-                                                    self._naming))
+                                                    self._naming, self._stamped))
         mask_base = glob_base(mask_glob(self._masks)) if self._masks else ""
         paired = ({"images": images.named, "masks": masks}
                   | "JoinOnStem" >> beam.CoGroupByKey()
@@ -76,23 +86,24 @@ class MatchImages(beam.PTransform):
 
 
 def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str], naming: Naming,
-                     masks: Optional[str] = None):
-    """(stem, path) of each file the glob matches (a file without the mask suffix is no mask;
-    an image file that ``masks`` and the mask suffix name is a mask, no image). An image whose
-    name is not UTF-8 becomes a dead letter (no Beam coder can carry its name); such a mask is
-    left out with a warning."""
+                     stamped: bool, masks: Optional[str] = None):
+    """(stem, (path, stamp)) of each file the glob matches (a file without the mask suffix is
+    no mask; an image file that ``masks`` and the mask suffix name is a mask, no image); the
+    stamp is "" unless ``stamped``. An image whose name is not UTF-8 becomes a dead letter (no
+    Beam coder can carry its name); such a mask is left out with a warning."""
     is_mask = named_mask(masks, naming) if kind == "image" else (lambda path: False)
-    for path in match_files(pattern, exclude):
+    for path, stamp in match_stamped_files(pattern, exclude) if stamped else \
+            ((path, "") for path in match_files(pattern, exclude)):
         if not is_mask(path):
-            yield from _by_stem(path, kind, naming)
+            yield from _by_stem(path, stamp, kind, naming)
 
 
-def _by_stem(path: str, kind: str, naming: Naming):
+def _by_stem(path: str, stamp: str, kind: str, naming: Naming):
     printable = printable_path(path)
     if printable is None:
         stem = naming.pairing_stem(path, kind)
         if stem is not None:
-            yield stem, path
+            yield stem, (path, stamp)
     elif kind == "image":
         key = sanitise_key(strip_extension(posixpath.basename(printable)).replace("\\", "_"))
         yield beam.pvalue.TaggedOutput(DEAD, DeadLetter(
@@ -108,14 +119,14 @@ class FindFiles(beam.PTransform):
     image files."""
 
     def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None,
-                 naming: Naming = Naming()):
+                 naming: Naming = Naming(), stamped: bool = False):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
-        self._naming = naming
+        self._naming, self._stamped = naming, stamped
 
     def expand(self, pbegin):
         refs, unpaired, unclaimed = pbegin | "MatchImages" >> MatchImages(
-            self._images, self._masks, self._exclude, self._naming)
+            self._images, self._masks, self._exclude, self._naming, self._stamped)
         inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
         return refs, unpaired, inputs, unclaimed

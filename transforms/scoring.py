@@ -61,6 +61,10 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     ``calibration_raw`` / ``calibration_crf``: the calibration sums (``segbeam.calibration``:
     15 bins of pixel counts, confidence sums and correct counts, then the NLL and Brier sums);
     null without probabilities or a mask.
+    ``source_stamp``: what the file listing said of the image and mask files when the row was
+    made (``segbeam.incremental.input_stamp``), kept under ``--skip_existing`` so that
+    ``--change_detection stamp`` can tell them unchanged without reading them; null otherwise,
+    for shard records, and in rows made before it was kept.
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -87,6 +91,7 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("unexpected_values", pa.list_(pa.int32())),
         pa.field("image_frames", pa.int32()),
         pa.field("high_depth_peak", pa.int32()),
+        pa.field("source_stamp", pa.string()),
         *[field for variant in ("raw", "crf") for field in (
             pa.field(f"bf_{variant}", pa.float64()),
             pa.field(f"bf_classes_{variant}", iou),
@@ -133,6 +138,7 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str,
         "unexpected_values": list(record.unexpected_values) if record.has_mask else None,
         "image_frames": record.frames,
         "high_depth_peak": record.high_depth_peak,
+        "source_stamp": record.source_stamp or None,
         **_boundary_fields(record.boundary_raw, "raw"),
         **_boundary_fields(record.boundary_crf, "crf"),
         "calibration_raw": _calibration_vector(record.calibration_raw),
@@ -156,7 +162,7 @@ def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
 ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None,
-                "high_depth_peak": None,
+                "high_depth_peak": None, "source_stamp": None,
                 **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf"),
                 "calibration_raw": None, "calibration_crf": None}
 

@@ -4,7 +4,9 @@
 Each input is hashed, then joined by key with the metrics rows of earlier runs (read from
 Parquet). Files are read once to be hashed and their bytes dropped, so that only small records
 cross the join; the few that must be processed are read again afterwards. Shard records keep
-their bytes (a record cannot be re-read alone).
+their bytes (a record cannot be re-read alone). With ``by_stamp`` (``--change_detection
+stamp``), files are not hashed before the join: a file whose stamp from the listing equals the
+standing row's takes the row's hash unread, and only the others are read to be hashed.
 """
 
 from __future__ import annotations
@@ -16,17 +18,31 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
 from segbeam.dataset import ensure_encoded
-from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, prior_result
+from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, latest_result, \
+    prior_result, unchanged_by_stamp
 from segbeam.layout import MASKS_DIR, METRICS_DIR, files_under, output_path
-from segbeam.records import EncodedImage, ImageRef
+from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
+from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.scoring import complete_row
+
+
+DEAD = "dead_letter"
 
 
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
     """Hashes an input. A file's bytes are dropped after hashing: it is read again only if it
     must be processed."""
+    Metrics.counter("segbeam", "inputs_hashed").inc()
     return Candidate(item.key, ensure_encoded(item).content_sha256, item)
+
+
+def unhashed_candidate(item: Union[ImageRef, EncodedImage]) -> Candidate:
+    """An input for the decision by stamp: a file with a stamp is not read yet; a shard
+    record, whose bytes are at hand, and a file without a stamp are hashed."""
+    if isinstance(item, ImageRef) and item.source_stamp:
+        return Candidate(item.key, "", item)
+    return candidate_of(item)
 
 
 def _keyed_prior(element: tuple) -> tuple:
@@ -42,15 +58,39 @@ class _Decide(beam.DoFn):
         _, grouped = element
         prior = list(grouped["prior"])
         for candidate in grouped["candidates"]:
+            if not candidate.content_sha256:
+                candidate = _hashed_unless_stamped(candidate, prior, self._run_date)
+                if isinstance(candidate, DeadLetter):
+                    yield beam.pvalue.TaggedOutput(DEAD, candidate)
+                    continue
             decision, row = decide(candidate, prior, self._fingerprint, self._run_dir,
                                    self._run_date)
             if decision == PROCESS:
                 yield candidate.item
             elif decision == REUSE:  # once its mask PNG is found in the listing
+                # The row is written again: with the stamp its files have now.
+                row = {**row, "source_stamp": candidate.item.source_stamp or None}
                 yield beam.pvalue.TaggedOutput(REUSE, (row.get("mask_path") or "",
                                                        (candidate.item, row)))
             else:
                 yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
+
+
+def _hashed_unless_stamped(candidate: Candidate, prior: list, run_date: Optional[str]):
+    """The candidate with its hash: the standing row's where the files' stamps say they are
+    the ones it was made from, else their bytes' (or a dead letter where they cannot be
+    read)."""
+    latest = latest_result(prior, run_date)
+    if unchanged_by_stamp(candidate.item, latest):
+        Metrics.counter("segbeam", "inputs_unchanged_by_stamp").inc()
+        return candidate._replace(content_sha256=latest.row["content_sha256"])
+    try:
+        return candidate_of(candidate.item)
+    except Exception as error:  # as SafeMap would: the input becomes a dead letter
+        Metrics.counter("segbeam", "dead_letters_read").inc()
+        tally("dead")
+        item = candidate.item
+        return DeadLetter(item.key, item.source, "read", one_line_reason(error))
 
 
 def _with_mask_file(element):
@@ -76,15 +116,19 @@ class SkipUnchanged(beam.PTransform):
       fingerprint: this run's ``config_fingerprint``; rows made under another are stale.
       run_dir: this run's directory, absolute as the history's paths are.
       run_date: this run's date partition, or None.
+      by_stamp: files with a stamp (``ImageRef.source_stamp``) are hashed only where it
+        differs from the standing row's (``--change_detection stamp``).
     """
 
-    def __init__(self, history: str, fingerprint: str, run_dir: str, run_date: Optional[str]):
+    def __init__(self, history: str, fingerprint: str, run_dir: str, run_date: Optional[str],
+                 by_stamp: bool = False):
         super().__init__()
         self._history, self._fingerprint = history, fingerprint
-        self._run_dir, self._run_date = run_dir, run_date
+        self._run_dir, self._run_date, self._by_stamp = run_dir, run_date, by_stamp
 
     def expand(self, items):
-        candidates, unreadable = items | "Hash" >> SafeMap("read", candidate_of)
+        candidates, unreadable = items | "Hash" >> SafeMap(
+            "read", unhashed_candidate if self._by_stamp else candidate_of)
         prior = (items.pipeline
                  | "HistoryGlob" >> beam.Create([self._history])
                  | "ReadHistory" >> ReadAllFromParquet(with_filename=True)
@@ -94,7 +138,7 @@ class SkipUnchanged(beam.PTransform):
                    | "JoinHistory" >> beam.CoGroupByKey()
                    | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._run_dir,
                                                     self._run_date)).with_outputs(
-                       REUSE, SKIP, main=PROCESS))
+                       REUSE, SKIP, DEAD, main=PROCESS))
         # One listing of this run's masks, not an existence check per reused row.
         listed = (items.pipeline
                   | "MasksFolder" >> beam.Create([output_path(self._run_dir, MASKS_DIR)])
@@ -105,4 +149,5 @@ class SkipUnchanged(beam.PTransform):
                    | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(
                        REUSE, main=PROCESS))
         process = (decided[PROCESS], checked[PROCESS]) | "ToProcess" >> beam.Flatten()
+        unreadable = (unreadable, decided[DEAD]) | "Unreadable" >> beam.Flatten()
         return process, checked[REUSE], decided[SKIP], unreadable
