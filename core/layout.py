@@ -217,15 +217,26 @@ def files_under(folder: str) -> Iterator[str]:
     """Every file under ``folder``, at any depth, spelled as ``output_path`` spells paths under
     it: one listing (a request per thousand objects on Cloud Storage), not a request per file.
     A folder that does not exist holds none."""
+    return (path for path, _ in sized_files_under(folder))
+
+
+def sized_files_under(folder: str) -> Iterator[tuple[str, int]]:
+    """``files_under`` with each file's size in bytes (-1 for a local file that cannot be
+    read: a dangling link). Cloud Storage gives the sizes with the listing."""
     folder = folder.rstrip("/")
     if "://" not in folder:
         for top, _, names in os.walk(folder):
-            yield from (os.path.join(top, name) for name in names)
+            for name in names:
+                path = os.path.join(top, name)
+                try:
+                    yield path, os.stat(path).st_size
+                except OSError:
+                    yield path, -1
         return
     # Listed from the name's part before any glob character: a folder named out[1] is no glob.
     prefix = re.match(r"[^\[*?]*", folder).group(0)
     listed = _filesystems().match([prefix + "**"])[0].metadata_list
-    yield from (m.path for m in listed if m.path.startswith(folder + "/"))
+    yield from ((m.path, m.size_in_bytes) for m in listed if m.path.startswith(folder + "/"))
 
 
 def _is_folder(path: str) -> bool:

@@ -75,6 +75,7 @@ class SegmentationRecord:
     confusion_raw: Optional[np.ndarray] = None
     confusion_crf: Optional[np.ndarray] = None
     mask_path: Optional[str] = None
+    mask_png_size: int = 0  # bytes of the mask PNG as written
     height: int = 0
     width: int = 0
     has_mask: bool = False

@@ -171,6 +171,17 @@ def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path
     assert (out / "masks" / "s05.png").exists()
     assert _rows(out)[0]["s05"] == rows_third["s05"]
 
+    # A mask PNG cut short (a partial copy of the folder): not kept, segmented again.
+    mask_file = out / "masks" / "s04.png"
+    whole = mask_file.read_bytes()
+    assert rows_third["s04"]["mask_png_size"] == len(whole)
+    mask_file.write_bytes(whole[:len(whole) // 2])
+    fifth = _run(data, out, demo_model_path, "--skip_existing")
+    counts = fifth.summary["counts"]
+    assert (counts["segmented"], counts["reused"]) == (1, 7)
+    assert fifth.manifest["beam_counters"]["reused_rows_with_damaged_mask_file"] == 1
+    assert mask_file.read_bytes() == whole
+
 
 def test_a_changed_configuration_reprocesses_everything(tmp_path, demo_model_path):
     data, out = tmp_path / "data", tmp_path / "out"
@@ -314,3 +325,21 @@ def test_where_the_output_ignores_case_a_mask_named_in_another_case_is_the_input
                                       fold_case=fold_case))
         assert_that(deleted | beam.Map(os.path.basename), equal_to(removed))
     assert os.listdir(tmp_path / "masks") == ([] if removed else ["A.png"])
+
+
+def test_a_reused_rows_mask_file_must_be_listed_at_the_size_it_was_written():
+    from apache_beam.pvalue import TaggedOutput
+
+    from segbeam.transforms.skip import _with_mask_file
+
+    def kept(sizes, row):
+        out = list(_with_mask_file(("/o/masks/a.png", {"reused": [("item", row)],
+                                                        "listed": sizes})))
+        assert len(out) == 1
+        return isinstance(out[0], TaggedOutput)
+
+    assert kept([120], {"mask_png_size": 120})
+    assert not kept([60], {"mask_png_size": 120})  # cut short or replaced
+    assert not kept([], {"mask_png_size": 120})  # gone
+    assert kept([60], {})  # a row from before sizes were kept: being there is enough
+    assert not kept([], {})

@@ -65,6 +65,8 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
     made (``segbeam.incremental.input_stamp``), kept under ``--skip_existing`` so that
     ``--change_detection stamp`` can tell them unchanged without reading them; null otherwise,
     for shard records, and in rows made before it was kept.
+    ``mask_png_size``: the bytes of the mask PNG as written, so that ``--skip_existing`` keeps
+    a row only while its mask file is the one written; null in rows made before it was kept.
     """
     iou = pa.list_(pa.float64())
     fields = [
@@ -92,6 +94,7 @@ def metrics_schema(num_classes: int, class_names: list[str]) -> pa.Schema:
         pa.field("image_frames", pa.int32()),
         pa.field("high_depth_peak", pa.int32()),
         pa.field("source_stamp", pa.string()),
+        pa.field("mask_png_size", pa.int64()),
         *[field for variant in ("raw", "crf") for field in (
             pa.field(f"bf_{variant}", pa.float64()),
             pa.field(f"bf_classes_{variant}", iou),
@@ -139,6 +142,7 @@ def metrics_row(record: SegmentationRecord, config_fingerprint: str,
         "image_frames": record.frames,
         "high_depth_peak": record.high_depth_peak,
         "source_stamp": record.source_stamp or None,
+        "mask_png_size": record.mask_png_size or None,
         **_boundary_fields(record.boundary_raw, "raw"),
         **_boundary_fields(record.boundary_crf, "crf"),
         "calibration_raw": _calibration_vector(record.calibration_raw),
@@ -162,7 +166,7 @@ def _boundary_fields(scores: Optional[BoundaryScores], variant: str) -> dict:
 # Fields added to the metrics row after its first version, with the value that a row written
 # before them gets when a later run reuses it (null: not known for that row).
 ADDED_FIELDS = {"unexpected_pixels": None, "unexpected_values": None, "image_frames": None,
-                "high_depth_peak": None, "source_stamp": None,
+                "high_depth_peak": None, "source_stamp": None, "mask_png_size": None,
                 **_boundary_fields(None, "raw"), **_boundary_fields(None, "crf"),
                 "calibration_raw": None, "calibration_crf": None}
 

@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, latest_result, \
     prior_result, unchanged_by_stamp
-from segbeam.layout import MASKS_DIR, METRICS_DIR, files_under, output_path
+from segbeam.layout import MASKS_DIR, METRICS_DIR, output_path, sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
 from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
@@ -94,15 +94,19 @@ def _hashed_unless_stamped(candidate: Candidate, prior: list, run_date: Optional
 
 
 def _with_mask_file(element):
-    """A row to reuse whose mask PNG is listed stands; one whose mask is gone (deleted by
-    hand) is segmented again, rather than kept naming a file no longer there."""
+    """A row to reuse whose mask PNG is listed, at the size it was written, stands; one whose
+    mask is gone (deleted by hand) or of another size (cut short by a partial copy, replaced)
+    is segmented again, rather than kept naming a file that is not its mask. Rows made before
+    sizes were kept (``mask_png_size`` null) need the file only to be there."""
     _, grouped = element
-    listed = any(True for _ in grouped["listed"])
+    sizes = list(grouped["listed"])
     for item, row in grouped["reused"]:
-        if listed:
+        written = row.get("mask_png_size")
+        if sizes and (written is None or sizes[0] == written):
             yield beam.pvalue.TaggedOutput(REUSE, complete_row(row))
         else:
-            Metrics.counter("segbeam", "reused_rows_without_mask_file").inc()
+            Metrics.counter("segbeam", "reused_rows_with_damaged_mask_file" if sizes
+                            else "reused_rows_without_mask_file").inc()
             yield item
 
 
@@ -142,8 +146,7 @@ class SkipUnchanged(beam.PTransform):
         # One listing of this run's masks, not an existence check per reused row.
         listed = (items.pipeline
                   | "MasksFolder" >> beam.Create([output_path(self._run_dir, MASKS_DIR)])
-                  | "ListMasks" >> beam.FlatMap(files_under)
-                  | "KeyMasks" >> beam.Map(lambda path: (path, None)))
+                  | "ListMasks" >> beam.FlatMap(sized_files_under))
         checked = ({"reused": decided[REUSE], "listed": listed}
                    | "JoinMasks" >> beam.CoGroupByKey()
                    | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(

@@ -37,14 +37,17 @@ def write_label_png(record: SegmentationRecord, root: str, write_raw: bool = Fal
                     colours: Optional[tuple] = None) -> SegmentationRecord:
     """Writes the final label map as ``<root>/masks/<key>.png`` (and, with ``write_raw``, the
     labels before the CRF as ``<root>/masks_raw/<key>.png``), coloured by ``colours`` (RGB per
-    class id; VOC's by default); drops the label arrays."""
+    class id; VOC's by default); drops the label arrays. The record keeps the PNG's size, so
+    that a later run can tell a mask file cut short or replaced from the one it wrote."""
     path = mask_png_path(root, record.key)
     palette = palette_bytes(colours)
-    write_bytes_atomically(path, encode_label_png(record.final_labels, palette))
+    png = encode_label_png(record.final_labels, palette)
+    write_bytes_atomically(path, png)
     if write_raw and record.raw_labels is not None:
         write_bytes_atomically(mask_png_path(root, record.key, RAW_MASKS_DIR),
                                encode_label_png(record.raw_labels, palette))
-    return record.replace(mask_path=path, raw_labels=None, crf_labels=None)
+    return record.replace(mask_path=path, mask_png_size=len(png), raw_labels=None,
+                          crf_labels=None)
 
 
 def write_views(record: SegmentationRecord, root: str, colours: Optional[Sequence] = None
