@@ -178,6 +178,15 @@ def check_masks_match(masks: str, exclude: Optional[str] = None,
         f" (without masks, drop {flag}: {without})" if without else ""))
 
 
+def check_output_name(output: str, flag: str = "--output") -> None:
+    """An output path with a glob character fails in Beam's file sinks, which take output
+    paths as patterns (and an earlier run's files would be matched beside it)."""
+    if any(c in output for c in "*?["):
+        raise UsageError(f"{flag} {output!r} holds a glob character (* ? [): Beam's file "
+                         f"sinks take output paths as patterns and would write or clean up "
+                         f"elsewhere; choose a name without them")
+
+
 def check_scoring_flags(o, input_format: str) -> None:
     """``--strict_labels`` and ``--calibration`` act on masks: image files read without
     ``--masks`` have none, and either would be ignored."""

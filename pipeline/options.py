@@ -26,7 +26,7 @@ from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
 from segbeam.pipeline.flags import UsageError, absolute_local, add_container_flags, \
     add_pairing_flags, beam_parser, check_container_flags, check_mask_suffix, \
-    check_scoring_flags, reject_repeated_flags, reject_unknown_flags
+    check_output_name, check_scoring_flags, reject_repeated_flags, reject_unknown_flags
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
@@ -273,6 +273,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     source, inference = model_settings(o, convention.num_classes)
     labels = MaskLabels(convention.num_classes, convention.ignore_index, o.strict_labels,
                         convention.label_map, convention.mask_colours)
+    check_output_name(o.output)
     layout = OutputLayout(absolute_local(o.output.rstrip("/") or "/"),
                           parse_run_date(o.run_date), o.write_raw_masks, o.write_overlays,
                           o.write_confidence)

@@ -24,7 +24,7 @@ from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
 from segbeam.pipeline.flags import add_pairing_flags, beam_parser, check_mask_suffix, \
-    check_masks_match, reject_repeated_flags, reject_unknown_flags
+    check_masks_match, check_output_name, reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -151,6 +151,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
                          f"the glob so that the shell does not expand it")
     if args.masks:
         check_masks_match(args.masks, without="the shards would hold images only")
+    check_output_name(args.output)
     if args.output.endswith("/") or os.path.isdir(args.output):
         raise ValueError(f"--output is a path prefix (out/train gives out/train-00000-of-00004"
                          f".tfrecord, ...), and {args.output} is a folder; add a name, e.g. "

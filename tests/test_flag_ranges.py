@@ -190,3 +190,13 @@ def test_segbeam_models_refuses_flags_of_its_other_mode(argv, message, capsys):
 
     assert main(["models", *argv]) == 2
     assert f"segbeam models: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output", ["/data/out[1]", "/data/out*", "gs://bucket/run?"])
+def test_an_output_folder_named_with_a_glob_character_is_an_error(output):
+    """A run into ``out[1]`` ended in an internal error, Beam's delete of the launcher's write
+    probe reading the name as a pattern; its history glob would have read a folder ``out1``
+    beside it as this run's earlier results."""
+    _settings("--output", "/data/out-1")
+    with pytest.raises(ValueError, match=r"holds a glob character \(\* \? \[\)"):
+        _settings("--output", output)
