@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import posixpath
 import tarfile
-from typing import Any, Iterator, NamedTuple, Optional, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 from segbeam.config import Effect, setting
 from segbeam.decode import InvalidInputError
@@ -170,6 +170,21 @@ def read_row_group(shard: str, group: int, columns: list[str]):
 
     with open_file(shard) as handle:
         return pq.ParquetFile(handle).read_row_group(group, columns=columns)
+
+
+def read_parquet_columns(path: str, wanted: Sequence[str]) -> Iterator[dict]:
+    """The rows of a Parquet file as dicts of those of ``wanted`` columns it has (a file
+    written before a column existed lacks it), read in batches: only those columns' bytes are
+    fetched."""
+    import pyarrow.parquet as pq
+
+    from segbeam.layout import open_file
+
+    with open_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = [name for name in wanted if name in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(columns=columns):
+            yield from batch.to_pylist()
 
 
 def shard_fields(input_format: str, shard: str) -> list[str]:

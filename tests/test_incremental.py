@@ -332,14 +332,17 @@ def test_a_reused_rows_mask_file_must_be_listed_at_the_size_it_was_written():
 
     from segbeam.transforms.skip import _with_mask_file
 
-    def kept(sizes, row):
+    def kept(sizes, row, whole=({"key": "a", "miou_raw": 0.5},)):
         out = list(_with_mask_file(("/o/masks/a.png", {"reused": [("item", row)],
-                                                        "listed": sizes})))
+                                                        "listed": sizes, "rows": whole})))
         assert len(out) == 1
-        return isinstance(out[0], TaggedOutput)
+        return out[0].value if isinstance(out[0], TaggedOutput) else None
 
-    assert kept([120], {"mask_png_size": 120})
-    assert not kept([60], {"mask_png_size": 120})  # cut short or replaced
-    assert not kept([], {"mask_png_size": 120})  # gone
-    assert kept([60], {})  # a row from before sizes were kept: being there is enough
-    assert not kept([], {})
+    row = kept([120], {"mask_png_size": 120, "source_stamp": "image=1:2:3 mask=none"})
+    # The whole row of this run's folder is kept, with the stamp the decision gave it.
+    assert (row["miou_raw"], row["source_stamp"]) == (0.5, "image=1:2:3 mask=none")
+    assert kept([60], {"mask_png_size": 120}) is None  # cut short or replaced
+    assert kept([], {"mask_png_size": 120}) is None  # gone
+    assert kept([60], {}) is not None  # a row from before sizes were kept: being there will do
+    assert kept([], {}) is None
+    assert kept([120], {"mask_png_size": 120}, whole=()) is None  # its row is gone meanwhile

@@ -1,12 +1,16 @@
 """``SkipUnchanged``: restricts a run to what is new or changed, a thin Beam shell over
 ``segbeam.incremental.decide``.
 
-Each input is hashed, then joined by key with the metrics rows of earlier runs (read from
-Parquet). Files are read once to be hashed and their bytes dropped, so that only small records
-cross the join; the few that must be processed are read again afterwards. Shard records keep
-their bytes (a record cannot be re-read alone). With ``by_stamp`` (``--change_detection
-stamp``), files are not hashed before the join: a file whose stamp from the listing equals the
-standing row's takes the row's hash unread, and only the others are read to be hashed.
+Each input is hashed, then joined by key with the metrics rows of earlier runs, read from
+Parquet with only the columns the decision needs (whole rows of every night would cross the
+join otherwise). Files are read once to be hashed and their bytes dropped, so that only small
+records cross the join; the few that must be processed are read again afterwards. Shard
+records keep their bytes (a record cannot be re-read alone). A row to reuse (one of this run's
+own folder) is read whole from that folder alone and joined with the listing of its masks.
+
+With ``by_stamp`` (``--change_detection stamp``), files are not hashed before the join: a file
+whose stamp from the listing equals the standing row's takes the row's hash unread, and only
+the others are read to be hashed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import apache_beam as beam
 from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
+from segbeam.containers import read_parquet_columns
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, latest_result, \
     prior_result, unchanged_by_stamp
-from segbeam.layout import MASKS_DIR, METRICS_DIR, output_path, sized_files_under
+from segbeam.layout import MASKS_DIR, METRICS_DIR, matching_paths, output_path, \
+    sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
 from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
@@ -28,6 +34,9 @@ from segbeam.transforms.scoring import complete_row
 
 
 DEAD = "dead_letter"
+# What the decision reads of an earlier row (``segbeam.incremental``, ``_with_mask_file``).
+DECISION_COLUMNS = ("key", "source", "mask_source", "mask_path", "content_sha256",
+                    "config_fingerprint", "source_stamp", "mask_png_size")
 
 
 def candidate_of(item: Union[ImageRef, EncodedImage]) -> Candidate:
@@ -48,6 +57,12 @@ def unhashed_candidate(item: Union[ImageRef, EncodedImage]) -> Candidate:
 def _keyed_prior(element: tuple) -> tuple:
     path, row = element
     return row["key"], prior_result(path, row, METRICS_DIR)
+
+
+def _decision_columns(path: str):
+    """(path, row) of each row of a metrics file, the decision's columns only."""
+    for row in read_parquet_columns(path, DECISION_COLUMNS):
+        yield path, row
 
 
 class _Decide(beam.DoFn):
@@ -97,13 +112,19 @@ def _with_mask_file(element):
     """A row to reuse whose mask PNG is listed, at the size it was written, stands; one whose
     mask is gone (deleted by hand) or of another size (cut short by a partial copy, replaced)
     is segmented again, rather than kept naming a file that is not its mask. Rows made before
-    sizes were kept (``mask_png_size`` null) need the file only to be there."""
+    sizes were kept (``mask_png_size`` null) need the file only to be there. The row kept is
+    the whole row (``rows``) with the stamp the decision gave it."""
     _, grouped = element
     sizes = list(grouped["listed"])
+    whole = next(iter(grouped["rows"]), None)
     for item, row in grouped["reused"]:
         written = row.get("mask_png_size")
-        if sizes and (written is None or sizes[0] == written):
-            yield beam.pvalue.TaggedOutput(REUSE, complete_row(row))
+        if whole is None:  # its folder changed since the history was read: decide afresh
+            Metrics.counter("segbeam", "reused_rows_not_found").inc()
+            yield item
+        elif sizes and (written is None or sizes[0] == written):
+            yield beam.pvalue.TaggedOutput(REUSE, complete_row(
+                {**whole, "source_stamp": row.get("source_stamp")}))
         else:
             Metrics.counter("segbeam", "reused_rows_with_damaged_mask_file" if sizes
                             else "reused_rows_without_mask_file").inc()
@@ -135,7 +156,9 @@ class SkipUnchanged(beam.PTransform):
             "read", unhashed_candidate if self._by_stamp else candidate_of)
         prior = (items.pipeline
                  | "HistoryGlob" >> beam.Create([self._history])
-                 | "ReadHistory" >> ReadAllFromParquet(with_filename=True)
+                 | "MatchHistory" >> beam.FlatMap(matching_paths)
+                 | "SpreadHistory" >> beam.Reshuffle()
+                 | "ReadHistory" >> beam.FlatMap(_decision_columns)
                  | "KeyHistory" >> beam.Map(_keyed_prior))
         keyed = candidates | "KeyCandidates" >> beam.Map(lambda c: (c.key, c))
         decided = ({"candidates": keyed, "prior": prior}
@@ -147,7 +170,12 @@ class SkipUnchanged(beam.PTransform):
         listed = (items.pipeline
                   | "MasksFolder" >> beam.Create([output_path(self._run_dir, MASKS_DIR)])
                   | "ListMasks" >> beam.FlatMap(sized_files_under))
-        checked = ({"reused": decided[REUSE], "listed": listed}
+        own_rows = (items.pipeline
+                    | "OwnMetrics" >> beam.Create([output_path(self._run_dir, METRICS_DIR,
+                                                               "*.parquet")])
+                    | "ReadOwnRows" >> ReadAllFromParquet()
+                    | "KeyOwnRows" >> beam.Map(lambda row: (row.get("mask_path") or "", row)))
+        checked = ({"reused": decided[REUSE], "listed": listed, "rows": own_rows}
                    | "JoinMasks" >> beam.CoGroupByKey()
                    | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(
                        REUSE, main=PROCESS))
