@@ -302,9 +302,8 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
         budget,
     ]
     if best_path:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            best_path, monitor="val_miou", mode="max", save_best_only=True,
-            initial_value_threshold=resumed.best_val_miou if resumed else None))
+        callbacks.append(atomic_checkpoint(best_path, monitor="val_miou",
+                                           best=resumed.best_val_miou if resumed else None))
     start = time.monotonic()
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         initial_epoch=done, callbacks=callbacks, verbose=config.verbose)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -86,14 +87,27 @@ def resume_point(config: TrainingConfig) -> ResumePoint:
     return ResumePoint(history, best)
 
 
-def atomic_checkpoint(path: str):
+def atomic_checkpoint(path: str, monitor: Optional[str] = None, best: Optional[float] = None):
     """A callback that saves the model to ``path`` after every epoch by writing a temporary
-    file and renaming it: a machine stopped mid-save leaves the previous epoch's checkpoint,
-    not a file cut short (Keras's ``ModelCheckpoint`` writes in place)."""
+    file and renaming it: a machine stopped mid-save leaves the previous checkpoint, not a file
+    cut short (Keras's ``ModelCheckpoint`` writes in place). With ``monitor``, only an epoch
+    whose ``logs[monitor]`` is finite and above every earlier one's (and ``best``, a resumed
+    training's best so far) is saved, as ``ModelCheckpoint(save_best_only=True, mode="max")``
+    does."""
     import keras
 
     class AtomicCheckpoint(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = best
+
         def on_epoch_end(self, epoch, logs=None):
+            if monitor is not None:
+                value = (logs or {}).get(monitor)
+                if value is None or not math.isfinite(value) or \
+                        (self.best is not None and not value > self.best):
+                    return
+                self.best = float(value)
             temporary = f"{path}.tmp-{os.getpid()}.keras"
             try:
                 self.model.save(temporary)

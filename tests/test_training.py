@@ -490,3 +490,37 @@ def test_training_warns_about_16_bit_images_that_come_out_dark(tmp_path, caplog)
     assert (len(kept), dropped) == (3, 0)
     assert [r.getMessage() for r in caplog.records if "16-bit" in r.getMessage()] == [
         f"training: {dark_high_depth_warning(1)}"]
+
+
+def test_best_keras_is_saved_by_rename_and_only_for_a_better_epoch(tmp_path):
+    """best.keras was written in place by Keras's ModelCheckpoint: a machine stopped
+    mid-save left the best model of a training cut short."""
+    import keras
+
+    from segbeam.models.training_resume import atomic_checkpoint
+
+    best = tmp_path / "best.keras"
+    saved = []
+
+    class Model:
+        def save(self, path, **_):
+            if saved and saved[-1] == "fail":
+                with open(path, "wb") as handle:
+                    handle.write(b"half a model")
+                raise OSError("the machine stopped")
+            with open(path, "w") as handle:
+                handle.write(str(len(saved)))
+            saved.append(path)
+
+    callback = atomic_checkpoint(str(best), monitor="val_miou", best=0.25)
+    callback.set_model(Model())
+    for epoch, value in enumerate([0.2, 0.3, float("nan"), 0.3, None, 0.4]):
+        callback.on_epoch_end(epoch, {} if value is None else {"val_miou": value})
+    assert len(saved) == 2 and callback.best == 0.4  # 0.3 then 0.4: above 0.25, each better
+    before = best.read_bytes()
+    saved.append("fail")
+    with pytest.raises(OSError, match="the machine stopped"):
+        callback.on_epoch_end(6, {"val_miou": 0.9})
+    assert best.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
+    assert isinstance(callback, keras.callbacks.Callback)
