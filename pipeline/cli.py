@@ -53,7 +53,8 @@ def run_command(argv: Sequence[str]) -> int:
             print(f"segbeam run: no --input given; running the demo under {flags.output}/")
             argv = demo_argv(flags.output, argv)
             options = parse_run_argv(argv)
-        from segbeam.pipeline.run import execute, format_report, outcome_warnings
+        from segbeam.pipeline.run import execute
+        from segbeam.pipeline.terminal import format_report, outcome_warnings
 
         outcome = execute(options, argv)
     except ValueError as error:

@@ -119,7 +119,8 @@ def test_a_run_reports_boundary_figures_from_its_rows(tmp_path):
     import pyarrow.parquet as pq
 
     from segbeam.boundary import BoundaryTotals
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
     from tests.conftest import write_random_pairs
 
     masks = []

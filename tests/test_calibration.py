@@ -44,7 +44,8 @@ def test_ignored_pixels_do_not_count_and_sums_add_up():
 
 
 def test_a_run_reports_calibration_raw_and_after_the_crf(tmp_path):
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
     from tests.conftest import write_random_pairs
 
     rng = np.random.default_rng(1)

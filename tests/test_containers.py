@@ -222,7 +222,8 @@ def test_a_mask_column_of_nulls_says_that_nothing_was_scored(tmp_path):
     """A Parquet split whose mask column holds only nulls (a test split without annotations)
     scored nothing, and the run said only "0 with masks"."""
     from segbeam.pipeline.report import write_report
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
 
     data = _dataset()
     table = parquet_table(data, ["a", "b"])
@@ -512,7 +513,8 @@ def test_tfrecord_shards_name_their_features_by_flag(tmp_path, capsys):
     from segbeam.containers import ContainerFields
     from segbeam.example_proto import encode_example
     from segbeam.pipeline.cli import main
-    from segbeam.pipeline.run import format_report, outcome_warnings, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report, outcome_warnings
 
     data = _dataset(9)
     os.makedirs(tmp_path / "tfds")

@@ -253,7 +253,7 @@ def test_a_rerun_removes_the_per_image_files_no_input_of_it_claims(tmp_path, dem
     """A run into an earlier run's folder left that run's masks (of inputs it no longer takes,
     or that are dead letters now), raw masks, overlays and report beside its own, to pass for
     them."""
-    from segbeam.pipeline.run import format_report
+    from segbeam.pipeline.terminal import format_report
 
     data, out = tmp_path / "data", tmp_path / "out"
     _write_scenes(data, 4)

@@ -95,7 +95,8 @@ def test_weights_that_leave_layers_at_random_values_are_an_error():
 def test_masks_that_pair_with_no_image_say_how_they_could(tmp_path):
     """Masks named x_mask.png beside images x.png pair with nothing: the run scored nothing,
     said so only as a count of masks without an image."""
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
 
     write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)] * 2)
     for mask in (tmp_path / "masks").iterdir():

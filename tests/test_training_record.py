@@ -36,7 +36,8 @@ def test_each_label_setting_that_differs_is_named():
 
 
 def test_a_run_under_another_convention_than_training_warns(tmp_path):
-    from segbeam.pipeline.run import format_report, run
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
     from segbeam.pipeline.train import train_command
 
     rng = np.random.default_rng(3)
