@@ -62,6 +62,8 @@ def format_report(outcome: RunOutcome) -> str:
                      f"(first: {summary['masks_without_image'][0]}; summary.json lists up to "
                      f"20)")
     counters = outcome.manifest.get("beam_counters") or {}
+    if settings.skip_existing:
+        lines += _change_detection_lines(counters, settings.change_detection)
     if counters.get("stale_outputs_removed"):
         lines.append(f"  removed {counters['stale_outputs_removed']} per-image files an earlier "
                      f"run left that no input of this run claims (masks/, masks_raw/, "
@@ -93,3 +95,19 @@ def format_report(outcome: RunOutcome) -> str:
     lines.append(f"  outputs under {settings.run_dir}/ (masks/, metrics/, summary.json, "
                  f"summary.parquet, dead_letters/, manifest.json)")
     return "\n".join(lines)
+
+
+def _change_detection_lines(counters: dict, mode: str) -> list[str]:
+    """How ``--skip_existing`` found out what changed: files read to be hashed, inputs settled
+    by their stamps, reused rows whose mask file was gone or damaged."""
+    hashed = counters.get("inputs_hashed", 0)
+    line = f"  change detection ({mode}): {hashed} inputs read to be hashed"
+    if mode == "stamp":
+        line += f", {counters.get('inputs_unchanged_by_stamp', 0)} unchanged by their stamps"
+    lines = [line]
+    gone = counters.get("reused_rows_without_mask_file", 0)
+    damaged = counters.get("reused_rows_with_damaged_mask_file", 0)
+    if gone or damaged:
+        lines.append(f"  {gone + damaged} unchanged inputs segmented again: their mask file was "
+                     f"gone ({gone}) or not the size it was written at ({damaged})")
+    return lines

@@ -13,6 +13,7 @@ import segbeam.dataset
 import segbeam.matching
 from segbeam.incremental import PriorResult, input_stamp, unchanged_by_stamp
 from segbeam.matching import RECENT_SECONDS, file_stamp, match_files, match_stamped_files
+from segbeam.pipeline.terminal import format_report
 from segbeam.records import ImageRef
 from tests.test_incremental import _rows, _run, _write_scenes
 
@@ -97,6 +98,8 @@ def test_by_stamp_only_files_whose_stamp_changed_are_read(tmp_path, demo_model_p
     assert counters.get("inputs_hashed", 0) == 0  # not one file read
     assert counters["inputs_unchanged_by_stamp"] == 5
     assert _rows(out)[0] == rows_before
+    assert "change detection (stamp): 0 inputs read to be hashed, 5 unchanged by their " \
+           "stamps" in format_report(again)
 
     # Touched (same bytes, new times): read and hashed, found unchanged, its stamp renewed.
     os.utime(data / "images" / "s01.png")

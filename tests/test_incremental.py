@@ -181,6 +181,11 @@ def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path
     assert (counts["segmented"], counts["reused"]) == (1, 7)
     assert fifth.manifest["beam_counters"]["reused_rows_with_damaged_mask_file"] == 1
     assert mask_file.read_bytes() == whole
+    from segbeam.pipeline.terminal import format_report
+
+    assert "change detection (content): 8 inputs read to be hashed\n  1 unchanged inputs " \
+           "segmented again: their mask file was gone (0) or not the size it was written at " \
+           "(1)" in format_report(fifth)
 
 
 def test_a_changed_configuration_reprocesses_everything(tmp_path, demo_model_path):
