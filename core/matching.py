@@ -137,19 +137,21 @@ RECENT_SECONDS = 5.0
 
 
 def file_stamp(size: int, modified: float, changed: Optional[int] = None,
-               age: float = float("inf")) -> str:
-    """``size:modified[:changed]``, or "" where the filesystem gives no modification time
-    (Beam reports 0.0 for "not known") or the file changed less than ``RECENT_SECONDS``
+               age: float = float("inf"), inode: Optional[int] = None) -> str:
+    """``size:modified[:changed:inode]``, or "" where the filesystem gives no modification
+    time (Beam reports 0.0 for "not known") or the file changed less than ``RECENT_SECONDS``
     before it was listed (``age``, in seconds; negative where the clocks disagree): such a
     file has no stamp and is hashed.
 
     ``modified`` is a local file's ``st_mtime_ns`` or a remote object's update time in
     seconds; ``changed`` a local file's ``st_ctime_ns``, which no tool can set back, so that
     a file rewritten and given its old modification time again (``cp -p``, ``touch -d``)
-    still gets a new stamp."""
+    still gets a new stamp; ``inode`` tells apart two files copied in the same instant, when
+    a link is pointed from one to the other."""
     if not modified or not age >= RECENT_SECONDS:
         return ""
-    return f"{size}:{modified!r}" + (f":{changed}" if changed is not None else "")
+    local = f":{changed}:{inode}" if changed is not None else ""
+    return f"{size}:{modified!r}{local}"
 
 
 def _local_stamp(path: str) -> str:
@@ -158,7 +160,7 @@ def _local_stamp(path: str) -> str:
     except OSError:  # a dangling link, say: it fails at read, as a dead letter
         return ""
     return file_stamp(status.st_size, status.st_mtime_ns, status.st_ctime_ns,
-                      (time.time_ns() - status.st_ctime_ns) / 1e9)
+                      (time.time_ns() - status.st_ctime_ns) / 1e9, status.st_ino)
 
 
 def _remote_stamp(metadata) -> str:

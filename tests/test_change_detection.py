@@ -28,7 +28,7 @@ def stamps_of_new_files(monkeypatch):
 
 def test_a_file_stamp_needs_a_modification_time_and_a_file_at_rest():
     assert file_stamp(10, 1700000000.25) == "10:1700000000.25"
-    assert file_stamp(10, 17, 18, age=60.0) == "10:17:18"
+    assert file_stamp(10, 17, 18, age=60.0, inode=5) == "10:17:18:5"
     assert file_stamp(10, 0.0) == ""  # Beam's "not known": such a file is always hashed
     # Changed a moment before the listing, or "in the future" (clocks apart): no stamp.
     assert file_stamp(10, 17, 18, age=RECENT_SECONDS / 2) == ""
@@ -59,6 +59,17 @@ def test_stamped_matching_lists_what_plain_matching_lists_and_stamps_follow_the_
     status = os.stat(tmp_path / "a.png")
     os.utime(tmp_path / "a.png", ns=(status.st_atime_ns, status.st_mtime_ns))  # times put back
     assert dict(match_stamped_files(f"{tmp_path}/a.png"))[f"{tmp_path}/a.png"] != before
+    # A link pointed at another file of the same size and times: the inode tells them apart.
+    (tmp_path / "one.png").write_bytes(b"1" * 5)
+    (tmp_path / "two.png").write_bytes(b"2" * 5)
+    status = os.stat(tmp_path / "one.png")
+    for name in ("one.png", "two.png"):
+        os.utime(tmp_path / name, ns=(status.st_atime_ns, status.st_mtime_ns))
+    os.symlink(tmp_path / "one.png", tmp_path / "link.png")
+    linked = dict(match_stamped_files(f"{tmp_path}/link.png"))[f"{tmp_path}/link.png"]
+    os.remove(tmp_path / "link.png")
+    os.symlink(tmp_path / "two.png", tmp_path / "link.png")
+    assert dict(match_stamped_files(f"{tmp_path}/link.png"))[f"{tmp_path}/link.png"] != linked
 
 
 def test_an_input_is_unchanged_by_stamp_only_with_known_equal_stamps_and_paths():
