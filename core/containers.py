@@ -105,9 +105,9 @@ def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[Parquet
     its stored image path, or the shard and a hash of its image bytes."""
     for values in table.to_pylist():
         key = values.get(fields.key_column) if fields.key_column else None
-        if key:
+        if key and _is_name(key):
             key = column_key(str(key))
-        else:
+        else:  # a value that is no name is refused in parse_parquet_row, under this key
             cell = values.get(fields.image_column)
             path = cell.get("path") if isinstance(cell, dict) else None
             data = cell.get("bytes") if isinstance(cell, dict) else cell
@@ -116,8 +116,20 @@ def parquet_rows(shard: str, table, fields: ContainerFields) -> Iterator[Parquet
         yield ParquetRow(str(key), f"{shard}#{key}", values)
 
 
+def _is_name(value: Any) -> bool:
+    """Whether a --key_column value can name outputs: a string or an integer (a float's
+    spelling is not stable, and bytes or structs are no names)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
 def parse_parquet_row(row: ParquetRow, fields: ContainerFields) -> EncodedImage:
-    """A Parquet row -> EncodedImage; a row without image bytes is refused with the reason."""
+    """A Parquet row -> EncodedImage; a row without image bytes, or whose --key_column value
+    is no name, is refused with the reason."""
+    named = row.values.get(fields.key_column) if fields.key_column else None
+    if named is not None and named != "" and not _is_name(named):
+        raise InvalidInputError(f"row {row.key!r}: its --key_column {fields.key_column!r} "
+                                f"holds {type(named).__name__}, not a name; name a column "
+                                f"of strings or integers")
     image, path = _cell_bytes(row.values.get(fields.image_column), fields.image_column)
     if not image:
         raise InvalidInputError(f"row {row.key!r} has no bytes in column "

@@ -154,6 +154,13 @@ def check_container_flags(input_format: str, values) -> None:
             raise UsageError(f"--{mask} {getattr(values, mask)} names the images' own "
                              f"{image.split('_')[1]} (--{image}): the images would be read "
                              f"as their own masks; name the one that holds the masks")
+    for kind in ("column", "feature"):
+        key = getattr(values, f"key_{kind}", None)
+        for other in ("image", "mask"):
+            if key and key == getattr(values, f"{other}_{kind}", None):
+                raise UsageError(f"--key_{kind} {key} names the {other}s' own {kind} "
+                                 f"(--{other}_{kind}): their bytes would name the outputs; "
+                                 f"name the {kind} that holds the names")
 
 
 def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:

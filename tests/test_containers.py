@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from segbeam.containers import webdataset_samples
+from segbeam.decode import InvalidInputError
 from segbeam.records import DeadLetter
 from tests.conftest import assert_close_calibration, png_bytes, without_calibration
 
@@ -611,3 +612,39 @@ def test_a_mask_column_or_feature_that_names_the_images_is_a_usage_error(tmp_pat
     assert main(["train", "--shards", f"{tmp_path}/pq/*.parquet", "--mask_column", "image",
                  "--input_size", "32", *common]) == 2
     assert "names the images' own column (--image_column)" in capsys.readouterr().err
+    # A key column or feature that names the images (or masks): their bytes named outputs.
+    for flags, message in (
+            (["--input", f"{tmp_path}/pq/*.parquet", "--key_column", "image"],
+             "--key_column image names the images' own column (--image_column)"),
+            (["--input", f"{tmp_path}/pq/*.parquet", "--mask_column", "annotation",
+              "--key_column", "annotation"], "names the masks' own column (--mask_column)"),
+            (["--input", f"{tmp_path}/x.tfrecord", "--key_feature", "image/encoded"],
+             "--key_feature image/encoded names the images' own feature")):
+        assert main(["run", *flags, *common]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_a_key_column_that_holds_no_names_refuses_its_rows():
+    """A --key_column of image structs named outputs by the struct's printed bytes; one of
+    floats by a spelling ("2.0") that a float's rounding can change."""
+    from segbeam.containers import ContainerFields, parquet_rows, parse_parquet_row
+
+    table = parquet_table(_dataset(2), NAMES[:2])
+    table = table.append_column("score", pa.array([1.5, 2.0]))
+    table = table.append_column("name", pa.array(["x.png", None]))
+    for column, refused in (("label", None), ("name", None), ("score", "float"),
+                            ("image", "dict")):
+        fields = ContainerFields("image", "annotation", column)
+        rows = list(parquet_rows("s.parquet", table, fields))
+        assert all(len(row.key) < 40 for row in rows)  # never the bytes printed
+        for row in rows:
+            if refused is None:
+                parse_parquet_row(row, fields)
+            else:
+                with pytest.raises(InvalidInputError, match=f"--key_column {column!r} holds "
+                                                            f"{refused}, not a name"):
+                    parse_parquet_row(row, fields)
+    named = [row.key for row in parquet_rows("s.parquet", table,
+                                             ContainerFields("image", "annotation", "name"))]
+    assert named == ["x", "b"]  # without a name, the stored path names the row

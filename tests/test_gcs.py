@@ -5,7 +5,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
@@ -13,12 +12,8 @@ from PIL import Image
 from segbeam.pipeline.demo import synthetic_scene
 from segbeam.pipeline.report import write_report
 from segbeam.pipeline.run import run
-from tests.conftest import get, png_bytes, put
-
-
-def _without_calibration(evaluation: dict) -> dict:
-    return {variant: {k: v for k, v in figures.items() if k != "calibration"}
-            for variant, figures in evaluation.items()}
+from tests.conftest import assert_close_calibration, get, png_bytes, put, \
+    without_calibration
 
 
 def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
@@ -76,14 +71,11 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
     assert again.manifest["beam_counters"]["stale_outputs_removed"] == 1
     assert sorted(m.path.rsplit("/", 1)[1] for m in FileSystems.match(
         [f"{gcs}/out/masks/**"])[0].metadata_list) == sorted(f"{key}.png" for key in truth)
-    # Two images went through the model again, in another batch: calibration sums (float
-    # probabilities) may differ in the last digits; every count-based figure is exact.
-    assert _without_calibration(again.summary["evaluation"]) == \
-        _without_calibration(outcome.summary["evaluation"])
-    for variant in ("raw", "crf"):
-        for name in ("ece", "nll", "brier"):
-            assert again.summary["evaluation"][variant]["calibration"][name] == pytest.approx(
-                outcome.summary["evaluation"][variant]["calibration"][name], rel=1e-6)
+    # Two images went through the model again, in another batch: calibration (from float
+    # probabilities) agrees closely, every other figure exactly.
+    assert without_calibration(again.summary["evaluation"])[0] == \
+        without_calibration(outcome.summary["evaluation"])[0]
+    assert_close_calibration(again.summary, outcome.summary)
     # And the report reads the run from the bucket and writes beside it.
     report, folder = write_report(f"{gcs}/out")
     assert folder == f"{gcs}/out/report"
