@@ -6,7 +6,8 @@ A training writes the settings it started with beside its checkpoints
 (``checkpoints/config.json``); a resume refuses other settings (a different learning rate, other
 data) rather than mix two trainings in one model. Only the settings that do not change what is
 learnt may differ: ``--epochs`` (the total to reach), ``--max_minutes``, ``--workers`` and
-``--quiet``.
+``--quiet``, and ``--output`` (the folder may have been moved). Paths compare as the files they
+name, however spelled.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from segbeam.models.training_config import TrainingConfig
 CHECKPOINT = os.path.join("checkpoints", "last.keras")
 STARTED_WITH = os.path.join("checkpoints", "config.json")
 HISTORY = "history.csv"
-# Settings a resume may change: how long and how fast, not what is learnt.
-FREE_TO_CHANGE = ("epochs", "max_minutes", "workers", "verbose", "resume", "overwrite")
+# Settings a resume may change: how long and how fast, not what is learnt; and where the
+# training's folder is (it may have been moved: a resume reads whatever --output names).
+FREE_TO_CHANGE = ("epochs", "max_minutes", "workers", "verbose", "resume", "overwrite",
+                  "output")
+# Settings that name files: compared as the files they name, not as spelled.
+_PATHS = ("model", "images", "masks", "shards", "val_images", "val_masks", "backbone_weights",
+          "init_weights")
 
 
 class ResumePoint(NamedTuple):
@@ -38,8 +44,27 @@ class ResumePoint(NamedTuple):
 
 
 def _settings(config: TrainingConfig) -> dict:
-    """The settings as JSON keeps them (tuples as lists), so that a read-back file compares."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    """The settings as JSON keeps them (tuples as lists), so that a read-back file compares,
+    with local paths made absolute and normal (``_as_file``)."""
+    return _with_files(json.loads(json.dumps(dataclasses.asdict(config))))
+
+
+def _with_files(settings: dict) -> dict:
+    return {name: _as_file(value) if name in _PATHS else value
+            for name, value in settings.items()}
+
+
+def _as_file(value):
+    """A local path (or glob) absolute and normal, so that ``data/x`` and ``./data//x`` compare
+    equal; a remote one without a trailing slash; a name that is no path (``unet``,
+    ``imagenet``) as it is."""
+    if not isinstance(value, str) or not value:
+        return value
+    if "://" in value:
+        return value.rstrip("/")
+    if "/" in value or os.path.exists(value):
+        return os.path.normpath(os.path.abspath(value))
+    return value
 
 
 def record_start(config: TrainingConfig) -> None:
@@ -66,7 +91,7 @@ def resume_point(config: TrainingConfig) -> ResumePoint:
         raise ValueError(f"--resume: --output {config.output} holds no {' or '.join(missing)} "
                          f"of an earlier training to go on from; start it without --resume")
     with open(os.path.join(config.output, STARTED_WITH)) as handle:
-        started = json.load(handle)
+        started = _with_files(json.load(handle))  # one written before paths were made so
     now = _settings(config)
     differ = [f"{_flag(name)} {json.dumps(now.get(name))} (it started with "
               f"{json.dumps(started.get(name))})"

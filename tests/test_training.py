@@ -264,6 +264,13 @@ def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
     train(config("no_validation", epochs=1, val_split=0.0))
     train(config("no_validation", epochs=2, val_split=0.0, resume=True))
     assert [row["epoch"] for row in history("no_validation")] == ["0", "1"]
+    # The folder moved (a preempted machine's disk copied elsewhere) and the data spelled
+    # another way: the same training, which --resume had refused as other settings.
+    os.rename(tmp_path / "no_validation", tmp_path / "moved")
+    train(config("moved", epochs=3, val_split=0.0, resume=True,
+                 images=images.replace(str(tmp_path), f"{tmp_path}/./"),
+                 masks=os.path.relpath(masks)))
+    assert [row["epoch"] for row in history("moved")] == ["0", "1", "2"]
 
     for settings, message in (
             (config("stopped", resume=True), "has done 3 of --epochs 3 already; raise "
