@@ -63,11 +63,32 @@ def input_stamp(image_stamp: str, mask_source: Optional[str], mask_stamp: str) -
 def unchanged_by_stamp(item: Any, latest: Optional["PriorResult"]) -> bool:
     """Whether an input's files are, by their stamps, the ones ``latest`` was made from: the
     same paths, and stamps that are known and equal."""
-    if latest is None or not item.source_stamp:
-        return False
-    row = latest.row
-    return (row.get("source_stamp") == item.source_stamp and row.get("source") == item.source
-            and row.get("mask_source") == item.mask_source)
+    return latest is not None and _same_files(item, latest.row)
+
+
+def _same_files(item: Any, row: dict) -> bool:
+    return (bool(item.source_stamp) and row.get("source_stamp") == item.source_stamp
+            and row.get("source") == item.source and row.get("mask_source") == item.mask_source)
+
+
+def hash_by_stamp(item: Any, latest: Optional["PriorResult"],
+                  renewed: Iterable[dict]) -> Optional[str]:
+    """The content hash an input's stamps vouch for, without reading it: the standing row's
+    where its files are unchanged since, else that of a stamp renewal (``stamp_renewal``) for
+    these files as they are now; None where it must be hashed."""
+    if unchanged_by_stamp(item, latest):
+        return latest.row["content_sha256"]
+    return next((entry["content_sha256"] for entry in renewed if _same_files(item, entry)),
+                None)
+
+
+def stamp_renewal(item: Any, content_sha256: str) -> dict:
+    """What a night records for an input it read, found unchanged and skipped while its
+    stamp had changed (touched, copied again): the files' stamp now and the hash it stands for.
+    The input's row lives in an earlier partition and is not written again, so without this
+    record every later night would read it again."""
+    return {"key": item.key, "source": item.source, "mask_source": item.mask_source,
+            "source_stamp": item.source_stamp, "content_sha256": content_sha256}
 
 
 class Candidate(NamedTuple):

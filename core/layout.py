@@ -27,6 +27,8 @@ METRICS_DIR = "metrics"
 METRICS_PREFIX = "metrics"
 DEAD_LETTERS_DIR = "dead_letters"
 DEAD_LETTERS_PREFIX = "dead_letters"
+STAMPS_DIR = "stamps"  # stamp renewals of inputs skipped (segbeam.incremental.stamp_renewal)
+STAMPS_PREFIX = "stamps"
 SUMMARY_JSON = "summary.json"
 SUMMARY_PARQUET = "summary.parquet"
 MANIFEST_JSON = "manifest.json"
@@ -75,6 +77,13 @@ class OutputLayout:
         if self.run_date:
             return f"{self.root}/date=*/{METRICS_DIR}/*.parquet"
         return f"{self.run_dir}/{METRICS_DIR}/*.parquet"
+
+    @property
+    def renewals_glob(self) -> str:
+        """The stamp renewals of earlier runs that --skip_existing looks at."""
+        if self.run_date:
+            return f"{self.root}/date=*/{STAMPS_DIR}/*.jsonl"
+        return f"{self.run_dir}/{STAMPS_DIR}/*.jsonl"
 
     def path(self, *parts: str) -> str:
         return output_path(self.run_dir, *parts)

@@ -25,7 +25,7 @@ from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
 from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.write import RemoveStaleShards, RemoveStaleViews, WriteDeadLetters, \
-    WriteJson, WriteLabelMasks, write_views
+    WriteJson, WriteLabelMasks, WriteStampRenewals, write_views
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
@@ -41,7 +41,8 @@ def handler_for(settings: Settings) -> KerasSegmentationHandler:
 
 class Inputs(NamedTuple):
     """What reading gives: decoded records to segment, dead letters, the number of inputs,
-    metrics rows reused from this run's directory, keys skipped, mask files no image took."""
+    metrics rows reused from this run's directory, keys skipped, mask files no image took,
+    stamp renewals of inputs skipped (``segbeam.incremental.stamp_renewal``)."""
 
     records: beam.PCollection
     dead: beam.PCollection
@@ -49,6 +50,7 @@ class Inputs(NamedTuple):
     reused: beam.PCollection
     skipped: beam.PCollection
     unclaimed_masks: beam.PCollection
+    renewed: beam.PCollection
 
 
 class ReadInputs(beam.PTransform):
@@ -84,17 +86,19 @@ class ReadInputs(beam.PTransform):
         _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))
         unusable = (unusable, shared) | "UnusableOrShared" >> beam.Flatten()
         if s.skip_existing:
-            items, reused, skipped, unreadable = items | "SkipUnchanged" >> SkipUnchanged(
-                s.layout.history_glob, self._fingerprint, s.run_dir, s.layout.run_date,
-                by_stamp=s.change_detection == "stamp")
+            items, reused, skipped, unreadable, renewed = items | "SkipUnchanged" >> \
+                SkipUnchanged(s.layout.history_glob, self._fingerprint, s.run_dir,
+                              s.layout.run_date, s.layout.renewals_glob,
+                              by_stamp=s.change_detection == "stamp")
             unusable = (unusable, unreadable) | "Unusable" >> beam.Flatten()
         else:
             reused = pbegin | "NothingReused" >> beam.Create([])
             skipped = pbegin | "NothingSkipped" >> beam.Create([])
+            renewed = pbegin | "NothingRenewed" >> beam.Create([])
         records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels,
                                                                         s.mask_labels)
         dead = (unusable, undecodable) | "DeadLetters" >> beam.Flatten()
-        return Inputs(records, dead, count, reused, skipped, unclaimed)
+        return Inputs(records, dead, count, reused, skipped, unclaimed, renewed)
 
 
 class SegmentAndScore(beam.PTransform):
@@ -156,7 +160,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     ``settings.run_dir``. ``fingerprint`` is the run's ``config_fingerprint``. Inputs are
     counted as they finish (``segbeam.transforms.progress``)."""
     s, run_dir = settings, settings.run_dir
-    records, read_failed, inputs, reused_rows, skipped, unclaimed = \
+    records, read_failed, inputs, reused_rows, skipped, unclaimed, renewed = \
         pipeline | "Read" >> ReadInputs(s, fingerprint)
     scored, stage_failed = records | "SegmentAndScore" >> SegmentAndScore(s)
     written, write_failed = scored | "WriteMasks" >> WriteLabelMasks(
@@ -172,6 +176,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
         shard_pattern(run_dir, METRICS_DIR, METRICS_PREFIX, ".parquet"))
     _ = rows | "RemoveStaleViews" >> RemoveStaleViews(run_dir, *s.layout.per_image_folders(),
                                                       fold_case=s.output_ignores_case)
+    if s.skip_existing:
+        _ = renewed | "WriteStampRenewals" >> WriteStampRenewals(run_dir)
     dead_files = dead | "WriteDeadLetters" >> WriteDeadLetters(run_dir)
     _ = dead_files | "RemoveStaleDeadLetters" >> RemoveStaleShards(
         shard_pattern(run_dir, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, ".jsonl"))

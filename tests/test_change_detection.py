@@ -191,3 +191,45 @@ def test_change_detection_stamp_without_its_use_is_a_usage_error(tmp_path, capsy
                  "stamp", *extra]) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def _renewal_keys(run_dir):
+    import glob
+    import json
+
+    return sorted(json.loads(line)["key"] for path in glob.glob(f"{run_dir}/stamps/*.jsonl")
+                  for line in open(path) if line.strip())
+
+
+def test_under_run_date_a_touched_file_is_read_once_then_its_renewed_stamp_stands(
+        tmp_path, demo_model_path, stamps_of_new_files):
+    """A skipped input writes no row, so its row in an earlier partition kept the stamp it
+    was made with: a touched file (every file, after a re-upload of the same data) was read
+    again every night. A night that reads such a file records its new stamp (stamps/)."""
+    data, out = tmp_path / "data", tmp_path / "nightly"
+    _write_scenes(data, 4)
+
+    def night(date, *extra):
+        outcome = _run(data, out, demo_model_path, "--skip_existing", "--run_date", date,
+                       *extra)
+        counts, counters = outcome.summary["counts"], outcome.manifest["beam_counters"]
+        return (counts["segmented"], counts["skipped"], counters.get("inputs_hashed", 0),
+                counters.get("stamps_renewed", 0))
+
+    mode = ("--change_detection", "stamp")
+    assert night("2026-12-01", *mode) == (4, 0, 4, 0)
+    os.utime(data / "images" / "s01.png")
+    assert night("2026-12-02", *mode) == (0, 4, 1, 1)
+    assert _renewal_keys(out / "date=2026-12-02") == ["s01"]
+    assert night("2026-12-03", *mode) == (0, 4, 0, 0)  # nothing read: the renewal stands
+    assert night("2026-12-02", *mode) == (0, 4, 0, 1)  # a rerun keeps its folder's renewal
+    assert _renewal_keys(out / "date=2026-12-02") == ["s01"]
+    # Content detection reads every input anyway; it records a renewal once, for a later
+    # switch to stamps, not every night.
+    os.utime(data / "masks" / "s02.png")
+    assert night("2026-12-04") == (0, 4, 4, 1)
+    assert night("2026-12-05") == (0, 4, 4, 0)
+    assert night("2026-12-06", *mode) == (0, 4, 0, 0)
+    # A file changed after its renewal is read and segmented.
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "images" / "s01.png")
+    assert night("2026-12-07", *mode) == (1, 3, 1, 0)

@@ -9,12 +9,15 @@ records keep their bytes (a record cannot be re-read alone). A row to reuse (one
 own folder) is read whole from that folder alone and joined with the listing of its masks.
 
 With ``by_stamp`` (``--change_detection stamp``), files are not hashed before the join: a file
-whose stamp from the listing equals the standing row's takes the row's hash unread, and only
-the others are read to be hashed.
+whose stamp from the listing equals the standing row's (or that of a stamp renewal an earlier
+night recorded) takes that hash unread, and only the others are read to be hashed. An input
+skipped while no record vouched for its stamp gets a stamp renewal (``stamps/``), so that the
+next night need not read it again.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Optional, Union
 
 import apache_beam as beam
@@ -23,10 +26,10 @@ from apache_beam.metrics import Metrics
 
 from segbeam.containers import read_parquet_columns
 from segbeam.dataset import ensure_encoded
-from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, latest_result, \
-    prior_result, unchanged_by_stamp
-from segbeam.layout import MASKS_DIR, METRICS_DIR, matching_paths, output_path, \
-    sized_files_under
+from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, hash_by_stamp, \
+    latest_result, prior_result, stamp_renewal
+from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, matching_paths, open_file, \
+    output_path, sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
 from segbeam.transforms.progress import tally
 from segbeam.transforms.safe_map import SafeMap
@@ -34,6 +37,7 @@ from segbeam.transforms.scoring import complete_row
 
 
 DEAD = "dead_letter"
+RENEW = "stamp_renewal"
 # What the decision reads of an earlier row (``segbeam.incremental``, ``_with_mask_file``).
 DECISION_COLUMNS = ("key", "source", "mask_source", "mask_path", "content_sha256",
                     "config_fingerprint", "source_stamp", "mask_png_size")
@@ -65,6 +69,17 @@ def _decision_columns(path: str):
         yield path, row
 
 
+def _renewals(path: str):
+    """(key, stamp renewal) of each line of an earlier run's ``stamps/`` file, with the run
+    directory it belongs to."""
+    run_dir = path.rsplit(f"/{STAMPS_DIR}/", 1)[0]
+    with open_file(path) as handle:
+        for line in handle:
+            if line.strip():
+                entry = json.loads(line)
+                yield entry["key"], {**entry, "run_dir": run_dir}
+
+
 class _Decide(beam.DoFn):
     def __init__(self, fingerprint: str, run_dir: str, run_date: Optional[str]):
         self._fingerprint, self._run_dir, self._run_date = fingerprint, run_dir, run_date
@@ -72,9 +87,12 @@ class _Decide(beam.DoFn):
     def process(self, element):
         _, grouped = element
         prior = list(grouped["prior"])
+        renewed = list(grouped["renewed"])
+        latest = latest_result(prior, self._run_date)
         for candidate in grouped["candidates"]:
+            vouched = hash_by_stamp(candidate.item, latest, renewed)
             if not candidate.content_sha256:
-                candidate = _hashed_unless_stamped(candidate, prior, self._run_date)
+                candidate = _with_hash(candidate, vouched)
                 if isinstance(candidate, DeadLetter):
                     yield beam.pvalue.TaggedOutput(DEAD, candidate)
                     continue
@@ -89,16 +107,21 @@ class _Decide(beam.DoFn):
                                                        (candidate.item, row)))
             else:
                 yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
+                # A rerun rewrites its own folder's renewals: those it found stand again.
+                elsewhere = [e for e in renewed if e["run_dir"] != self._run_dir]
+                if candidate.item.source_stamp and \
+                        hash_by_stamp(candidate.item, latest, elsewhere) is None:
+                    Metrics.counter("segbeam", "stamps_renewed").inc()
+                    yield beam.pvalue.TaggedOutput(RENEW, stamp_renewal(
+                        candidate.item, candidate.content_sha256))
 
 
-def _hashed_unless_stamped(candidate: Candidate, prior: list, run_date: Optional[str]):
-    """The candidate with its hash: the standing row's where the files' stamps say they are
-    the ones it was made from, else their bytes' (or a dead letter where they cannot be
-    read)."""
-    latest = latest_result(prior, run_date)
-    if unchanged_by_stamp(candidate.item, latest):
+def _with_hash(candidate: Candidate, vouched: Optional[str]):
+    """The candidate with its hash: the one its stamps vouch for, else its bytes' (or a dead
+    letter where they cannot be read)."""
+    if vouched is not None:
         Metrics.counter("segbeam", "inputs_unchanged_by_stamp").inc()
-        return candidate._replace(content_sha256=latest.row["content_sha256"])
+        return candidate._replace(content_sha256=vouched)
     try:
         return candidate_of(candidate.item)
     except Exception as error:  # as SafeMap would: the input becomes a dead letter
@@ -133,7 +156,7 @@ def _with_mask_file(element):
 
 class SkipUnchanged(beam.PTransform):
     """ImageRefs / EncodedImages -> (inputs to process, metrics rows reused as they are, keys
-    skipped, dead letters of inputs that could not be read).
+    skipped, dead letters of inputs that could not be read, stamp renewals to write).
 
     Args:
       history: a glob of earlier metrics Parquet files (``RUN_DIR/metrics/*.parquet``, or
@@ -141,15 +164,17 @@ class SkipUnchanged(beam.PTransform):
       fingerprint: this run's ``config_fingerprint``; rows made under another are stale.
       run_dir: this run's directory, absolute as the history's paths are.
       run_date: this run's date partition, or None.
+      renewals: a glob of earlier runs' stamp renewals (``stamps/*.jsonl``).
       by_stamp: files with a stamp (``ImageRef.source_stamp``) are hashed only where it
         differs from the standing row's (``--change_detection stamp``).
     """
 
     def __init__(self, history: str, fingerprint: str, run_dir: str, run_date: Optional[str],
-                 by_stamp: bool = False):
+                 renewals: str, by_stamp: bool = False):
         super().__init__()
         self._history, self._fingerprint = history, fingerprint
         self._run_dir, self._run_date, self._by_stamp = run_dir, run_date, by_stamp
+        self._renewals = renewals
 
     def expand(self, items):
         candidates, unreadable = items | "Hash" >> SafeMap(
@@ -160,12 +185,16 @@ class SkipUnchanged(beam.PTransform):
                  | "SpreadHistory" >> beam.Reshuffle()
                  | "ReadHistory" >> beam.FlatMap(_decision_columns)
                  | "KeyHistory" >> beam.Map(_keyed_prior))
+        renewed = (items.pipeline
+                   | "RenewalsGlob" >> beam.Create([self._renewals])
+                   | "MatchRenewals" >> beam.FlatMap(matching_paths)
+                   | "ReadRenewals" >> beam.FlatMap(_renewals))
         keyed = candidates | "KeyCandidates" >> beam.Map(lambda c: (c.key, c))
-        decided = ({"candidates": keyed, "prior": prior}
+        decided = ({"candidates": keyed, "prior": prior, "renewed": renewed}
                    | "JoinHistory" >> beam.CoGroupByKey()
                    | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._run_dir,
                                                     self._run_date)).with_outputs(
-                       REUSE, SKIP, DEAD, main=PROCESS))
+                       REUSE, SKIP, DEAD, RENEW, main=PROCESS))
         # One listing of this run's masks, not an existence check per reused row.
         listed = (items.pipeline
                   | "MasksFolder" >> beam.Create([output_path(self._run_dir, MASKS_DIR)])
@@ -181,4 +210,4 @@ class SkipUnchanged(beam.PTransform):
                        REUSE, main=PROCESS))
         process = (decided[PROCESS], checked[PROCESS]) | "ToProcess" >> beam.Flatten()
         unreadable = (unreadable, decided[DEAD]) | "Unreadable" >> beam.Flatten()
-        return process, checked[REUSE], decided[SKIP], unreadable
+        return process, checked[REUSE], decided[SKIP], unreadable, decided[RENEW]

@@ -22,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, \
-    OVERLAYS_DIR, RAW_MASKS_DIR, mask_png_path, output_path, write_bytes_atomically
+    OVERLAYS_DIR, RAW_MASKS_DIR, STAMPS_DIR, STAMPS_PREFIX, mask_png_path, output_path, \
+    shard_pattern, write_bytes_atomically
 from segbeam.keys import file_key
 from segbeam.masks_png import encode_label_png, palette_bytes
 from segbeam.matching import match_files
@@ -103,6 +104,24 @@ class WriteDeadLetters(beam.PTransform):
                 | "Write" >> beam.io.WriteToText(
                     output_path(self._root, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX),
                     file_name_suffix=".jsonl"))
+
+
+class WriteStampRenewals(beam.PTransform):
+    """Stamp renewals (``segbeam.incremental.stamp_renewal``) as JSON lines under
+    ``<root>/stamps/``; an earlier run's shards that this one did not rewrite are deleted."""
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, renewals):
+        written = (renewals
+                   | "ToJson" >> beam.Map(lambda entry: json.dumps(entry, sort_keys=True))
+                   | "Write" >> beam.io.WriteToText(
+                       output_path(self._root, STAMPS_DIR, STAMPS_PREFIX),
+                       file_name_suffix=".jsonl"))
+        return written | "RemoveStale" >> RemoveStaleShards(
+            shard_pattern(self._root, STAMPS_DIR, STAMPS_PREFIX, ".jsonl"))
 
 
 def remove_stale_shards(_, pattern: str, written: list) -> list[str]:
