@@ -8,7 +8,8 @@ directories: ``OUTPUT`` for a plain run, ``OUTPUT/date=YYYY-MM-DD`` with ``--run
 
 Hashing reads every input's bytes. Under ``--change_detection stamp`` an input whose files'
 stamps (``input_stamp``: paths, sizes, modification times) equal those of the row that would
-stand takes that row's hash without being read; any other is hashed.
+stand, or of a stamp renewal an earlier night recorded (``stamp_renewal``), takes that hash
+without being read; any other is hashed (``hash_by_stamp``).
 """
 
 from __future__ import annotations
