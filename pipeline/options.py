@@ -96,10 +96,11 @@ class SegmentationOptions(PipelineOptions):
                                   "hash every input's bytes (image and mask). stamp: compare "
                                   "each file's path, size and modification time (on local "
                                   "disks also its change time) with those of the standing "
-                                  "result, and read only the files whose stamp differs (a "
-                                  "file rewritten keeping its size and update time exactly, "
-                                  "where no change time is kept, would be missed: see the "
-                                  "README). Shard records are always hashed.")
+                                  "result, and read only the files whose stamp differs (on "
+                                  "a filesystem that keeps no change time, a file rewritten "
+                                  "at its old size with its old modification time put back "
+                                  "would be missed: see the README). Shard records are "
+                                  "always hashed.")
         add_model_flags(parser)
         scale = parser.add_argument_group("distributed runs (Dataflow, Dask)")
         scale.add_argument("--stage_split", default="auto", choices=STAGE_SPLITS,
