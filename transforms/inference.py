@@ -30,6 +30,7 @@ from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.transforms.fused_crf import FusedCrf, refine_batch
 from segbeam.transforms.predictor import SegmentationPredictor, placed_on
 from segbeam.transforms.progress import tally
+from segbeam.transforms.safe_map import counted
 
 LOG = logging.getLogger(__name__)
 
@@ -242,9 +243,7 @@ def _dead_letters_of_batch(failure: tuple) -> Iterable[DeadLetter]:
 
 def _route(result):
     if isinstance(result, DeadLetter):  # of the model, or of the CRF fused after it
-        Metrics.counter("segbeam", f"dead_letters_{result.stage}").inc()
-        tally("dead")
-        yield beam.pvalue.TaggedOutput("dead", result)
+        yield beam.pvalue.TaggedOutput("dead", counted(result))
     else:
         yield result
 

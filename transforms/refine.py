@@ -18,15 +18,13 @@ import time
 from typing import Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
 from segbeam.calibration import calibration_sums
 from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.views import confidence_map
-from segbeam.transforms.progress import tally
-from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.safe_map import SafeMap, counted
 
 LOG = logging.getLogger(__name__)
 
@@ -149,12 +147,10 @@ class RefineInProcesses(beam.DoFn):
             except Exception as error:  # noqa: BLE001 - the record becomes a dead letter
                 failure = error
                 break
-        Metrics.counter("segbeam", "dead_letters_crf").inc()
-        tally("dead")
         reason = one_line_reason(failure)
         if isinstance(failure, concurrent.futures.process.BrokenProcessPool):
             reason = f"the CRF process died on this image twice ({reason})"
-        letter = DeadLetter(record.key, record.source, "crf", reason)
+        letter = counted(DeadLetter(record.key, record.source, "crf", reason))
         return beam.pvalue.TaggedOutput("dead", WindowedValue(letter, timestamp, (window,)))
 
 

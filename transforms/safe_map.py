@@ -8,7 +8,7 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from segbeam.records import dead_letter_from_failure
+from segbeam.records import DeadLetter, dead_letter_from_failure
 from segbeam.transforms.progress import tally
 
 
@@ -31,6 +31,12 @@ class SafeMap(beam.PTransform):
 
 
 def _to_dead_letter(failure, stage):
-    Metrics.counter("segbeam", f"dead_letters_{stage}").inc()
+    return counted(dead_letter_from_failure(stage, failure))
+
+
+def counted(letter: DeadLetter) -> DeadLetter:
+    """A dead letter made by a stage, counted as every stage counts them: the Beam counter
+    ``dead_letters_<stage>`` and the progress line."""
+    Metrics.counter("segbeam", f"dead_letters_{letter.stage}").inc()
     tally("dead")
-    return dead_letter_from_failure(stage, failure)
+    return letter

@@ -31,8 +31,7 @@ from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, hash_by
 from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, matching_paths, open_file, \
     output_path, sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
-from segbeam.transforms.progress import tally
-from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.safe_map import SafeMap, counted
 from segbeam.transforms.scoring import complete_row
 
 
@@ -125,10 +124,8 @@ def _with_hash(candidate: Candidate, vouched: Optional[str]):
     try:
         return candidate_of(candidate.item)
     except Exception as error:  # as SafeMap would: the input becomes a dead letter
-        Metrics.counter("segbeam", "dead_letters_read").inc()
-        tally("dead")
         item = candidate.item
-        return DeadLetter(item.key, item.source, "read", one_line_reason(error))
+        return counted(DeadLetter(item.key, item.source, "read", one_line_reason(error)))
 
 
 def _with_mask_file(element):
