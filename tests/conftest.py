@@ -93,6 +93,17 @@ def without_calibration(value):
     return value, None
 
 
+def assert_dead_letters_counted(outcome) -> None:
+    """A run's Beam counters agree with its dead-letter files: ``dead_letters_<stage>`` with
+    the summary's count by stage, and the progress line's count with their total."""
+    counters = outcome.manifest["beam_counters"]
+    counts = outcome.summary["counts"]
+    by_stage = {name.removeprefix("dead_letters_"): value for name, value in counters.items()
+                if name.startswith("dead_letters_") and value}
+    assert by_stage == (counts["dead_letters_by_stage"] or {})
+    assert counters.get("progress_dead", 0) == counts["dead_letters"]
+
+
 def assert_close_calibration(a, b) -> None:
     """The calibration figures of two summaries agree to 0.1% (ECE, NLL, Brier)."""
     for variant in ("raw", "crf"):

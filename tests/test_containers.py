@@ -21,7 +21,8 @@ import pytest
 from segbeam.containers import webdataset_samples
 from segbeam.decode import InvalidInputError
 from segbeam.records import DeadLetter
-from tests.conftest import assert_close_calibration, png_bytes, without_calibration
+from tests.conftest import assert_close_calibration, assert_dead_letters_counted, png_bytes, \
+    without_calibration
 
 NAMES = ("a", "b", "sub/c", "sub/d")
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -97,6 +98,7 @@ def _run(tmp_path, name, *input_args):
     output = tmp_path / name
     outcome = run([*input_args, "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
                    "--crf_iterations", "2", "--output", str(output), "--quiet"])
+    assert_dead_letters_counted(outcome)
     rows = pq.read_table(str(output / "metrics")).to_pylist()
     masks = {str(p.relative_to(output / "masks")): p.read_bytes()
              for p in (output / "masks").rglob("*.png")}

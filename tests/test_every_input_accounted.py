@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segbeam.dataset import pair_by_stem
-from tests.conftest import write_random_pairs
+from tests.conftest import assert_dead_letters_counted, write_random_pairs
 from segbeam.keys import sanitise_key
 from segbeam.matching import could_match_outputs, match_files, pattern_regex
 
@@ -243,6 +243,7 @@ def test_a_hostile_corpus_is_accounted_for_input_by_input(hostile_tree):
     counts = outcome.summary["counts"]
     assert counts["accounted_for"]
     assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (13, 6, 7)
+    assert_dead_letters_counted(outcome)
     masks = sorted(str(p.relative_to(root / "out" / "masks"))
                    for p in (root / "out" / "masks").rglob("*.png"))
     # "col a" keeps its hashed key; the file named like that hash gets one of its own

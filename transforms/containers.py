@@ -21,17 +21,16 @@ from segbeam.layout import open_file
 from segbeam.matching import match_files
 from segbeam.records import DeadLetter, one_line_reason
 from segbeam.tfrecord import DamagedTFRecord, read_records
-from segbeam.transforms.progress import tally
-from segbeam.transforms.safe_map import SafeMap
+from segbeam.transforms.safe_map import SafeMap, counted
 
 DEAD = "dead_letter"
 
 
 def _shard_dead_letter(shard: str, reason: str, part: str = "") -> beam.pvalue.TaggedOutput:
     """A dead letter for a shard, or a ``part`` of it, that cannot be read."""
-    tally("dead")
     name = posixpath.basename(shard) + (f"-{part}" if part else "")
-    return beam.pvalue.TaggedOutput(DEAD, DeadLetter(sanitise_key(name), shard, "read", reason))
+    return beam.pvalue.TaggedOutput(DEAD, counted(DeadLetter(sanitise_key(name), shard, "read",
+                                                             reason)))
 
 
 def _damage(error: Exception, count: int, last: Optional[ShardRecord],
@@ -157,8 +156,7 @@ def _tar_samples(shard: str, mask_ext):
         with open_file(shard) as handle:
             for item in webdataset_samples(shard, handle, mask_ext):
                 if isinstance(item, DeadLetter):
-                    tally("dead")
-                    yield beam.pvalue.TaggedOutput(DEAD, item)
+                    yield beam.pvalue.TaggedOutput(DEAD, counted(item))
                 else:
                     yield item
     except OSError as error:

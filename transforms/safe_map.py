@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from segbeam.records import DeadLetter, dead_letter_from_failure
 from segbeam.transforms.progress import tally
@@ -35,8 +34,7 @@ def _to_dead_letter(failure, stage):
 
 
 def counted(letter: DeadLetter) -> DeadLetter:
-    """A dead letter made by a stage, counted as every stage counts them: the Beam counter
-    ``dead_letters_<stage>`` and the progress line."""
-    Metrics.counter("segbeam", f"dead_letters_{letter.stage}").inc()
+    """A dead letter, counted in the progress line as it is made (by stage, in Beam's counters,
+    it is counted where it is written: ``segbeam.transforms.write.WriteDeadLetters``)."""
     tally("dead")
     return letter

@@ -91,8 +91,16 @@ class WriteJson(beam.PTransform):
                                                  num_shards=1, shard_name_template=""))
 
 
+def _json_counted(dead) -> str:
+    """A dead letter's JSON line, counted in the Beam counter ``dead_letters_<stage>``: every
+    dead letter passes here, whichever stage or reader made it, so the counters agree with the
+    files (the progress line counts them earlier, where they are made)."""
+    Metrics.counter("segbeam", f"dead_letters_{dead.stage}").inc()
+    return dead.to_json()
+
+
 class WriteDeadLetters(beam.PTransform):
-    """Dead letters as JSON lines under ``<root>/dead_letters/``."""
+    """Dead letters as JSON lines under ``<root>/dead_letters/``, counted by stage."""
 
     def __init__(self, root: str):
         super().__init__()
@@ -100,7 +108,7 @@ class WriteDeadLetters(beam.PTransform):
 
     def expand(self, dead_letters):
         return (dead_letters
-                | "ToJson" >> beam.Map(lambda dead: dead.to_json())
+                | "ToJson" >> beam.Map(_json_counted)
                 | "Write" >> beam.io.WriteToText(
                     output_path(self._root, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX),
                     file_name_suffix=".jsonl"))
