@@ -1,7 +1,9 @@
 """What `--skip_existing` pays, on a night with nothing new, to find that every input is
 unchanged: `--change_detection content` (list the files, then read and hash every image and
 mask) against `--change_detection stamp` (list the files with their stamps and compare them
-with the rows'), side by side over the same inputs.
+with the rows'), side by side over the same inputs; and what either pays on top to check that
+the masks the skipped inputs' rows name are still there (one listing, with sizes, of the
+earlier partition's ``masks/``).
 
     python -m benchmarks.change_detection --count 1000
 
@@ -44,6 +46,7 @@ def measure(root: str, count: int, frames: list) -> dict:
     from apache_beam.io.filesystems import FileSystems
 
     from segbeam.incremental import PriorResult, input_stamp, unchanged_by_stamp
+    from segbeam.layout import sized_files_under
     from segbeam.matching import RECENT_SECONDS, match_files, match_stamped_files
     from segbeam.records import ImageRef
     from segbeam.transforms.skip import candidate_of
@@ -51,10 +54,12 @@ def measure(root: str, count: int, frames: list) -> dict:
     written = 0
     for index in range(count):
         image, mask = frames[index % len(frames)]
-        for folder, data in (("images", image), ("masks", mask)):
+        # The label mask stands in for the PNG an earlier night wrote under its partition.
+        for folder, data in (("images", image), ("masks", mask),
+                             ("out/date=2026-12-06/masks", mask)):
             with FileSystems.create(f"{root}/{folder}/f{index:06d}.png") as handle:
                 handle.write(data)
-            written += len(data)
+            written += len(data) if not folder.startswith("out/") else 0
     time.sleep(RECENT_SECONDS)  # as on the night after: files at rest have stamps
 
     def refs(listed_images, listed_masks) -> list:
@@ -84,12 +89,18 @@ def measure(root: str, count: int, frames: list) -> dict:
     unchanged_by_stamps = sum(unchanged_by_stamp(ref, earlier[ref.key]) for ref in stamped)
     stamp = time.perf_counter() - started
 
-    if unchanged_by_hash != count or unchanged_by_stamps != count:
+    started = time.perf_counter()
+    standing = sum(1 for _ in sized_files_under(f"{root}/out/date=2026-12-06/masks"))
+    mask_check = time.perf_counter() - started
+
+    if unchanged_by_hash != count or unchanged_by_stamps != count or standing != count:
         raise SystemExit(f"{root}: the two ways disagree ({unchanged_by_hash} unchanged by "
-                         f"hash, {unchanged_by_stamps} by stamp, of {count})")
+                         f"hash, {unchanged_by_stamps} by stamp, of {count}; {standing} "
+                         f"masks listed)")
     return {"where": "Cloud Storage emulator" if root.startswith("gs://") else "local disk",
             "inputs": count, "megabytes": round(written / 1e6), "content_s": round(content, 3),
-            "stamp_s": round(stamp, 3), "ratio": round(content / stamp, 1)}
+            "stamp_s": round(stamp, 3), "ratio": round(content / stamp, 1),
+            "mask_check_s": round(mask_check, 3)}
 
 
 def main(argv=None) -> None:
@@ -108,7 +119,8 @@ def main(argv=None) -> None:
         rows.append(measure(folder, args.count, frames))
     print_table(rows, [("where", "where", "s"), ("inputs", "inputs", "d"),
                        ("megabytes", "MB", "d"), ("content_s", "content: hash (s)", ".3f"),
-                       ("stamp_s", "stamp: listing (s)", ".3f"), ("ratio", "ratio", ".1f")],
+                       ("stamp_s", "stamp: listing (s)", ".3f"), ("ratio", "ratio", ".1f"),
+                       ("mask_check_s", "masks listed (s)", ".3f")],
                 "a night with nothing new: hash every input vs compare stamps")
     write_record("change_detection", rows, {"count": args.count,
                                             "camvid": os.path.isdir(CAMVID)}, args.output)

@@ -99,14 +99,16 @@ def format_report(outcome: RunOutcome) -> str:
 
 def _change_detection_lines(counters: dict, mode: str) -> list[str]:
     """How ``--skip_existing`` found out what changed: files read to be hashed, inputs settled
-    by their stamps, reused rows whose mask file was gone or damaged."""
+    by their stamps, inputs whose standing row's mask file was gone or damaged (reused or
+    skipped rows alike)."""
     hashed = counters.get("inputs_hashed", 0)
     line = f"  change detection ({mode}): {hashed} inputs read to be hashed"
     if mode == "stamp":
         line += f", {counters.get('inputs_unchanged_by_stamp', 0)} unchanged by their stamps"
     lines = [line]
-    gone = counters.get("reused_rows_without_mask_file", 0)
-    damaged = counters.get("reused_rows_with_damaged_mask_file", 0)
+    gone, damaged = (sum(counters.get(f"{kind}_rows_{fault}_mask_file", 0)
+                         for kind in ("reused", "skipped"))
+                     for fault in ("without", "with_damaged"))
     if gone or damaged:
         lines.append(f"  {gone + damaged} unchanged inputs segmented again: their mask file was "
                      f"gone ({gone}) or not the size it was written at ({damaged})")

@@ -231,6 +231,29 @@ def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path
         *[("2026-11-20", f"s{i:02d}") for i in range(5)], ("2026-11-22", "s01")]
     assert sorted(os.listdir(out)) == ["date=2026-11-20", "date=2026-11-21", "date=2026-11-22"]
 
+    # A row standing in an earlier night whose mask is gone, or cut short (a partition copied
+    # in part), was skipped on its strength: now its input is segmented again tonight.
+    os.remove(out / "date=2026-11-20" / "masks" / "s02.png")
+    cut = out / "date=2026-11-20" / "masks" / "s03.png"
+    cut.write_bytes(cut.read_bytes()[:-10])
+    night4 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-23")
+    counts, counters = night4.summary["counts"], night4.manifest["beam_counters"]
+    assert (counts["segmented"], counts["skipped"], counts["accounted_for"]) == (2, 3, True)
+    assert sorted(_rows(f"{out}/date=2026-11-23")[0]) == ["s02", "s03"]
+    assert (counters["skipped_rows_without_mask_file"],
+            counters["skipped_rows_with_damaged_mask_file"]) == (1, 1)
+    from segbeam.pipeline.terminal import format_report
+
+    assert "2 unchanged inputs segmented again: their mask file was gone (1) or not the size " \
+           "it was written at (1)" in format_report(night4)
+    night5 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-24")
+    assert (night5.summary["counts"]["skipped"], night5.summary["counts"]["segmented"]) == (5, 0)
+    # The masks are looked for where their partition is now: a moved output root still skips.
+    os.rename(out, tmp_path / "moved")
+    night6 = _run(data, tmp_path / "moved", demo_model_path, "--skip_existing", "--run_date",
+                  "2026-11-25")
+    assert (night6.summary["counts"]["skipped"], night6.summary["counts"]["segmented"]) == (5, 0)
+
 
 def test_rerunning_a_run_is_idempotent_and_removes_stale_shards(tmp_path, demo_model_path):
     data, out = tmp_path / "data", tmp_path / "out"

@@ -6,7 +6,9 @@ Parquet with only the columns the decision needs (whole rows of every night woul
 join otherwise). Files are read once to be hashed and their bytes dropped, so that only small
 records cross the join; the few that must be processed are read again afterwards. Shard
 records keep their bytes (a record cannot be re-read alone). A row to reuse (one of this run's
-own folder) is read whole from that folder alone and joined with the listing of its masks.
+own folder) is read whole from that folder alone and joined with the listing of its masks; a
+row that a skipped input stands on (in an earlier partition) is joined with the listing of
+that partition's masks. Either way an input whose mask PNG is gone or damaged is processed.
 
 With ``by_stamp`` (``--change_detection stamp``), files are not hashed before the join: a file
 whose stamp from the listing equals the standing row's (or that of a stamp renewal an earlier
@@ -28,8 +30,8 @@ from segbeam.containers import read_parquet_columns
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, hash_by_stamp, \
     latest_result, prior_result, stamp_renewal
-from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, matching_paths, open_file, \
-    output_path, sized_files_under
+from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, mask_png_path, matching_paths, \
+    open_file, output_path, sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
 from segbeam.transforms.safe_map import SafeMap, counted
 from segbeam.transforms.scoring import complete_row
@@ -104,8 +106,11 @@ class _Decide(beam.DoFn):
                 row = {**row, "source_stamp": candidate.item.source_stamp or None}
                 yield beam.pvalue.TaggedOutput(REUSE, (row.get("mask_path") or "",
                                                        (candidate.item, row)))
-            else:
-                yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
+            else:  # once its mask PNG is found in the listing of the row's run (where that
+                # run is now: the output root may have moved since the row was written)
+                yield beam.pvalue.TaggedOutput(SKIP, (
+                    mask_png_path(latest.run_dir, candidate.key),
+                    (candidate.item, row, latest.run_dir)))
                 # A rerun rewrites its own folder's renewals: those it found stand again.
                 elsewhere = [e for e in renewed if e["run_dir"] != self._run_dir]
                 if candidate.item.source_stamp and \
@@ -128,32 +133,57 @@ def _with_hash(candidate: Candidate, vouched: Optional[str]):
         return counted(DeadLetter(item.key, item.source, "read", one_line_reason(error)))
 
 
+def _mask_file_fault(sizes: list, row: dict) -> Optional[str]:
+    """None where a row's mask PNG is listed (``sizes``: its listed size, or nothing) at the
+    size it was written; else what is wrong with it. Rows made before sizes were kept
+    (``mask_png_size`` null) need the file only to be there."""
+    written = row.get("mask_png_size")
+    if not sizes:
+        return "without_mask_file"
+    return None if written is None or sizes[0] == written else "with_damaged_mask_file"
+
+
 def _with_mask_file(element):
-    """A row to reuse whose mask PNG is listed, at the size it was written, stands; one whose
-    mask is gone (deleted by hand) or of another size (cut short by a partial copy, replaced)
-    is segmented again, rather than kept naming a file that is not its mask. Rows made before
-    sizes were kept (``mask_png_size`` null) need the file only to be there. The row kept is
-    the whole row (``rows``) with the stamp the decision gave it."""
+    """A row to reuse whose mask PNG is intact (``_mask_file_fault``) stands; one whose mask
+    is gone (deleted by hand) or of another size (cut short by a partial copy, replaced) is
+    segmented again, rather than kept naming a file that is not its mask. The row kept is the
+    whole row (``rows``) with the stamp the decision gave it."""
     _, grouped = element
     sizes = list(grouped["listed"])
     whole = next(iter(grouped["rows"]), None)
     for item, row in grouped["reused"]:
-        written = row.get("mask_png_size")
+        fault = _mask_file_fault(sizes, row)
         if whole is None:  # its folder changed since the history was read: decide afresh
             Metrics.counter("segbeam", "reused_rows_not_found").inc()
             yield item
-        elif sizes and (written is None or sizes[0] == written):
+        elif fault is None:
             yield beam.pvalue.TaggedOutput(REUSE, complete_row(
                 {**whole, "source_stamp": row.get("source_stamp")}))
         else:
-            Metrics.counter("segbeam", "reused_rows_with_damaged_mask_file" if sizes
-                            else "reused_rows_without_mask_file").inc()
+            Metrics.counter("segbeam", f"reused_rows_{fault}").inc()
+            yield item
+
+
+def _with_standing_mask_file(element):
+    """The key of a skipped input whose row (in an earlier run) names an intact mask PNG; an
+    input whose standing row's mask is gone or damaged (a partition copied in part, masks
+    deleted) is segmented again tonight, rather than skipped on the strength of a row whose
+    mask is not there."""
+    _, grouped = element
+    sizes = list(grouped["listed"])
+    for item, row, _ in grouped["skipped"]:
+        fault = _mask_file_fault(sizes, row)
+        if fault is None:
+            yield beam.pvalue.TaggedOutput(SKIP, item.key)
+        else:
+            Metrics.counter("segbeam", f"skipped_rows_{fault}").inc()
             yield item
 
 
 class SkipUnchanged(beam.PTransform):
     """ImageRefs / EncodedImages -> (inputs to process, metrics rows reused as they are, keys
-    skipped, dead letters of inputs that could not be read, stamp renewals to write).
+    skipped (their rows' masks intact), dead letters of inputs that could not be read, stamp
+    renewals to write).
 
     Args:
       history: a glob of earlier metrics Parquet files (``RUN_DIR/metrics/*.parquet``, or
@@ -205,6 +235,18 @@ class SkipUnchanged(beam.PTransform):
                    | "JoinMasks" >> beam.CoGroupByKey()
                    | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(
                        REUSE, main=PROCESS))
-        process = (decided[PROCESS], checked[PROCESS]) | "ToProcess" >> beam.Flatten()
+        # One listing of the masks of each earlier run that a skipped input's row stands in.
+        standing_listed = (decided[SKIP]
+                           | "StandingRuns" >> beam.Map(lambda skipped: skipped[1][2])
+                           | "DistinctRuns" >> beam.Distinct()
+                           | "ListStandingMasks" >> beam.FlatMap(
+                               lambda run_dir: sized_files_under(output_path(run_dir,
+                                                                             MASKS_DIR))))
+        standing = ({"skipped": decided[SKIP], "listed": standing_listed}
+                    | "JoinStandingMasks" >> beam.CoGroupByKey()
+                    | "StandingMaskThere" >> beam.FlatMap(_with_standing_mask_file).with_outputs(
+                        SKIP, main=PROCESS))
+        process = ((decided[PROCESS], checked[PROCESS], standing[PROCESS])
+                   | "ToProcess" >> beam.Flatten())
         unreadable = (unreadable, decided[DEAD]) | "Unreadable" >> beam.Flatten()
-        return process, checked[REUSE], decided[SKIP], unreadable, decided[RENEW]
+        return process, checked[REUSE], standing[SKIP], unreadable, decided[RENEW]
