@@ -43,7 +43,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", default=None,
                        help="Weights file (.weights.h5) for a registry model.")
     model.add_argument("--num_classes", type=int, default=None,
-                       help="Number of classes the model predicts (required).")
+                       help="Number of classes the model predicts. A saved model whose "
+                            "output fixes its channel count gives it (a one-channel model "
+                            "serves 2); a registry name needs it (or a --dataset preset).")
     model.add_argument("--input_size", default=None,
                        help="Model input as N or HxW; default: the model's fixed input, "
                             "else images batch by size, padded to --size_multiple.")
@@ -91,6 +93,20 @@ def model_settings(o, num_classes: int) -> tuple[ModelSource, InferenceSettings]
     if not source.saved:
         check_preprocess(source.spec, inference.preprocess)
     return source, inference
+
+
+def classes_of_saved_model(o) -> Optional[int]:
+    """The class count a saved model (``--model`` a file or folder) serves, for a run without
+    ``--num_classes``: its output's channels, a one-channel model as two classes. None for a
+    registry name, or an output whose channel count its shape leaves open. The model is opened
+    as the launcher's check opens it, so a model segbeam cannot serve fails here in one line."""
+    from segbeam.models.output_adapters import adapt_outputs
+
+    source, inference = model_settings(o, None)
+    if not source.saved:
+        return None
+    served, _ = adapt_outputs(source.open(announce=False), inference.model_output)
+    return served.num_classes()
 
 
 def _accelerator_count(accelerator: Optional[str]) -> Optional[int]:

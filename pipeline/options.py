@@ -14,7 +14,8 @@ from segbeam.config import Effect, fingerprint_entries, setting
 from segbeam.containers import ContainerFields, shard_format
 from segbeam.crf import CrfParams
 from segbeam.pipeline.crf_flags import add_crf_flags, crf_params, crf_processes
-from segbeam.pipeline.model_flags import add_model_flags, model_settings
+from segbeam.pipeline.model_flags import add_model_flags, classes_of_saved_model, \
+    model_settings
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
@@ -247,12 +248,16 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     o = options
     if not o.input:
         raise UsageError("--input is required (a glob of images or TFRecord shards)")
-    convention = resolve_convention(o.dataset, o.num_classes, o.class_names, o.ignore_index,
+    num_classes = o.num_classes
+    if num_classes is None and not o.dataset:
+        num_classes = classes_of_saved_model(o)
+    convention = resolve_convention(o.dataset, num_classes, o.class_names, o.ignore_index,
                                     o.label_map, o.mask_palette, o.image_suffix,
                                     o.mask_suffix)
     if convention.num_classes is None:
         raise UsageError("--num_classes is required: the number of classes the model predicts "
-                         "(or a --dataset preset)")
+                         "(or a --dataset preset; a saved model's output gives it where its "
+                         "shape fixes the channel count)")
     input_glob = folder_as_glob(absolute_local(o.input))  # a folder: every file in it
     input_format = _input_format(o.input_format, input_glob)
     check_container_flags(input_format, o)

@@ -259,6 +259,31 @@ def test_fingerprints_per_format(model_files, tmp_path):
     assert ModelSource(copy).fingerprint() != prints["savedmodel"]
 
 
+def test_a_saved_model_gives_its_class_count_where_num_classes_is_left_out(model_files,
+                                                                          tmp_path, capsys):
+    """--num_classes was required even for a saved model that says how many classes it
+    predicts; now its output gives the count, and the run is the one the flag would make."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from segbeam.pipeline.cli import main
+    from segbeam.pipeline.options import SegmentationOptions, settings_from
+
+    def settings(*argv):
+        return settings_from(PipelineOptions(["--input", str(tmp_path), *argv]).view_as(
+            SegmentationOptions))
+
+    _, paths = model_files
+    for name in ("keras", "savedmodel", "onnx"):
+        given = settings("--model", paths[name], "--num_classes", "3")
+        taken = settings("--model", paths[name])
+        assert (taken.num_classes, taken.class_names) == (3, ["class_0", "class_1", "class_2"])
+        assert taken.config_fingerprint() == given.config_fingerprint(), name
+    # A registry name predicts what it is built for: the flag (or a preset) stays required.
+    assert main(["run", "--input", str(tmp_path), "--model", "tiny_fcn"]) == 2
+    assert "--num_classes is required" in capsys.readouterr().err
+    assert settings("--model", "tiny_fcn", "--dataset", "camvid").num_classes == 11
+
+
 def test_models_inspect_prints_what_a_run_sees(model_files):
     _, paths = model_files
     command = [sys.executable, "-m", "segbeam.pipeline.cli", "models", "--inspect"]

@@ -57,8 +57,10 @@ def test_a_binary_model_scores_as_two_classes(tmp_path, activation, flags):
 
     _pairs(tmp_path)
     _save_model(str(tmp_path / "binary.keras"), activation)
+    # Without --num_classes, a one-channel model serves two classes.
+    classes = ["--num_classes", "2"] if activation == "linear" else []
     assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
-                 "--model", str(tmp_path / "binary.keras"), "--num_classes", "2", "--no-crf",
+                 "--model", str(tmp_path / "binary.keras"), *classes, "--no-crf",
                  "--quiet", "--output", str(tmp_path / "out"), *flags]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     raw = summary["evaluation"]["raw"]
