@@ -1,0 +1,83 @@
+"""Reading what runs wrote back as one table: ``read_metrics`` over a run's folder or a root of
+nightly date partitions.
+
+Rows written by different segbeam versions differ in their columns (a column added later is
+absent from earlier files). ``pyarrow.dataset`` takes its schema from the first file it opens,
+so over partitions of mixed versions it drops every column the oldest file lacks, from every
+row, without a word; Spark does the same without ``mergeSchema``. Here the files' schemas are
+unified instead: a column a file predates reads as null in that file's rows.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Optional, Sequence
+
+from segbeam.layout import METRICS_DIR, matching_paths, open_file, output_path
+
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+
+
+def metrics_files(output: str) -> list[tuple[str, Optional[str]]]:
+    """(file, date or None) of each metrics Parquet file of ``output``: a run's folder (its
+    ``metrics/``) or, where it has none, a root of ``date=YYYY-MM-DD`` partitions."""
+    own = matching_paths(output_path(output, METRICS_DIR, "*.parquet"))
+    if own:
+        return [(path, None) for path in own]
+    found = []
+    for path in matching_paths(output_path(output, "date=*", METRICS_DIR, "*.parquet")):
+        partition = posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
+        match = _PARTITION.fullmatch(partition)
+        if match:
+            found.append((path, match.group(1)))
+    return found
+
+
+def read_metrics(output: str, columns: Optional[Sequence[str]] = None, latest: bool = False):
+    """Every metrics row under ``output`` (see ``metrics_files``) as one ``pyarrow.Table``,
+    with a ``date`` column for partitions; ``columns`` keeps those only (a column no file has
+    is an error; one that some files predate is null in their rows).
+
+    With ``latest``, each key's row from its latest partition only (what ``--skip_existing``
+    decides against), where a key that a later night segmented again has a row in each. A
+    key whose input is gone keeps its last row: the rows do not know the inputs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = metrics_files(output)
+    if not files:
+        raise ValueError(f"no metrics under {output}: pass the --output of a finished "
+                         f"`segbeam run` (a run's folder, or the root of its date partitions)")
+    tables = []
+    for path, date in files:
+        with open_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in names]
+            table = parquet.read(columns=wanted)
+        if date is not None:
+            table = table.append_column("date", pa.array([date] * table.num_rows, pa.string()))
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    missing = [c for c in columns or () if c not in table.column_names]
+    if missing:
+        raise ValueError(f"no metrics file under {output} has the column(s) {missing}; "
+                         f"its columns: {', '.join(table.column_names)}")
+    if latest and "date" in table.column_names:
+        table = _latest_rows(table)
+    return table
+
+
+def _latest_rows(table):
+    """Each key's row of the latest date (a table read with a ``key`` column)."""
+    import pyarrow as pa
+
+    if "key" not in table.column_names:
+        raise ValueError("latest=True needs the 'key' column: add it to columns")
+    keys, dates = table.column("key").to_pylist(), table.column("date").to_pylist()
+    newest: dict[str, int] = {}
+    for index, (key, date) in enumerate(zip(keys, dates)):
+        if key not in newest or date > dates[newest[key]]:
+            newest[key] = index
+    return table.take(pa.array(sorted(newest.values()), pa.int64()))
