@@ -650,3 +650,30 @@ def test_a_key_column_that_holds_no_names_refuses_its_rows():
     named = [row.key for row in parquet_rows("s.parquet", table,
                                              ContainerFields("image", "annotation", "name"))]
     assert named == ["x", "b"]  # without a name, the stored path names the row
+
+
+def test_nightly_runs_over_shards_skip_records_and_segment_one_whose_mask_is_gone(tmp_path):
+    """Shard records under --skip_existing --run_date: a second night skips every record
+    (its bytes hashed from the shard, no inference); a record whose standing mask PNG was
+    deleted from the first night's partition is segmented again, from the shard's bytes."""
+    from segbeam.pipeline.run import run
+
+    os.makedirs(tmp_path / "tf")
+    (tmp_path / "tf" / "part-0.tfrecord").write_bytes(tfrecord_bytes(_dataset()))
+    out = tmp_path / "nightly"
+
+    def night(date):
+        outcome = run(["--input", f"{tmp_path}/tf/*.tfrecord", "--model", "tiny_fcn",
+                       "--num_classes", "3", "--input_size", "32", "--crf_iterations", "2",
+                       "--output", str(out), "--skip_existing", "--run_date", date, "--quiet"])
+        counts = outcome.summary["counts"]
+        assert counts["accounted_for"]
+        return (counts["segmented"], counts["skipped"]), outcome.manifest["beam_counters"]
+
+    assert night("2026-11-20")[0] == (4, 0)
+    assert night("2026-11-21")[0] == (0, 4)
+    os.remove(out / "date=2026-11-20" / "masks" / "sub" / "c.png")
+    (counts, counters) = night("2026-11-22")
+    assert counts == (1, 3) and counters["skipped_rows_without_mask_file"] == 1
+    assert [str(p.relative_to(out)) for p in out.rglob("date=2026-11-22/masks/**/*.png")] == [
+        "date=2026-11-22/masks/sub/c.png"]

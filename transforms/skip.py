@@ -6,9 +6,10 @@ Parquet with only the columns the decision needs (whole rows of every night woul
 join otherwise). Files are read once to be hashed and their bytes dropped, so that only small
 records cross the join; the few that must be processed are read again afterwards. Shard
 records keep their bytes (a record cannot be re-read alone). A row to reuse (one of this run's
-own folder) is read whole from that folder alone and joined with the listing of its masks; a
-row that a skipped input stands on (in an earlier partition) is joined with the listing of
-that partition's masks. Either way an input whose mask PNG is gone or damaged is processed.
+own folder) is read whole from that folder alone and joined with the listing of its masks. The
+masks of earlier runs (date partitions) are listed once per run and join the decision by key,
+so a skipped input's item never crosses a second join: an input whose standing row's mask PNG
+is gone or damaged is processed, as a reused row's is.
 
 With ``by_stamp`` (``--change_detection stamp``), files are not hashed before the join: a file
 whose stamp from the listing equals the standing row's (or that of a stamp renewal an earlier
@@ -30,8 +31,8 @@ from segbeam.containers import read_parquet_columns
 from segbeam.dataset import ensure_encoded
 from segbeam.incremental import PROCESS, REUSE, SKIP, Candidate, decide, hash_by_stamp, \
     latest_result, prior_result, stamp_renewal
-from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, mask_png_path, matching_paths, \
-    open_file, output_path, sized_files_under
+from segbeam.layout import MASKS_DIR, METRICS_DIR, STAMPS_DIR, matching_paths, open_file, \
+    output_path, sized_files_under
 from segbeam.records import DeadLetter, EncodedImage, ImageRef, one_line_reason
 from segbeam.transforms.safe_map import SafeMap, counted
 from segbeam.transforms.scoring import complete_row
@@ -88,7 +89,7 @@ class _Decide(beam.DoFn):
     def process(self, element):
         _, grouped = element
         prior = list(grouped["prior"])
-        renewed = list(grouped["renewed"])
+        renewed, masks = list(grouped["renewed"]), list(grouped["masks"])
         latest = latest_result(prior, self._run_date)
         for candidate in grouped["candidates"]:
             vouched = hash_by_stamp(candidate.item, latest, renewed)
@@ -106,11 +107,15 @@ class _Decide(beam.DoFn):
                 row = {**row, "source_stamp": candidate.item.source_stamp or None}
                 yield beam.pvalue.TaggedOutput(REUSE, (row.get("mask_path") or "",
                                                        (candidate.item, row)))
-            else:  # once its mask PNG is found in the listing of the row's run (where that
-                # run is now: the output root may have moved since the row was written)
-                yield beam.pvalue.TaggedOutput(SKIP, (
-                    mask_png_path(latest.run_dir, candidate.key),
-                    (candidate.item, row, latest.run_dir)))
+            else:
+                # Its row stands in an earlier run: only while that run's mask PNG is intact.
+                fault = _mask_file_fault([size for run_dir, size in masks
+                                          if run_dir == latest.run_dir], row)
+                if fault is not None:
+                    Metrics.counter("segbeam", f"skipped_rows_{fault}").inc()
+                    yield candidate.item
+                    continue
+                yield beam.pvalue.TaggedOutput(SKIP, candidate.key)
                 # A rerun rewrites its own folder's renewals: those it found stand again.
                 elsewhere = [e for e in renewed if e["run_dir"] != self._run_dir]
                 if candidate.item.source_stamp and \
@@ -164,20 +169,13 @@ def _with_mask_file(element):
             yield item
 
 
-def _with_standing_mask_file(element):
-    """The key of a skipped input whose row (in an earlier run) names an intact mask PNG; an
-    input whose standing row's mask is gone or damaged (a partition copied in part, masks
-    deleted) is segmented again tonight, rather than skipped on the strength of a row whose
-    mask is not there."""
-    _, grouped = element
-    sizes = list(grouped["listed"])
-    for item, row, _ in grouped["skipped"]:
-        fault = _mask_file_fault(sizes, row)
-        if fault is None:
-            yield beam.pvalue.TaggedOutput(SKIP, item.key)
-        else:
-            Metrics.counter("segbeam", f"skipped_rows_{fault}").inc()
-            yield item
+def _listed_masks(run_dir: str):
+    """(key, (run dir, size)) of each mask PNG an earlier run wrote, from one listing of its
+    ``masks/`` (where the run is now: the output root may have moved since)."""
+    folder = output_path(run_dir, MASKS_DIR) + "/"
+    for path, size in sized_files_under(folder):
+        if path.startswith(folder) and path.endswith(".png"):
+            yield path[len(folder):-len(".png")], (run_dir, size)
 
 
 class SkipUnchanged(beam.PTransform):
@@ -206,9 +204,10 @@ class SkipUnchanged(beam.PTransform):
     def expand(self, items):
         candidates, unreadable = items | "Hash" >> SafeMap(
             "read", unhashed_candidate if self._by_stamp else candidate_of)
-        prior = (items.pipeline
-                 | "HistoryGlob" >> beam.Create([self._history])
-                 | "MatchHistory" >> beam.FlatMap(matching_paths)
+        history = (items.pipeline
+                   | "HistoryGlob" >> beam.Create([self._history])
+                   | "MatchHistory" >> beam.FlatMap(matching_paths))
+        prior = (history
                  | "SpreadHistory" >> beam.Reshuffle()
                  | "ReadHistory" >> beam.FlatMap(_decision_columns)
                  | "KeyHistory" >> beam.Map(_keyed_prior))
@@ -216,8 +215,16 @@ class SkipUnchanged(beam.PTransform):
                    | "RenewalsGlob" >> beam.Create([self._renewals])
                    | "MatchRenewals" >> beam.FlatMap(matching_paths)
                    | "ReadRenewals" >> beam.FlatMap(_renewals))
+        # One listing of each earlier run's masks, for the rows that skipped inputs stand on.
+        own = self._run_dir
+        masks = (history
+                 | "HistoryRuns" >> beam.Map(lambda path: prior_result(path, {}, METRICS_DIR)
+                                             .run_dir)
+                 | "EarlierRuns" >> beam.Filter(lambda run_dir: run_dir != own)
+                 | "DistinctRuns" >> beam.Distinct()
+                 | "ListEarlierMasks" >> beam.FlatMap(_listed_masks))
         keyed = candidates | "KeyCandidates" >> beam.Map(lambda c: (c.key, c))
-        decided = ({"candidates": keyed, "prior": prior, "renewed": renewed}
+        decided = ({"candidates": keyed, "prior": prior, "renewed": renewed, "masks": masks}
                    | "JoinHistory" >> beam.CoGroupByKey()
                    | "Decide" >> beam.ParDo(_Decide(self._fingerprint, self._run_dir,
                                                     self._run_date)).with_outputs(
@@ -235,18 +242,6 @@ class SkipUnchanged(beam.PTransform):
                    | "JoinMasks" >> beam.CoGroupByKey()
                    | "MaskStillThere" >> beam.FlatMap(_with_mask_file).with_outputs(
                        REUSE, main=PROCESS))
-        # One listing of the masks of each earlier run that a skipped input's row stands in.
-        standing_listed = (decided[SKIP]
-                           | "StandingRuns" >> beam.Map(lambda skipped: skipped[1][2])
-                           | "DistinctRuns" >> beam.Distinct()
-                           | "ListStandingMasks" >> beam.FlatMap(
-                               lambda run_dir: sized_files_under(output_path(run_dir,
-                                                                             MASKS_DIR))))
-        standing = ({"skipped": decided[SKIP], "listed": standing_listed}
-                    | "JoinStandingMasks" >> beam.CoGroupByKey()
-                    | "StandingMaskThere" >> beam.FlatMap(_with_standing_mask_file).with_outputs(
-                        SKIP, main=PROCESS))
-        process = ((decided[PROCESS], checked[PROCESS], standing[PROCESS])
-                   | "ToProcess" >> beam.Flatten())
+        process = (decided[PROCESS], checked[PROCESS]) | "ToProcess" >> beam.Flatten()
         unreadable = (unreadable, decided[DEAD]) | "Unreadable" >> beam.Flatten()
-        return process, checked[REUSE], standing[SKIP], unreadable, decided[RENEW]
+        return process, checked[REUSE], decided[SKIP], unreadable, decided[RENEW]
