@@ -98,18 +98,20 @@ def named_mask(masks: Optional[str], naming: Naming) -> Callable[[str], bool]:
 
 def no_mask_found(masks_given: bool, images: int, images_with_mask: int,
                   container_flag: Optional[str] = None,
-                  consequence: str = "nothing was scored") -> Optional[str]:
+                  consequence: str = "nothing was scored", inputs: str = "input"
+                  ) -> Optional[str]:
     """A warning where masks were given and images went through, but no image found its mask
-    (``consequence``: for a run, nothing was scored). For files, most often because the
-    masks' names add a suffix to the stem; for shards, because ``container_flag``
-    (``--mask_column X``, ``--mask_ext Y``) named a mask no record holds."""
+    (``consequence``: for a run, nothing was scored; ``inputs``: which inputs are meant). For
+    files, most often because the masks' names add a suffix to the stem; for shards, because
+    ``container_flag`` (``--mask_column X``, ``--mask_ext Y``) named a mask no record
+    holds."""
     if not masks_given or not images or images_with_mask:
         return None
     if container_flag:
-        return (f"no input found its mask, so {consequence}: {container_flag} named no "
+        return (f"no {inputs} found its mask, so {consequence}: {container_flag} named no "
                 f"mask in any record (a column of nulls, or no member of that extension); "
                 f"check it against the shards")
-    return (f"no input found its mask, so {consequence}; masks pair with images by file "
+    return (f"no {inputs} found its mask, so {consequence}; masks pair with images by file "
             "stem (without --mask_suffix, a mask file in the images' own folder is taken for an "
             "image): where their names add a suffix (x_mask.png for x.jpg), pass --mask_suffix "
             "_mask (and --image_suffix for the images')")

@@ -179,8 +179,11 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str], containers
     run's ``ContainerFields`` as a dict."""
     counts = summary.get("counts", {})
     flag = container_mask_flag(containers)
+    # Inputs skipped as unchanged were paired as before: only the new ones are in question.
     unpaired = no_mask_found(bool(masks or flag), counts.get("outputs", 0),
-                             counts.get("images_with_mask", 0), flag)
+                             counts.get("images_with_mask", 0), flag,
+                             *(("nothing new was scored", "input this run segmented")
+                               if counts.get("skipped") else ()))
     counters = manifest.get("beam_counters") or {}
     read_as_logits = [UNIT_RANGE_AS_LOGITS] if counters.get(UNIT_RANGE_COUNTER) else []
     # A run made before the metrics rows kept the peak counted such images in Beam's counters.
@@ -189,7 +192,22 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str], containers
         if "dark_16_bit_images" in counts else ""
     dark_images = [dark_high_depth_warning(dark) + named] if dark else []
     return ([unpaired] if unpaired else []) + label_warnings(summary, label_map) + \
-        dark_images + read_as_logits + manifest.get("warnings", [])
+        dark_images + read_as_logits + manifest.get("warnings", []) + _partial_scope(counts)
+
+
+def _partial_scope(counts: dict) -> list[str]:
+    """Where inputs were skipped (their rows stand in earlier date partitions), a run's
+    figures are not the dataset's: said, so that they are not read as such."""
+    skipped, outputs = counts.get("skipped", 0), counts.get("outputs", 0)
+    if not skipped:
+        return []
+    where = ("its rows and figures stand" if skipped == 1 else
+             "their rows and figures stand")
+    scope = (f"this run's figures cover only the {outputs} input{'s' * (outputs != 1)} it "
+             f"segmented or kept" if outputs else "this run segmented nothing")
+    return [f"{scope}: {skipped} unchanged input{'s were' if skipped != 1 else ' was'} "
+            f"skipped, and {where} in earlier partitions, not in these figures "
+            f"(segbeam.results.read_metrics(OUTPUT, latest=True) reads every input's latest row)"]
 
 
 def _warnings(run: RunOutputs) -> list[str]:

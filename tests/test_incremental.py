@@ -217,6 +217,14 @@ def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "images" / "s01.png")
     night3 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
     assert (night3.summary["counts"]["segmented"], night3.summary["counts"]["skipped"]) == (1, 4)
+    # A night's figures cover what it segmented: said, so that they are not read as the
+    # dataset's (they were printed with nothing to say so).
+    from segbeam.pipeline.terminal import format_report
+
+    assert "WARNING: this run's figures cover only the 1 input it segmented or kept: 4 " \
+           "unchanged inputs were skipped" in format_report(night3)
+    assert "WARNING: this run segmented nothing: 5 unchanged inputs were skipped" in \
+        format_report(night2)
     rerun = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
     assert (rerun.summary["counts"]["reused"], rerun.summary["counts"]["skipped"]) == (1, 4)
     assert rerun.manifest["beam_counters"].get("num_inferences", 0) == 0
@@ -242,8 +250,6 @@ def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path
     assert sorted(_rows(f"{out}/date=2026-11-23")[0]) == ["s02", "s03"]
     assert (counters["skipped_rows_without_mask_file"],
             counters["skipped_rows_with_damaged_mask_file"]) == (1, 1)
-    from segbeam.pipeline.terminal import format_report
-
     assert "2 unchanged inputs segmented again: their mask file was gone (1) or not the size " \
            "it was written at (1)" in format_report(night4)
     night5 = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-24")

@@ -307,6 +307,29 @@ def test_dark_16_bit_images_are_warned_about_from_the_summary_and_from_older_run
     assert warnings({}, {}) == []
 
 
+def test_a_night_that_skipped_inputs_says_its_figures_are_not_the_datasets():
+    """A --run_date night evaluates what it segmented; inputs skipped as unchanged keep their
+    rows in earlier partitions. Its figures were printed as if they were the dataset's, and a
+    night whose new images had no masks was told that its masks did not pair."""
+    from segbeam.pipeline.report import run_warnings
+
+    def warnings(**counts) -> list:
+        return run_warnings({"counts": counts}, {}, "/data/masks", {}, None)
+
+    assert warnings(outputs=3, images_with_mask=3, skipped=0) == []
+    assert warnings(outputs=1, images_with_mask=1, skipped=1) == [
+        "this run's figures cover only the 1 input it segmented or kept: 1 unchanged input was "
+        "skipped, and its rows and figures stand in earlier partitions, not in these figures "
+        "(segbeam.results.read_metrics(OUTPUT, latest=True) reads every input's latest row)"]
+    unpaired, scope = warnings(outputs=2, images_with_mask=0, skipped=7)
+    assert unpaired.startswith("no input this run segmented found its mask, so nothing new "
+                               "was scored; masks pair with images by file stem")
+    assert scope.startswith("this run's figures cover only the 2 inputs it segmented or kept: "
+                            "7 unchanged inputs were skipped, and their rows")
+    assert warnings(outputs=2, images_with_mask=0, skipped=0)[0].startswith(
+        "no input found its mask, so nothing was scored")
+
+
 def test_a_run_folder_missing_rows_or_dead_letters_is_said_to_be_incomplete(runs, tmp_path,
                                                                             capsys):
     """A run folder copied in part (or with a metrics shard removed) gave a report whose
