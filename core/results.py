@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 from segbeam.layout import METRICS_DIR, matching_paths, open_file, output_path
 
@@ -34,10 +34,12 @@ def metrics_files(output: str) -> list[tuple[str, Optional[str]]]:
     return found
 
 
-def read_metrics(output: str, columns: Optional[Sequence[str]] = None, latest: bool = False):
+def read_metrics(output: str, columns: Optional[Sequence[str]] = None, latest: bool = False,
+                 dates: Optional[Collection[str]] = None):
     """Every metrics row under ``output`` (see ``metrics_files``) as one ``pyarrow.Table``,
     with a ``date`` column for partitions; ``columns`` keeps those only (a column no file has
-    is an error; one that some files predate is null in their rows).
+    is an error; one that some files predate is null in their rows); ``dates`` keeps those
+    partitions only.
 
     With ``latest``, each key's row from its latest partition only (what ``--skip_existing``
     decides against), where a key that a later night segmented again has a row in each. A
@@ -45,7 +47,8 @@ def read_metrics(output: str, columns: Optional[Sequence[str]] = None, latest: b
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = metrics_files(output)
+    files = [(path, date) for path, date in metrics_files(output)
+             if dates is None or date in dates]
     if not files:
         raise ValueError(f"no metrics under {output}: pass the --output of a finished "
                          f"`segbeam run` (a run's folder, or the root of its date partitions)")

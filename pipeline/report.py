@@ -207,7 +207,8 @@ def _partial_scope(counts: dict) -> list[str]:
              f"segmented or kept" if outputs else "this run segmented nothing")
     return [f"{scope}: {skipped} unchanged input{'s were' if skipped != 1 else ' was'} "
             f"skipped, and {where} in earlier partitions, not in these figures "
-            f"(segbeam.results.read_metrics(OUTPUT, latest=True) reads every input's latest row)"]
+            f"(segbeam.pipeline.standing.standing_summary(OUTPUT) evaluates every input's "
+            f"latest row)"]
 
 
 def _warnings(run: RunOutputs) -> list[str]:

@@ -79,3 +79,46 @@ def test_a_real_nights_rows_read_back(tmp_path, demo_model_path):
     latest = read_metrics(str(out), ["key"], latest=True)
     assert sorted(zip(latest["key"].to_pylist(), latest["date"].to_pylist())) == [
         ("s00", "2026-11-20"), ("s01", "2026-11-21"), ("s02", "2026-11-20")]
+
+
+def test_the_standing_evaluation_is_the_one_a_single_run_over_the_same_inputs_gives(
+        tmp_path, demo_model_path):
+    """Nights that segment only what changed, summed from each input's latest row, evaluate
+    as one run over the final inputs does; what the rows cannot vouch for is counted."""
+    from segbeam.pipeline.standing import standing_summary
+    from tests.conftest import assert_close_calibration, without_calibration
+    from tests.test_incremental import _run, _write_scenes
+
+    data, out = tmp_path / "data", tmp_path / "nightly"
+    _write_scenes(data, 5)
+    _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-20")
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "images" / "s01.png")
+    _write_scenes(tmp_path / "more", 6, seed=9)
+    for folder in ("images", "masks"):
+        os.replace(tmp_path / "more" / folder / "s05.png", data / folder / "s05.png")
+    night = _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-21")
+    assert (night.summary["counts"]["segmented"], night.summary["counts"]["skipped"]) == (2, 4)
+    whole = _run(data, tmp_path / "whole", demo_model_path)
+
+    standing = standing_summary(str(out))
+    assert standing["counts"]["rows"] == whole.summary["counts"]["outputs"] == 6
+    assert without_calibration(standing["evaluation"])[0] == \
+        without_calibration(whole.summary["evaluation"])[0]
+    assert_close_calibration(standing, whole.summary)
+    assert standing["standing"] | {"root": None} == {
+        "root": None, "nights": 2, "latest_night": "2026-11-21",
+        "nights_of_rows": ["2026-11-20", "2026-11-21"], "other_configuration": 0,
+        "latest_night_inputs": 6, "rows_beyond_latest_inputs": 0}
+
+    # An input gone from the source keeps its row: the count says so.
+    os.remove(data / "images" / "s02.png")
+    _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
+    gone = standing_summary(str(out))["standing"]
+    assert (gone["latest_night_inputs"], gone["rows_beyond_latest_inputs"]) == (5, 1)
+    # A night under another configuration: rows made under the earlier one are left out.
+    _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-23",
+         "--crf_iterations", "3", "--input", f"{data}/images/s0[01].png")
+    changed = standing_summary(str(out))
+    assert (changed["counts"]["rows"], changed["standing"]["other_configuration"]) == (2, 4)
+    with pytest.raises(ValueError, match="no finished dated run"):
+        standing_summary(str(tmp_path / "whole"))
