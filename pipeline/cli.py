@@ -171,7 +171,7 @@ def train_command(argv: Sequence[str]) -> int:
 
 
 def report_command(argv: Sequence[str]) -> int:
-    from segbeam.pipeline.report import report_command as report
+    from segbeam.pipeline.report_cli import report_command as report
 
     return report(argv)
 

@@ -24,8 +24,6 @@ from segbeam.decode import dark_high_depth_warning
 from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
-from segbeam.pipeline.exit_codes import ExitCode
-from segbeam.pipeline.flags import reject_repeated_flags
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
 
@@ -309,30 +307,6 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
             "aggregate": aggregate, "per_class": per_class, "regressions": regressions}
 
 
-def build_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="segbeam report", allow_abbrev=False,
-        description="Build an evaluation report (one self-contained HTML file, plus Markdown "
-                    "and JSON) over the --output folder of a finished `segbeam run`.")
-    parser.add_argument("run", help="the run's output folder (local or gs://)")
-    parser.add_argument("--output", default=None,
-                        help="where to write report.html, report.md and report.json "
-                             "(default: RUN/report)")
-    parser.add_argument("--compare", default=None, metavar="PREVIOUS_RUN",
-                        help="an earlier run's output folder: show deltas per class and "
-                             "overall, and flag regressions")
-    parser.add_argument("--regression_threshold", type=float, default=1.0,
-                        help="a drop of more than this many points (of 100) in an aggregate "
-                             "metric or a class IoU is a regression (default: 1.0)")
-    parser.add_argument("--fail_on_regression", action="store_true",
-                        help=f"exit {int(ExitCode.REGRESSION)} when --compare finds a regression")
-    parser.add_argument("--gallery_size", type=int, default=6,
-                        help="how many worst and best images the gallery shows (default: 6)")
-    return parser
-
-
 def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
                  regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
     """Builds and writes the report; returns (figures, output folder)."""
@@ -347,52 +321,3 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
     for name in REPORT_FILES:  # the files a run removes before it starts
         write_bytes_atomically(output_path(folder, name), renderers[name](report).encode())
     return report, folder
-
-
-def report_command(argv) -> int:
-    import sys
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        reject_repeated_flags(argv, parser)
-    except ValueError as error:
-        print(f"segbeam report: error: {error}", file=sys.stderr)
-        return ExitCode.USAGE
-    wrong = [message for message, fits in (
-        ("--fail_on_regression needs --compare PREVIOUS_RUN",
-         not args.fail_on_regression or args.compare),
-        (f"--regression_threshold must be a number of points, 0 or more; received "
-         f"{args.regression_threshold}", 0 <= args.regression_threshold < float("inf")),
-        (f"--gallery_size must be 0 or more; received {args.gallery_size}",
-         args.gallery_size >= 0),
-        ("--regression_threshold needs --compare PREVIOUS_RUN",
-         args.regression_threshold == parser.get_default("regression_threshold")
-         or args.compare)) if not fits]
-    if wrong:
-        print(f"segbeam report: error: {wrong[0]}", file=sys.stderr)
-        return ExitCode.USAGE
-    try:
-        report, folder = write_report(args.run, args.output, args.compare,
-                                      args.regression_threshold, args.gallery_size)
-    except ValueError as error:
-        print(f"segbeam report: error: {error}", file=sys.stderr)
-        return ExitCode.USAGE
-    print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
-    for warning in report["warnings"]:  # in the report, and said here as `segbeam run` says them
-        print(f"segbeam report: warning: {warning}", file=sys.stderr)
-    comparison = report.get("comparison") or {}
-    if comparison and not comparison["comparable"]:
-        print(f"  not compared: {comparison['not_comparable']}")
-        if args.fail_on_regression:
-            print(f"segbeam report: error: --fail_on_regression cannot check for regressions: "
-                  f"{comparison['not_comparable']}", file=sys.stderr)
-            return ExitCode.USAGE
-    for caveat in comparison.get("caveats", []):
-        print(f"  not like for like: {caveat}")
-    regressions = comparison.get("regressions", [])
-    for regression in regressions:
-        print(f"  regression: {regression['what']} {regression['delta'] * 100:+.2f} points")
-    if regressions and args.fail_on_regression:
-        return ExitCode.REGRESSION
-    return ExitCode.OK
