@@ -282,7 +282,8 @@ def load_run(root: str) -> RunOutputs:
         if partitions:  # a --run_date run's --output: its runs lie one level down
             latest = posixpath.dirname(partitions[-1])
             raise ValueError(f"{root} holds {len(partitions)} dated runs (--run_date), not one "
-                             f"run: pass one of them, e.g. the latest, {latest}")
+                             f"run: pass one of them, e.g. the latest, {latest} (or, to "
+                             f"`segbeam report`, --standing for all of them as they stand)")
         if exists(output_path(root, RUNNING_MARKER)):
             raise ValueError(f"{root} is being written by a run that has not ended (it holds "
                              f"{RUNNING_MARKER}, and an earlier run's summary is removed "

@@ -152,6 +152,7 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
             "wall_time_seconds": manifest.get("wall_time_seconds"),
             "versions": manifest.get("versions", {}),
             "counts": summary.get("counts", {}),
+            **({"standing": summary["standing"]} if "standing" in summary else {}),
             "dead_letters_by_reason": [
                 {"stage": stage, "reason": reason, "count": count}
                 for (stage, reason), count in sorted(reasons.items(), key=lambda i: -i[1])],
@@ -308,9 +309,17 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
 
 
 def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
-                 regression_threshold: float = 1.0, gallery_size: int = 6) -> tuple[dict, str]:
-    """Builds and writes the report; returns (figures, output folder)."""
-    report = build_report(load_run(run_dir), gallery_size)
+                 regression_threshold: float = 1.0, gallery_size: int = 6,
+                 standing: bool = False) -> tuple[dict, str]:
+    """Builds and writes the report; returns (figures, output folder). With ``standing``,
+    ``run_dir`` is a root of nightly partitions, reported as they stand
+    (``segbeam.pipeline.standing``)."""
+    if standing:
+        from segbeam.pipeline.standing import standing_run
+
+        report = build_report(standing_run(run_dir), gallery_size)
+    else:
+        report = build_report(load_run(run_dir), gallery_size)
     if compare:
         report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
                                                regression_threshold / 100.0)

@@ -16,6 +16,11 @@ def build_parser():
         description="Build an evaluation report (one self-contained HTML file, plus Markdown "
                     "and JSON) over the --output folder of a finished `segbeam run`.")
     parser.add_argument("run", help="the run's output folder (local or gs://)")
+    parser.add_argument("--standing", action="store_true",
+                        help="RUN is the --output of nightly `segbeam run --run_date` runs: "
+                             "report on the dataset as it stands, each input's latest row "
+                             "from every finished night, under the latest night's "
+                             "configuration (default output: RUN/report)")
     parser.add_argument("--output", default=None,
                         help="where to write report.html, report.md and report.json "
                              "(default: RUN/report)")
@@ -57,7 +62,8 @@ def report_command(argv) -> int:
         return ExitCode.USAGE
     try:
         report, folder = write_report(args.run, args.output, args.compare,
-                                      args.regression_threshold, args.gallery_size)
+                                      args.regression_threshold, args.gallery_size,
+                                      args.standing)
     except ValueError as error:
         print(f"segbeam report: error: {error}", file=sys.stderr)
         return ExitCode.USAGE

@@ -52,16 +52,38 @@ def _comparison_rows(comparison: dict):
         yield f"IoU {row['class']}", row, row["regression"]
 
 
+def _count_items(run: dict) -> list[tuple[str, object]]:
+    """The run's counts as (label, value); for nightly partitions as they stand
+    (``segbeam.pipeline.standing``), the rows summed and what they cannot vouch for."""
+    counts, standing = run["counts"], run.get("standing")
+    if standing:
+        return [("standing rows", f"each of {counts['rows']} inputs' latest row, from "
+                                  f"{len(standing['nights_of_rows'])} of {standing['nights']} "
+                                  f"finished nights (latest {standing['latest_night']})"),
+                ("images with masks", counts.get("images_with_mask")),
+                ("left out: rows of another configuration", standing["other_configuration"]),
+                ("rows beyond the latest night's inputs", standing["rows_beyond_latest_inputs"])]
+    return [("inputs / outputs / dead letters", f"{counts.get('inputs')} / "
+                                                f"{counts.get('outputs')} / "
+                                                f"{counts.get('dead_letters')}"),
+            ("images with masks", counts.get("images_with_mask")),
+            ("counts add up", counts.get("accounted_for"))]
+
+
 def render_markdown(report: dict) -> str:
     run, evaluation = report["run"], report["evaluation"]
     counts = run["counts"]
     lines = [f"# Segmentation report: {run['output']}", "",
              f"- model: `{run['model']}` ({run['model_fingerprint']})",
              f"- data: `{run['input']}`, masks `{run['masks']}`",
-             f"- started {run['started_utc']}, wall time {run['wall_time_seconds']} s",
-             f"- {counts.get('inputs')} inputs -> {counts.get('outputs')} outputs + "
-             f"{counts.get('dead_letters')} dead letters; {counts.get('images_with_mask')} "
-             f"with masks; counts add up: {counts.get('accounted_for')}"]
+             f"- started {run['started_utc']}, wall time {run['wall_time_seconds']} s"]
+    if run.get("standing"):
+        lines += [f"- {label}: {value}" for label, value in _count_items(run)]
+    else:
+        lines.append(f"- {counts.get('inputs')} inputs -> {counts.get('outputs')} outputs + "
+                     f"{counts.get('dead_letters')} dead letters; "
+                     f"{counts.get('images_with_mask')} with masks; counts add up: "
+                     f"{counts.get('accounted_for')}")
     for dead in run["dead_letters_by_reason"]:
         lines.append(f"  - dead letters at {dead['stage']}: {dead['count']} x {dead['reason']}")
     lines += [f"- **warning**: {warning}" for warning in report.get("warnings", [])]
@@ -223,7 +245,6 @@ def _signed_cell(value: Optional[float]) -> str:
 def render_html(report: dict) -> str:
     run, evaluation, names = report["run"], report["evaluation"], report["class_names"]
     colours = np.asarray(class_colours(names, report.get("palette")), dtype=np.uint8)
-    counts = run["counts"]
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Segmentation report "
            f"- {html.escape(str(run['output']))}</title><style>{_CSS}</style></head><body>",
            "<h1>Segmentation report</h1>", '<section id="run"><h2>Run</h2><table>']
@@ -232,11 +253,7 @@ def render_html(report: dict) -> str:
                          ("data", run["input"]), ("masks", run["masks"]),
                          ("started (UTC)", run["started_utc"]),
                          ("wall time (s)", run["wall_time_seconds"]),
-                         ("inputs / outputs / dead letters",
-                          f"{counts.get('inputs')} / {counts.get('outputs')} / "
-                          f"{counts.get('dead_letters')}"),
-                         ("images with masks", counts.get("images_with_mask")),
-                         ("counts add up", counts.get("accounted_for"))]:
+                         *_count_items(run)]:
         out.append(f"<tr><th>{label}</th><td>{html.escape(str(value))}</td></tr>")
     out.append("</table>")
     out += [f'<p class="warning">warning: {html.escape(w)}</p>'

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import posixpath
 
-from segbeam.layout import RUNNING_MARKER, SUMMARY_JSON, exists, matching_paths, output_path, \
-    read_json
+from segbeam.layout import MANIFEST_JSON, RUNNING_MARKER, SUMMARY_JSON, RunOutputs, exists, \
+    matching_paths, output_path, read_json
 from segbeam.results import read_metrics
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
 
@@ -35,11 +35,20 @@ def standing_summary(root: str) -> dict:
     another configuration than the latest night's, and how many more rows there are than
     inputs the latest night accounted for (inputs gone since, or dead letters now: the rows
     cannot tell)."""
+    return standing_run(root).summary
+
+
+def standing_run(root: str) -> RunOutputs:
+    """The nightly partitions under ``root`` as they stand, in the shape of one run's outputs
+    (``segbeam report --standing``): the standing summary, the latest night's manifest (its
+    warnings joined by what the standing rows cannot vouch for), the rows summed, and no dead
+    letters (each night's are its own)."""
     nights = finished_nights(root)
     if not nights:
         raise ValueError(f"{root} holds no finished dated run (--run_date): pass the --output "
                          f"of nightly `segbeam run --run_date` runs")
-    latest = read_json(output_path(root, f"date={nights[-1]}", SUMMARY_JSON))
+    latest_dir = output_path(root, f"date={nights[-1]}")
+    latest = read_json(output_path(latest_dir, SUMMARY_JSON))
     fingerprint = latest.get("config_fingerprint")
     rows = read_metrics(root, latest=True, dates=set(nights)).to_pylist()
     current = [row for row in rows if row.get("config_fingerprint") == fingerprint]
@@ -63,4 +72,24 @@ def standing_summary(root: str) -> dict:
         "other_configuration": len(rows) - len(current),
         "latest_night_inputs": accounted,
         "rows_beyond_latest_inputs": max(0, len(current) - accounted)}
-    return summary
+    manifest_path = output_path(latest_dir, MANIFEST_JSON)
+    manifest = read_json(manifest_path) if exists(manifest_path) else {}
+    manifest = {**manifest, "warnings": manifest.get("warnings", []) +
+                standing_warnings(summary["standing"])}
+    return RunOutputs(root, summary, manifest, current, [])
+
+
+def standing_warnings(standing: dict) -> list[str]:
+    """What the standing rows cannot vouch for, in sentences."""
+    warnings = []
+    other, beyond = standing["other_configuration"], standing["rows_beyond_latest_inputs"]
+    if other:
+        rows = f"{other} inputs' latest rows were" if other != 1 else "1 input's latest row was"
+        warnings.append(f"{rows} made under another configuration than the latest night's and "
+                        f"left out (inputs no night has taken since the configuration "
+                        f"changed)")
+    if beyond:
+        warnings.append(f"{beyond} row{'s' * (beyond != 1)} more than the inputs the latest "
+                        f"night accounted for: inputs deleted since, or dead letters now, keep "
+                        f"their last rows, and these figures count them")
+    return warnings

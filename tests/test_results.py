@@ -1,6 +1,7 @@
 """Reading runs' metrics back as one table (``segbeam.results``), across partitions written by
 different segbeam versions."""
 
+import json
 import os
 
 import numpy as np
@@ -82,7 +83,7 @@ def test_a_real_nights_rows_read_back(tmp_path, demo_model_path):
 
 
 def test_the_standing_evaluation_is_the_one_a_single_run_over_the_same_inputs_gives(
-        tmp_path, demo_model_path):
+        tmp_path, demo_model_path, capsys):
     """Nights that segment only what changed, summed from each input's latest row, evaluate
     as one run over the final inputs does; what the rows cannot vouch for is counted."""
     from segbeam.pipeline.standing import standing_summary
@@ -115,6 +116,20 @@ def test_the_standing_evaluation_is_the_one_a_single_run_over_the_same_inputs_gi
     _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-22")
     gone = standing_summary(str(out))["standing"]
     assert (gone["latest_night_inputs"], gone["rows_beyond_latest_inputs"]) == (5, 1)
+    # The same as a report: `segbeam report ROOT --standing`.
+    from segbeam.pipeline.cli import main
+
+    assert main(["report", str(out), "--standing"]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["run"]["standing"] == gone
+    assert report["evaluation"]["aggregate"]["miou"]["crf"] == \
+        standing["evaluation"]["crf"]["miou"]
+    assert report["warnings"][-1].startswith("1 row more than the inputs the latest night "
+                                             "accounted for: inputs deleted since")
+    assert "- standing rows: each of 6 inputs' latest row, from 2 of 3 finished nights " \
+           "(latest 2026-11-22)" in (out / "report" / "report.md").read_text()
+    assert main(["report", str(out)]) == 2
+    assert "--standing for all of them" in capsys.readouterr().err
     # A night under another configuration: rows made under the earlier one are left out.
     _run(data, out, demo_model_path, "--skip_existing", "--run_date", "2026-11-23",
          "--crf_iterations", "3", "--input", f"{data}/images/s0[01].png")
