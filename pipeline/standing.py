@@ -13,8 +13,8 @@ from __future__ import annotations
 import posixpath
 
 from segbeam.layout import MANIFEST_JSON, RUNNING_MARKER, SUMMARY_JSON, RunOutputs, exists, \
-    matching_paths, output_path, read_json
-from segbeam.results import read_metrics
+    matching_paths, open_file, output_path, read_json
+from segbeam.results import metrics_files, read_metrics
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
 
 
@@ -35,14 +35,21 @@ def standing_summary(root: str) -> dict:
     another configuration than the latest night's, and how many more rows there are than
     inputs the latest night accounted for (inputs gone since, or dead letters now: the rows
     cannot tell)."""
-    return standing_run(root).summary
+    return standing_run(root, keep_rows=False).summary
 
 
-def standing_run(root: str) -> RunOutputs:
+# What a report reads of each row (its gallery and histograms), kept for ``standing_run``.
+REPORT_COLUMNS = ("key", "source", "mask_source", "mask_path", "has_mask", "crf_applied",
+                  "height", "width", "miou_raw", "miou_crf", "bf_raw", "bf_crf")
+
+
+def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     """The nightly partitions under ``root`` as they stand, in the shape of one run's outputs
     (``segbeam report --standing``): the standing summary, the latest night's manifest (its
-    warnings joined by what the standing rows cannot vouch for), the rows summed, and no dead
-    letters (each night's are its own)."""
+    warnings joined by what the standing rows cannot vouch for), the rows summed (with
+    ``keep_rows``, their ``REPORT_COLUMNS`` only), and no dead letters (each night's are its
+    own). Rows are read a batch at a time and summed as they come: only which night holds each
+    key's latest row is held for all of them."""
     nights = finished_nights(root)
     if not nights:
         raise ValueError(f"{root} holds no finished dated run (--run_date): pass the --output "
@@ -50,33 +57,49 @@ def standing_run(root: str) -> RunOutputs:
     latest_dir = output_path(root, f"date={nights[-1]}")
     latest = read_json(output_path(latest_dir, SUMMARY_JSON))
     fingerprint = latest.get("config_fingerprint")
-    rows = read_metrics(root, latest=True, dates=set(nights)).to_pylist()
-    current = [row for row in rows if row.get("config_fingerprint") == fingerprint]
+    standing = read_metrics(root, ["key", "config_fingerprint"], latest=True, dates=set(nights))
+    night_of = {key: date for key, date, made in zip(
+        *(standing.column(name).to_pylist() for name in ("key", "date", "config_fingerprint")))
+        if made == fingerprint}
     combine = ConfusionSum(latest["num_classes"])
-    totals = combine.create_accumulator()
-    for row in current:
+    totals, rows = combine.create_accumulator(), []
+    for row in _rows_of(root, night_of):
         totals = combine.add_input(totals, row)
-    summary = build_summary(None, totals, inputs=len(current), segmented=len(current),
+        if keep_rows:
+            rows.append({name: row.get(name) for name in REPORT_COLUMNS})
+    summary = build_summary(None, totals, inputs=len(night_of), segmented=len(night_of),
                             dead_by_stage=[], class_names=latest["class_names"],
                             ignore_index=latest.get("ignore_index"),
                             config_fingerprint=fingerprint,
                             palette=tuple(map(tuple, latest.get("palette") or ())) or None)
     counts = latest["counts"]
     accounted = counts["segmented"] + counts["reused"] + counts["skipped"]
-    summary["counts"] = {"rows": len(current), "images_with_mask": totals["images_with_mask"],
+    summary["counts"] = {"rows": totals["images"], "images_with_mask": totals["images_with_mask"],
                          "multi_frame_images": totals["multi_frame_images"],
                          "dark_16_bit_images": totals["dark_16_bit_images"]}
     summary["standing"] = {
         "root": root, "nights": len(nights), "latest_night": nights[-1],
-        "nights_of_rows": sorted({row["date"] for row in current}),
-        "other_configuration": len(rows) - len(current),
+        "nights_of_rows": sorted(set(night_of.values())),
+        "other_configuration": standing.num_rows - len(night_of),
         "latest_night_inputs": accounted,
-        "rows_beyond_latest_inputs": max(0, len(current) - accounted)}
+        "rows_beyond_latest_inputs": max(0, len(night_of) - accounted)}
     manifest_path = output_path(latest_dir, MANIFEST_JSON)
     manifest = read_json(manifest_path) if exists(manifest_path) else {}
     manifest = {**manifest, "warnings": manifest.get("warnings", []) +
                 standing_warnings(summary["standing"])}
-    return RunOutputs(root, summary, manifest, current, [])
+    return RunOutputs(root, summary, manifest, rows, [])
+
+
+def _rows_of(root: str, night_of: dict):
+    """The rows of ``night_of`` (key -> the night whose row stands), a batch at a time."""
+    import pyarrow.parquet as pq
+
+    for path, date in metrics_files(root):
+        with open_file(path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    if night_of.get(row["key"]) == date:
+                        yield row
 
 
 def standing_warnings(standing: dict) -> list[str]:
