@@ -272,8 +272,15 @@ class RunOutputs(NamedTuple):
         return settings.get(name)
 
 
+# What a report reads of each metrics row (its gallery, histograms and counts): a run of
+# millions of rows is loaded with these alone, not with every column (tens of KB a row).
+REPORT_ROW_COLUMNS = ("key", "source", "mask_source", "mask_path", "has_mask", "crf_applied",
+                      "height", "width", "miou_raw", "miou_crf", "bf_raw", "bf_crf")
+
+
 def load_run(root: str) -> RunOutputs:
-    """Reads a run's outputs; a folder without ``summary.json`` is refused with the reason."""
+    """Reads a run's outputs (of its metrics rows, ``REPORT_ROW_COLUMNS``); a folder without
+    ``summary.json`` is refused with the reason."""
     import pyarrow.parquet as pq
 
     summary_path = output_path(root, SUMMARY_JSON)
@@ -295,7 +302,10 @@ def load_run(root: str) -> RunOutputs:
     rows = []
     for path in matching_paths(output_path(root, METRICS_DIR, "*.parquet")):
         with _filesystems().open(path) as handle:
-            rows.extend(pq.read_table(handle).to_pylist())
+            parquet = pq.ParquetFile(handle)
+            names = parquet.schema_arrow.names
+            rows.extend(parquet.read(columns=[c for c in REPORT_ROW_COLUMNS
+                                              if c in names]).to_pylist())
     dead = [json.loads(line)
             for path in matching_paths(output_path(root, DEAD_LETTERS_DIR, "*.jsonl"))
             for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]

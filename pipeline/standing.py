@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import posixpath
 
-from segbeam.layout import MANIFEST_JSON, RUNNING_MARKER, SUMMARY_JSON, RunOutputs, exists, \
-    matching_paths, open_file, output_path, read_json
+from segbeam.layout import MANIFEST_JSON, REPORT_ROW_COLUMNS, RUNNING_MARKER, SUMMARY_JSON, \
+    RunOutputs, exists, matching_paths, open_file, output_path, read_json
 from segbeam.results import metrics_files, read_metrics
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
 
@@ -38,16 +38,11 @@ def standing_summary(root: str) -> dict:
     return standing_run(root, keep_rows=False).summary
 
 
-# What a report reads of each row (its gallery and histograms), kept for ``standing_run``.
-REPORT_COLUMNS = ("key", "source", "mask_source", "mask_path", "has_mask", "crf_applied",
-                  "height", "width", "miou_raw", "miou_crf", "bf_raw", "bf_crf")
-
-
 def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     """The nightly partitions under ``root`` as they stand, in the shape of one run's outputs
     (``segbeam report --standing``): the standing summary, the latest night's manifest (its
     warnings joined by what the standing rows cannot vouch for), the rows summed (with
-    ``keep_rows``, their ``REPORT_COLUMNS`` only), and no dead letters (each night's are its
+    ``keep_rows``, their ``REPORT_ROW_COLUMNS`` only), and no dead letters (each night's are its
     own). Rows are read a batch at a time and summed as they come: only which night holds each
     key's latest row is held for all of them."""
     nights = finished_nights(root)
@@ -66,7 +61,7 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     for row in _rows_of(root, night_of):
         totals = combine.add_input(totals, row)
         if keep_rows:
-            rows.append({name: row.get(name) for name in REPORT_COLUMNS})
+            rows.append({name: row.get(name) for name in REPORT_ROW_COLUMNS})
     summary = build_summary(None, totals, inputs=len(night_of), segmented=len(night_of),
                             dead_by_stage=[], class_names=latest["class_names"],
                             ignore_index=latest.get("ignore_index"),

@@ -56,6 +56,10 @@ def test_figures_agree_with_the_run_summary(runs):
         assert row[0] is None or sum(row) == pytest.approx(1.0)
     scored = [r for r in run.rows if r["has_mask"]]
     assert sum(evaluation["per_image_miou"]["counts"]) == len(scored) == 9
+    # Only the fields the report reads are loaded: every column took tens of KB a row.
+    from segbeam.layout import REPORT_ROW_COLUMNS
+
+    assert all(set(r) == set(REPORT_ROW_COLUMNS) for r in run.rows)
     worst = [e["miou_crf"] for e in evaluation["worst"]]
     assert worst == sorted(worst) and len(worst) == 3
     assert min(r["miou_crf"] for r in scored) == worst[0]
