@@ -21,6 +21,7 @@ next night need not read it again.
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Optional, Union
 
 import apache_beam as beam
@@ -109,8 +110,8 @@ class _Decide(beam.DoFn):
                                                        (candidate.item, row)))
             else:
                 # Its row stands in an earlier run: only while that run's mask PNG is intact.
-                fault = _mask_file_fault([size for run_dir, size in masks
-                                          if run_dir == latest.run_dir], row)
+                partition = posixpath.basename(latest.run_dir)
+                fault = _mask_file_fault([size for run, size in masks if run == partition], row)
                 if fault is not None:
                     Metrics.counter("segbeam", f"skipped_rows_{fault}").inc()
                     yield candidate.item
@@ -170,12 +171,14 @@ def _with_mask_file(element):
 
 
 def _listed_masks(run_dir: str):
-    """(key, (run dir, size)) of each mask PNG an earlier run wrote, from one listing of its
-    ``masks/`` (where the run is now: the output root may have moved since)."""
+    """(key, (partition, size)) of each mask PNG an earlier run wrote (``date=...``: its
+    folder's name, shorter to shuffle than its path), from one listing of its ``masks/``
+    (where the run is now: the output root may have moved since)."""
     folder = output_path(run_dir, MASKS_DIR) + "/"
+    partition = posixpath.basename(run_dir)
     for path, size in sized_files_under(folder):
         if path.startswith(folder) and path.endswith(".png"):
-            yield path[len(folder):-len(".png")], (run_dir, size)
+            yield path[len(folder):-len(".png")], (partition, size)
 
 
 class SkipUnchanged(beam.PTransform):
