@@ -248,8 +248,8 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
     unexpected values are counted (or, with ``labels.strict``, refused)."""
     colour = labels is not None and labels.colours is not None
     try:
-        image, mask, frames, peak = decode_input(item.image_bytes, item.mask_bytes, max_pixels,
-                                                 colour)
+        image, mask, frames, peak, turned_apart = decode_input(
+            item.image_bytes, item.mask_bytes, max_pixels, colour)
     except InvalidInputError as error:
         shard = _shard_format(item.source)
         if shard is None:
@@ -266,7 +266,7 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               content_sha256=item.content_sha256,
                               source_stamp=item.source_stamp,
                               unexpected_pixels=unexpected[0], unexpected_values=unexpected[1],
-                              frames=frames, high_depth_peak=peak)
+                              frames=frames, high_depth_peak=peak, turned_apart=turned_apart)
 
 
 def _shard_format(source: str) -> Optional[str]:

@@ -270,6 +270,9 @@ class DecodedInput(NamedTuple):
     mask: Optional[np.ndarray]
     frames: int  # the image file's frame count; the first frame is used
     high_depth_peak: int = 0  # a 16-bit image's peak value (scaled from 0..65535), else 0
+    # The image was turned or mirrored by its EXIF orientation and its mask was not (masks
+    # are taken as drawn on the image as shown: ``mask_turned_apart_warning``).
+    turned_apart: bool = False
 
 
 def decode_pair(image_bytes: bytes, mask_bytes: Optional[bytes],
@@ -287,9 +290,10 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
     image, frames, peak = _decode_image(image_bytes, max_pixels, "image")
     if mask_bytes is None:
         return DecodedInput(image, None, frames, peak)
+    orientation = _orientation(image_bytes) or 1
     mask = decode_mask(mask_bytes, max_pixels, colour=colour_masks)
     if mask.shape[:2] != image.shape[:2]:
-        turned = mask.shape[:2] == image.shape[1::-1] and _orientation(image_bytes) in range(5, 9)
+        turned = mask.shape[:2] == image.shape[1::-1] and orientation in range(5, 9)
         raise InvalidInputError(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); a mask must match its image "
@@ -297,7 +301,25 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
                 ". The image is turned by its EXIF orientation (as viewers show it) and the "
                 "mask matches it unturned: rotate the mask to match, or save the image "
                 "without the orientation tag" if turned else ""))
-    return DecodedInput(image, mask, frames, peak)
+    turned_apart = orientation != 1 and (_orientation(mask_bytes) or 1) != orientation
+    return DecodedInput(image, mask, frames, peak, turned_apart)
+
+
+# The Beam counter of such images (``segbeam.transforms.read``), read back by the report.
+TURNED_APART_COUNTER = "images_turned_apart_from_their_mask"
+
+
+def mask_turned_apart_warning(count: int, done: str = "segmented and scored") -> str:
+    """What to say of images that their EXIF orientation turned (or mirrored) and their masks
+    did not: the masks were scored as drawn on the image as shown, which a mask made from the
+    stored pixels (a script reading the file without the tag) is not; only where the turn
+    keeps the shape (a half turn, a mirror, a square image) does nothing else catch it."""
+    return (f"{count} image{'s' * (count != 1)} with a mask carr{'y' if count != 1 else 'ies'} "
+            f"an EXIF orientation that turns or mirrors the image, and not the mask: each was "
+            f"{done} as viewers show it, its mask taken as drawn on the turned "
+            f"image (as labelling tools show it); a mask made from the stored pixels is "
+            f"misaligned with it: save such images without the orientation tag (e.g. exiftool "
+            f"-Orientation= ) or turn their masks to match")
 
 
 def _orientation(data: bytes) -> Optional[int]:

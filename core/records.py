@@ -62,6 +62,7 @@ class SegmentationRecord:
     frames: how many frames the image file holds (animated or multi-page files: the first one
     is segmented).
     high_depth_peak: a 16-bit image's peak value (it was scaled from 0..65535); 0 for others.
+    turned_apart: the image was turned by its EXIF orientation and its mask was not.
     """
 
     key: str
@@ -86,6 +87,7 @@ class SegmentationRecord:
     unexpected_values: tuple = ()
     frames: int = 1
     high_depth_peak: int = 0
+    turned_apart: bool = False
     boundary_raw: Any = None  # segbeam.boundary.BoundaryScores, where there is a mask
     boundary_crf: Any = None
     calibration_raw: Any = None  # segbeam.calibration.CalibrationSums, where probabilities were

@@ -20,7 +20,8 @@ from typing import Optional
 import keras
 import numpy as np
 
-from segbeam.decode import DARK_HIGH_DEPTH_PEAK, dark_high_depth_warning
+from segbeam.decode import DARK_HIGH_DEPTH_PEAK, dark_high_depth_warning, \
+    mask_turned_apart_warning
 from segbeam.labels import MaskLabels, format_values, mostly_ignored
 from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
@@ -81,14 +82,16 @@ def _usable(items, labels: MaskLabels):
 
     kept, masks, dropped = [], [], []
     unexpected, unexpected_pairs, values, ignored, pixels, dark = 0, 0, set(), 0, 0, 0
+    turned = 0
     for item in items:
         try:
-            _, mask, _, peak = decode_item(item, colour_masks=labels.colours is not None)
-            mask, count, found = labels.prepare(mask)
+            decoded = decode_item(item, colour_masks=labels.colours is not None)
+            mask, count, found = labels.prepare(decoded.mask)
         except (OSError, ValueError) as error:
             dropped.append(f"{describe(item)}: {error}")
             continue
-        dark += 0 < peak < DARK_HIGH_DEPTH_PEAK
+        dark += 0 < decoded.high_depth_peak < DARK_HIGH_DEPTH_PEAK
+        turned += decoded.turned_apart
         unexpected, unexpected_pairs = unexpected + count, unexpected_pairs + bool(count)
         scored = int(np.count_nonzero((mask < labels.num_classes) & (mask != labels.ignore_index)))
         ignored, pixels = ignored + mask.size - scored - count, pixels + mask.size
@@ -99,6 +102,8 @@ def _usable(items, labels: MaskLabels):
         LOG.warning("training pair skipped: %s", reason)
     if dark:
         LOG.warning("training: %s", dark_high_depth_warning(dark))
+    if turned:
+        LOG.warning("training: %s", mask_turned_apart_warning(turned, "learned from"))
     if unexpected:
         LOG.warning("%d mask pixels in %d training pairs hold values %s that are not %s; they "
                     "carry no weight (--strict_labels skips such pairs)", unexpected,

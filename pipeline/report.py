@@ -20,7 +20,8 @@ import numpy as np
 from segbeam.layout import RAW_MASKS_DIR, REPORT_DIR, REPORT_FILES, RunOutputs, exists, load_run, \
     check_writable_folder, mask_png_path, output_path, write_bytes_atomically
 from segbeam.dataset import container_mask_flag, no_mask_found
-from segbeam.decode import dark_high_depth_warning
+from segbeam.decode import TURNED_APART_COUNTER, dark_high_depth_warning, \
+    mask_turned_apart_warning
 from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
@@ -190,8 +191,11 @@ def run_warnings(summary: dict, manifest: dict, masks: Optional[str], containers
     named = "; their metrics rows' high_depth_peak column names them" \
         if "dark_16_bit_images" in counts else ""
     dark_images = [dark_high_depth_warning(dark) + named] if dark else []
+    turned = counters.get(TURNED_APART_COUNTER)
+    turned_apart = [mask_turned_apart_warning(turned)] if turned else []
     return ([unpaired] if unpaired else []) + label_warnings(summary, label_map) + \
-        dark_images + read_as_logits + manifest.get("warnings", []) + _partial_scope(counts)
+        dark_images + turned_apart + read_as_logits + manifest.get("warnings", []) + \
+        _partial_scope(counts)
 
 
 def _partial_scope(counts: dict) -> list[str]:

@@ -288,3 +288,48 @@ def test_a_multi_frame_file_gives_its_first_frame_and_its_frame_count(fmt):
     assert abs(int(image.mean()) - 30) <= 2  # the first frame, not the last
     assert decode_input(buffer.getvalue(), None).frames == 3
     assert decode_input(png_bytes(np.zeros((8, 12, 3), np.uint8)), None).frames == 1
+
+
+def _with_orientation(array: np.ndarray, orientation: int, file_format: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=file_format, exif=exif)
+    return buffer.getvalue()
+
+
+def test_an_image_its_exif_orientation_turns_apart_from_its_mask_is_flagged(rng):
+    """A half turn (orientation 3) keeps the shape, so a mask drawn on the stored pixels was
+    scored upside down against the image as shown, without a word; now the decode says the
+    image was turned and its mask was not."""
+    from segbeam.decode import decode_input
+
+    stored = random_image(rng, 4, 6)
+    mask = np.arange(24, dtype=np.uint8).reshape(4, 6) % 3
+    turned = decode_input(_with_orientation(stored, 3), png_bytes(mask))
+    assert turned.turned_apart and turned.image.shape[:2] == turned.mask.shape
+    # A mask turned by the same tag, an image without one, or no mask: nothing to say.
+    assert not decode_input(_with_orientation(stored, 3),
+                            _with_orientation(mask, 3, "PNG")).turned_apart
+    assert not decode_input(png_bytes(stored), png_bytes(mask)).turned_apart
+    assert not decode_input(_with_orientation(stored, 1), png_bytes(mask)).turned_apart
+    assert not decode_input(_with_orientation(stored, 3), None).turned_apart
+
+
+def test_a_run_counts_and_warns_of_images_turned_apart_from_their_masks(rng, tmp_path):
+    from segbeam.decode import TURNED_APART_COUNTER
+    from segbeam.pipeline.run import run
+    from segbeam.pipeline.terminal import format_report
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, orientation in (("a", 3), ("b", 1), ("c", 2)):
+        (tmp_path / "images" / f"{name}.jpg").write_bytes(
+            _with_orientation(random_image(rng, 16, 16), orientation))
+        (tmp_path / "masks" / f"{name}.png").write_bytes(png_bytes(np.zeros((16, 16), np.uint8)))
+    outcome = run(["--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                   "--model", "tiny_fcn", "--num_classes", "3", "--no-crf", "--quiet",
+                   "--output", str(tmp_path / "out")])
+    assert outcome.manifest["beam_counters"][TURNED_APART_COUNTER] == 2
+    assert "WARNING: 2 images with a mask carry an EXIF orientation that turns or mirrors " \
+           "the image, and not the mask" in format_report(outcome)

@@ -499,6 +499,26 @@ def test_training_warns_about_16_bit_images_that_come_out_dark(tmp_path, caplog)
         f"training: {dark_high_depth_warning(1)}"]
 
 
+def test_training_warns_about_images_their_exif_orientation_turns_apart_from_masks(
+        tmp_path, caplog):
+    """A phone photo upside down by its EXIF tag, its mask made from the stored pixels: the
+    model learned from a mask turned against its image, without a word."""
+    from segbeam.decode import mask_turned_apart_warning
+    from segbeam.labels import MaskLabels
+    from segbeam.models.training import _usable
+
+    images, masks = _write_pairs(tmp_path, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # a half turn: the shape is kept, so nothing else can tell
+    path = os.path.join(images, "scene001.png")
+    Image.open(path).save(path, exif=exif)
+    with caplog.at_level("WARNING"):
+        kept, _, _ = _usable(find_training_pairs(images, masks), MaskLabels(3))
+    assert len(kept) == 3
+    assert [r.getMessage() for r in caplog.records if "EXIF" in r.getMessage()] == [
+        f"training: {mask_turned_apart_warning(1, 'learned from')}"]
+
+
 def test_best_keras_is_saved_by_rename_and_only_for_a_better_epoch(tmp_path):
     """best.keras was written in place by Keras's ModelCheckpoint: a machine stopped
     mid-save left the best model of a training cut short."""

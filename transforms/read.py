@@ -11,10 +11,11 @@ import posixpath
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from segbeam.dataset import Naming, decode_encoded, ensure_encoded, mask_glob, named_mask, \
     pair_by_stem
-from segbeam.decode import DEFAULT_MAX_PIXELS
+from segbeam.decode import DEFAULT_MAX_PIXELS, TURNED_APART_COUNTER
 from segbeam.incremental import input_stamp
 from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
@@ -196,4 +197,13 @@ class ReadAndDecode(beam.PTransform):
         encoded, unreadable = items | "Read" >> SafeMap("read", ensure_encoded)
         records, undecodable = encoded | "Decode" >> SafeMap("decode", decode_encoded,
                                                              self._max_pixels, self._labels)
+        records = records | "CountTurnedApart" >> beam.Map(_counted_if_turned_apart)
         return records, (unreadable, undecodable) | "DeadLetters" >> beam.Flatten()
+
+
+def _counted_if_turned_apart(record):
+    """Counts a record whose image its EXIF orientation turned and whose mask it did not
+    (``segbeam.decode.mask_turned_apart_warning``)."""
+    if record.turned_apart:
+        Metrics.counter("segbeam", TURNED_APART_COUNTER).inc()
+    return record
