@@ -281,10 +281,10 @@ def test_a_folder_of_dated_runs_names_the_latest_and_one_being_written_says_so(t
     for date in ("2026-11-20", "2026-11-21"):
         (tmp_path / f"date={date}").mkdir()
         (tmp_path / f"date={date}" / "summary.json").write_text("{}")
-    with pytest.raises(ValueError, match=rf"holds 2 dated runs \(--run_date\), not one run: "
-                                         rf"pass one of them, e.g. the latest, "
-                                         rf".*date=2026-11-21 \(or, to `segbeam report`, "
-                                         rf"--standing for all of them as they stand\)$"):
+    with pytest.raises(ValueError, match=r"holds 2 dated runs \(--run_date\), not one run: "
+                                         r"pass one of them, e.g. the latest, "
+                                         r".*date=2026-11-21 \(or, to `segbeam report`, "
+                                         r"--standing for all of them as they stand\)$"):
         load_run(str(tmp_path))
     with pytest.raises(ValueError, match="holds no summary.json: pass the --output folder"):
         load_run(str(tmp_path / "date=2026-11-20" / "nothing"))
