@@ -17,16 +17,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import posixpath
-import re
 from typing import Any, Iterable, NamedTuple, Optional
+
+from segbeam.layout import partition_date
 
 PROCESS = "process"  # no standing result: segment it
 REUSE = "reuse"  # a standing result in this run's own directory: keep its row and mask
 SKIP = "skip"  # a standing result in an earlier date partition: nothing to do
-
-_DATE_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
-
 
 def content_sha256(image_bytes: bytes, mask_bytes: Optional[bytes]) -> str:
     """The hash of an input: its image bytes and its mask bytes (or the absence of a mask)."""
@@ -117,8 +114,7 @@ def prior_result(metrics_file: str, row: dict, metrics_folder: str) -> PriorResu
     if marker not in metrics_file:
         raise ValueError(f"{metrics_file} is not inside a {metrics_folder}/ folder")
     run_dir = metrics_file.rsplit(marker, 1)[0]
-    match = _DATE_PARTITION.fullmatch(posixpath.basename(run_dir))
-    return PriorResult(run_dir, match.group(1) if match else "", row)
+    return PriorResult(run_dir, partition_date(run_dir) or "", row)
 
 
 def latest_result(prior: Iterable[PriorResult], run_date: Optional[str]) -> Optional[PriorResult]:

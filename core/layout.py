@@ -54,6 +54,15 @@ def run_directory(output: str, run_date: Optional[str]) -> str:
     return f"{root}/date={run_date}" if run_date else root
 
 
+_DATE_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+
+
+def partition_date(run_dir: str) -> Optional[str]:
+    """The date of a ``run_directory`` that is a ``date=YYYY-MM-DD`` partition, else None."""
+    match = _DATE_PARTITION.fullmatch(posixpath.basename(run_dir.rstrip("/")))
+    return match.group(1) if match else None
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputLayout:
     """root: the ``--output`` folder. run_date: the ``date=`` partition this run writes, or

@@ -11,12 +11,9 @@ unified instead: a column a file predates reads as null in that file's rows.
 from __future__ import annotations
 
 import posixpath
-import re
 from typing import Collection, Optional, Sequence
 
-from segbeam.layout import METRICS_DIR, matching_paths, open_file, output_path
-
-_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+from segbeam.layout import METRICS_DIR, matching_paths, open_file, output_path, partition_date
 
 
 def metrics_files(output: str) -> list[tuple[str, Optional[str]]]:
@@ -27,10 +24,9 @@ def metrics_files(output: str) -> list[tuple[str, Optional[str]]]:
         return [(path, None) for path in own]
     found = []
     for path in matching_paths(output_path(output, "date=*", METRICS_DIR, "*.parquet")):
-        partition = posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
-        match = _PARTITION.fullmatch(partition)
-        if match:
-            found.append((path, match.group(1)))
+        date = partition_date(posixpath.dirname(posixpath.dirname(path)))
+        if date:
+            found.append((path, date))
     return found
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import posixpath
 
 from segbeam.layout import MANIFEST_JSON, REPORT_ROW_COLUMNS, RUNNING_MARKER, SUMMARY_JSON, \
-    RunOutputs, exists, matching_paths, open_file, output_path, read_json
+    RunOutputs, exists, matching_paths, open_file, output_path, partition_date, read_json, \
+    run_directory
 from segbeam.results import metrics_files, read_metrics
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
 
@@ -24,8 +25,8 @@ def finished_nights(root: str) -> list[str]:
     dates = []
     for path in matching_paths(output_path(root, "date=*", SUMMARY_JSON)):
         run_dir = posixpath.dirname(path)
-        if not exists(output_path(run_dir, RUNNING_MARKER)):
-            dates.append(posixpath.basename(run_dir)[len("date="):])
+        if partition_date(run_dir) and not exists(output_path(run_dir, RUNNING_MARKER)):
+            dates.append(partition_date(run_dir))
     return sorted(dates)
 
 
@@ -49,7 +50,7 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     if not nights:
         raise ValueError(f"{root} holds no finished dated run (--run_date): pass the --output "
                          f"of nightly `segbeam run --run_date` runs")
-    latest_dir = output_path(root, f"date={nights[-1]}")
+    latest_dir = run_directory(root, nights[-1])
     latest = read_json(output_path(latest_dir, SUMMARY_JSON))
     fingerprint = latest.get("config_fingerprint")
     standing = read_metrics(root, ["key", "config_fingerprint"], latest=True, dates=set(nights))
