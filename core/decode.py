@@ -156,11 +156,13 @@ def decode_image_frames(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     return _decode_image(data, max_pixels, what)[:2]
 
 
-def _decode_image(data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, int, int]:
+def _decode_image(data: bytes, max_pixels: int, what: str
+                  ) -> tuple[np.ndarray, int, int, int]:
     """(the image, its file's frame count, its peak value on 0..65535 if the file stores 16
-    bits per sample, else 0)."""
+    bits per sample, else 0, its EXIF orientation: 1 where it has none)."""
     opened = _open(data, what, max_pixels)
     frames = int(getattr(opened, "n_frames", 1) or 1)
+    orientation = _loaded_orientation(opened)
     image = _oriented(opened)
     rgb, peak = _to_rgb(image)
     if not peak and image.mode in ("RGB", "RGBA", "LA") and _stored_bits(opened, data) == 16:
@@ -170,7 +172,16 @@ def _decode_image(data: bytes, max_pixels: int, what: str) -> tuple[np.ndarray, 
     array = np.array(rgb, dtype=np.uint8, order="C")  # owned and writable
     if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInputError(f"{what} decoded to an unusable shape {array.shape}")
-    return array, frames, peak
+    return array, frames, peak, orientation
+
+
+def _loaded_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1-8) of an image already loaded (read from its file, where
+    a PNG's tag may follow the pixels, would decode it again), 1 where it has none."""
+    try:
+        return int(image.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: as _oriented, leave it unturned
+        return 1
 
 
 def decode_mask(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -287,10 +298,9 @@ def decode_input(image_bytes: bytes, mask_bytes: Optional[bytes],
                  ) -> DecodedInput:
     """``decode_pair``, with the image file's frame count; with ``colour_masks``, an RGB mask
     is kept as colours (HxWx3)."""
-    image, frames, peak = _decode_image(image_bytes, max_pixels, "image")
+    image, frames, peak, orientation = _decode_image(image_bytes, max_pixels, "image")
     if mask_bytes is None:
         return DecodedInput(image, None, frames, peak)
-    orientation = _orientation(image_bytes) or 1
     mask = decode_mask(mask_bytes, max_pixels, colour=colour_masks)
     if mask.shape[:2] != image.shape[:2]:
         turned = mask.shape[:2] == image.shape[1::-1] and orientation in range(5, 9)
