@@ -16,7 +16,8 @@ import sys
 from typing import Optional, Sequence
 
 from segbeam import compat
-from segbeam.pipeline.exit_codes import ExitCode, JobFailed
+from segbeam.pipeline.exit_codes import ExitCode, JobFailed, usage_error
+from segbeam.storage import access_refusal
 
 USAGE = """segbeam COMMAND [flags]
 
@@ -35,8 +36,7 @@ commands:
 
 
 def _error(command: str, error: Exception) -> int:
-    print(f"segbeam {command}: error: {error}", file=sys.stderr)
-    return ExitCode.USAGE
+    return usage_error(command, error)
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -191,12 +191,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return ExitCode.USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(command(argv[1:]))
+        refused = None if argv[0] == "run" else _prepare_cloud_storage(argv[0], argv[1:])
+        return int(command(argv[1:])) if refused is None else refused
     except KeyboardInterrupt:
         print(f"segbeam {argv[0]}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, exit 5
+        if not isinstance(error, JobFailed) and access_refusal(error):
+            return usage_error(argv[0], error)
         return _internal_error(argv[0], error)
+
+
+def _prepare_cloud_storage(command: str, argv: Sequence[str]) -> Optional[int]:
+    """For the commands that take no Beam options (``run`` checks its own): Cloud Storage that
+    its ``gs://`` paths need but cannot be reached is a one-line error (returns the exit code);
+    reading anonymously for want of credentials is a one-line warning."""
+    from segbeam.storage import gcs_paths
+
+    if not gcs_paths(argv) or any(word in ("-h", "--help") for word in argv):
+        return None
+    from segbeam.pipeline.flags import prepare_cloud_storage
+
+    try:
+        warning = prepare_cloud_storage(argv, command=command)
+    except ValueError as error:
+        return _error(command, error)
+    if warning:
+        print(f"segbeam {command}: warning: {warning}", file=sys.stderr)
+    return None
 
 
 def _internal_error(command: str, error: Exception) -> int:

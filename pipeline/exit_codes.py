@@ -17,3 +17,21 @@ class JobFailed(RuntimeError):
     """The job failed while it ran: a worker's error that no input's dead letter could hold (a
     full disk, lost permissions, a defect). Never a usage error, whatever the worker raised:
     one line and exit 5, the traceback saved."""
+
+
+def usage_error(command: str, error: BaseException) -> int:
+    """Says a mistake in one line on stderr and returns ``ExitCode.USAGE``. Cloud Storage
+    refusing access is said as such, naming the path where the error does, whichever library
+    error carried it (one reads only "Anonymous credentials cannot be refreshed.")."""
+    import sys
+
+    from segbeam.storage import access_refusal
+
+    refusal = access_refusal(error)
+    if refusal:
+        path, reason = refusal
+        error = (f"Cloud Storage refused access{f' to {path}' if path else ''}: {reason}; check "
+                 f"the credentials (`gcloud auth application-default login`; without any, "
+                 f"only public buckets can be read) and the bucket's permissions")
+    print(f"segbeam {command}: error: {error}", file=sys.stderr)
+    return ExitCode.USAGE

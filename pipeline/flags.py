@@ -8,10 +8,11 @@ import argparse
 import difflib
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from segbeam import compat, storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
 from segbeam.matching import match_files
@@ -234,3 +235,38 @@ def absolute_local(path: Optional[str]) -> Optional[str]:
     if path is None or "://" in path:
         return path
     return os.path.abspath(path)
+
+
+def prepare_cloud_storage(values: Iterable, no_auth: bool = False, dataflow: bool = False,
+                          command: str = "run") -> Optional[str]:
+    """Before a command touches the ``gs://`` paths among ``values`` (option values or words
+    of its command line): Cloud Storage that cannot be reached is a UsageError at once, not
+    minutes of the client's retries per file. Where no credentials are found, Cloud Storage
+    is read anonymously at once (Beam would, after retries that print tracebacks), and the
+    returned warning says so; credentials that were named but fail, or none for the Dataflow
+    runner, which cannot start without them, are UsageErrors. ``--no_auth`` asks for no
+    credentials."""
+    paths = storage.gcs_paths(values)
+    if not paths:
+        return None
+    endpoint = storage.cloud_storage_endpoint()
+    problem = storage.connection_problem(endpoint)
+    if problem:
+        raise UsageError(f"{paths[0]} is on Cloud Storage ({endpoint}), which this machine "
+                         f"cannot reach: {problem}; check the network (or the proxy, or "
+                         f"STORAGE_EMULATOR_HOST), or use local paths")
+    if no_auth:
+        return None
+    missing = storage.credentials_problem()
+    if missing is None:
+        return None
+    reason, named = missing
+    if named or dataflow:
+        raise UsageError(f"Google Cloud credentials for {paths[0]}: {reason}; run `gcloud auth "
+                         f"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS to "
+                         f"a service account key")
+    compat.settle_anonymous_gcs_credentials()
+    quiet = "; --no_auth says that is meant" if command == "run" else ""
+    return (f"no Google Cloud credentials were found, so {paths[0]} is read anonymously, "
+            f"which reaches public buckets only (for private ones run `gcloud auth "
+            f"application-default login`){quiet}")

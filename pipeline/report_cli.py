@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.exit_codes import ExitCode, usage_error
 from segbeam.pipeline.flags import reject_repeated_flags
 from segbeam.pipeline.report import write_report
 
@@ -45,8 +45,7 @@ def report_command(argv) -> int:
     try:
         reject_repeated_flags(argv, parser)
     except ValueError as error:
-        print(f"segbeam report: error: {error}", file=sys.stderr)
-        return ExitCode.USAGE
+        return usage_error("report", error)
     wrong = [message for message, fits in (
         ("--fail_on_regression needs --compare PREVIOUS_RUN",
          not args.fail_on_regression or args.compare),
@@ -65,8 +64,7 @@ def report_command(argv) -> int:
                                       args.regression_threshold, args.gallery_size,
                                       args.standing)
     except ValueError as error:
-        print(f"segbeam report: error: {error}", file=sys.stderr)
-        return ExitCode.USAGE
+        return usage_error("report", error)
     print(f"segbeam report: wrote {folder}/report.html, report.md and report.json")
     for warning in report["warnings"]:  # in the report, and said here as `segbeam run` says them
         print(f"segbeam report: warning: {warning}", file=sys.stderr)

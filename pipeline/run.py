@@ -34,7 +34,8 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, i
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.flags import check_masks_match, quiet_workers_flag_warnings
+from segbeam.pipeline.flags import check_masks_match, prepare_cloud_storage, \
+    quiet_workers_flag_warnings
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
@@ -239,6 +240,10 @@ def _execute(options: PipelineOptions, argv: Sequence[str],
              ) -> RunOutcome:
     runner = resolve_runner(options)
     FileSystems.set_options(options)  # before the launcher touches gs:// paths
+    storage_warning = prepare_cloud_storage(
+        options.get_all_options(retain_unknown_options=True).values(),
+        options.view_as(GoogleCloudOptions).no_auth,
+        (runner or "").rsplit(".", 1)[-1] == "DataflowRunner")
     apply_no_auth(options)
     settings = settings_from(options.view_as(SegmentationOptions), runner)
     dry_run = bool(options.view_as(TestOptions).dry_run)
@@ -250,7 +255,8 @@ def _execute(options: PipelineOptions, argv: Sequence[str],
                     "accelerator's count still sets the model copies)")
     first_input = _check_inputs_exist(settings)
     _note_outputs_inside_inputs(settings)
-    warnings = _check_model_opens(settings) + _training_warnings(settings, first_input)
+    warnings = [storage_warning] if storage_warning else []
+    warnings += _check_model_opens(settings) + _training_warnings(settings, first_input)
     for warning in warnings:
         LOG.warning(warning)
     if not dry_run:

@@ -22,7 +22,7 @@ from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.pipeline.flags import add_container_flags, add_pairing_flags, \
     check_container_flags, check_masks_match, reject_repeated_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
-from segbeam.pipeline.exit_codes import ExitCode
+from segbeam.pipeline.exit_codes import usage_error
 
 DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
 
@@ -189,8 +189,6 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
 
 
 def train_command(argv: Sequence[str]) -> int:
-    import sys
-
     from segbeam import compat
 
     try:
@@ -204,8 +202,7 @@ def train_command(argv: Sequence[str]) -> int:
         logging.getLogger("segbeam").setLevel(logging.INFO)
         result = train(config)
     except ValueError as error:
-        print(f"segbeam train: error: {error}", file=sys.stderr)
-        return ExitCode.USAGE
+        return usage_error("train", error)
     last = {k: v[-1] for k, v in result.history.items()}
     print(json.dumps({"model": result.model_path, "best": result.best_path,
                       "epochs": len(result.history.get("loss", [])), "seconds": result.seconds,

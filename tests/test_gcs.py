@@ -1,6 +1,7 @@
 """gs:// inputs, model and outputs through Beam's FileSystems, against a Cloud Storage emulator
 (gcp-storage-emulator) started by the test on a loopback port; nothing leaves this machine."""
 
+import contextlib
 import io
 import json
 
@@ -85,6 +86,15 @@ def test_pipeline_reads_and_writes_cloud_storage(gcs_bucket, demo_model_path):
     assert leftovers == []
 
 
+def _put_scenes(root: str, count: int, seed: int) -> None:
+    """``count`` generated 48x64 scenes: ``root/images/sceneN.png`` and ``root/masks/...``."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        image, mask = synthetic_scene(rng, 48, 64)
+        put(f"{root}/images/scene{index}.png", png_bytes(image))
+        put(f"{root}/masks/scene{index}.png", png_bytes(mask))
+
+
 def test_a_masks_listing_takes_the_folder_name_literally(gcs_bucket, tmp_path):
     """--skip_existing lists a run's masks with one glob; a folder named ``out[1]`` was read
     as a pattern (``out1``), so the listing held another folder's masks, not its own, and
@@ -112,11 +122,7 @@ def test_change_detection_by_stamp_reads_no_unchanged_object(gcs_bucket, demo_mo
 
     monkeypatch.setattr(segbeam.matching, "RECENT_SECONDS", 0.0)  # objects written just now
     gcs = gcs_bucket()
-    rng = np.random.default_rng(4)
-    for index in range(3):
-        image, mask = synthetic_scene(rng, 48, 64)
-        put(f"{gcs}/data/images/scene{index}.png", png_bytes(image))
-        put(f"{gcs}/data/masks/scene{index}.png", png_bytes(mask))
+    _put_scenes(f"{gcs}/data", 3, seed=4)
     put(f"{gcs}/models/demo.keras", open(demo_model_path, "rb").read())
     argv = ["--input", f"{gcs}/data/images/*.png", "--masks", f"{gcs}/data/masks",
             "--model", f"{gcs}/models/demo.keras", "--num_classes", "3", "--input_size", "64",
@@ -129,9 +135,167 @@ def test_change_detection_by_stamp_reads_no_unchanged_object(gcs_bucket, demo_mo
     assert again.manifest["beam_counters"].get("inputs_hashed", 0) == 0
     assert again.manifest["beam_counters"]["inputs_unchanged_by_stamp"] == 3
 
-    image, _ = synthetic_scene(rng, 48, 64)
+    image, _ = synthetic_scene(np.random.default_rng(5), 48, 64)
     put(f"{gcs}/data/images/scene1.png", png_bytes(image))
     changed = run(argv)
     counts = changed.summary["counts"]
     assert (counts["segmented"], counts["reused"]) == (1, 2)
     assert changed.manifest["beam_counters"]["inputs_hashed"] == 1
+
+
+def test_cloud_storage_that_cannot_be_reached_is_refused_at_once(tmp_path, monkeypatch,
+                                                                 capsys, demo_model_path):
+    """Without the check, each command waited out the storage client's 120 s of retries per
+    file (a model on gs://: two of them, over four minutes) and ended in "internal error"."""
+    import socket
+
+    from segbeam.pipeline.cli import main
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        (tmp_path / "images").mkdir()
+        (tmp_path / "images" / "a.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+        commands = {
+            "gs://b/images/*.png": ["run", "--input", "gs://b/images/*.png", "--model",
+                                    demo_model_path, "--output", str(tmp_path / "out")],
+            "gs://b/m.keras": ["run", "--input", str(tmp_path / "images"), "--model",
+                               "gs://b/m.keras", "--output", str(tmp_path / "out")],
+            "gs://b/out": ["report", "gs://b/out"],
+            "gs://b/data/*.png": ["train", "--model", "tiny_fcn", "--num_classes", "3",
+                                  "--images=gs://b/data/*.png", "--masks", str(tmp_path),
+                                  "--output", str(tmp_path / "m.keras")],
+        }
+        for path, argv in commands.items():
+            code = main(argv)
+            error = capsys.readouterr().err
+            assert code == 2, (argv, error)
+            assert error.splitlines() == [
+                f"segbeam {argv[0]}: error: {path} is on Cloud Storage ({endpoint}), which this "
+                f"machine cannot reach: 127.0.0.1:{endpoint.rsplit(':', 1)[1]}: Connection "
+                f"refused; check the network (or the proxy, or STORAGE_EMULATOR_HOST), or use "
+                f"local paths"], argv
+    assert not (tmp_path / "out").exists()
+
+
+def _without_credentials(monkeypatch, tmp_path) -> None:
+    """No application default credentials anywhere, and Beam's credential cache unsettled, as
+    in a fresh process."""
+    from apache_beam.internal.gcp import auth
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login there
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
+
+
+def test_without_credentials_cloud_storage_is_read_anonymously_saying_so(
+        gcs_bucket, demo_model_path, tmp_path, monkeypatch, caplog):
+    """Beam retried for about 25 s, logging a traceback each time, before it read
+    anonymously; now that is one warning, at once, and in the manifest."""
+    from apache_beam.internal.gcp import auth
+
+    gcs = gcs_bucket()
+    _put_scenes(gcs, 2, seed=3)
+    _without_credentials(monkeypatch, tmp_path)
+    outcome = run(["--input", f"{gcs}/images/*.png", "--masks", f"{gcs}/masks", "--model",
+                   demo_model_path, "--num_classes", "3", "--input_size", "64",
+                   "--ignore_index", "-1", "--crf_iterations", "1", "--output",
+                   str(tmp_path / "out")])
+    assert outcome.summary["counts"]["segmented"] == 2
+    warning = (f"no Google Cloud credentials were found, so {gcs}/images/*.png is read "
+               f"anonymously, which reaches public buckets only (for private ones run `gcloud "
+               f"auth application-default login`); --no_auth says that is meant")
+    assert outcome.manifest["warnings"] == [warning]
+    assert (auth._Credentials._credentials_init, auth._Credentials._credentials) == (True, None)
+    assert "Traceback" not in caplog.text and "Retry with exponential backoff" not in caplog.text
+
+
+def test_credentials_named_but_unusable_are_an_error_not_anonymous_access(
+        gcs_bucket, tmp_path, monkeypatch, capsys):
+    from segbeam.pipeline.cli import main
+
+    gcs = gcs_bucket()
+    _without_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    code = main(["report", f"{gcs}/out"])
+    error = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(error) == 1, error
+    assert error[0].startswith(f"segbeam report: error: Google Cloud credentials for {gcs}/out: ")
+    assert str(tmp_path / "key.json") in error[0]
+    assert "run `gcloud auth application-default login`" in error[0]
+
+
+@contextlib.contextmanager
+def _refusing_storage(status: int):
+    """A server on a loopback port that answers every request as Cloud Storage answers one it
+    refuses (401: no credentials; 403: credentials without the permission): the emulator
+    grants everything, so it cannot show what a refusal does."""
+    import http.server
+    import threading
+
+    body = json.dumps({"error": {"code": status, "message": "caller does not have "
+                                 "storage.objects.list access to the bucket."}}).encode()
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def refuse(self):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cloud_storage_refusing_access_is_one_line_naming_the_path(tmp_path, monkeypatch,
+                                                                   capsys, demo_model_path):
+    """A listing refused was "internal error ... please report it"; a model or an output
+    refused read "error: Anonymous credentials cannot be refreshed." or ended in an internal
+    error, naming no path."""
+    from segbeam.pipeline.cli import main
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    local = ["--input", str(tmp_path / "images"), "--model", demo_model_path]
+    commands = [
+        (["--input", "gs://b/images/*.png", "--model", demo_model_path], "gs://b/images/"),
+        (["--input", str(tmp_path / "images"), "--model", "gs://b/m.keras", "--num_classes",
+          "3"], "gs://b/m.keras"),
+        ([*local, "--masks", "gs://b/masks"], "gs://b/masks/"),
+        ([*local, "--output", "gs://b/out"], "gs://b/")]
+    suffix = ("check the credentials (`gcloud auth application-default login`; without any, "
+              "only public buckets can be read) and the bucket's permissions")
+    for status, reason in (
+            (403, "403 caller does not have storage.objects.list access to the bucket"),
+            (401, "no credentials were used, and it is not public")):
+        with _refusing_storage(status) as endpoint:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+            for flags, path in commands:
+                argv = ["run", *flags, "--no_auth"]
+                if "--output" not in flags:
+                    argv += ["--output", str(tmp_path / "out")]
+                code = main(argv)
+                error = capsys.readouterr().err.splitlines()
+                named = f" to {path}" if status == 403 or "images" in path or "masks" in path \
+                    else ""
+                assert (code, error) == (2, [
+                    f"segbeam run: error: Cloud Storage refused access{named}: {reason}; "
+                    f"{suffix}"]), (status, argv)
+            code = main(["report", "gs://b/out"])
+            error = capsys.readouterr().err.splitlines()
+            assert code == 2 and error[-1].startswith("segbeam report: error: Cloud Storage "
+                                                      "refused access"), error
+    assert not (tmp_path / "out").exists()
