@@ -118,6 +118,19 @@ def check_probability_range(low: float, high: float) -> None:
                      f"pass --model_output logits (or auto)")
 
 
+def check_logits(low: float, high: float, worst_sum_error: float, channels: int) -> None:
+    """Raises ValueError where outputs that ``--model_output logits`` declares are
+    probabilities: in [0, 1] and summing to one at every pixel (``worst_sum_error``: the
+    largest distance of a pixel's sum from one), as ``looks_like_probabilities`` reads them.
+    Their softmax would flatten them ([0.9, 0.05, 0.05] becomes [0.52, 0.24, 0.24]): the labels
+    would stand, the CRF's unary and the calibration figures would not, without a word."""
+    if -TOLERANCE <= low and high <= 1 + TOLERANCE and worst_sum_error < TOLERANCE * channels:
+        raise ValueError("--model_output logits, but the model's outputs are probabilities (in "
+                         "[0, 1], summing to one at every pixel): their softmax would flatten "
+                         "them for the CRF and the calibration figures; pass --model_output "
+                         "probabilities (or auto)")
+
+
 def normalise_probabilities(values: np.ndarray) -> np.ndarray:
     """Per-pixel scores in [0, 1] scaled to sum to one (a sigmoid per class gives scores that
     do not; read as they are, calibration figures and the CRF's unary would be off); a pixel
@@ -141,6 +154,9 @@ def to_probabilities(outputs: np.ndarray, kind: str = "auto") -> np.ndarray:
             normalise_probabilities(outputs)
     if kind not in MODEL_OUTPUTS:
         raise ValueError(f"unknown model output kind {kind!r}; expected one of {MODEL_OUTPUTS}")
+    if kind == "logits" and outputs.shape[-1] > 1:
+        check_logits(float(outputs.min()), float(outputs.max()),
+                     float(np.abs(outputs.sum(axis=-1) - 1.0).max()), outputs.shape[-1])
     return softmax(outputs.copy())
 
 

@@ -39,6 +39,8 @@ def final_activation(model) -> Optional[str]:
     (``sigmoid``, ``softmax``, ``linear``, ...), else None."""
     history = getattr(model.outputs[0], "_keras_history", None)
     layer = getattr(history, "operation", None)
+    if type(layer).__name__ == "Softmax":  # keras.layers.Softmax holds no activation
+        return "softmax"
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", None)
 
@@ -130,10 +132,16 @@ class SigmoidScoresRuntime(_AdaptedRuntime):
 def adapt_outputs(runtime, requested: str) -> tuple[Any, str]:
     """(the runtime to serve, the kind of its outputs): a one-channel model wrapped as two
     classes (whose outputs are logits); a Keras model with a sigmoid per class, under
-    ``--model_output auto``, as normalised logits; any other as it is."""
+    ``--model_output auto``, as normalised logits; any other as it is. ``--model_output
+    logits`` for a Keras model that ends in a softmax or a sigmoid is a ValueError."""
+    activation = final_activation(runtime.keras_model) if runtime.keras_model is not None \
+        else None
+    if requested == "logits" and activation in ("softmax", "sigmoid"):
+        raise ValueError(f"--model_output logits, but model {runtime.name} ends in a "
+                         f"{activation}, so its outputs are probabilities, whose softmax would "
+                         f"flatten them; pass --model_output probabilities (or auto)")
     if runtime.num_classes() == 1:
         return TwoClassRuntime(runtime, binary_output_kind(runtime, requested)), "logits"
-    if requested == "auto" and runtime.keras_model is not None \
-            and final_activation(runtime.keras_model) == "sigmoid":
+    if requested == "auto" and activation == "sigmoid":
         return SigmoidScoresRuntime(runtime), "logits"
     return runtime, requested

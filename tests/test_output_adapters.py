@@ -201,3 +201,89 @@ def test_logits_declared_as_probabilities_are_dead_letters_that_count(tmp_path):
                for line in path.read_text().splitlines()]
     assert sorted(d["key"] for d in letters) == ["b0", "b1"]
     assert all("outside [0, 1]: they are not probabilities" in d["reason"] for d in letters)
+
+
+def _nested_softmax_model(path) -> None:
+    """A two-class model whose softmax sits inside a sub-model: its final layer does not say
+    that it emits probabilities, only its outputs do."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    head = keras.Model(inputs, keras.layers.Conv2D(2, 1, activation="softmax")(inputs))
+    head.layers[-1].set_weights([np.array([[0.05, -0.05], [0, 0], [0, 0]], np.float32)
+                                 .reshape(1, 1, 3, 2), np.array([-6.4, 6.4], np.float32)])
+    keras.Model(inputs, head(inputs)).save(path)
+
+
+def test_probabilities_declared_as_logits_are_refused(tmp_path, capsys):
+    """--model_output logits on a model that emits probabilities took their softmax: the
+    labels stood, but the CRF's unary and the calibration were computed on flattened
+    probabilities without a word (the demo model with a softmax added: ECE 42.02 for 0.44,
+    CRF mIoU 97.38 for 97.73)."""
+    import keras
+
+    from segbeam.inference import to_probabilities
+
+    probabilities = np.array([[[[0.9, 0.05, 0.05], [0.2, 0.3, 0.5]]]], np.float32)
+    with pytest.raises(ValueError, match=r"--model_output logits, but the model's outputs are "
+                                         r"probabilities \(in \[0, 1\], summing to one"):
+        to_probabilities(probabilities, "logits")  # how formats other than Keras are served
+    logits = np.array([[[[0.9, 0.05, 0.04], [0.2, 0.3, 0.5]]]], np.float32)  # sums of 0.99
+    np.testing.assert_allclose(to_probabilities(logits, "logits").sum(axis=-1), 1, atol=1e-6)
+
+    # A Keras model whose final layer says it: refused by the launcher.
+    _pairs(tmp_path, count=2)
+    inputs = keras.Input((None, None, 3))
+    for name, outputs in (
+            ("softmax", keras.layers.Conv2D(3, 1, activation="softmax")(inputs)),
+            ("softmax", keras.layers.Softmax()(keras.layers.Conv2D(3, 1)(inputs))),
+            ("sigmoid", keras.layers.Conv2D(3, 1, activation="sigmoid")(inputs)),
+            ("sigmoid", keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))):
+        path = str(tmp_path / "ends.keras")
+        keras.Model(inputs, outputs).save(path)
+        assert main(["run", "--input", str(tmp_path / "images"), "--model", path,
+                     "--model_output", "logits", "--output", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"segbeam run: error: --model_output logits, but model {path} ends in a {name}, "
+            f"so its outputs are probabilities, whose softmax would flatten them; pass "
+            f"--model_output probabilities (or auto)"]
+
+    # One whose softmax is hidden in a sub-model: each image a dead letter saying so.
+    _nested_softmax_model(str(tmp_path / "nested.keras"))
+    assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--model", str(tmp_path / "nested.keras"), "--model_output", "logits",
+                 "--quiet", "--output", str(tmp_path / "out")]) == 0
+    counts = json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters_by_stage"]) == (
+        2, 0, {"inference": 2})
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").glob("*.jsonl")
+               for line in path.read_text().splitlines()]
+    assert len(letters) == 2 and all("but the model's outputs are probabilities" in d["reason"]
+                                     for d in letters)
+    assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--model", str(tmp_path / "nested.keras"), "--quiet",
+                 "--output", str(tmp_path / "auto")]) == 0
+    counts = json.loads((tmp_path / "auto" / "summary.json").read_text())["counts"]
+    assert counts["segmented"] == 2  # as auto reads them, they serve
+
+
+def test_probabilities_declared_as_logits_fail_in_the_fused_crf_too(tmp_path, rng):
+    """The CRF fused after the model on a GPU checks them too (tested here on the CPU)."""
+    from segbeam.crf import CrfParams
+    from segbeam.inference import InferenceSettings
+    from segbeam.models.source import ModelSource
+    from segbeam.pipeline.demo import synthetic_scene
+    from segbeam.records import DeadLetter, SegmentationRecord
+    from segbeam.transforms.fused_crf import FusedCrf
+    from segbeam.transforms.inference import KerasSegmentationHandler
+
+    _nested_softmax_model(str(tmp_path / "nested.keras"))
+    source = ModelSource(str(tmp_path / "nested.keras"), num_classes=2, input_size=(64, 64))
+    records = [SegmentationRecord("k", "s", image=synthetic_scene(rng, 64, 64)[0])]
+    fused = FusedCrf(CrfParams(backend="keras", min_side=32), 2, 255)
+    for fuse in (True, False):
+        handler = KerasSegmentationHandler(source, InferenceSettings(model_output="logits"),
+                                           fused_crf=fused, fuse=fuse)
+        [letter] = handler.run_inference(records, handler.load_model())
+        assert isinstance(letter, DeadLetter) and letter.stage == "inference", fuse
+        assert "but the model's outputs are probabilities" in letter.reason

@@ -14,8 +14,8 @@ from typing import Optional
 import numpy as np
 
 from segbeam.crf import labels_from_probabilities
-from segbeam.inference import MODEL_OUTPUTS, check_probability_range, in_unit_range, \
-    looks_like_probabilities, to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, check_logits, check_probability_range, \
+    in_unit_range, looks_like_probabilities, to_probabilities
 from segbeam.models.keras_runtime import compiled_predict, device_predict
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.runtime import ModelRuntime
@@ -41,8 +41,11 @@ def _serving_model(model, kind: str):
     probabilities = as_probabilities(outputs, kind)
     labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
     served = [ops.cast(probabilities, "float16"), labels]
-    if kind == "probabilities":  # each image's range, checked on the host
+    if kind in ("probabilities", "logits"):  # each image's range, checked on the host
         served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
+    if kind == "logits":  # and how far its pixels' sums stray from one
+        scores = ops.cast(outputs, "float32")
+        served.append(ops.max(ops.abs(ops.sum(scores, axis=-1) - 1.0), axis=(1, 2)))
     return keras.Model(inputs, served, name=f"{model.name}_serving")
 
 
@@ -101,6 +104,9 @@ class SegmentationPredictor:
                 served = self._serving[self._kind](batch)
             if self._kind == "probabilities":
                 check_probability_range(float(np.min(served[2])), float(np.max(served[3])))
+            elif self._kind == "logits" and np.shape(served[0])[-1] > 1:
+                check_logits(float(np.min(served[2])), float(np.max(served[3])),
+                             float(np.max(served[4])), np.shape(served[0])[-1])
             return np.asarray(served[0]), np.asarray(served[1])
         outputs = self._scores(batch)
         with self._lock:  # one look at real outputs decides the kind, then it is kept
