@@ -16,16 +16,18 @@ Beam filesystem (local copies, content hashes). No Keras, no TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 FORMATS = ("keras", "h5", "savedmodel", "onnx", "registry")
 FILE_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}
 SAVED_MODEL_FILE = "saved_model.pb"
+_COPY_PREFIX = "segbeam-model-"  # the temp folder of a model copied from another filesystem
 DATA_FORMATS = ("auto", "channels_last", "channels_first")
 UNDERSTOOD = ("a Keras 3 .keras file, a legacy Keras .h5/.hdf5 model, a TensorFlow SavedModel "
               "folder (it holds saved_model.pb), an .onnx file, or a registry name (see "
@@ -148,14 +150,29 @@ def sha256_of_folder(folder: str) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def fetched(path: str, fetch: Callable[[str], str]) -> Iterator[str]:
+    """``fetch(path)``: ``path`` itself where it is local, else a copy in a temp folder of its
+    own (``local_file``, ``local_onnx``, ``local_folder``), removed on leaving. Load the model
+    inside: once it is in memory nothing reads the copy, and each load would otherwise leave one
+    behind (a run opens its model in the launcher and in every worker)."""
+    local = fetch(path)
+    try:
+        yield local
+    finally:
+        if local != path:
+            shutil.rmtree(local if os.path.isdir(local) else os.path.dirname(local),
+                          ignore_errors=True)
+
+
 def local_file(path: str) -> str:
-    """A local path for ``path``; a file on another Beam filesystem is copied to a temp file."""
+    """A local path for ``path``; a file on another Beam filesystem is copied into a temp
+    folder of its own, under its own name (see ``fetched``)."""
     if "://" not in path:
         return path
-    with tempfile.NamedTemporaryFile(suffix=os.path.splitext(path)[1], delete=False) as target:
-        pass
-    _copy(path, target.name)
-    return target.name
+    target = os.path.join(tempfile.mkdtemp(prefix=_COPY_PREFIX), posixpath.basename(path))
+    _copy(path, target)
+    return target
 
 
 def onnx_external_data(path: str) -> list[str]:
@@ -187,7 +204,7 @@ def local_onnx(path: str) -> str:
     another Beam filesystem into one temp folder, as ONNX Runtime expects them)."""
     if "://" not in path:
         return path
-    target = os.path.join(tempfile.mkdtemp(prefix="segbeam-model-"), posixpath.basename(path))
+    target = os.path.join(tempfile.mkdtemp(prefix=_COPY_PREFIX), posixpath.basename(path))
     _copy(path, target)
     folder = posixpath.dirname(path)
     for location in onnx_external_data(target):
@@ -210,7 +227,7 @@ def local_folder(folder: str) -> str:
     folder, file by file."""
     if "://" not in folder:
         return folder
-    target = tempfile.mkdtemp(prefix="segbeam-model-")
+    target = tempfile.mkdtemp(prefix=_COPY_PREFIX)
     for relative, full in _files_below(folder):
         destination = os.path.join(target, *relative.split("/"))
         os.makedirs(os.path.dirname(destination), exist_ok=True)

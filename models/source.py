@@ -18,9 +18,10 @@ import os
 from typing import Optional
 
 from segbeam.config import Effect, setting
-from segbeam.models.formats import (DATA_FORMATS, detect_format, local_file, local_folder,
-                                    local_onnx, looks_like_path, onnx_external_data,
-                                    savedmodel_folder, sha256_of_file, sha256_of_folder)
+from segbeam.models.formats import (DATA_FORMATS, detect_format, fetched, local_file,
+                                    local_folder, local_onnx, looks_like_path,
+                                    onnx_external_data, savedmodel_folder, sha256_of_file,
+                                    sha256_of_folder)
 
 LOG = logging.getLogger(__name__)
 KERAS_FORMATS = ("keras", "h5", "registry")
@@ -127,13 +128,14 @@ class ModelSource:
         if self.format == "onnx":
             from segbeam.models.graph_runtimes import OnnxRuntime
 
-            runtime = OnnxRuntime(local_onnx(self.spec), self.spec, self.output_key,
-                                  self.data_format)
+            with fetched(self.spec, local_onnx) as local:
+                runtime = OnnxRuntime(local, self.spec, self.output_key, self.data_format)
         elif self.format == "savedmodel":
             from segbeam.models.graph_runtimes import SavedModelRuntime
 
-            runtime = SavedModelRuntime(local_folder(savedmodel_folder(self.spec)), self.spec,
-                                        self.signature, self.output_key, self.data_format)
+            with fetched(savedmodel_folder(self.spec), local_folder) as local:
+                runtime = SavedModelRuntime(local, self.spec, self.signature, self.output_key,
+                                            self.data_format)
         else:
             from segbeam.models.keras_runtime import KerasRuntime
             from segbeam.models.registry import get_spec
@@ -178,8 +180,9 @@ class ModelSource:
         from segbeam.models.keras_runtime import load_keras_file
 
         if self.saved:
-            return load_keras_file(local_file(self.spec), self.spec, self.format,
-                                   self.unsafe_model_loading, self._custom_objects())
+            with fetched(self.spec, local_file) as local:
+                return load_keras_file(local, self.spec, self.format,
+                                       self.unsafe_model_loading, self._custom_objects())
         keras = compat.import_keras_quietly()
         if self.num_classes is None:
             raise ValueError(f"--num_classes is required to build registry model "
@@ -190,7 +193,8 @@ class ModelSource:
         else:
             model = models.create_model_for_size(self.spec, self.num_classes, self.input_size)
         if self.weights:
-            load_all_weights(model, local_file(self.weights), self.weights, self.spec)
+            with fetched(self.weights, local_file) as local:
+                load_all_weights(model, local, self.weights, self.spec)
         elif announce:
             LOG.warning(self.random_weights_warning())
         return model
@@ -221,7 +225,9 @@ class ModelSource:
         elif self.format == "onnx":
             identity = "sha256:" + sha256_of_file(self.spec)
             folder = self.spec.rsplit("/", 1)[0] if "/" in self.spec else "."
-            for location in onnx_external_data(local_file(self.spec)):
+            with fetched(self.spec, local_file) as local:
+                locations = onnx_external_data(local)
+            for location in locations:
                 identity += f"+{location}:{sha256_of_file(f'{folder}/{location}')}"
         elif self.saved:
             identity = "sha256:" + sha256_of_file(self.spec)

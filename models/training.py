@@ -175,11 +175,11 @@ def _check_init_weights(config: TrainingConfig) -> None:
 
 def _init_weights(model, config: TrainingConfig) -> None:
     """Loads --init_weights into the freshly built ``model``, whole or not at all."""
-    from segbeam.models.formats import local_file
+    from segbeam.models.formats import fetched, local_file
     from segbeam.models.source import load_all_weights
 
-    load_all_weights(model, local_file(config.init_weights), config.init_weights,
-                     config.model, "--init_weights")
+    with fetched(config.init_weights, local_file) as local:
+        load_all_weights(model, local, config.init_weights, config.model, "--init_weights")
 
 
 def _optimizer(config: TrainingConfig):

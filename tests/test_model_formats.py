@@ -302,11 +302,21 @@ def test_models_inspect_prints_what_a_run_sees(model_files):
     assert "Traceback" not in result.stderr
 
 
-def test_models_on_cloud_storage(model_files, gcs_bucket, tmp_path):
-    """A SavedModel folder and ONNX files (one with external weights) on gs:// are detected,
-    copied, loaded and fingerprinted like local ones."""
+def test_models_on_cloud_storage(model_files, gcs_bucket, tmp_path, monkeypatch,
+                                 demo_model_path):
+    """A SavedModel folder, ONNX files (one with external weights), a .keras file and registry
+    weights on gs:// are detected, copied, loaded and fingerprinted like local ones, and their
+    copies are gone once loaded: each load left one in the temp folder (a run loads its model
+    in the launcher and in every worker)."""
+    import tempfile
+
     _, paths = model_files
     gcs = gcs_bucket()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    put(f"{gcs}/models/small.keras", open(paths["keras"], "rb").read())
+    put(f"{gcs}/models/demo.keras", open(demo_model_path, "rb").read())
     for root, _, names in os.walk(paths["savedmodel"]):
         for name in names:
             relative = os.path.relpath(os.path.join(root, name), paths["savedmodel"])
@@ -320,7 +330,8 @@ def test_models_on_cloud_storage(model_files, gcs_bucket, tmp_path):
     batch = np.random.default_rng(2).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
     for remote, local in ((f"{gcs}/models/sm", paths["savedmodel"]),
                           (f"{gcs}/models/small.onnx", paths["onnx"]),
-                          (f"{gcs}/models/external/model.onnx", external)):
+                          (f"{gcs}/models/external/model.onnx", external),
+                          (f"{gcs}/models/small.keras", paths["keras"])):
         source = ModelSource(remote, num_classes=3, output_key="out" if "ext" in local
                              else None)
         same = ModelSource(local, num_classes=3, output_key=source.output_key)
@@ -328,6 +339,18 @@ def test_models_on_cloud_storage(model_files, gcs_bucket, tmp_path):
         assert source.fingerprint() == same.fingerprint()
         np.testing.assert_allclose(source.open().outputs(batch), same.open().outputs(batch),
                                    atol=1e-6)
+        assert _copies_left(temp) == [], remote
+    weights = ModelSource("tiny_fcn", num_classes=3, weights=f"{gcs}/models/demo.keras")
+    np.testing.assert_allclose(
+        weights.open().outputs(batch),
+        ModelSource("tiny_fcn", num_classes=3, weights=demo_model_path).open().outputs(batch),
+        atol=1e-6)
+    assert _copies_left(temp) == []
+
+
+def _copies_left(temp) -> list[str]:
+    """What the temp folder holds, less the modules TensorFlow's autograph writes there."""
+    return [name for name in os.listdir(temp) if not name.startswith("__autograph_generated")]
 
 
 def _with_external_data(path: str, tmp_path) -> str:
