@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam import DoFn
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.common import (DoFnContext, DoFnInvoker, DoFnSignature, Receiver,
                                         _OutputHandler)
@@ -255,6 +256,27 @@ class DaskPipelineResult(PipelineResult):
         raise NotImplementedError("segbeam's DaskRunner does not collect Beam metrics")
 
 
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # the runner needs it; without it Client fails first, saying so
+    WorkerPlugin = object
+
+
+class AnonymousCloudStorage(WorkerPlugin):
+    """On every worker of the cluster, and on each that joins later: ``--no_auth`` honoured,
+    Cloud Storage read anonymously at once (``segbeam.compat.settle_anonymous_gcs_credentials``),
+    as in the launcher. Beam's gcsio ignores the flag, so each worker process otherwise spent
+    about 25 s looking for credentials, logging a traceback per try, before it read
+    anonymously anyway."""
+
+    name = "segbeam-anonymous-cloud-storage"
+
+    def setup(self, worker) -> None:
+        from segbeam import compat
+
+        compat.settle_anonymous_gcs_credentials()
+
+
 class DaskRunner(PipelineRunner):
     """Executes a batch pipeline on a dask.distributed cluster (see the module docstring)."""
 
@@ -266,6 +288,8 @@ class DaskRunner(PipelineRunner):
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
         try:
+            if options.view_as(GoogleCloudOptions).no_auth:
+                client.register_plugin(AnonymousCloudStorage())
             threads = sum(client.nthreads().values()) or 1
             npartitions = bag_kwargs.get("npartitions") or 2 * threads
             pipeline.replace_all(dask_overrides())

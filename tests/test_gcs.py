@@ -299,3 +299,42 @@ def test_cloud_storage_refusing_access_is_one_line_naming_the_path(tmp_path, mon
             assert code == 2 and error[-1].startswith("segbeam report: error: Cloud Storage "
                                                       "refused access"), error
     assert not (tmp_path / "out").exists()
+
+
+def _record_retries() -> None:
+    """On a Dask worker: keep what Beam's retry helper logs (it retries a credential lookup
+    that finds nothing)."""
+    import logging
+
+    kept, handler = [], logging.Handler()
+    handler.emit = lambda record: kept.append(record.getMessage())
+    logger = logging.getLogger("apache_beam.utils.retry")
+    logger.addHandler(handler)
+    logger.kept = kept
+
+
+def _retries_recorded() -> list:
+    import logging
+
+    return list(getattr(logging.getLogger("apache_beam.utils.retry"), "kept", ["no recorder"]))
+
+
+def test_no_auth_holds_on_dask_workers(gcs_bucket, demo_model_path, tmp_path, monkeypatch):
+    """Beam's gcsio ignores --no_auth: each Dask worker process looked for credentials for
+    about 25 s, logging a traceback per try, before it read anonymously anyway."""
+    from dask.distributed import Client, LocalCluster
+
+    gcs = gcs_bucket()
+    _put_scenes(gcs, 2, seed=6)
+    _without_credentials(monkeypatch, tmp_path)  # in the workers' environment too
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster.scheduler_address) as client:
+        client.run(_record_retries)
+        outcome = run(["--input", f"{gcs}/images/*.png", "--masks", f"{gcs}/masks", "--model",
+                       demo_model_path, "--num_classes", "3", "--input_size", "64",
+                       "--ignore_index", "-1", "--crf_iterations", "1", "--no_auth",
+                       "--runner", "DaskRunner", "--dask_client_address",
+                       cluster.scheduler_address, "--output", str(tmp_path / "out")])
+        assert outcome.summary["counts"]["segmented"] == 2
+        assert list(client.run(_retries_recorded).values()) == [[]]
