@@ -210,7 +210,7 @@ def _partial_scope(counts: dict) -> list[str]:
              f"segmented or kept" if outputs else "this run segmented nothing")
     return [f"{scope}: {skipped} unchanged input{'s were' if skipped != 1 else ' was'} "
             f"skipped, and {where} in earlier partitions, not in these figures "
-            f"(segbeam.pipeline.standing.standing_summary(OUTPUT) evaluates every input's "
+            f"(segbeam report OUTPUT --standing evaluates every input's "
             f"latest row)"]
 
 

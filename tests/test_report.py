@@ -325,7 +325,7 @@ def test_a_night_that_skipped_inputs_says_its_figures_are_not_the_datasets():
     assert warnings(outputs=1, images_with_mask=1, skipped=1) == [
         "this run's figures cover only the 1 input it segmented or kept: 1 unchanged input was "
         "skipped, and its rows and figures stand in earlier partitions, not in these figures "
-        "(segbeam.pipeline.standing.standing_summary(OUTPUT) evaluates every input's latest row)"]
+        "(segbeam report OUTPUT --standing evaluates every input's latest row)"]
     unpaired, scope = warnings(outputs=2, images_with_mask=0, skipped=7)
     assert unpaired.startswith("no input this run segmented found its mask, so nothing new "
                                "was scored; masks pair with images by file stem")
