@@ -245,7 +245,7 @@ def prepare_cloud_storage(values: Iterable, no_auth: bool = False, dataflow: boo
     is read anonymously at once (Beam would, after retries that print tracebacks), and the
     returned warning says so; credentials that were named but fail, or none for the Dataflow
     runner, which cannot start without them, are UsageErrors. ``--no_auth`` asks for no
-    credentials."""
+    credentials, and an emulator (``STORAGE_EMULATOR_HOST``) takes none."""
     paths = storage.gcs_paths(values)
     if not paths:
         return None
@@ -255,7 +255,9 @@ def prepare_cloud_storage(values: Iterable, no_auth: bool = False, dataflow: boo
         raise UsageError(f"{paths[0]} is on Cloud Storage ({endpoint}), which this machine "
                          f"cannot reach: {problem}; check the network (or the proxy, or "
                          f"STORAGE_EMULATOR_HOST), or use local paths")
-    if no_auth:
+    if no_auth or os.environ.get("STORAGE_EMULATOR_HOST"):
+        if not no_auth:  # an emulator asks for no credentials: read it as --no_auth would
+            compat.settle_anonymous_gcs_credentials()
         return None
     missing = storage.credentials_problem()
     if missing is None:

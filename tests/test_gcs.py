@@ -4,6 +4,7 @@
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -179,11 +180,17 @@ def test_cloud_storage_that_cannot_be_reached_is_refused_at_once(tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
-def _without_credentials(monkeypatch, tmp_path) -> None:
+def _without_credentials(monkeypatch, tmp_path, as_the_service: bool = True) -> None:
     """No application default credentials anywhere, and Beam's credential cache unsettled, as
-    in a fresh process."""
+    in a fresh process. ``as_the_service``: the emulator addressed as the service itself
+    (``API_ENDPOINT_OVERRIDE``), where credentials are looked for; an emulator
+    (``STORAGE_EMULATOR_HOST``) is read anonymously without a word."""
     from apache_beam.internal.gcp import auth
 
+    if as_the_service:
+        endpoint = os.environ["STORAGE_EMULATOR_HOST"]
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+        monkeypatch.setenv("API_ENDPOINT_OVERRIDE", endpoint)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login there
     monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
@@ -198,18 +205,21 @@ def test_without_credentials_cloud_storage_is_read_anonymously_saying_so(
 
     gcs = gcs_bucket()
     _put_scenes(gcs, 2, seed=3)
-    _without_credentials(monkeypatch, tmp_path)
-    outcome = run(["--input", f"{gcs}/images/*.png", "--masks", f"{gcs}/masks", "--model",
-                   demo_model_path, "--num_classes", "3", "--input_size", "64",
-                   "--ignore_index", "-1", "--crf_iterations", "1", "--output",
-                   str(tmp_path / "out")])
-    assert outcome.summary["counts"]["segmented"] == 2
+    argv = ["--input", f"{gcs}/images/*.png", "--masks", f"{gcs}/masks", "--model",
+            demo_model_path, "--num_classes", "3", "--input_size", "64", "--ignore_index", "-1",
+            "--crf_iterations", "1"]
     warning = (f"no Google Cloud credentials were found, so {gcs}/images/*.png is read "
                f"anonymously, which reaches public buckets only (for private ones run `gcloud "
                f"auth application-default login`); --no_auth says that is meant")
-    assert outcome.manifest["warnings"] == [warning]
-    assert (auth._Credentials._credentials_init, auth._Credentials._credentials) == (True, None)
-    assert "Traceback" not in caplog.text and "Retry with exponential backoff" not in caplog.text
+    for as_the_service, warnings in ((False, None), (True, [warning])):
+        _without_credentials(monkeypatch, tmp_path, as_the_service)
+        outcome = run([*argv, "--output", str(tmp_path / f"out{as_the_service}")])
+        assert outcome.summary["counts"]["segmented"] == 2
+        assert outcome.manifest.get("warnings") == warnings  # an emulator takes none
+        assert (auth._Credentials._credentials_init, auth._Credentials._credentials) == \
+            (True, None)
+        assert "Traceback" not in caplog.text
+        assert "Retry with exponential backoff" not in caplog.text
 
 
 def test_credentials_named_but_unusable_are_an_error_not_anonymous_access(
@@ -326,7 +336,7 @@ def test_no_auth_holds_on_dask_workers(gcs_bucket, demo_model_path, tmp_path, mo
 
     gcs = gcs_bucket()
     _put_scenes(gcs, 2, seed=6)
-    _without_credentials(monkeypatch, tmp_path)  # in the workers' environment too
+    _without_credentials(monkeypatch, tmp_path, as_the_service=False)  # the workers' too
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster.scheduler_address) as client:
