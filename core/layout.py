@@ -15,9 +15,12 @@ import os
 import posixpath
 import re
 import uuid
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Optional
 
 from segbeam.config import Effect, setting
+
+if TYPE_CHECKING:
+    import pyarrow
 
 MASKS_DIR = "masks"
 RAW_MASKS_DIR = "masks_raw"
@@ -267,7 +270,7 @@ class RunOutputs(NamedTuple):
     root: str
     summary: dict
     manifest: dict
-    rows: list[dict]
+    rows: pyarrow.Table  # REPORT_ROW_COLUMNS of every metrics row (see ``report_rows``)
     dead_letters: list[dict]
 
     def setting(self, name: str):
@@ -308,14 +311,25 @@ def load_run(root: str) -> RunOutputs:
                          f"finished `segbeam run`")
     manifest_path = output_path(root, MANIFEST_JSON)
     manifest = read_json(manifest_path) if exists(manifest_path) else {}
-    rows = []
+    tables = []
     for path in matching_paths(output_path(root, METRICS_DIR, "*.parquet")):
         with _filesystems().open(path) as handle:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
-            rows.extend(parquet.read(columns=[c for c in REPORT_ROW_COLUMNS
-                                              if c in names]).to_pylist())
+            tables.append(parquet.read(columns=[c for c in REPORT_ROW_COLUMNS if c in names]))
     dead = [json.loads(line)
             for path in matching_paths(output_path(root, DEAD_LETTERS_DIR, "*.jsonl"))
             for line in read_bytes(path).decode("utf-8").splitlines() if line.strip()]
-    return RunOutputs(root, read_json(summary_path), manifest, rows, dead)
+    return RunOutputs(root, read_json(summary_path), manifest, report_rows(tables), dead)
+
+
+def report_rows(tables: list) -> pyarrow.Table:
+    """Tables of metrics rows as one table of ``REPORT_ROW_COLUMNS``, in that order: a column
+    that a table lacks (written by a version before it) is null in its rows."""
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    for name in REPORT_ROW_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows))
+    return table.select(list(REPORT_ROW_COLUMNS))

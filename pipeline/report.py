@@ -26,9 +26,10 @@ from segbeam.inference import UNIT_RANGE_AS_LOGITS, UNIT_RANGE_COUNTER
 from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
+from segbeam.pipeline.report_rows import as_dicts, final_figure, flags, floats, present, ranked
 
 
-def histogram(values: list[float], bins: int, low: float, high: float) -> dict:
+def histogram(values: np.ndarray | list[float], bins: int, low: float, high: float) -> dict:
     counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins,
                                  range=(low, high))
     return {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
@@ -54,13 +55,7 @@ def _reason_group(reason: str) -> str:
     return reason.split(";")[0].split(" (")[0][:160]
 
 
-def _final(row: dict, figure: str) -> Optional[float]:
-    """A row's figure for its final labels: after the CRF where it ran."""
-    after = row.get(f"{figure}_crf")
-    return after if after is not None else row.get(f"{figure}_raw")
-
-
-def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
+def evaluation_figures(summary: dict, rows, gallery_size: int,
                        working_directory: Optional[str] = None,
                        root: Optional[str] = None) -> Optional[dict]:
     evaluation = summary.get("evaluation") or {}
@@ -85,16 +80,17 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
                           "iou_crf": iou_crf, "delta": _delta(iou_crf, iou_raw),
                           "pixel_share": float(truth[index]) / labelled, **edges})
     final = crf or raw
-    scored = [r for r in rows if r.get("has_mask") and r.get("miou_raw") is not None]
-    final_miou = lambda r: _final(r, "miou")  # noqa: E731
-    gains = [r["miou_crf"] - r["miou_raw"] for r in scored if r.get("miou_crf") is not None]
-    ranked = sorted(scored, key=lambda r: (final_miou(r), r["key"]))
-    final_bf = lambda r: _final(r, "bf")  # noqa: E731
-    by_boundary = sorted((r for r in scored if final_bf(r) is not None),
-                         key=lambda r: (final_bf(r), r["key"]))
-    worst = ranked[:gallery_size]
-    best = list(reversed(ranked[-gallery_size:])) if len(ranked) > gallery_size else []
-    span = max([abs(g) for g in gains] + [0.01])
+    scored = np.flatnonzero(flags(rows, "has_mask") & present(rows, "miou_raw"))
+    final_miou, _ = final_figure(rows, "miou")
+    gained = scored[present(rows, "miou_crf")[scored]]
+    gains = floats(rows, "miou_crf")[gained] - floats(rows, "miou_raw")[gained]
+    order = ranked(rows, scored, final_miou[scored])
+    final_bf, has_bf = final_figure(rows, "bf")
+    bounded = scored[has_bf[scored]]
+    by_boundary = ranked(rows, bounded, final_bf[bounded])[:gallery_size]
+    worst = order[:gallery_size]
+    best = order[::-1][:gallery_size] if len(order) > gallery_size else order[:0]
+    span = max(float(np.abs(gains).max()) if len(gains) else 0.0, 0.01)
     return {
         "aggregate": aggregate,
         "per_class": per_class,
@@ -102,15 +98,16 @@ def evaluation_figures(summary: dict, rows: list[dict], gallery_size: int,
         "confusion_normalised": normalised_confusion(final["confusion"]),
         "labelled_pixels": raw.get("labelled_pixels"),
         "images_scored": len(scored),
-        "per_image_miou": histogram([final_miou(r) for r in scored], 10, 0.0, 1.0),
-        "crf_gain": histogram(gains, 10, -span, span) if gains else None,
-        "crf_gain_mean": float(np.mean(gains)) if gains else None,
-        "worst": [_gallery_entry(r, working_directory, root) for r in worst],
-        "worst_boundary": [dict(_gallery_entry(r, working_directory, root), bf=final_bf(r))
-                           for r in by_boundary[:gallery_size]],
+        "per_image_miou": histogram(final_miou[scored], 10, 0.0, 1.0),
+        "crf_gain": histogram(gains, 10, -span, span) if len(gains) else None,
+        "crf_gain_mean": float(np.mean(gains)) if len(gains) else None,
+        "worst": [_gallery_entry(r, working_directory, root) for r in as_dicts(rows, worst)],
+        "worst_boundary": [dict(_gallery_entry(r, working_directory, root),
+                                bf=float(final_bf[index]))
+                           for index, r in zip(by_boundary, as_dicts(rows, by_boundary))],
         "calibration": {variant: figures.get("calibration")
                         for variant, figures in (("raw", raw), ("crf", crf)) if figures},
-        "best": [_gallery_entry(r, working_directory, root) for r in best],
+        "best": [_gallery_entry(r, working_directory, root) for r in as_dicts(rows, best)],
     }
 
 
@@ -139,7 +136,8 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
     summary, manifest = run.summary, run.manifest
     reasons = collections.Counter((d.get("stage", "?"), _reason_group(d.get("reason", "")))
                                   for d in run.dead_letters)
-    unmasked = [r for r in run.rows if not r.get("has_mask")]
+    unmasked = np.flatnonzero(~flags(run.rows, "has_mask"))
+    unmasked_first = ranked(run.rows, unmasked, np.zeros(len(unmasked)))[:gallery_size]
     cwd = manifest.get("working_directory")
     return {
         "run": {
@@ -165,8 +163,8 @@ def build_report(run: RunOutputs, gallery_size: int = 6) -> dict:
         "warnings": _warnings(run),
         "evaluation": evaluation_figures(summary, run.rows, gallery_size, cwd, run.root),
         "without_masks": {"count": len(unmasked),
-                          "examples": [_gallery_entry(r, cwd, run.root) for r in
-                                       sorted(unmasked, key=lambda r: r["key"])[:gallery_size]]},
+                          "examples": [_gallery_entry(r, cwd, run.root)
+                                       for r in as_dicts(run.rows, unmasked_first)]},
     }
 
 

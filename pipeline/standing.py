@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import posixpath
 
+import pyarrow as pa
+
 from segbeam.layout import MANIFEST_JSON, REPORT_ROW_COLUMNS, RUNNING_MARKER, SUMMARY_JSON, \
     RunOutputs, exists, matching_paths, open_file, output_path, partition_date, read_json, \
-    run_directory
+    report_rows, run_directory
 from segbeam.results import metrics_files, read_metrics
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
 
@@ -58,11 +60,13 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
         *(standing.column(name).to_pylist() for name in ("key", "date", "config_fingerprint")))
         if made == fingerprint}
     combine = ConfusionSum(latest["num_classes"])
-    totals, rows = combine.create_accumulator(), []
-    for row in _rows_of(root, night_of):
-        totals = combine.add_input(totals, row)
+    totals, kept = combine.create_accumulator(), []
+    for batch, rows, standing_rows in _batches_of(root, night_of):
+        for row in rows:
+            totals = combine.add_input(totals, row)
         if keep_rows:
-            rows.append({name: row.get(name) for name in REPORT_ROW_COLUMNS})
+            names = [name for name in REPORT_ROW_COLUMNS if name in batch.schema.names]
+            kept.append(pa.Table.from_batches([batch.select(names).filter(standing_rows)]))
     summary = build_summary(None, totals, inputs=len(night_of), segmented=len(night_of),
                             dead_by_stage=[], class_names=latest["class_names"],
                             ignore_index=latest.get("ignore_index"),
@@ -83,19 +87,22 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     manifest = read_json(manifest_path) if exists(manifest_path) else {}
     manifest = {**manifest, "warnings": manifest.get("warnings", []) +
                 standing_warnings(summary["standing"])}
-    return RunOutputs(root, summary, manifest, rows, [])
+    return RunOutputs(root, summary, manifest, report_rows(kept), [])
 
 
-def _rows_of(root: str, night_of: dict):
-    """The rows of ``night_of`` (key -> the night whose row stands), a batch at a time."""
+def _batches_of(root: str, night_of: dict):
+    """The rows of ``night_of`` (key -> the night whose row stands), a batch at a time: (the
+    batch, its standing rows as dicts, which of its rows they are)."""
     import pyarrow.parquet as pq
 
     for path, date in metrics_files(root):
         with open_file(path) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    if night_of.get(row["key"]) == date:
-                        yield row
+                rows = batch.to_pylist()
+                standing = [night_of.get(row["key"]) == date for row in rows]
+                if any(standing):
+                    yield batch, [row for row, kept in zip(rows, standing) if kept], \
+                        pa.array(standing)
 
 
 def standing_warnings(standing: dict) -> list[str]:

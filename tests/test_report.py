@@ -54,14 +54,21 @@ def test_figures_agree_with_the_run_summary(runs):
     assert sum(r["pixel_share"] for r in evaluation["per_class"]) == pytest.approx(1.0)
     for row in evaluation["confusion_normalised"]:
         assert row[0] is None or sum(row) == pytest.approx(1.0)
-    scored = [r for r in run.rows if r["has_mask"]]
+    scored = [r for r in run.rows.to_pylist() if r["has_mask"]]
     assert sum(evaluation["per_image_miou"]["counts"]) == len(scored) == 9
-    # Only the fields the report reads are loaded: every column took tens of KB a row.
+    # Only the fields the report reads are loaded (every column took tens of KB a row), as
+    # columns (a dict per row took about 2 KB).
     from segbeam.layout import REPORT_ROW_COLUMNS
 
-    assert all(set(r) == set(REPORT_ROW_COLUMNS) for r in run.rows)
+    assert run.rows.column_names == list(REPORT_ROW_COLUMNS)
     worst = [e["miou_crf"] for e in evaluation["worst"]]
     assert worst == sorted(worst) and len(worst) == 3
+    assert [e["miou_crf"] for e in evaluation["best"]] == sorted(
+        r["miou_crf"] for r in scored)[::-1][:3]
+    # No gallery: none at all (the best images' gallery held every scored image).
+    none = build_report(run, gallery_size=0)
+    assert [len(none["evaluation"][name]) for name in ("worst", "best", "worst_boundary")] + \
+        [len(none["without_masks"]["examples"])] == [0, 0, 0, 0]
     assert min(r["miou_crf"] for r in scored) == worst[0]
     assert report["without_masks"]["count"] == 1
     assert report["run"]["counts"]["dead_letters"] == 1
