@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from segbeam.inference import check_probability_range
+
 # Probabilities are clipped this far from 0 and 1 before the log (float32 keeps 1 - 1e-7).
 _EPSILON = 1e-7
 
@@ -28,7 +30,8 @@ def two_class_logits(scores: np.ndarray, kind: str) -> np.ndarray:
     """(N, h, w, 1) foreground scores -> (N, h, w, 2) float32 logits of [background,
     foreground]; ``kind`` is ``logits`` or ``probabilities``."""
     scores = np.asarray(scores, dtype=np.float32)
-    if kind == "probabilities":
+    if kind == "probabilities":  # logits declared so would be clipped to 0 and 1 unseen
+        check_probability_range(float(scores.min()), float(scores.max()))
         p = np.clip(scores, _EPSILON, 1 - _EPSILON)
         return np.concatenate([np.log1p(-p), np.log(p)], axis=-1)
     return np.concatenate([np.zeros_like(scores), scores], axis=-1)
@@ -133,13 +136,18 @@ def adapt_outputs(runtime, requested: str) -> tuple[Any, str]:
     """(the runtime to serve, the kind of its outputs): a one-channel model wrapped as two
     classes (whose outputs are logits); a Keras model with a sigmoid per class, under
     ``--model_output auto``, as normalised logits; any other as it is. ``--model_output
-    logits`` for a Keras model that ends in a softmax or a sigmoid is a ValueError."""
+    logits`` for a Keras model that ends in a softmax or a sigmoid, and ``probabilities`` for
+    one that ends in a linear layer, are ValueErrors."""
     activation = final_activation(runtime.keras_model) if runtime.keras_model is not None \
         else None
     if requested == "logits" and activation in ("softmax", "sigmoid"):
         raise ValueError(f"--model_output logits, but model {runtime.name} ends in a "
                          f"{activation}, so its outputs are probabilities, whose softmax would "
                          f"flatten them; pass --model_output probabilities (or auto)")
+    if requested == "probabilities" and activation == "linear":
+        raise ValueError(f"--model_output probabilities, but model {runtime.name} ends in a "
+                         f"linear layer, so its outputs are logits; pass --model_output logits "
+                         f"(or auto)")
     if runtime.num_classes() == 1:
         return TwoClassRuntime(runtime, binary_output_kind(runtime, requested)), "logits"
     if requested == "auto" and activation == "sigmoid":

@@ -169,10 +169,15 @@ def test_declared_probabilities_are_normalised_and_logits_declared_so_are_refuse
     np.testing.assert_allclose(probabilities.astype(np.float32),
                                raw / raw.sum(axis=-1, keepdims=True), atol=2e-3)
     assert np.array_equal(labels, raw.argmax(axis=-1))
-    linear = SegmentationPredictor(
-        ModelSource(str(tmp_path / "linear.keras"), num_classes=3).open(), "probabilities")
+    linear = ModelSource(str(tmp_path / "linear.keras"), num_classes=3).open()
+    with pytest.raises(ValueError, match="ends in a linear layer, so its outputs are logits"):
+        SegmentationPredictor(linear, "probabilities")  # the final layer says it
+    hidden = keras.Model(inputs, keras.Model(inputs, linear.keras_model(inputs))(inputs))
+    hidden.save(str(tmp_path / "hidden.keras"))  # a sub-model's linear layer: outputs say it
+    hidden = SegmentationPredictor(
+        ModelSource(str(tmp_path / "hidden.keras"), num_classes=3).open(), "probabilities")
     with pytest.raises(ValueError, match="they are not probabilities; pass --model_output logits"):
-        linear.predict(batch)
+        hidden.predict(batch)
 
 
 def test_logits_declared_as_probabilities_are_dead_letters_that_count(tmp_path):
@@ -184,10 +189,10 @@ def test_logits_declared_as_probabilities_are_dead_letters_that_count(tmp_path):
     import keras
 
     inputs = keras.Input((None, None, 3))
-    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
-    model.layers[-1].set_weights([np.full((1, 1, 3, 2), 0.05, np.float32),  # logits -2..36
-                                  np.array([-2.0, 2.0], np.float32)])
-    model.save(str(tmp_path / "logits.keras"))
+    head = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    head.layers[-1].set_weights([np.full((1, 1, 3, 2), 0.05, np.float32),  # logits -2..36
+                                 np.array([-2.0, 2.0], np.float32)])
+    keras.Model(inputs, head(inputs)).save(str(tmp_path / "logits.keras"))  # a hidden linear
     _pairs(tmp_path, count=2)
     assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--model", str(tmp_path / "logits.keras"), "--num_classes", "2",
@@ -287,3 +292,21 @@ def test_probabilities_declared_as_logits_fail_in_the_fused_crf_too(tmp_path, rn
         [letter] = handler.run_inference(records, handler.load_model())
         assert isinstance(letter, DeadLetter) and letter.stage == "inference", fuse
         assert "but the model's outputs are probabilities" in letter.reason
+
+
+def test_a_binary_model_declared_against_what_it_emits_is_refused(tmp_path, capsys):
+    """A one-channel model's channel was taken as --model_output declared it: logits declared
+    probabilities were clipped to [0, 1] (a logit of 0.3, a sigmoid of 0.57, became background),
+    sigmoid scores declared logits put every pixel in the foreground."""
+    _pairs(tmp_path, count=1)
+    for activation, declared, emits in (("linear", "probabilities", "a linear layer"),
+                                        ("sigmoid", "logits", "a sigmoid")):
+        path = str(tmp_path / f"{activation}.keras")
+        _save_model(path, activation)
+        assert main(["run", "--input", str(tmp_path / "images"), "--model", path,
+                     "--model_output", declared, "--output", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert f"--model_output {declared}, but model {path} ends in {emits}" in error
+    # Formats that do not say (ONNX, SavedModel) are checked on their outputs.
+    with pytest.raises(ValueError, match=r"range from -3 to 3, outside \[0, 1\]"):
+        two_class_logits(np.array([[[[-3.0], [3.0]]]], np.float32), "probabilities")
