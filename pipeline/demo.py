@@ -119,7 +119,8 @@ def demo_argv(output: str, extra: Optional[list[str]] = None) -> list[str]:
     folder = os.path.join(output, "demo_inputs")
     image_glob, mask_folder = write_demo_inputs(folder)
     model_path = os.path.join(folder, "tiny_fcn_demo.keras")
-    if not os.path.exists(model_path):
+    given = {argument.split("=", 1)[0] for argument in extra or []}  # the user's own win
+    if "--model" not in given and not os.path.exists(model_path):  # theirs needs no training
         losses = train_demo_model(model_path)
         print(f"segbeam demo: trained tiny_fcn on generated scenes, loss "
               f"{losses[0]:.3f} -> {losses[-1]:.3f}; saved {model_path}")
@@ -127,7 +128,6 @@ def demo_argv(output: str, extra: Optional[list[str]] = None) -> list[str]:
                 "--model": model_path, "--num_classes": str(len(DEMO_CLASSES)),
                 "--class_names": ",".join(DEMO_CLASSES), "--input_size": "128",
                 "--ignore_index": "-1"}
-    given = {argument.split("=", 1)[0] for argument in extra or []}  # the user's own win
     kept = [item for flag, value in defaults.items() if flag not in given
             for item in (flag, value)]
     return [*kept, *(extra or [])]

@@ -332,3 +332,8 @@ def test_the_demo_leaves_the_flags_a_user_gives_to_the_user(tmp_path, demo_model
     assert argv.count("--output") == 1 and "--input_size" not in argv
     assert argv[-1] == "--input_size=64"
     parse_run_argv(argv)
+    # A model of the user's: the demo's own is not trained (about 20 s) only to go unused.
+    other = tmp_path / "other"
+    argv = demo_argv(str(other), ["--model", demo_model_path])
+    assert argv[argv.index("--model") + 1] == demo_model_path and argv.count("--model") == 1
+    assert not (other / "demo_inputs" / "tiny_fcn_demo.keras").exists()
