@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import posixpath
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from segbeam.labels import label_warnings
 from segbeam.metrics import DATASET_METRICS, METRIC_LABELS, REPORTED_METRICS
 from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 from segbeam.pipeline.report_rows import as_dicts, final_figure, flags, floats, present, ranked
+
+if TYPE_CHECKING:
+    import pyarrow
 
 
 def histogram(values: np.ndarray | list[float], bins: int, low: float, high: float) -> dict:
@@ -55,7 +58,7 @@ def _reason_group(reason: str) -> str:
     return reason.split(";")[0].split(" (")[0][:160]
 
 
-def evaluation_figures(summary: dict, rows, gallery_size: int,
+def evaluation_figures(summary: dict, rows: pyarrow.Table, gallery_size: int,
                        working_directory: Optional[str] = None,
                        root: Optional[str] = None) -> Optional[dict]:
     evaluation = summary.get("evaluation") or {}

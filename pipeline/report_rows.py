@@ -7,19 +7,22 @@ shows become dicts: a report on millions of rows holds columns, not a dict per r
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pyarrow
 
-def present(rows, name: str) -> np.ndarray:
+
+def present(rows: pyarrow.Table, name: str) -> np.ndarray:
     """Where the column ``name`` holds a value (not null), as a boolean array."""
     import pyarrow.compute as pc
 
     return pc.is_valid(rows.column(name)).to_numpy(zero_copy_only=False)
 
 
-def floats(rows, name: str) -> np.ndarray:
+def floats(rows: pyarrow.Table, name: str) -> np.ndarray:
     """The column ``name`` as float64, NaN where null."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -28,7 +31,7 @@ def floats(rows, name: str) -> np.ndarray:
         zero_copy_only=False)
 
 
-def flags(rows, name: str) -> np.ndarray:
+def flags(rows: pyarrow.Table, name: str) -> np.ndarray:
     """A boolean column as an array, False where null."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -37,7 +40,7 @@ def flags(rows, name: str) -> np.ndarray:
         zero_copy_only=False)
 
 
-def final_figure(rows, figure: str) -> tuple[np.ndarray, np.ndarray]:
+def final_figure(rows: pyarrow.Table, figure: str) -> tuple[np.ndarray, np.ndarray]:
     """(each row's ``figure`` for its final labels: ``FIGURE_crf`` where it holds a value, else
     ``FIGURE_raw``; where either holds one)."""
     after = present(rows, f"{figure}_crf")
@@ -45,7 +48,7 @@ def final_figure(rows, figure: str) -> tuple[np.ndarray, np.ndarray]:
     return values, after | present(rows, f"{figure}_raw")
 
 
-def ranked(rows, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+def ranked(rows: pyarrow.Table, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``indices`` (of rows) ordered by ``values`` (one per index), then by key."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -57,7 +60,7 @@ def ranked(rows, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
     return indices[order.to_numpy()]
 
 
-def as_dicts(rows, indices: Iterable[int]) -> list[dict]:
+def as_dicts(rows: pyarrow.Table, indices: Iterable[int]) -> list[dict]:
     """The rows at ``indices``, in that order, as dicts."""
     import pyarrow as pa
 
