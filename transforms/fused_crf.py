@@ -20,7 +20,7 @@ import numpy as np
 
 from segbeam.crf import CrfParams
 from segbeam.geometry import Placement
-from segbeam.inference import check_logits, check_probability_range, is_out_of_memory
+from segbeam.inference import check_probability_range, is_out_of_memory
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
 from segbeam.transforms.refine import with_marginals
 
@@ -144,12 +144,9 @@ def refine_batch(records: Sequence[SegmentationRecord], placements: Sequence[Pla
     from keras import ops
 
     scores = ops.cast(outputs, "float32")
-    low, high = (float(ops.convert_to_numpy(reduce(scores))) for reduce in (ops.min, ops.max))
     if kind == "probabilities":
-        check_probability_range(low, high)
-    elif scores.shape[-1] > 1:
-        check_logits(low, high, float(ops.convert_to_numpy(
-            ops.max(ops.abs(ops.sum(scores, axis=-1) - 1.0)))), scores.shape[-1])
+        check_probability_range(float(ops.convert_to_numpy(ops.min(scores))),
+                                float(ops.convert_to_numpy(ops.max(scores))))
     probabilities = as_probabilities(scores, kind)
     restored = [_restored(probabilities[index], placement, canvas)
                 for index, placement in enumerate(placements)]

@@ -24,7 +24,7 @@ from segbeam.transforms.fused_crf import as_probabilities
 LOG = logging.getLogger(__name__)
 
 
-def _serving_model(model, kind: str):
+def _serving_model(model, kind: str, check_logits: bool = False):
     """``model`` with its post-processing inside: (float16 probabilities, labels) computed by
     the backend (multi-threaded kernels, on the device on a GPU, half the bytes to copy back)
     instead of in numpy on the host; with ``kind="labels"``, the labels alone (the argmax of
@@ -41,11 +41,10 @@ def _serving_model(model, kind: str):
     probabilities = as_probabilities(outputs, kind)
     labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
     served = [ops.cast(probabilities, "float16"), labels]
-    if kind in ("probabilities", "logits"):  # each image's range, checked on the host
+    if kind == "probabilities" or check_logits:  # each image's range, checked on the host
         served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
-    if kind == "logits":  # and how far its pixels' sums stray from one
-        scores = ops.cast(outputs, "float32")
-        served.append(ops.max(ops.abs(ops.sum(scores, axis=-1) - 1.0), axis=(1, 2)))
+    if check_logits:  # and how far its pixels' sums stray from one
+        served.append(_worst_sum_error(ops, outputs, axis=(1, 2)))
     return keras.Model(inputs, served, name=f"{model.name}_serving")
 
 
@@ -56,6 +55,12 @@ def _auto_kind(outputs: np.ndarray) -> tuple[str, bool]:
     if looks_like_probabilities(outputs):
         return "probabilities", False
     return "logits", in_unit_range(outputs)
+
+
+def _worst_sum_error(ops, outputs, axis=None):
+    """How far the pixels' sums over the classes stray from one, at most (per image along
+    ``axis``)."""
+    return ops.max(ops.abs(ops.sum(ops.cast(outputs, "float32"), axis=-1) - 1.0), axis=axis)
 
 
 class SegmentationPredictor:
@@ -72,14 +77,17 @@ class SegmentationPredictor:
         if kind not in MODEL_OUTPUTS:
             raise ValueError(f"unknown model output kind {kind!r}; expected one of "
                              f"{MODEL_OUTPUTS}")
+        declared = kind
         runtime, kind = adapt_outputs(runtime, kind)  # binary or multi-label sigmoid heads
+        # Logits declared by --model_output are checked for probabilities; auto looked.
+        self._check_logits = declared == kind == "logits"
         self._runtime = runtime
         self._kind = kind
         self._placement = device
         model = runtime.keras_model
         # Built now, so that on a GPU they live where the model was placed.
         self._serving = None if model is None else {
-            k: compiled_predict(_serving_model(model, k))
+            k: compiled_predict(_serving_model(model, k, k == "logits" and self._check_logits))
             for k in ("logits", "probabilities", "labels")}
         # Keras builds its predict function lazily and is not re-entrant; ONNX Runtime
         # sessions and TensorFlow signatures are, so those only serialise the first look.
@@ -104,7 +112,7 @@ class SegmentationPredictor:
                 served = self._serving[self._kind](batch)
             if self._kind == "probabilities":
                 check_probability_range(float(np.min(served[2])), float(np.max(served[3])))
-            elif self._kind == "logits" and np.shape(served[0])[-1] > 1:
+            elif self._check_logits:
                 check_logits(float(np.min(served[2])), float(np.max(served[3])),
                              float(np.max(served[4])), np.shape(served[0])[-1])
             return np.asarray(served[0]), np.asarray(served[1])
@@ -127,6 +135,10 @@ class SegmentationPredictor:
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
                 self._kind, self._kind_in_doubt = _auto_kind(
                     np.asarray(ops.convert_to_numpy(outputs), np.float32))
+        if self._check_logits:  # three numbers off the device, not the outputs
+            check_logits(*(float(ops.convert_to_numpy(figure)) for figure in (
+                ops.min(outputs), ops.max(outputs), _worst_sum_error(ops, outputs))),
+                outputs.shape[-1])
         return outputs, self._kind
 
     def take_doubt(self) -> bool:
