@@ -313,6 +313,38 @@ def compare_reports(current: dict, previous: dict, threshold: float) -> dict:
             "aggregate": aggregate, "per_class": per_class, "regressions": regressions}
 
 
+GALLERY_PATHS = ("source", "mask_source", "mask_path", "raw_mask_path")
+
+
+def _check_gallery_storage(report: dict, run_dir: str) -> None:
+    """Gallery images on Cloud Storage where the run's folder is not (a folder on
+    ``gs://`` was checked before the command began): storage this machine cannot reach is not
+    read, as each image would wait out the client's two minutes of retries; the entries say
+    ``cloud_storage_unread`` and a warning says why. Reading them anonymously, for want of
+    credentials, is a warning too."""
+    from segbeam.storage import gcs_paths
+
+    if run_dir.startswith("gs://"):
+        return
+    evaluation = report["evaluation"] or {}
+    entries = [entry for name in ("worst", "worst_boundary", "best")
+               for entry in evaluation.get(name, [])] + report["without_masks"]["examples"]
+    remote = gcs_paths(entry.get(name) for entry in entries for name in GALLERY_PATHS)
+    if not remote:
+        return
+    from segbeam.pipeline.flags import prepare_cloud_storage
+
+    try:
+        warning = prepare_cloud_storage(remote, command="report")
+    except ValueError as error:
+        for entry in entries:
+            entry["cloud_storage_unread"] = True
+        report["warnings"].append(f"the galleries show no image from Cloud Storage: {error}")
+        return
+    if warning:
+        report["warnings"].append(warning)
+
+
 def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[str] = None,
                  regression_threshold: float = 1.0, gallery_size: int = 6,
                  standing: bool = False) -> tuple[dict, str]:
@@ -325,6 +357,7 @@ def write_report(run_dir: str, output: Optional[str] = None, compare: Optional[s
         report = build_report(standing_run(run_dir), gallery_size)
     else:
         report = build_report(load_run(run_dir), gallery_size)
+    _check_gallery_storage(report, run_dir)
     if compare:
         report["comparison"] = compare_reports(report, build_report(load_run(compare), 0),
                                                regression_threshold / 100.0)

@@ -170,24 +170,26 @@ def _gallery_panels(entry: dict, colours: np.ndarray) -> list[tuple[str, Optiona
     from segbeam.layout import read_bytes
 
     size = _panel_size(entry["height"], entry["width"])
-    resize = lambda array, mode: np.asarray(Image.fromarray(array).resize(  # noqa: E731
-        size[::-1], mode))
-    image = _read_optional(lambda: resize(decode_image(read_bytes(entry["source"])),
-                                          Image.BILINEAR))
-    truth = _read_optional(lambda: resize(decode_mask(read_bytes(entry["mask_source"])),
-                                          Image.NEAREST)) if entry.get("mask_source") else None
-    prediction = _read_optional(lambda: resize(decode_mask(read_bytes(entry["mask_path"])),
-                                               Image.NEAREST))
+
+    def read(name: str, decode: Callable, mode: int) -> Optional[np.ndarray]:
+        path = entry.get(name)
+        if not path or entry.get("cloud_storage_unread") and path.startswith("gs://"):
+            return None
+        return _read_optional(lambda: np.asarray(Image.fromarray(decode(read_bytes(path)))
+                                                 .resize(size[::-1], mode)))
+
+    image = read("source", decode_image, Image.BILINEAR)
     valid = len(colours)
     panels = [("image", None if image is None else _jpeg_data_uri(image))]
     if entry.get("mask_source"):
+        truth = read("mask_source", decode_mask, Image.NEAREST)
         panels.append(("ground truth", None if truth is None else
                        _jpeg_data_uri(colourise(truth, colours, image, valid))))
     if entry.get("raw_mask_path"):
-        raw = _read_optional(lambda: resize(decode_mask(read_bytes(entry["raw_mask_path"])),
-                                            Image.NEAREST))
+        raw = read("raw_mask_path", decode_mask, Image.NEAREST)
         panels.append(("prediction", None if raw is None else
                        _jpeg_data_uri(colourise(raw, colours, image, valid))))
+    prediction = read("mask_path", decode_mask, Image.NEAREST)
     title = "CRF" if entry.get("raw_mask_path") else \
         "prediction (CRF-refined)" if entry.get("crf_applied") else "prediction"
     panels.append((title, None if prediction is None else

@@ -180,6 +180,38 @@ def test_cloud_storage_that_cannot_be_reached_is_refused_at_once(tmp_path, monke
     assert not (tmp_path / "out").exists()
 
 
+def test_a_report_whose_images_are_on_unreachable_storage_shows_them_missing_at_once(
+        gcs_bucket, demo_model_path, tmp_path, monkeypatch, capsys):
+    """A run's folder copied to a machine that cannot reach the bucket its images are in: each
+    gallery image waited out the storage client's two minutes of retries (a report of six
+    images a gallery, about an hour). Now the report is written at once, without them, and
+    says why."""
+    import socket
+
+    from segbeam.pipeline.cli import main
+
+    gcs = gcs_bucket()
+    _put_scenes(f"{gcs}/data", 3, seed=6)
+    run(["--input", f"{gcs}/data/images/*.png", "--masks", f"{gcs}/data/masks", "--model",
+         demo_model_path, "--num_classes", "3", "--input_size", "64", "--ignore_index", "-1",
+         "--crf_iterations", "2", "--output", str(tmp_path / "out"), "--no_auth"])
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        assert main(["report", str(tmp_path / "out"), "--gallery_size", "2"]) == 0
+    error = capsys.readouterr().err
+    assert "warning: the galleries show no image from Cloud Storage: gs://" in error
+    assert "Connection refused" in error
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    shown = [entry for name in ("worst", "worst_boundary", "best")
+             for entry in report["evaluation"][name]]
+    assert shown and all(entry["cloud_storage_unread"] for entry in shown)
+    page = (tmp_path / "out" / "report" / "report.html").read_text()
+    # the image and its ground truth are not read; the masks written locally are
+    assert page.count("not readable from here") == 2 * len(shown)
+    assert page.count('alt="prediction (CRF-refined)"') == len(shown)
+
+
 def _without_credentials(monkeypatch, tmp_path, as_the_service: bool = True) -> None:
     """No application default credentials anywhere, and Beam's credential cache unsettled, as
     in a fresh process. ``as_the_service``: the emulator addressed as the service itself
