@@ -157,3 +157,18 @@ def test_the_mask_listing_benchmark_finds_every_mask_both_ways(tmp_path, monkeyp
     rows = json.loads((tmp_path / "record.json").read_text())["rows"]
     assert [(row["where"], row["masks"]) for row in rows] == [
         ("Cloud Storage emulator", 12), ("local disk", 12)]
+
+
+def test_a_benchmark_child_reports_its_own_peak_memory_not_its_parents():
+    """Linux keeps ru_maxrss across exec: a child started by a parent holding 300 MB
+    reported 300 MB or more whatever it used itself."""
+    import subprocess
+    import sys
+
+    held = bytearray(300 * 2 ** 20)
+    held[::4096] = b"\x01" * len(held[::4096])
+    child = subprocess.run([sys.executable, "-c", "from benchmarks.common import "
+                            "peak_rss_mib; print(peak_rss_mib())"],
+                           capture_output=True, text=True, check=True)
+    del held
+    assert float(child.stdout) < 200
