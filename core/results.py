@@ -64,19 +64,26 @@ def read_metrics(output: str, columns: Optional[Sequence[str]] = None, latest: b
         raise ValueError(f"no metrics file under {output} has the column(s) {missing}; "
                          f"its columns: {', '.join(table.column_names)}")
     if latest and "date" in table.column_names:
-        table = _latest_rows(table)
+        table = latest_rows(table)
     return table
 
 
-def _latest_rows(table):
-    """Each key's row of the latest date (a table read with a ``key`` column)."""
+def latest_rows(table):
+    """Each key's row of the latest date (a table with ``key`` and ``date`` columns); of rows
+    with the same key and date, the first. On Arrow columns: a sort, not a dict of every key."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if "key" not in table.column_names:
         raise ValueError("latest=True needs the 'key' column: add it to columns")
-    keys, dates = table.column("key").to_pylist(), table.column("date").to_pylist()
-    newest: dict[str, int] = {}
-    for index, (key, date) in enumerate(zip(keys, dates)):
-        if key not in newest or date > dates[newest[key]]:
-            newest[key] = index
-    return table.take(pa.array(sorted(newest.values()), pa.int64()))
+    order = pc.sort_indices(
+        pa.table({"key": table.column("key"), "date": table.column("date"),
+                  "row": np.arange(table.num_rows)}),
+        sort_keys=[("key", "ascending"), ("date", "descending"), ("row", "ascending")])
+    keys = table.column("key").take(order)
+    first = np.ones(table.num_rows, bool)
+    if table.num_rows > 1:
+        first[1:] = pc.not_equal(keys.slice(1), keys.slice(0, table.num_rows - 1)).to_numpy(
+            zero_copy_only=False)
+    return table.take(np.sort(order.to_numpy()[first]))

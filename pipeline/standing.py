@@ -11,14 +11,18 @@ are the ones a single run over the same inputs would give.
 from __future__ import annotations
 
 import posixpath
+from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segbeam.layout import MANIFEST_JSON, REPORT_ROW_COLUMNS, RUNNING_MARKER, SUMMARY_JSON, \
     RunOutputs, exists, matching_paths, open_file, output_path, partition_date, read_json, \
     report_rows, run_directory
-from segbeam.results import metrics_files, read_metrics
+from segbeam.results import latest_rows, metrics_files
 from segbeam.transforms.aggregate import ConfusionSum, build_summary
+
+BATCH_ROWS = 2048  # rows read and summed at once: a few MB of columns, whatever the run size
 
 
 def finished_nights(root: str) -> list[str]:
@@ -46,8 +50,9 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     (``segbeam report --standing``): the standing summary, the latest night's manifest (its
     warnings joined by what the standing rows cannot vouch for), the rows summed (with
     ``keep_rows``, their ``REPORT_ROW_COLUMNS`` only), and no dead letters (each night's are its
-    own). Rows are read a batch at a time and summed as they come: only which night holds each
-    key's latest row is held for all of them."""
+    own). Rows are read a batch at a time and summed on their columns as they come
+    (``ConfusionSum.add_batch``): only the key and night of each latest row are held for all
+    of them, as Arrow columns."""
     nights = finished_nights(root)
     if not nights:
         raise ValueError(f"{root} holds no finished dated run (--run_date): pass the --output "
@@ -55,19 +60,17 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     latest_dir = run_directory(root, nights[-1])
     latest = read_json(output_path(latest_dir, SUMMARY_JSON))
     fingerprint = latest.get("config_fingerprint")
-    standing = read_metrics(root, ["key", "config_fingerprint"], latest=True, dates=set(nights))
-    night_of = {key: date for key, date, made in zip(
-        *(standing.column(name).to_pylist() for name in ("key", "date", "config_fingerprint")))
-        if made == fingerprint}
+    standing = _latest_keys(root, set(nights), fingerprint)
+    current = standing.filter(standing.column("current"))
     combine = ConfusionSum(latest["num_classes"])
     totals, kept = combine.create_accumulator(), []
-    for batch, rows, standing_rows in _batches_of(root, night_of):
-        for row in rows:
-            totals = combine.add_input(totals, row)
+    for batch in _standing_batches(root, current):
+        totals = combine.add_batch(totals, batch)
         if keep_rows:
             names = [name for name in REPORT_ROW_COLUMNS if name in batch.schema.names]
-            kept.append(pa.Table.from_batches([batch.select(names).filter(standing_rows)]))
-    summary = build_summary(None, totals, inputs=len(night_of), segmented=len(night_of),
+            kept.append(pa.Table.from_batches([batch.select(names)]))
+    standing_rows = current.num_rows
+    summary = build_summary(None, totals, inputs=standing_rows, segmented=standing_rows,
                             dead_by_stage=[], class_names=latest["class_names"],
                             ignore_index=latest.get("ignore_index"),
                             config_fingerprint=fingerprint,
@@ -79,10 +82,10 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
                          "dark_16_bit_images": totals["dark_16_bit_images"]}
     summary["standing"] = {
         "root": root, "nights": len(nights), "latest_night": nights[-1],
-        "nights_of_rows": sorted(set(night_of.values())),
-        "other_configuration": standing.num_rows - len(night_of),
+        "nights_of_rows": sorted(pc.unique(current.column("date")).to_pylist()),
+        "other_configuration": standing.num_rows - standing_rows,
         "latest_night_inputs": accounted,
-        "rows_beyond_latest_inputs": max(0, len(night_of) - accounted)}
+        "rows_beyond_latest_inputs": max(0, standing_rows - accounted)}
     manifest_path = output_path(latest_dir, MANIFEST_JSON)
     manifest = read_json(manifest_path) if exists(manifest_path) else {}
     manifest = {**manifest, "warnings": manifest.get("warnings", []) +
@@ -90,19 +93,51 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     return RunOutputs(root, summary, manifest, report_rows(kept), [])
 
 
-def _batches_of(root: str, night_of: dict):
-    """The rows of ``night_of`` (key -> the night whose row stands), a batch at a time: (the
-    batch, its standing rows as dicts, which of its rows they are)."""
+def _latest_keys(root: str, nights: set[str], fingerprint: Optional[str]) -> pa.Table:
+    """(key, date, current) of each key's latest row over ``nights``: the night that holds it,
+    and whether it was made under ``fingerprint``. Only these three columns are held for every
+    row (a configuration's fingerprint is compared as each file is read, not kept)."""
+    import pyarrow.parquet as pq
+
+    tables = []
+    for path, date in metrics_files(root):
+        if date not in nights:
+            continue
+        with open_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            names = [name for name in ("key", "config_fingerprint")
+                     if name in parquet.schema_arrow.names]
+            table = parquet.read(columns=names)
+        made = table.column("config_fingerprint") if "config_fingerprint" in names else \
+            pa.nulls(table.num_rows, pa.string())
+        tables.append(pa.table({
+            "key": table.column("key"), "date": pa.array([date] * table.num_rows, pa.string()),
+            "current": pc.fill_null(pc.equal(made, fingerprint), False)}))
+    if not tables:
+        raise ValueError(f"no metrics under {root}: pass the --output of nightly `segbeam run "
+                         f"--run_date` runs")
+    return latest_rows(pa.concat_tables(tables))
+
+
+def _standing_batches(root: str, current: pa.Table):
+    """The standing rows, a batch at a time: in each night's files, the rows of the keys whose
+    latest row ``current`` (key, date) says that night holds."""
     import pyarrow.parquet as pq
 
     for path, date in metrics_files(root):
+        keys = current.filter(pc.equal(current.column("date"), date)).column("key")
+        if not len(keys):
+            continue
         with open_file(path) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
-                rows = batch.to_pylist()
-                standing = [night_of.get(row["key"]) == date for row in rows]
-                if any(standing):
-                    yield batch, [row for row, kept in zip(rows, standing) if kept], \
-                        pa.array(standing)
+            parquet = pq.ParquetFile(handle)
+            standing = pc.is_in(parquet.read(columns=["key"]).column("key"),
+                                value_set=keys.combine_chunks())
+            start = 0
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+                chosen = standing.slice(start, batch.num_rows).combine_chunks()
+                start += batch.num_rows
+                if pc.any(chosen).as_py():
+                    yield batch.filter(chosen)
 
 
 def standing_warnings(standing: dict) -> list[str]:

@@ -159,6 +159,17 @@ def test_the_mask_listing_benchmark_finds_every_mask_both_ways(tmp_path, monkeyp
         ("Cloud Storage emulator", 12), ("local disk", 12)]
 
 
+def test_the_standing_benchmark_sums_both_ways_to_the_same_figures(tmp_path, capsys):
+    from benchmarks import standing
+
+    standing.main(["--rows", "2000", "--output", str(tmp_path / "record.json")])
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["summary"]["summaries_equal"] is True
+    assert [row["way"] for row in record["rows"]] == ["rows", "columns"]
+    assert record["rows"][0]["images"] == record["rows"][1]["images"] > 0
+    assert "summaries equal" in capsys.readouterr().out
+
+
 def test_a_benchmark_child_reports_its_own_peak_memory_not_its_parents():
     """Linux keeps ru_maxrss across exec: a child started by a parent holding 300 MB
     reported 300 MB or more whatever it used itself."""

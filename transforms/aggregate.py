@@ -16,6 +16,7 @@ from segbeam.calibration import VECTOR_LENGTH, calibration_figures, from_vector
 from segbeam.decode import DARK_HIGH_DEPTH_PEAK
 from segbeam.metrics import DATASET_METRICS, dense_confusion, fixed_point, from_fixed_point, \
     nan_to_none, summarise_confusion
+from segbeam.metrics_columns import NotColumnar, add_columns
 
 VARIANTS = ("raw", "crf")
 
@@ -71,6 +72,20 @@ class ConfusionSum(beam.CombineFn):
             accumulator["boundary_crf"].add(row, "crf")
             _add_calibration(accumulator, row, "crf")
         return accumulator
+
+    def add_batch(self, accumulator, batch: pa.RecordBatch):
+        """``add_input`` for every row of ``batch`` at once, on its columns
+        (``segbeam.metrics_columns``: the same sums to the bit, without a dict per row). A
+        batch the columns cannot sum exactly is summed row by row, which says what is wrong
+        with it."""
+        sums = self.create_accumulator()
+        try:
+            add_columns(sums, batch, self._num_classes)
+        except NotColumnar:
+            sums = self.create_accumulator()
+            for row in batch.to_pylist():
+                sums = self.add_input(sums, row)
+        return self.merge_accumulators([accumulator, sums])
 
     def merge_accumulators(self, accumulators):
         accumulators = iter(accumulators)
