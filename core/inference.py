@@ -108,11 +108,30 @@ def in_unit_range(values: np.ndarray, tolerance: float = TOLERANCE) -> bool:
     return bool(values.min() >= -tolerance and values.max() <= 1 + tolerance)
 
 
+def non_finite_count(outputs) -> int:
+    """How many of a model's outputs are NaN or +infinity (-infinity is a logit of a
+    probability of zero)."""
+    outputs = np.asarray(outputs)
+    return int(np.count_nonzero(np.isnan(outputs) | np.isposinf(outputs)))
+
+
+def check_finite(bad: int) -> None:
+    """Raises ValueError where a model's outputs held ``bad`` NaN or +infinite values: an
+    overflow (float16 past 65504), a diverged training, a division by zero. Their argmax
+    still gives labels, arbitrary ones, which would be written and scored without a word."""
+    if bad:
+        raise ValueError(f"the model's outputs hold {bad} NaN or infinite values, from which "
+                         f"labels would be arbitrary; check the model (an overflow in float16, "
+                         f"weights diverged in training)")
+
+
 def check_probability_range(low: float, high: float) -> None:
     """Raises ValueError where outputs from ``low`` to ``high`` cannot be the probabilities
     that ``--model_output probabilities`` declares (logits, most often)."""
     if -TOLERANCE <= low and high <= 1 + TOLERANCE:
         return
+    if np.isnan(low) or np.isnan(high):
+        check_finite(1)
     raise ValueError(f"--model_output probabilities, but the model's outputs range from "
                      f"{low:.4g} to {high:.4g}, outside [0, 1]: they are not probabilities; "
                      f"pass --model_output logits (or auto)")

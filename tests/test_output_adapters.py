@@ -310,3 +310,94 @@ def test_a_binary_model_declared_against_what_it_emits_is_refused(tmp_path, caps
     # Formats that do not say (ONNX, SavedModel) are checked on their outputs.
     with pytest.raises(ValueError, match=r"range from -3 to 3, outside \[0, 1\]"):
         two_class_logits(np.array([[[[-3.0], [3.0]]]], np.float32), "probabilities")
+
+
+def _overflowing_model(path) -> None:
+    """Two classes; class 0's logit is 1e36 times the pixel's channel sum (raw RGB): finite
+    for images no brighter than 100 (at most 3e38), +infinite in float32 where a pixel is
+    brighter, so that its softmax is NaN."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    head = keras.layers.Conv2D(2, 1, use_bias=False)
+    model = keras.Model(inputs, head(inputs))
+    weights = np.zeros((1, 1, 3, 2), np.float32)
+    weights[0, 0, :, 0] = 1e36
+    head.set_weights([weights])
+    model.save(path)
+
+
+def test_outputs_that_are_nan_or_infinite_make_dead_letters_not_labels(tmp_path):
+    """A model whose outputs overflowed still gave labels (the argmax of NaN) that were
+    written and scored without a word (mIoU 25.10 on the demo with --no-crf), or with the CRF
+    died there with "cannot reshape array of size 0"."""
+    rng = np.random.default_rng(1)
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for index, top in enumerate((100, 100, 256, 256)):  # two dark images, two bright ones
+        image = rng.integers(0, top, (32, 64, 3), dtype=np.uint8)  # no padding: labels alone
+        Image.fromarray(image).save(tmp_path / "images" / f"i{index}.png")
+        Image.fromarray((image[..., 0] > 50).astype(np.uint8)).save(
+            tmp_path / "masks" / f"i{index}.png")
+    model = str(tmp_path / "overflow.keras")
+    _overflowing_model(model)
+    common = ["run", "--input", str(tmp_path / "images"), "--model", model, "--num_classes",
+              "2", "--preprocess", "none", "--model_output", "logits", "--quiet"]
+    for name, flags in (("masks, no CRF", ["--masks", str(tmp_path / "masks"), "--no-crf"]),
+                        ("masks, CRF", ["--masks", str(tmp_path / "masks")]),
+                        ("labels only", ["--no-crf"])):
+        out = tmp_path / name.replace(" ", "_").replace(",", "")
+        assert main([*common, *flags, "--output", str(out)]) == 0, name
+        counts = json.loads((out / "summary.json").read_text())["counts"]
+        assert (counts["segmented"], counts["dead_letters_by_stage"]) == (
+            2, {"inference": 2}), name
+        letters = [json.loads(line) for path in (out / "dead_letters").glob("*.jsonl")
+                   for line in path.read_text().splitlines()]
+        assert sorted(letter["key"] for letter in letters) == ["i2", "i3"], name
+        assert all("NaN or infinite values, from which labels would be arbitrary"
+                   in letter["reason"] for letter in letters), name
+
+
+def test_outputs_that_are_nan_are_refused_in_every_path(tmp_path):
+    """The fused CRF's path, and the numpy path that formats other than Keras take."""
+    from segbeam.crf import CrfParams
+    from segbeam.inference import InferenceSettings, check_probability_range, \
+        non_finite_count, to_probabilities
+    from segbeam.models.source import ModelSource
+    from segbeam.records import DeadLetter, SegmentationRecord
+    from segbeam.transforms.fused_crf import FusedCrf
+    from segbeam.transforms.inference import KerasSegmentationHandler
+    from segbeam.transforms.predictor import SegmentationPredictor
+
+    _overflowing_model(str(tmp_path / "overflow.keras"))
+    source = ModelSource(str(tmp_path / "overflow.keras"), num_classes=2, input_size=(32, 32))
+    records = [SegmentationRecord("k", "s", image=np.full((32, 32, 3), 255, np.uint8))]
+    fused = FusedCrf(CrfParams(backend="keras", min_side=16), 2, 255)
+    for fuse in (True, False):
+        handler = KerasSegmentationHandler(
+            source, InferenceSettings(model_output="logits", preprocess="none"),
+            fused_crf=fused, fuse=fuse)
+        [letter] = handler.run_inference(records, handler.load_model())
+        assert isinstance(letter, DeadLetter) and letter.stage == "inference", fuse
+        assert "NaN or infinite values" in letter.reason, fuse
+
+    class Scores:  # a model of another format: its scores reach numpy as they are
+        keras_model, name = None, "scores"
+
+        def outputs(self, batch):
+            scores = np.zeros((len(batch), 4, 4, 2), np.float32)
+            scores[0, 1, 1, 0] = np.nan
+            return scores
+
+        def num_classes(self):
+            return 2
+
+    predictor = SegmentationPredictor(Scores(), "logits")
+    batch = np.zeros((2, 4, 4, 3), np.float32)
+    for call in (predictor.predict, predictor.predict_labels):
+        with pytest.raises(ValueError, match="outputs hold 1 NaN or infinite values"):
+            call(batch)
+    assert non_finite_count(np.array([np.nan, np.inf, -np.inf, 1.0])) == 2
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        check_probability_range(float("nan"), float("nan"))
+    assert np.isfinite(to_probabilities(np.array([[[[0.0, -np.inf]]]]), "logits")).all()

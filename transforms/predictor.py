@@ -14,8 +14,9 @@ from typing import Optional
 import numpy as np
 
 from segbeam.crf import labels_from_probabilities
-from segbeam.inference import MODEL_OUTPUTS, check_logits, check_probability_range, \
-    in_unit_range, looks_like_probabilities, to_probabilities
+from segbeam.inference import MODEL_OUTPUTS, check_finite, check_logits, \
+    check_probability_range, in_unit_range, looks_like_probabilities, non_finite_count, \
+    to_probabilities
 from segbeam.models.keras_runtime import compiled_predict, device_predict
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.runtime import ModelRuntime
@@ -28,19 +29,21 @@ def _serving_model(model, kind: str, check_logits: bool = False):
     """``model`` with its post-processing inside: (float16 probabilities, labels) computed by
     the backend (multi-threaded kernels, on the device on a GPU, half the bytes to copy back)
     instead of in numpy on the host; with ``kind="labels"``, the labels alone (the argmax of
-    logits and of probabilities agree, so no softmax). Shares the model's layers and weights."""
+    logits and of probabilities agree, so no softmax). Each also counts the outputs that are
+    NaN or +infinite, for the host to refuse. Shares the model's layers and weights."""
     import keras
     from keras import ops
 
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     outputs = model(inputs)
     label_type = "uint8" if model.output_shape[-1] <= 256 else "uint16"
+    bad = _non_finite(ops, outputs)
     if kind == "labels":
-        return keras.Model(inputs, ops.cast(ops.argmax(outputs, axis=-1), label_type),
+        return keras.Model(inputs, [ops.cast(ops.argmax(outputs, axis=-1), label_type), bad],
                            name=f"{model.name}_labels")
     probabilities = as_probabilities(outputs, kind)
     labels = ops.cast(ops.argmax(probabilities, axis=-1), label_type)
-    served = [ops.cast(probabilities, "float16"), labels]
+    served = [ops.cast(probabilities, "float16"), labels, bad]
     if kind == "probabilities" or check_logits:  # each image's range, checked on the host
         served += [ops.min(outputs, axis=(1, 2, 3)), ops.max(outputs, axis=(1, 2, 3))]
     if check_logits:  # and how far its pixels' sums stray from one
@@ -55,6 +58,14 @@ def _auto_kind(outputs: np.ndarray) -> tuple[str, bool]:
     if looks_like_probabilities(outputs):
         return "probabilities", False
     return "logits", in_unit_range(outputs)
+
+
+def _non_finite(ops, outputs):
+    """How many outputs of each image are NaN or +infinite
+    (``segbeam.inference.non_finite_count``)."""
+    bad = ops.logical_or(ops.isnan(outputs),
+                         ops.logical_and(ops.isinf(outputs), ops.greater(outputs, 0)))
+    return ops.sum(ops.cast(bad, "int32"), axis=(1, 2, 3))
 
 
 def _worst_sum_error(ops, outputs, axis=None):
@@ -110,13 +121,15 @@ class SegmentationPredictor:
         if self._serving is not None and self._kind != "auto":
             with self._lock, self.placed():
                 served = self._serving[self._kind](batch)
+            check_finite(int(np.sum(served[2])))
             if self._kind == "probabilities":
-                check_probability_range(float(np.min(served[2])), float(np.max(served[3])))
+                check_probability_range(float(np.min(served[3])), float(np.max(served[4])))
             elif self._check_logits:
-                check_logits(float(np.min(served[2])), float(np.max(served[3])),
-                             float(np.max(served[4])), np.shape(served[0])[-1])
+                check_logits(float(np.min(served[3])), float(np.max(served[4])),
+                             float(np.max(served[5])), np.shape(served[0])[-1])
             return np.asarray(served[0]), np.asarray(served[1])
         outputs = self._scores(batch)
+        check_finite(non_finite_count(outputs))
         with self._lock:  # one look at real outputs decides the kind, then it is kept
             if self._kind == "auto":
                 self._kind, self._kind_in_doubt = _auto_kind(outputs)
@@ -132,6 +145,7 @@ class SegmentationPredictor:
             if self._device_function is None:
                 self._device_function = device_predict(self._runtime.keras_model)
             outputs = self._device_function(batch)
+            check_finite(int(np.sum(ops.convert_to_numpy(_non_finite(ops, outputs)))))
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
                 self._kind, self._kind_in_doubt = _auto_kind(
                     np.asarray(ops.convert_to_numpy(outputs), np.float32))
@@ -156,8 +170,12 @@ class SegmentationPredictor:
         """(N, H, W) labels for a preprocessed batch, without computing probabilities."""
         if self._serving is not None:
             with self._lock, self.placed():
-                return np.asarray(self._serving["labels"](batch))
-        return labels_from_probabilities(self._scores(batch))
+                labels, bad = self._serving["labels"](batch)
+            check_finite(int(np.sum(bad)))
+            return np.asarray(labels)
+        scores = self._scores(batch)
+        check_finite(non_finite_count(scores))
+        return labels_from_probabilities(scores)
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
         return self._runtime.fixed_input_size()
