@@ -115,10 +115,16 @@ def non_finite_count(outputs) -> int:
     return int(np.count_nonzero(np.isnan(outputs) | np.isposinf(outputs)))
 
 
-def check_finite(bad: int) -> None:
+def check_finite(bad: int, out_of_range: bool = False) -> None:
     """Raises ValueError where a model's outputs held ``bad`` NaN or +infinite values: an
     overflow (float16 past 65504), a diverged training, a division by zero. Their argmax
-    still gives labels, arbitrary ones, which would be written and scored without a word."""
+    still gives labels, arbitrary ones, which would be written and scored without a word.
+    ``out_of_range``: the outputs are a one-channel model's declared probabilities, made NaN
+    in its graph where they lie outside [0, 1]."""
+    if bad and out_of_range:
+        raise ValueError(f"--model_output probabilities, but {bad} of the model's outputs are "
+                         f"outside [0, 1] (or NaN): they are not probabilities; pass "
+                         f"--model_output logits (or auto)")
     if bad:
         raise ValueError(f"the model's outputs hold {bad} NaN or infinite values, from which "
                          f"labels would be arbitrary; check the model (an overflow in float16, "

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from segbeam.inference import check_probability_range
+from segbeam.inference import TOLERANCE, check_probability_range
 
 # Probabilities are clipped this far from 0 and 1 before the log (float32 keeps 1 - 1e-7).
 _EPSILON = 1e-7
@@ -73,8 +73,10 @@ def _two_class_keras(model, kind: str):
     from keras import ops
 
     scores = ops.cast(model.outputs[0], "float32")
-    if kind == "probabilities":
-        p = ops.clip(scores, _EPSILON, 1 - _EPSILON)
+    if kind == "probabilities":  # scores outside [0, 1] become NaN, which the predictor refuses
+        in_range = ops.logical_and(ops.greater_equal(scores, -TOLERANCE),
+                                   ops.less_equal(scores, 1 + TOLERANCE))
+        p = ops.where(in_range, ops.clip(scores, _EPSILON, 1 - _EPSILON), float("nan"))
         logits = ops.concatenate([ops.log(1 - p), ops.log(p)], axis=-1)
     else:
         logits = ops.concatenate([ops.zeros_like(scores), scores], axis=-1)
@@ -99,6 +101,8 @@ class TwoClassRuntime(_AdaptedRuntime):
         self._kind = kind
         self.keras_model = None if runtime.keras_model is None else \
             _two_class_keras(runtime.keras_model, kind)
+        # Where a Keras graph serves declared probabilities, a score outside [0, 1] is NaN.
+        self.nan_means_out_of_range = kind == "probabilities" and self.keras_model is not None
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         return two_class_logits(self._runtime.outputs(batch), self._kind)

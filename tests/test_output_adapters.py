@@ -3,6 +3,7 @@ classes, background 0 and foreground 1; whether the channel holds logits or sigm
 probabilities is said, never guessed. A sigmoid per class is served normalised."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -310,6 +311,30 @@ def test_a_binary_model_declared_against_what_it_emits_is_refused(tmp_path, caps
     # Formats that do not say (ONNX, SavedModel) are checked on their outputs.
     with pytest.raises(ValueError, match=r"range from -3 to 3, outside \[0, 1\]"):
         two_class_logits(np.array([[[[-3.0], [3.0]]]], np.float32), "probabilities")
+
+    # A Keras model whose linear layer sits in a sub-model does not say either: its scores
+    # outside [0, 1] are refused in the graph, image by image (they were clipped unseen).
+    import keras
+
+    _save_model(str(tmp_path / "linear.keras"), "linear")
+    inner = keras.saving.load_model(str(tmp_path / "linear.keras"))
+    inputs = keras.Input((None, None, 3))
+    keras.Model(inputs, inner(inputs)).save(str(tmp_path / "nested.keras"))
+    # red 133 everywhere (and a size that takes no padding): linear outputs of 0.45, which
+    # pass for probabilities
+    Image.fromarray(np.full((32, 32, 3), 133, np.uint8)).save(tmp_path / "images" / "mid.png")
+    for crf in ("--crf", "--no-crf"):
+        out = tmp_path / f"nested{crf}"
+        assert main(["run", "--input", str(tmp_path / "images"), "--model",
+                     str(tmp_path / "nested.keras"), "--model_output", "probabilities", crf,
+                     "--quiet", "--output", str(out)]) == 0
+        counts = json.loads((out / "summary.json").read_text())["counts"]
+        assert (counts["segmented"], counts["dead_letters_by_stage"]) == (1, {"inference": 1})
+        [letter] = [json.loads(line) for path in (out / "dead_letters").glob("*.jsonl")
+                    for line in path.read_text().splitlines()]
+        assert letter["key"] == "b0"
+        assert re.search(r"--model_output probabilities, but \d+ of the model's outputs are "
+                         r"outside \[0, 1\] \(or NaN\)", letter["reason"]), letter
 
 
 def _overflowing_model(path) -> None:

@@ -92,6 +92,7 @@ class SegmentationPredictor:
         runtime, kind = adapt_outputs(runtime, kind)  # binary or multi-label sigmoid heads
         # Logits declared by --model_output are checked for probabilities; auto looked.
         self._check_logits = declared == kind == "logits"
+        self._nan_means_out_of_range = getattr(runtime, "nan_means_out_of_range", False)
         self._runtime = runtime
         self._kind = kind
         self._placement = device
@@ -121,7 +122,7 @@ class SegmentationPredictor:
         if self._serving is not None and self._kind != "auto":
             with self._lock, self.placed():
                 served = self._serving[self._kind](batch)
-            check_finite(int(np.sum(served[2])))
+            self._check_finite(served[2])
             if self._kind == "probabilities":
                 check_probability_range(float(np.min(served[3])), float(np.max(served[4])))
             elif self._check_logits:
@@ -129,12 +130,15 @@ class SegmentationPredictor:
                              float(np.max(served[5])), np.shape(served[0])[-1])
             return np.asarray(served[0]), np.asarray(served[1])
         outputs = self._scores(batch)
-        check_finite(non_finite_count(outputs))
+        self._check_finite(non_finite_count(outputs))
         with self._lock:  # one look at real outputs decides the kind, then it is kept
             if self._kind == "auto":
                 self._kind, self._kind_in_doubt = _auto_kind(outputs)
         probabilities = to_probabilities(outputs, self._kind)
         return probabilities.astype(np.float16), labels_from_probabilities(probabilities)
+
+    def _check_finite(self, bad_per_image) -> None:
+        check_finite(int(np.sum(bad_per_image)), self._nan_means_out_of_range)
 
     def device_outputs(self, batch: np.ndarray):
         """(The model's (N, h, w, C) outputs as a backend tensor, left on the device; what
@@ -145,7 +149,7 @@ class SegmentationPredictor:
             if self._device_function is None:
                 self._device_function = device_predict(self._runtime.keras_model)
             outputs = self._device_function(batch)
-            check_finite(int(np.sum(ops.convert_to_numpy(_non_finite(ops, outputs)))))
+            self._check_finite(ops.convert_to_numpy(_non_finite(ops, outputs)))
             if self._kind == "auto":  # one look at real outputs decides, then it is kept
                 self._kind, self._kind_in_doubt = _auto_kind(
                     np.asarray(ops.convert_to_numpy(outputs), np.float32))
@@ -171,10 +175,10 @@ class SegmentationPredictor:
         if self._serving is not None:
             with self._lock, self.placed():
                 labels, bad = self._serving["labels"](batch)
-            check_finite(int(np.sum(bad)))
+            self._check_finite(bad)
             return np.asarray(labels)
         scores = self._scores(batch)
-        check_finite(non_finite_count(scores))
+        self._check_finite(non_finite_count(scores))
         return labels_from_probabilities(scores)
 
     def fixed_input_size(self) -> Optional[tuple[int, int]]:
