@@ -380,3 +380,22 @@ def test_no_auth_holds_on_dask_workers(gcs_bucket, demo_model_path, tmp_path, mo
                        cluster.scheduler_address, "--output", str(tmp_path / "out")])
         assert outcome.summary["counts"]["segmented"] == 2
         assert list(client.run(_retries_recorded).values()) == [[]]
+
+
+def test_the_standing_evaluation_reads_nightly_partitions_on_cloud_storage(gcs_bucket,
+                                                                            tmp_path):
+    """The standing sum reads each night's keys, then its rows a batch at a time, through one
+    handle per file: on Cloud Storage as on a local disk, to the same figures."""
+    from benchmarks.standing import write_nights
+    from segbeam.pipeline.standing import standing_summary
+
+    gcs = gcs_bucket()
+    write_nights(str(tmp_path), 600)
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file():
+            put(f"{gcs}/nightly/{path.relative_to(tmp_path)}", path.read_bytes())
+    remote, local = standing_summary(f"{gcs}/nightly"), standing_summary(str(tmp_path))
+    assert remote["standing"]["root"] == f"{gcs}/nightly"
+    remote["standing"]["root"] = local["standing"]["root"]
+    assert json.dumps(remote, sort_keys=True) == json.dumps(local, sort_keys=True)
+    assert local["counts"]["images_with_mask"] > 0
