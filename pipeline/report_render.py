@@ -73,10 +73,11 @@ def _count_items(run: dict) -> list[tuple[str, object]]:
 def render_markdown(report: dict) -> str:
     run, evaluation = report["run"], report["evaluation"]
     counts = run["counts"]
+    night = "latest night, " if run.get("standing") else ""  # the rest: every night's rows
     lines = [f"# Segmentation report: {run['output']}", "",
              f"- model: `{run['model']}` ({run['model_fingerprint']})",
-             f"- data: `{run['input']}`, masks `{run['masks']}`",
-             f"- started {run['started_utc']}, wall time {run['wall_time_seconds']} s"]
+             f"- {night}data: `{run['input']}`, masks `{run['masks']}`",
+             f"- {night}started {run['started_utc']}, wall time {run['wall_time_seconds']} s"]
     if run.get("standing"):
         lines += [f"- {label}: {value}" for label, value in _count_items(run)]
     else:
@@ -250,11 +251,12 @@ def render_html(report: dict) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Segmentation report "
            f"- {html.escape(str(run['output']))}</title><style>{_CSS}</style></head><body>",
            "<h1>Segmentation report</h1>", '<section id="run"><h2>Run</h2><table>']
+    night = "latest night, " if run.get("standing") else ""  # the rest: every night's rows
     for label, value in [("output", run["output"]), ("model", run["model"]),
                          ("model fingerprint", run["model_fingerprint"]),
-                         ("data", run["input"]), ("masks", run["masks"]),
-                         ("started (UTC)", run["started_utc"]),
-                         ("wall time (s)", run["wall_time_seconds"]),
+                         (f"{night}data", run["input"]), (f"{night}masks", run["masks"]),
+                         (f"{night}started (UTC)", run["started_utc"]),
+                         (f"{night}wall time (s)", run["wall_time_seconds"]),
                          *_count_items(run)]:
         out.append(f"<tr><th>{label}</th><td>{html.escape(str(value))}</td></tr>")
     out.append("</table>")

@@ -95,6 +95,7 @@ def test_renderings_hold_every_section(runs):
     assert "http://" not in page and "https://" not in page  # opens offline
     markdown = render_markdown(report)
     assert "| mIoU |" in markdown and "| disc |" in markdown
+    assert "\n- data: `" in markdown and "<th>started (UTC)</th>" in page
     assert json.loads(render_json(report))["evaluation"]["per_class"][1]["class"] == "disc"
 
 

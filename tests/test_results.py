@@ -126,8 +126,13 @@ def test_the_standing_evaluation_is_the_one_a_single_run_over_the_same_inputs_gi
         standing["evaluation"]["crf"]["miou"]
     assert report["warnings"][-1].startswith("1 row more than the inputs the latest night "
                                              "accounted for: inputs deleted since")
+    markdown = (out / "report" / "report.md").read_text()
     assert "- standing rows: each of 6 inputs' latest row, from 2 of 3 finished nights " \
-           "(latest 2026-11-22)" in (out / "report" / "report.md").read_text()
+           "(latest 2026-11-22)" in markdown
+    # what only the latest night says of itself is labelled so (it said "data: ...")
+    assert "\n- latest night, data: `" in markdown
+    assert "<th>latest night, started (UTC)</th>" in \
+        (out / "report" / "report.html").read_text()
     assert main(["report", str(out)]) == 2
     assert "--standing for all of them" in capsys.readouterr().err
     # A night under another configuration: rows made under the earlier one are left out.
