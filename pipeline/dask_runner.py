@@ -45,6 +45,8 @@ from apache_beam.runners.runner import PipelineResult, PipelineRunner, PipelineS
 from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindows
 
+from segbeam.storage import gcs_paths
+
 _SET_UP: dict[tuple, DoFn] = {}  # (run id, transform label, thread) -> DoFn after setup()
 _SET_UP_LOCK = threading.Lock()
 
@@ -262,19 +264,31 @@ except ImportError:  # the runner needs it; without it Client fails first, sayin
     WorkerPlugin = object
 
 
-class AnonymousCloudStorage(WorkerPlugin):
-    """On every worker of the cluster, and on each that joins later: ``--no_auth`` honoured,
-    Cloud Storage read anonymously at once (``segbeam.compat.settle_anonymous_gcs_credentials``),
-    as in the launcher. Beam's gcsio ignores the flag, so each worker process otherwise spent
-    about 25 s looking for credentials, logging a traceback per try, before it read
-    anonymously anyway."""
+class CloudStorageCredentials(WorkerPlugin):
+    """On every worker of the cluster, and on each that joins later, as in the launcher
+    (``segbeam.pipeline.flags.prepare_cloud_storage``): Cloud Storage read anonymously at once
+    (``segbeam.compat.settle_anonymous_gcs_credentials``) under ``--no_auth``, against an
+    emulator, or where the worker finds no credentials of its own; a worker that has them
+    keeps them (a cluster may hold credentials its launcher lacks). Beam's gcsio ignores
+    ``--no_auth``, so each worker process otherwise spent about 25 s looking for credentials,
+    logging a traceback per try, before it read anonymously anyway."""
 
-    name = "segbeam-anonymous-cloud-storage"
+    name = "segbeam-cloud-storage-credentials"
+
+    def __init__(self, no_auth: bool):
+        self.no_auth = no_auth
 
     def setup(self, worker) -> None:
-        from segbeam import compat
+        import os
 
-        compat.settle_anonymous_gcs_credentials()
+        from segbeam import compat, storage
+
+        if self.no_auth or os.environ.get("STORAGE_EMULATOR_HOST"):
+            compat.settle_anonymous_gcs_credentials()
+            return
+        missing = storage.credentials_problem()
+        if missing is not None and not missing[1]:  # none at all, not ones named but broken
+            compat.settle_anonymous_gcs_credentials()
 
 
 class DaskRunner(PipelineRunner):
@@ -288,8 +302,9 @@ class DaskRunner(PipelineRunner):
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
         try:
-            if options.view_as(GoogleCloudOptions).no_auth:
-                client.register_plugin(AnonymousCloudStorage())
+            no_auth = options.view_as(GoogleCloudOptions).no_auth
+            if no_auth or gcs_paths(options.get_all_options().values()):
+                client.register_plugin(CloudStorageCredentials(no_auth))
             threads = sum(client.nthreads().values()) or 1
             npartitions = bag_kwargs.get("npartitions") or 2 * threads
             pipeline.replace_all(dask_overrides())

@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
@@ -361,21 +362,27 @@ def _retries_recorded() -> list:
     return list(getattr(logging.getLogger("apache_beam.utils.retry"), "kept", ["no recorder"]))
 
 
-def test_no_auth_holds_on_dask_workers(gcs_bucket, demo_model_path, tmp_path, monkeypatch):
-    """Beam's gcsio ignores --no_auth: each Dask worker process looked for credentials for
-    about 25 s, logging a traceback per try, before it read anonymously anyway."""
+@pytest.mark.parametrize("no_auth", [True, False])
+def test_dask_workers_without_credentials_read_anonymously_at_once(
+        gcs_bucket, demo_model_path, tmp_path, monkeypatch, no_auth):
+    """Beam's gcsio ignores --no_auth, and looks for credentials a worker may not have: each
+    Dask worker process looked for them for about 25 s, logging a traceback per try, before
+    it read anonymously anyway (with --no_auth; and without it, where the launcher had found
+    none and read anonymously at once)."""
     from dask.distributed import Client, LocalCluster
 
     gcs = gcs_bucket()
     _put_scenes(gcs, 2, seed=6)
-    _without_credentials(monkeypatch, tmp_path, as_the_service=False)  # the workers' too
+    # the workers' too; without --no_auth, the emulator addressed as the service itself
+    _without_credentials(monkeypatch, tmp_path, as_the_service=not no_auth)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster.scheduler_address) as client:
         client.run(_record_retries)
         outcome = run(["--input", f"{gcs}/images/*.png", "--masks", f"{gcs}/masks", "--model",
                        demo_model_path, "--num_classes", "3", "--input_size", "64",
-                       "--ignore_index", "-1", "--crf_iterations", "1", "--no_auth",
+                       "--ignore_index", "-1", "--crf_iterations", "1",
+                       *(["--no_auth"] if no_auth else []),
                        "--runner", "DaskRunner", "--dask_client_address",
                        cluster.scheduler_address, "--output", str(tmp_path / "out")])
         assert outcome.summary["counts"]["segmented"] == 2
