@@ -45,7 +45,7 @@ def pattern_regex(pattern: str) -> re.Pattern:
             if end == -1:
                 out.append(r"\[")
                 continue
-            body = pattern[i:end].replace("\\", "\\\\")
+            body = pattern[i:end].replace("\\", "\\\\").replace("[", "\\[")
             body = "^" + body[1:] if body.startswith("!") else \
                 "\\" + body if body.startswith("^") else body
             out.append(f"[{body}]")
@@ -222,6 +222,19 @@ def could_match_outputs(pattern: str, output_root: str) -> bool:
                "metrics/metrics-00000-of-00001.parquet", "date=2026-01-01/masks/k.png",
                "report/report.html", "dead_letters/dead_letters-00000-of-00001.jsonl")
     return any(regex.match(f"{root}/{sample}") for sample in samples)
+
+
+def literal_name_hint(pattern: str) -> str:
+    """Where a pattern that matched nothing names, read literally, a local file or folder
+    whose name holds glob characters (``photos [2024]``): how to pass it, as a clause to add
+    to the error; "" otherwise."""
+    if not any(c in pattern for c in _WILDCARDS) or _is_remote(pattern) or \
+            not os.path.exists(pattern):
+        return ""
+    escaped = "".join(f"[{c}]" if c in _WILDCARDS else c for c in pattern.rstrip("/"))
+    glob = escaped + "/*" if os.path.isdir(pattern) else escaped
+    return (f"; {pattern!r} exists, but its name holds glob characters (* ? [), read as a "
+            f"pattern: pass it escaped, {glob!r}")
 
 
 def folder_as_glob(pattern: str) -> str:

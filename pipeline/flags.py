@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import compat, storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
-from segbeam.matching import match_files
+from segbeam.matching import literal_name_hint, match_files
 
 
 class UsageError(ValueError):
@@ -182,8 +182,9 @@ def check_masks_match(masks: str, exclude: Optional[str] = None,
     if os.path.isfile(masks):
         raise UsageError(f"{flag} {masks!r} is a file; pass the folder that holds the masks, "
                          f"or a glob of them (they pair with images by name)")
-    raise UsageError(f"{flag} {masks!r} matches no file; check the path" + (
-        f" (without masks, drop {flag}: {without})" if without else ""))
+    hint = literal_name_hint(masks)
+    raise UsageError(f"{flag} {masks!r} matches no file" + (hint or "; check the path" + (
+        f" (without masks, drop {flag}: {without})" if without else "")))
 
 
 def check_output_name(output: str, flag: str = "--output") -> None:

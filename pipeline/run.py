@@ -29,7 +29,8 @@ from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.registry import check_preprocess
 from segbeam.models.training_record import image_size, read_training_config, \
     training_warnings
-from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, match_files
+from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, \
+    literal_name_hint, match_files
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, ignores_case, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
@@ -77,8 +78,9 @@ def _check_inputs_exist(settings: Settings) -> str:
                          f"all lie in sub-folders; pass '{settings.input[:-2]}/**' to read "
                          f"them")
     if first is None:
-        raise UsageError(f"--input {settings.input!r} matches no file; check the path and "
-                         f"quote the glob so that the shell does not expand it")
+        raise UsageError(f"--input {settings.input!r} matches no file" + (
+            literal_name_hint(settings.input) or "; check the path and quote the glob so "
+            "that the shell does not expand it"))
     if settings.masks and settings.input_format == "images":
         check_masks_match(settings.masks, exclude)
     if deeper:

@@ -232,3 +232,34 @@ def test_a_shard_read_as_an_image_is_a_dead_letter_that_says_how_to_read_it():
             decode_encoded(EncodedImage("k", name, b"not an image", None, None, "h"))
     with pytest.raises(ValueError, match="check that the file is a JPEG or PNG$"):
         decode_encoded(EncodedImage("k", "data/k.png", b"not an image", None, None, "h"))
+
+
+def test_a_folder_whose_name_holds_glob_characters_is_named_with_its_escaped_glob(
+        tmp_path, tiny_model_path, capsys):
+    """``photos [2024]`` is read as a pattern (one of p, h, ...): the folder that exists was
+    said to match no file, with advice to quote the glob. Now the error gives the glob that
+    reads it, and that glob does."""
+    import warnings
+
+    from segbeam.matching import pattern_regex
+
+    root = tmp_path / "set [v2]"
+    root.mkdir()
+    write_random_pairs(root, [np.full((16, 24), k % 3, np.uint8) for k in range(2)])
+    images, masks = root / "images", root / "masks"
+    assert _run(images, masks, tmp_path / "out", tiny_model_path) == 2
+    error = capsys.readouterr().err
+    escaped = f"{tmp_path}/set [[]v2]"
+    assert error.splitlines() == [
+        f"segbeam run: error: --input '{images}' matches no file; '{images}' exists, but its "
+        f"name holds glob characters (* ? [), read as a pattern: pass it escaped, "
+        f"'{escaped}/images/*'"]
+    assert _run(f"{escaped}/images/*", masks, tmp_path / "out", tiny_model_path) == 2
+    assert f"pass it escaped, '{escaped}/masks/*'" in capsys.readouterr().err
+    assert _run(f"{escaped}/images/*", f"{escaped}/masks/*", tmp_path / "out",
+                tiny_model_path) == 0
+    counts = json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
+    assert counts["segmented"] == counts["images_with_mask"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "[[]" compiled with a nested set warned
+        assert pattern_regex("a[[]b]").match("a[b]")
