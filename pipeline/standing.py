@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -60,11 +61,12 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     latest_dir = run_directory(root, nights[-1])
     latest = read_json(output_path(latest_dir, SUMMARY_JSON))
     fingerprint = latest.get("config_fingerprint")
-    standing = _latest_keys(root, set(nights), fingerprint)
+    files = metrics_files(root)
+    standing = _latest_keys(root, files, set(nights), fingerprint)
     current = standing.filter(standing.column("current"))
     combine = ConfusionSum(latest["num_classes"])
     totals, kept = combine.create_accumulator(), []
-    for batch in _standing_batches(root, current):
+    for batch in _standing_batches(files, current):
         totals = combine.add_batch(totals, batch)
         if keep_rows:
             names = [name for name in REPORT_ROW_COLUMNS if name in batch.schema.names]
@@ -93,14 +95,16 @@ def standing_run(root: str, keep_rows: bool = True) -> RunOutputs:
     return RunOutputs(root, summary, manifest, report_rows(kept), [])
 
 
-def _latest_keys(root: str, nights: set[str], fingerprint: Optional[str]) -> pa.Table:
-    """(key, date, current) of each key's latest row over ``nights``: the night that holds it,
-    and whether it was made under ``fingerprint``. Only these three columns are held for every
-    row (a configuration's fingerprint is compared as each file is read, not kept)."""
+def _latest_keys(root: str, files: list[tuple[str, Optional[str]]], nights: set[str],
+                 fingerprint: Optional[str]) -> pa.Table:
+    """(key, date, current, file, index) of each key's latest row over ``nights``: the night
+    that holds it, whether it was made under ``fingerprint``, and where it lies (its file's
+    place in ``files``, its row there). Only these columns are held for every row (a
+    configuration's fingerprint is compared as each file is read, not kept)."""
     import pyarrow.parquet as pq
 
     tables = []
-    for path, date in metrics_files(root):
+    for number, (path, date) in enumerate(files):
         if date not in nights:
             continue
         with open_file(path) as handle:
@@ -112,32 +116,39 @@ def _latest_keys(root: str, nights: set[str], fingerprint: Optional[str]) -> pa.
             pa.nulls(table.num_rows, pa.string())
         tables.append(pa.table({
             "key": table.column("key"), "date": pa.array([date] * table.num_rows, pa.string()),
-            "current": pc.fill_null(pc.equal(made, fingerprint), False)}))
+            "current": pc.fill_null(pc.equal(made, fingerprint), False),
+            "file": np.full(table.num_rows, number, np.int32),
+            "index": np.arange(table.num_rows, dtype=np.int64)}))
     if not tables:
         raise ValueError(f"no metrics under {root}: pass the --output of nightly `segbeam run "
                          f"--run_date` runs")
     return latest_rows(pa.concat_tables(tables))
 
 
-def _standing_batches(root: str, current: pa.Table):
-    """The standing rows, a batch at a time: in each night's files, the rows of the keys whose
-    latest row ``current`` (key, date) says that night holds."""
+def _standing_batches(files: list[tuple[str, Optional[str]]], current: pa.Table):
+    """The rows ``current`` places (``_latest_keys``), a batch at a time, file by file: each
+    file is read once, and where its rows stand is found once for all files (a sort), not by
+    a search per file."""
     import pyarrow.parquet as pq
 
-    for path, date in metrics_files(root):
-        keys = current.filter(pc.equal(current.column("date"), date)).column("key")
-        if not len(keys):
+    order = pc.sort_indices(current, sort_keys=[("file", "ascending"), ("index", "ascending")])
+    file_of = current.column("file").take(order).to_numpy()
+    index_of = current.column("index").take(order).to_numpy()
+    bounds = np.searchsorted(file_of, np.arange(len(files) + 1))
+    for number, (path, _) in enumerate(files):
+        rows = index_of[bounds[number]:bounds[number + 1]]
+        if not len(rows):
             continue
         with open_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            standing = pc.is_in(parquet.read(columns=["key"]).column("key"),
-                                value_set=keys.combine_chunks())
+            chosen = np.zeros(parquet.metadata.num_rows, bool)
+            chosen[rows] = True
             start = 0
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-                chosen = standing.slice(start, batch.num_rows).combine_chunks()
+                mask = chosen[start:start + batch.num_rows]
                 start += batch.num_rows
-                if pc.any(chosen).as_py():
-                    yield batch.filter(chosen)
+                if mask.any():
+                    yield batch.filter(pa.array(mask))
 
 
 def standing_warnings(standing: dict) -> list[str]:

@@ -82,6 +82,26 @@ def test_the_standing_summary_is_the_one_rows_summed_one_by_one_give(nights):
     assert columns["counts"]["images_with_mask"] == rows["counts"]["images_with_mask"]
 
 
+def test_nights_written_as_several_files_stand_as_one(nights, tmp_path):
+    """A night's rows in several files (a run's shards): each row is found in its own file."""
+    import shutil
+
+    split = tmp_path / "split"
+    shutil.copytree(nights, split)
+    for path in sorted(split.glob("date=*/metrics/*.parquet")):
+        table = pq.read_table(path)
+        path.unlink()
+        third = table.num_rows // 3 + 1
+        for shard in range(3):
+            pq.write_table(table.slice(shard * third, third),
+                           path.parent / f"metrics-{shard:05d}-of-00003.parquet")
+    whole, shards = standing_summary(nights), standing_summary(str(split))
+    shards["standing"]["root"] = whole["standing"]["root"]
+    assert json.dumps(shards, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert json.dumps(summed_by_rows(str(split))["evaluation"], sort_keys=True) == \
+        json.dumps(whole["evaluation"], sort_keys=True)
+
+
 def test_a_batch_the_columns_cannot_sum_exactly_is_summed_row_by_row(nights):
     path = sorted(glob.glob(f"{nights}/date=*/metrics/*.parquet"))[2]
     table = pq.read_table(path).slice(0, 40)
