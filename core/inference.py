@@ -126,9 +126,13 @@ def check_finite(bad: int, out_of_range: bool = False) -> None:
                          f"outside [0, 1] (or NaN): they are not probabilities; pass "
                          f"--model_output logits (or auto)")
     if bad:
-        raise ValueError(f"the model's outputs hold {bad} NaN or infinite values, from which "
-                         f"labels would be arbitrary; check the model (an overflow in float16, "
-                         f"weights diverged in training)")
+        raise _non_finite_error(f"{bad} NaN or infinite values")
+
+
+def _non_finite_error(what: str) -> ValueError:
+    return ValueError(f"the model's outputs hold {what}, from which labels would be "
+                      f"arbitrary; check the model (an overflow in float16, weights diverged "
+                      f"in training)")
 
 
 def check_probability_range(low: float, high: float) -> None:
@@ -137,7 +141,7 @@ def check_probability_range(low: float, high: float) -> None:
     if -TOLERANCE <= low and high <= 1 + TOLERANCE:
         return
     if np.isnan(low) or np.isnan(high):
-        check_finite(1)
+        raise _non_finite_error("NaN values")
     raise ValueError(f"--model_output probabilities, but the model's outputs range from "
                      f"{low:.4g} to {high:.4g}, outside [0, 1]: they are not probabilities; "
                      f"pass --model_output logits (or auto)")

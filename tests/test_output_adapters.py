@@ -423,6 +423,6 @@ def test_outputs_that_are_nan_are_refused_in_every_path(tmp_path):
         with pytest.raises(ValueError, match="outputs hold 1 NaN or infinite values"):
             call(batch)
     assert non_finite_count(np.array([np.nan, np.inf, -np.inf, 1.0])) == 2
-    with pytest.raises(ValueError, match="NaN or infinite values"):
+    with pytest.raises(ValueError, match="outputs hold NaN values, from which labels would"):
         check_probability_range(float("nan"), float("nan"))
     assert np.isfinite(to_probabilities(np.array([[[[0.0, -np.inf]]]]), "logits")).all()
