@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from typing import Optional
@@ -57,6 +58,26 @@ class WallTimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.minutes is not None and time.monotonic() - self.start > self.minutes * 60:
             self.stopped = True
+            self.model.stop_training = True
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite (a learning rate too
+    high, an overflow): the weights are no longer numbers then, and each later epoch trained
+    on, reported a chance-level mIoU and saved a model of NaN without a word. ``diverged``:
+    (epoch, batch) where it happened, counted from 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch, self.diverged = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = (self.epoch, batch)
             self.model.stop_training = True
 
 
@@ -299,9 +320,10 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
             metrics=[miou_metric(config.num_classes, ignore)])
         os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
         record_start(config)
-    budget = WallTimeBudget(config.max_minutes)
+    budget, guard = WallTimeBudget(config.max_minutes), DivergenceGuard()
     best_path = os.path.join(config.output, "best.keras") if val_data else None
     callbacks = [
+        guard,
         atomic_checkpoint(os.path.join(config.output, CHECKPOINT)),
         keras.callbacks.CSVLogger(os.path.join(config.output, HISTORY), append=bool(resumed)),
         budget,
@@ -313,6 +335,13 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
                         initial_epoch=done, callbacks=callbacks, verbose=config.verbose)
     seconds = time.monotonic() - start
+    if guard.diverged:
+        epoch, batch = guard.diverged
+        raise ValueError(f"training diverged: the loss became NaN or infinite at epoch "
+                         f"{epoch + 1}, batch {batch + 1}, and the weights with it; model.keras "
+                         f"was not written ({CHECKPOINT} holds the last epoch whose loss was "
+                         f"finite, if one was); lower --learning_rate ({config.learning_rate:g}) "
+                         f"and train again with --overwrite")
     model_path = os.path.join(config.output, "model.keras")
     model.save(model_path)
     earlier = resumed.history if resumed else {}

@@ -127,6 +127,8 @@ def atomic_checkpoint(path: str, monitor: Optional[str] = None, best: Optional[f
             self.best = best
 
         def on_epoch_end(self, epoch, logs=None):
+            if not _finite_epoch(self.model, logs):  # diverged: the last good file stays
+                return
             if monitor is not None:
                 value = (logs or {}).get(monitor)
                 if value is None or not math.isfinite(value) or \
@@ -142,6 +144,17 @@ def atomic_checkpoint(path: str, monitor: Optional[str] = None, best: Optional[f
                     os.remove(temporary)
 
     return AtomicCheckpoint()
+
+
+def _finite_epoch(model, logs: Optional[dict]) -> bool:
+    """Whether an epoch ended with a finite loss and finite weights (one that diverged, or
+    whose last update did, saves nothing)."""
+    import numpy as np
+
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        return False
+    return all(np.isfinite(weights).all() for weights in model.get_weights())
 
 
 def load_checkpoint(config: TrainingConfig):

@@ -530,6 +530,9 @@ def test_best_keras_is_saved_by_rename_and_only_for_a_better_epoch(tmp_path):
     saved = []
 
     class Model:
+        def get_weights(self):
+            return [np.zeros(2)]
+
         def save(self, path, **_):
             if saved and saved[-1] == "fail":
                 with open(path, "wb") as handle:
@@ -551,3 +554,47 @@ def test_best_keras_is_saved_by_rename_and_only_for_a_better_epoch(tmp_path):
     assert best.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
     assert isinstance(callback, keras.callbacks.Callback)
+
+
+def test_a_training_that_diverges_stops_and_says_so_saving_no_model_of_nan(tmp_path, capsys):
+    """A learning rate far too high: the loss became NaN in the first epoch, and training
+    went on through every epoch, saved model.keras and checkpoints/last.keras with NaN
+    weights, printed a chance-level mIoU and exited 0; training.json held NaN, not JSON."""
+    from segbeam.models.training_resume import atomic_checkpoint
+    from segbeam.pipeline.cli import main
+
+    images, masks = _write_pairs(tmp_path, 8, height=32, width=32)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny_fcn", "--num_classes", "3", "--images", images,
+                 "--masks", masks, "--input_size", "32x32", "--batch_size", "4", "--epochs",
+                 "3", "--learning_rate", "1e30", "--quiet", "--output", str(out)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"segbeam train: error: training diverged: the loss became NaN or "
+                        r"infinite at epoch 1, batch \d, and the weights with it; model.keras "
+                        r"was not written \(checkpoints/last.keras holds the last epoch whose "
+                        r"loss was finite, if one was\); lower --learning_rate \(1e\+30\) and "
+                        r"train again with --overwrite", line), line
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.csv"]
+    assert not (out / "checkpoints" / "last.keras").exists()
+
+    # An epoch whose last update made the weights NaN, its loss still finite: not saved.
+    saved = []
+
+    class Model:
+        weights = [np.ones(3)]
+
+        def get_weights(self):
+            return self.weights
+
+        def save(self, path, **_):
+            open(path, "w").close()
+            saved.append(path)
+
+    checkpoint = atomic_checkpoint(str(tmp_path / "last.keras"))
+    checkpoint.set_model(Model())
+    checkpoint.on_epoch_end(0, {"loss": 0.5})
+    Model.weights = [np.array([1.0, np.nan])]
+    checkpoint.on_epoch_end(1, {"loss": 0.4})
+    Model.weights = [np.ones(3)]
+    checkpoint.on_epoch_end(2, {"loss": float("inf")})
+    assert len(saved) == 1
