@@ -1,5 +1,6 @@
 """Evaluation reports over a run's output: the figures (this module) and their renderings
-(``pipeline/report_render.py``: JSON, Markdown, one self-contained HTML file).
+(``pipeline/report_render.py``: JSON, Markdown, one self-contained HTML file, whose gallery
+panels ``pipeline/report_gallery.py`` reads and draws).
 
 A report reads only what ``segbeam run`` wrote under ``--output`` (``summary.json``,
 ``manifest.json``, ``metrics/*.parquet``, ``dead_letters/*.jsonl``, ``masks/``), through

@@ -4,22 +4,19 @@ URIs; it opens offline)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
-from PIL import Image
 
 from segbeam.classes import class_colours
 from segbeam.metrics import METRIC_LABELS, REPORTED_METRICS
+from segbeam.pipeline.report_gallery import gallery_panels
 from segbeam.pipeline.report_svg import svg_bars, svg_heatmap, svg_histogram, svg_reliability
 
 RAW_COLOUR, CRF_COLOUR = "#8da0cb", "#e78ac3"
-PANEL_WIDTH = 240
 
 
 def _clean(value):
@@ -133,76 +130,11 @@ def render_markdown(report: dict) -> str:
 
 # ---- HTML -------------------------------------------------------------------------------
 
-def _jpeg_data_uri(array: np.ndarray) -> str:
-    """Panels are photographs with overlays: JPEG keeps a report of dozens of them small."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _panel_size(height: int, width: int) -> tuple[int, int]:
-    scale = min(1.0, PANEL_WIDTH / width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def colourise(labels: np.ndarray, colours: np.ndarray, image: Optional[np.ndarray],
-              valid: int) -> np.ndarray:
-    """Labels as colours, blended half-and-half over ``image`` when there is one; ids at or
-    above ``valid`` (the ignore index, unknown ids) stay black (or show the image dimmed)."""
-    known = labels < valid
-    coloured = np.zeros((*labels.shape, 3), np.uint8)
-    coloured[known] = colours[labels[known]]
-    if image is None:
-        return coloured
-    blended = (image.astype(np.float32) * 0.5 + coloured * 0.5)
-    blended[~known] = image[~known] * 0.3
-    return blended.astype(np.uint8)
-
-
-def _read_optional(reader: Callable[[], np.ndarray]) -> Optional[np.ndarray]:
-    try:
-        return reader()
-    except Exception:  # noqa: BLE001 - a panel that cannot be read is shown as missing
-        return None
-
-
-def _gallery_panels(entry: dict, colours: np.ndarray) -> list[tuple[str, Optional[str]]]:
-    from segbeam.decode import decode_image, decode_mask
-    from segbeam.layout import read_bytes
-
-    size = _panel_size(entry["height"], entry["width"])
-
-    def read(name: str, decode: Callable, mode: int) -> Optional[np.ndarray]:
-        path = entry.get(name)
-        if not path or entry.get("cloud_storage_unread") and path.startswith("gs://"):
-            return None
-        return _read_optional(lambda: np.asarray(Image.fromarray(decode(read_bytes(path)))
-                                                 .resize(size[::-1], mode)))
-
-    image = read("source", decode_image, Image.BILINEAR)
-    valid = len(colours)
-    panels = [("image", None if image is None else _jpeg_data_uri(image))]
-    if entry.get("mask_source"):
-        truth = read("mask_source", decode_mask, Image.NEAREST)
-        panels.append(("ground truth", None if truth is None else
-                       _jpeg_data_uri(colourise(truth, colours, image, valid))))
-    if entry.get("raw_mask_path"):
-        raw = read("raw_mask_path", decode_mask, Image.NEAREST)
-        panels.append(("prediction", None if raw is None else
-                       _jpeg_data_uri(colourise(raw, colours, image, valid))))
-    prediction = read("mask_path", decode_mask, Image.NEAREST)
-    title = "CRF" if entry.get("raw_mask_path") else \
-        "prediction (CRF-refined)" if entry.get("crf_applied") else "prediction"
-    panels.append((title, None if prediction is None else
-                   _jpeg_data_uri(colourise(prediction, colours, image, valid))))
-    return panels
-
-
 def _gallery(entries: list[dict], colours: np.ndarray) -> str:
     rows = []
     for entry in entries:
         cells = []
-        for title, uri in _gallery_panels(entry, colours):
+        for title, uri in gallery_panels(entry, colours):
             body = f'<img src="{uri}" alt="{title}">' if uri else \
                 '<div class="missing">not readable from here</div>'
             cells.append(f"<figure>{body}<figcaption>{title}</figcaption></figure>")

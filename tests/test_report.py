@@ -13,7 +13,8 @@ from PIL import Image
 from segbeam.pipeline.cli import main
 from segbeam.pipeline.demo import DEMO_CLASSES, write_demo_inputs
 from segbeam.pipeline.report import build_report, compare_reports, load_run, normalised_confusion
-from segbeam.pipeline.report_render import colourise, render_html, render_json, render_markdown
+from segbeam.pipeline.report_gallery import colourise
+from segbeam.pipeline.report_render import render_html, render_json, render_markdown
 
 SECTIONS_WITH_MASKS = ("run", "aggregate", "per-class", "boundaries", "calibration",
                        "confusion", "distributions", "gallery", "worst-boundary",
