@@ -283,6 +283,9 @@ def _refusing_storage(status: int):
 
     class Refuse(http.server.BaseHTTPRequestHandler):
         def refuse(self):
+            # The body read first: a socket closed on unread data resets the connection, and
+            # the client would see a reset rather than the refusal.
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -295,6 +298,7 @@ def _refusing_storage(status: int):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    server.handle_error = lambda request, address: None  # a client gone: not the test's stderr
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -340,7 +344,7 @@ def test_cloud_storage_refusing_access_is_one_line_naming_the_path(tmp_path, mon
             code = main(["report", "gs://b/out"])
             error = capsys.readouterr().err.splitlines()
             assert code == 2 and error[-1].startswith("segbeam report: error: Cloud Storage "
-                                                      "refused access"), error
+                                                      "refused access"), "\n".join(error)
     assert not (tmp_path / "out").exists()
 
 
