@@ -90,6 +90,24 @@ def credentials_problem() -> Optional[tuple[str, bool]]:
     return None
 
 
+def settle_credentials(no_auth: bool) -> Optional[tuple[str, bool]]:
+    """Settles, in this process, how Cloud Storage is read: anonymously at once under
+    ``--no_auth``, for an emulator (``STORAGE_EMULATOR_HOST``, which takes none), or where no
+    credentials are found at all (Beam would, after its retries); credentials found, or named
+    but broken, are left to Beam. Returns ``credentials_problem()`` where it was asked (None
+    under ``--no_auth`` and for an emulator), for the launcher to warn or refuse. The launcher
+    and every Dask worker decide by this one rule."""
+    from segbeam import compat
+
+    if no_auth or os.environ.get("STORAGE_EMULATOR_HOST"):
+        compat.settle_anonymous_gcs_credentials()
+        return None
+    missing = credentials_problem()
+    if missing is not None and not missing[1]:
+        compat.settle_anonymous_gcs_credentials()
+    return missing
+
+
 def access_refusal(error: BaseException) -> Optional[tuple[Optional[str], str]]:
     """Where ``error``, or one it wraps (a BeamIOError's per-path errors too), is Cloud Storage
     refusing access (a 401 or 403 answer; anonymous credentials asked for what is not public):

@@ -279,16 +279,9 @@ class CloudStorageCredentials(WorkerPlugin):
         self.no_auth = no_auth
 
     def setup(self, worker) -> None:
-        import os
+        from segbeam import storage
 
-        from segbeam import compat, storage
-
-        if self.no_auth or os.environ.get("STORAGE_EMULATOR_HOST"):
-            compat.settle_anonymous_gcs_credentials()
-            return
-        missing = storage.credentials_problem()
-        if missing is not None and not missing[1]:  # none at all, not ones named but broken
-            compat.settle_anonymous_gcs_credentials()
+        storage.settle_credentials(self.no_auth)
 
 
 class DaskRunner(PipelineRunner):

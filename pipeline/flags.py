@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from segbeam import compat, storage
+from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
 from segbeam.matching import literal_name_hint, match_files
@@ -256,11 +256,7 @@ def prepare_cloud_storage(values: Iterable, no_auth: bool = False, dataflow: boo
         raise UsageError(f"{paths[0]} is on Cloud Storage ({endpoint}), which this machine "
                          f"cannot reach: {problem}; check the network (or the proxy, or "
                          f"STORAGE_EMULATOR_HOST), or use local paths")
-    if no_auth or os.environ.get("STORAGE_EMULATOR_HOST"):
-        if not no_auth:  # an emulator asks for no credentials: read it as --no_auth would
-            compat.settle_anonymous_gcs_credentials()
-        return None
-    missing = storage.credentials_problem()
+    missing = storage.settle_credentials(no_auth)
     if missing is None:
         return None
     reason, named = missing
@@ -268,7 +264,6 @@ def prepare_cloud_storage(values: Iterable, no_auth: bool = False, dataflow: boo
         raise UsageError(f"Google Cloud credentials for {paths[0]}: {reason}; run `gcloud auth "
                          f"application-default login` or set GOOGLE_APPLICATION_CREDENTIALS to "
                          f"a service account key")
-    compat.settle_anonymous_gcs_credentials()
     quiet = "; --no_auth says that is meant" if command == "run" else ""
     return (f"no Google Cloud credentials were found, so {paths[0]} is read anonymously, "
             f"which reaches public buckets only (for private ones run `gcloud auth "
