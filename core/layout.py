@@ -196,9 +196,25 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     """Writes under a temporary name, then renames: no half-written file under a final name."""
     filesystems = _filesystems()
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with filesystems.create(temporary) as handle:
+    handle = filesystems.create(temporary)
+    try:
         handle.write(data)
+        handle.close()
+    except BaseException:
+        _abandon(handle)
+        raise
     filesystems.rename([temporary], [path])
+
+
+def _abandon(handle) -> None:
+    """Gives up a file whose writing failed. A Cloud Storage writer whose ``close`` failed
+    stays open, and its finaliser tries the upload again, later, in whichever thread collects
+    it: a stray temporary file written after the failure was reported, or that thread blocked
+    on the storage client's retries. ``terminate`` cancels the upload instead."""
+    try:
+        (getattr(handle, "terminate", None) or handle.close)()
+    except Exception:  # the failure being raised is the one to report
+        pass
 
 
 def open_file(path: str, decompress: bool = False):

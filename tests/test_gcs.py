@@ -2,9 +2,11 @@
 (gcp-storage-emulator) started by the test on a loopback port; nothing leaves this machine."""
 
 import contextlib
+import gc
 import io
 import json
 import os
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -271,10 +273,11 @@ def test_credentials_named_but_unusable_are_an_error_not_anonymous_access(
 
 
 @contextlib.contextmanager
-def _refusing_storage(status: int):
+def _refusing_storage(status: int, seen: Optional[list] = None):
     """A server on a loopback port that answers every request as Cloud Storage answers one it
     refuses (401: no credentials; 403: credentials without the permission): the emulator
-    grants everything, so it cannot show what a refusal does."""
+    grants everything, so it cannot show what a refusal does. ``seen`` collects each
+    request's method and path."""
     import http.server
     import threading
 
@@ -286,6 +289,8 @@ def _refusing_storage(status: int):
             # The body read first: a socket closed on unread data resets the connection, and
             # the client would see a reset rather than the refusal.
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if seen is not None:
+                seen.append(f"{self.command} {self.path}")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -346,6 +351,30 @@ def test_cloud_storage_refusing_access_is_one_line_naming_the_path(tmp_path, mon
             assert code == 2 and error[-1].startswith("segbeam report: error: Cloud Storage "
                                                       "refused access"), "\n".join(error)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_write_is_not_tried_again_when_its_file_is_collected(monkeypatch):
+    """A Cloud Storage writer whose upload was refused stayed open, and its finaliser tried
+    the upload again in whichever thread collected it: a temporary file could appear after
+    the failure was reported, and the refusing test server, collecting one in its own thread,
+    waited on itself until the client's 120 s of retries ran out."""
+    from apache_beam.internal.gcp import auth
+
+    from segbeam.layout import write_bytes_atomically
+    from segbeam.storage import settle_credentials
+
+    seen: list = []
+    with _refusing_storage(403, seen) as endpoint:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        for name in ("_credentials_init", "_credentials"):  # restored after the test
+            monkeypatch.setattr(auth._Credentials, name, getattr(auth._Credentials, name))
+        settle_credentials(no_auth=True)
+        with pytest.raises(Exception, match="403"):
+            write_bytes_atomically("gs://b/out/summary.json", b"{}")
+        refused = list(seen)
+        gc.collect()
+    assert refused and all(r.startswith("POST /upload/") for r in refused), refused
+    assert seen == refused
 
 
 def _record_retries() -> None:
