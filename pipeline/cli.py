@@ -65,12 +65,21 @@ def run_command(argv: Sequence[str]) -> int:
             print(f"segbeam run: warning: {warning}", file=sys.stderr)
     if outcome.report_folder:
         print(f"segbeam run: report written to {outcome.report_folder}/report.html")
-    if outcome.exit_code == ExitCode.DEAD_LETTERS:
+    if outcome.exit_code == ExitCode.DEAD_LETTERS and outcome.nothing_segmented:
+        print(f"segbeam run: error: nothing was segmented: every input became a dead letter "
+              f"({_by_stage(outcome.summary['counts'])}); the reasons are in "
+              f"{outcome.settings.layout.run_dir}/dead_letters/", file=sys.stderr)
+    elif outcome.exit_code == ExitCode.DEAD_LETTERS:
         print("segbeam run: dead letters present and --fail_on_errors set", file=sys.stderr)
     elif outcome.exit_code == ExitCode.ACCOUNTING:
         print("segbeam run: inputs != outputs + dead letters; please report this",
               file=sys.stderr)
     return outcome.exit_code
+
+
+def _by_stage(counts: dict) -> str:
+    return ", ".join(f"{count} at {stage}" for stage, count
+                     in counts["dead_letters_by_stage"].items())
 
 
 def models_command(argv: Sequence[str]) -> int:

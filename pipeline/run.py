@@ -56,13 +56,20 @@ class RunOutcome(NamedTuple):
     report_folder: Optional[str] = None  # where --report wrote the report
 
     @property
+    def nothing_segmented(self) -> bool:
+        """Every input this run read became a dead letter: a job that produced nothing, which
+        a scheduler must not take for a success (a wrong model, unreadable shards)."""
+        counts = (self.summary or {}).get("counts") or {}
+        return counts.get("dead_letters", 0) == counts.get("inputs", 0) > 0
+
+    @property
     def exit_code(self) -> ExitCode:
         if self.summary is None:
             return ExitCode.OK
         counts = self.summary["counts"]
         if not counts["accounted_for"]:
             return ExitCode.ACCOUNTING
-        if self.settings.fail_on_errors and counts["dead_letters"]:
+        if counts["dead_letters"] and (self.settings.fail_on_errors or self.nothing_segmented):
             return ExitCode.DEAD_LETTERS
         return ExitCode.OK
 

@@ -92,6 +92,28 @@ def test_cli_run_on_files_with_bad_inputs(tmp_path, demo_model_path):
     assert os.listdir(tmp_path / "run") == ["out"]
 
 
+def test_a_run_in_which_every_input_became_a_dead_letter_is_not_a_success(
+        tmp_path, tiny_model_path, capsys):
+    """Every input a dead letter (here, files that are not images) exited 0 without
+    --fail_on_errors: a nightly job that segmented nothing passed for a success. A run that
+    segments some of its inputs still exits 0."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        (images / f"{name}.png").write_bytes(b"not an image")
+    argv = ["run", "--input", str(images), "--model", tiny_model_path, "--input_size", "32",
+            "--no-crf"]
+    code = main([*argv, "--output", str(tmp_path / "none")])
+    error = [line for line in capsys.readouterr().err.splitlines() if "ETA" not in line]
+    assert (code, error) == (1, [
+        "segbeam run: error: nothing was segmented: every input became a dead letter (2 at "
+        f"decode); the reasons are in {tmp_path / 'none'}/dead_letters/"])
+
+    (images / "c.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
+    assert main([*argv, "--output", str(tmp_path / "some")]) == 0
+    assert "1 segmented, 2 dead letters" in capsys.readouterr().out
+
+
 def _write_shard(path, serialized_records):
     with beam.Pipeline() as p:
         _ = (p | beam.Create(serialized_records)
