@@ -94,16 +94,18 @@ def _items(images, masks, shards, containers, naming):
     return find_training_pairs(images, masks, naming)
 
 
-def _usable(items, labels: MaskLabels):
+def _usable(items, labels: MaskLabels, role: str = "training"):
     """Decodes every pair once: drops (with a warning naming each) those that fail, or whose
     mask holds unexpected values under ``labels.strict``; counts unexpected pixels otherwise
-    (a warning: they carry no weight), and class pixels for the weights and the log."""
+    (a warning: they carry no weight), and class pixels for the weights and the log. Returns
+    the pairs kept, the class statistics, the count dropped and each kept pair's count of
+    scored pixels. ``role`` (training, validation) names the pairs in messages."""
     from segbeam.training_items import decode_item, describe
     from segbeam.models.data import class_statistics
 
     kept, masks, dropped = [], [], []
     unexpected, unexpected_pairs, values, ignored, pixels, dark = 0, 0, set(), 0, 0, 0
-    turned = 0
+    turned, scored_in = 0, []
     for item in items:
         try:
             decoded = decode_item(item, colour_masks=labels.colours is not None)
@@ -116,6 +118,7 @@ def _usable(items, labels: MaskLabels):
         unexpected, unexpected_pairs = unexpected + count, unexpected_pairs + bool(count)
         scored = int(np.count_nonzero((mask < labels.num_classes) & (mask != labels.ignore_index)))
         ignored, pixels = ignored + mask.size - scored - count, pixels + mask.size
+        scored_in.append(scored)
         values.update(found)
         kept.append(item)
         masks.append(mask)
@@ -126,17 +129,29 @@ def _usable(items, labels: MaskLabels):
     if turned:
         LOG.warning("training: %s", mask_turned_apart_warning(turned, "learned from"))
     if unexpected:
-        LOG.warning("%d mask pixels in %d training pairs hold values %s that are not %s; they "
+        LOG.warning("%d mask pixels in %d %s pairs hold values %s that are not %s; they "
                     "carry no weight (--strict_labels skips such pairs)", unexpected,
-                    unexpected_pairs, format_values(sorted(values)),
+                    unexpected_pairs, role, format_values(sorted(values)),
                     labels.describe_expected())
     mostly = mostly_ignored(ignored, pixels, labels.ignore_index, "carry no weight")
     if mostly:
         LOG.warning(mostly)
     if not kept:
-        raise ValueError(f"none of the {len(items)} training pairs could be read; first "
+        raise ValueError(f"none of the {len(items)} {role} pairs could be read; first "
                          f"problem: {dropped[0] if dropped else 'none found'}")
-    return kept, class_statistics(masks, labels.num_classes), len(dropped)
+    _check_scored(scored_in, role, values)
+    return kept, class_statistics(masks, labels.num_classes), len(dropped), scored_in
+
+
+def _check_scored(scored_in: list, role: str, values=()) -> None:
+    """Pairs none of whose mask pixels is a class to score: training would learn nothing and
+    validation report a loss and an mIoU of 0 over no pixel, choosing best.keras on them."""
+    if not sum(scored_in):
+        found = f" ({format_values(sorted(values))})" if values else ""
+        raise ValueError(f"none of the {len(scored_in)} {role} pairs has a mask pixel to "
+                         f"score: every pixel is the ignore index or a value that is not a "
+                         f"class{found}; check --num_classes, --ignore_index and --label_map "
+                         f"against the masks")
 
 
 def miou_metric(num_classes: int, ignore_index: Optional[int]) -> keras.metrics.Metric:
@@ -271,12 +286,11 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
     naming = Naming(config.image_suffix, config.mask_suffix)
-    items, (pixels, present_in), dropped = _usable(
+    items, (pixels, present_in), dropped, scored_in = _usable(
         _items(config.images, config.masks, config.shards, config.containers, naming), labels)
     if config.val_images:
-        val_items, _, _ = _usable(find_training_pairs(config.val_images, config.val_masks,
-                                                      naming),
-                                  labels)
+        val_items = _usable(find_training_pairs(config.val_images, config.val_masks, naming),
+                            labels, "validation")[0]
         _warn_shared(items, val_items)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:
@@ -287,7 +301,10 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
             raise ValueError(f"--val_split {config.val_split} holds out all {len(items)} "
                              f"usable pairs, leaving none to train on; lower it, or pass "
                              f"--val_images/--val_masks")
-        val_items = [items[i] for i in sorted(order[:count])]
+        held_out = sorted(order[:count])
+        _check_scored([scored_in[i] for i in held_out], f"--val_split {config.val_split} "
+                      f"validation")
+        val_items = [items[i] for i in held_out]
         items = [items[i] for i in sorted(order[count:])]
     else:
         val_items = []

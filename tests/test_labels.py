@@ -170,12 +170,12 @@ def test_training_counts_unexpected_values_and_skips_them_when_strict(tmp_path, 
     Image.fromarray(np.ones((64, 64), np.uint8)).save(tmp_path / "pets" / "masks" / "pet1.png")
     pairs = find_training_pairs(f"{tmp_path}/pets/images", f"{tmp_path}/pets/masks")
     with caplog.at_level(logging.WARNING):
-        kept, _, dropped = _usable(pairs, MaskLabels(3, None))
+        kept, _, dropped, _ = _usable(pairs, MaskLabels(3, None))
     assert (len(kept), dropped) == (2, 0)
     assert "in 1 training pairs hold values [3]" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        kept, _, dropped = _usable(pairs, MaskLabels(3, None, strict=True))
+        kept, _, dropped, _ = _usable(pairs, MaskLabels(3, None, strict=True))
     assert (len(kept), dropped) == (1, 1)
     assert "pet0.png" in caplog.text and "--strict_labels" in caplog.text
 

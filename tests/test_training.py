@@ -493,7 +493,7 @@ def test_training_warns_about_16_bit_images_that_come_out_dark(tmp_path, caplog)
     Image.fromarray(gray * 16).save(os.path.join(images, "scene000.png"))  # 12-bit data
     Image.fromarray(gray * 257).save(os.path.join(images, "scene001.png"))  # the full range
     with caplog.at_level("WARNING"):
-        kept, _, dropped = _usable(find_training_pairs(images, masks), MaskLabels(3))
+        kept, _, dropped, _ = _usable(find_training_pairs(images, masks), MaskLabels(3))
     assert (len(kept), dropped) == (3, 0)
     assert [r.getMessage() for r in caplog.records if "16-bit" in r.getMessage()] == [
         f"training: {dark_high_depth_warning(1)}"]
@@ -513,7 +513,7 @@ def test_training_warns_about_images_their_exif_orientation_turns_apart_from_mas
     path = os.path.join(images, "scene001.png")
     Image.open(path).save(path, exif=exif)
     with caplog.at_level("WARNING"):
-        kept, _, _ = _usable(find_training_pairs(images, masks), MaskLabels(3))
+        kept, _, _, _ = _usable(find_training_pairs(images, masks), MaskLabels(3))
     assert len(kept) == 3
     assert [r.getMessage() for r in caplog.records if "EXIF" in r.getMessage()] == [
         f"training: {mask_turned_apart_warning(1, 'learned from')}"]
@@ -598,3 +598,41 @@ def test_a_training_that_diverges_stops_and_says_so_saving_no_model_of_nan(tmp_p
     Model.weights = [np.ones(3)]
     checkpoint.on_epoch_end(2, {"loss": float("inf")})
     assert len(saved) == 1
+
+
+def test_pairs_with_no_pixel_to_score_are_refused_not_scored_as_zero(tmp_path, capsys):
+    """Validation masks none of whose pixels is a class (255 everywhere, no ignore index):
+    training reported val_loss 0.0 and val_miou 0.0 each epoch, over no pixel, chose
+    best.keras on them and exited 0; the warning called them training pairs."""
+    from segbeam.models.training import TrainingConfig, train
+    from segbeam.pipeline.cli import main
+
+    images, masks = _write_pairs(tmp_path / "train", 4, height=32, width=32)
+    val_images, val_masks = _write_pairs(tmp_path / "val", 2, height=32, width=32, seed=1)
+    for name in os.listdir(val_masks):
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(os.path.join(val_masks, name))
+    argv = ["train", "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32x32",
+            "--epochs", "1", "--quiet"]
+    assert main([*argv, "--images", images, "--masks", masks, "--val_images", val_images,
+                 "--val_masks", val_masks, "--output", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "segbeam train: error: none of the 2 validation pairs has a mask pixel to score: every "
+        "pixel is the ignore index or a value that is not a class ([255]); check "
+        "--num_classes, --ignore_index and --label_map against the masks"]
+    assert not (tmp_path / "run" / "best.keras").exists()
+
+    # The same masks to train on, under an ignore index: nothing to learn from.
+    assert main([*argv, "--images", val_images, "--masks", val_masks, "--ignore_index", "255",
+                 "--output", str(tmp_path / "run2")]) == 2
+    assert "none of the 2 training pairs has a mask pixel to score" in capsys.readouterr().err
+
+    # Held out by --val_split: only the pairs it holds out count.
+    for name in os.listdir(val_images):
+        os.replace(os.path.join(val_images, name), os.path.join(images, "v" + name))
+        os.replace(os.path.join(val_masks, name), os.path.join(masks, "v" + name))
+    seed = next(seed for seed in range(1000)  # one that holds out the last two (v...)
+                if set(np.random.default_rng(seed).permutation(6)[:2]) == {4, 5})
+    with pytest.raises(ValueError, match="^none of the 2 --val_split 0.34 validation pairs"):
+        train(TrainingConfig(model="tiny_fcn", num_classes=3, input_size=(32, 32),
+                             images=images, masks=masks, ignore_index=255, epochs=1,
+                             output=str(tmp_path / "run3"), val_split=0.34, seed=seed))
