@@ -125,6 +125,14 @@ class ModelSource:
         """The model as a ``ModelRuntime`` (``segbeam.models.runtime``), loaded once per
         worker. A registry model without weights gets random weights from ``seed``; a warning
         says so (unless not ``announce``: the launcher's check leaves it to the workers)."""
+        return self.checked(self._runtime(announce))
+
+    def loading_identity(self) -> "ModelSource":
+        """What decides the model a saved source loads: this source less the settings that
+        ``checked`` compares the loaded model with."""
+        return dataclasses.replace(self, num_classes=None, input_size=None)
+
+    def _runtime(self, announce: bool):
         if self.format == "onnx":
             from segbeam.models.graph_runtimes import OnnxRuntime
 
@@ -143,6 +151,11 @@ class ModelSource:
             preprocessing = get_spec(self.spec).preprocessing if not self.saved else ""
             runtime = KerasRuntime(self._load_keras(announce), self.spec, self.format,
                                    self.output_key, self.data_format, preprocessing)
+        return runtime
+
+    def checked(self, runtime):
+        """``runtime`` where it agrees with ``--input_size`` and ``--num_classes``; a
+        ValueError saying how it differs otherwise."""
         fixed, wanted = runtime.fixed_input_size(), self.input_size
         if fixed and wanted and fixed != wanted:
             raise ValueError(f"model {self.spec} takes {fixed[0]}x{fixed[1]} input but "

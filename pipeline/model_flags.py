@@ -5,6 +5,7 @@ other flags)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 from typing import Optional
 
@@ -105,8 +106,36 @@ def classes_of_saved_model(o) -> Optional[int]:
     source, inference = model_settings(o, None)
     if not source.saved:
         return None
-    served, _ = adapt_outputs(source.open(announce=False), inference.model_output)
+    served, _ = adapt_outputs(open_in_launcher(source, keep=True), inference.model_output)
     return served.num_classes()
+
+
+_KEPT: dict = {}  # saved models the launcher opened, by loading identity, inside opened_once()
+_KEEPING: list = []
+
+
+@contextlib.contextmanager
+def opened_once():
+    """Within it, the launcher loads a saved model once for its checks (the class count, then
+    whether it can be served), not once per check: a model of hundreds of MB, or one read from
+    Cloud Storage, is not read twice. Nothing is kept after it (the workers load their own)."""
+    _KEEPING.append(True)
+    try:
+        yield
+    finally:
+        _KEEPING.pop()
+        _KEPT.clear()
+
+
+def open_in_launcher(source: ModelSource, keep: bool = False):
+    """``source.open(announce=False)``, reusing a model an earlier check kept inside
+    ``opened_once()``; ``keep`` keeps it for the next check."""
+    identity = source.loading_identity() if source.saved else None
+    runtime = _KEPT.pop(identity, None) if identity else None
+    runtime = source.checked(runtime) if runtime is not None else source.open(announce=False)
+    if keep and identity and _KEEPING:
+        _KEPT[identity] = runtime
+    return runtime
 
 
 def _accelerator_count(accelerator: Optional[str]) -> Optional[int]:

@@ -35,6 +35,7 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, i
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
+from segbeam.pipeline.model_flags import open_in_launcher, opened_once
 from segbeam.pipeline.flags import check_masks_match, prepare_cloud_storage, \
     quiet_workers_flag_warnings
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
@@ -209,7 +210,7 @@ def _check_model_opens(settings: Settings) -> list[str]:
     that does not fit it)."""
     fixed_size, warning = None, None
     if settings.model.saved or settings.model.weights or settings.model.input_size:
-        runtime = settings.model.open(announce=False)
+        runtime = open_in_launcher(settings.model)
         adapt_outputs(runtime, settings.inference.model_output)
         fixed_size = runtime.fixed_input_size()
         warning = runtime.preprocess_warning(settings.inference.preprocess)
@@ -240,7 +241,7 @@ def execute(options: PipelineOptions, argv: Sequence[str],
     summary, writes the manifest (and, with ``--report``, the report); releases the folder
     however it ends."""
     quiet_workers_flag_warnings()
-    with contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as cleanup, opened_once():
         return _execute(options, argv, test_pipeline, cleanup)
 
 

@@ -114,6 +114,29 @@ def test_a_run_in_which_every_input_became_a_dead_letter_is_not_a_success(
     assert "1 segmented, 2 dead letters" in capsys.readouterr().out
 
 
+def test_the_launcher_reads_a_saved_model_once(tmp_path, tiny_model_path, monkeypatch):
+    """Without --num_classes the launcher read the model for its class count, then again to
+    check it can be served: a model of 500 MB loaded three times in a local run (once on the
+    worker), and one on Cloud Storage was downloaded three times."""
+    from segbeam.models import keras_runtime
+    from segbeam.pipeline import model_flags
+
+    loads = []
+    load = keras_runtime.load_keras_file
+    monkeypatch.setattr(keras_runtime, "load_keras_file",
+                        lambda *args: loads.append(args[0]) or load(*args))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
+    argv = ["run", "--input", str(tmp_path / "images"), "--model", tiny_model_path,
+            "--input_size", "32", "--no-crf"]
+    assert main([*argv, "--output", str(tmp_path / "out")]) == 0
+    assert len(loads) == 2  # the launcher's, the worker's
+    assert not model_flags._KEPT  # nothing kept after the run
+    # A run that fails after the class count keeps nothing either.
+    assert main([*argv, "--output", str(tmp_path / "out2"), "--crf_iterations", "-1"]) == 2
+    assert len(loads) == 3 and not model_flags._KEPT
+
+
 def _write_shard(path, serialized_records):
     with beam.Pipeline() as p:
         _ = (p | beam.Create(serialized_records)
