@@ -84,9 +84,9 @@ def _by_stage(counts: dict) -> str:
 
 def models_command(argv: Sequence[str]) -> int:
     from segbeam.models.formats import DATA_FORMATS
-    from segbeam.pipeline.flags import reject_repeated_flags
+    from segbeam.pipeline.flags import CommandParser, reject_repeated_flags
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="segbeam models", allow_abbrev=False,
         description="List the registered architectures with their parameter counts (built "
                     "for --num_classes) and the preprocessing built into them; or, with "

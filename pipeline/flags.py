@@ -22,9 +22,21 @@ class UsageError(ValueError):
     """A mistake in the command line or its settings: reported in one line, exit 2."""
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser whose mistakes are one line on stderr, exit 2 (argparse printed
+    the whole usage first, forty lines above the one that matters)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 class _OptionsCollector(argparse.ArgumentParser):
     """Collects flag names only; it also takes the templated (ValueProvider) flags that an
-    options class may declare through Beam's parser."""
+    options class may declare through Beam's parser. A malformed value of one of Beam's flags
+    is a UsageError (argparse printed Beam's usage, 180 lines, under the name ``segbeam``)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (one of Beam's flags)")
 
     def add_value_provider_argument(self, *args, **kwargs):
         kwargs.pop("type", None)

@@ -25,9 +25,10 @@ from segbeam.labels import MaskLabels
 from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
-from segbeam.pipeline.flags import UsageError, absolute_local, add_container_flags, \
-    add_pairing_flags, beam_parser, check_container_flags, check_mask_suffix, \
-    check_output_name, check_scoring_flags, reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import CommandParser, UsageError, absolute_local, \
+    add_container_flags, add_pairing_flags, beam_parser, check_container_flags, \
+    check_mask_suffix, check_output_name, check_scoring_flags, reject_repeated_flags, \
+    reject_unknown_flags
 
 INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
@@ -316,7 +317,7 @@ def _check_change_detection(mode: str, skip_existing: bool, input_format: str) -
 
 def run_parser() -> argparse.ArgumentParser:
     """The parser of ``segbeam run``'s own flags (Beam's are checked apart)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="segbeam run", allow_abbrev=False,
         description="Segment images in batch with a Keras model, refine with a dense CRF, "
                     "and score against ground-truth masks where they exist.",

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 from segbeam.pipeline.exit_codes import ExitCode, usage_error
-from segbeam.pipeline.flags import reject_repeated_flags
+from segbeam.pipeline.flags import CommandParser, reject_repeated_flags
 from segbeam.pipeline.report import write_report
 
 
 def build_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="segbeam report", allow_abbrev=False,
         description="Build an evaluation report (one self-contained HTML file, plus Markdown "
                     "and JSON) over the --output folder of a finished `segbeam run`.")

@@ -23,8 +23,9 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
 from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.matching import folder_as_glob, match_files
-from segbeam.pipeline.flags import add_pairing_flags, beam_parser, check_mask_suffix, \
-    check_masks_match, check_output_name, reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import CommandParser, add_pairing_flags, beam_parser, \
+    check_mask_suffix, check_masks_match, check_output_name, reject_repeated_flags, \
+    reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -76,7 +77,7 @@ def _mask_format(mask: bytes, source: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="segbeam shard", allow_abbrev=False,
         description="Pack images (+ masks paired by file stem) into TFRecord shards "
                     "(image/encoded, image/filename, image/segmentation/class/encoded). "

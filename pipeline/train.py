@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
-from segbeam.pipeline.flags import add_container_flags, add_pairing_flags, \
+from segbeam.pipeline.flags import CommandParser, add_container_flags, add_pairing_flags, \
     check_container_flags, check_masks_match, reject_repeated_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import usage_error
@@ -28,7 +28,7 @@ DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="segbeam train", allow_abbrev=False,
         description="Train a registered segmentation architecture on image/mask pairs and "
                     "save a .keras model for `segbeam run --model`.")

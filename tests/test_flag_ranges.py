@@ -200,3 +200,32 @@ def test_an_output_folder_named_with_a_glob_character_is_an_error(output):
     _settings("--output", "/data/out-1")
     with pytest.raises(ValueError, match=r"holds a glob character \(\* \? \[\)"):
         _settings("--output", output)
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["run", "--input", "x", "--batch_size", "x"],
+     "segbeam run: error: argument --batch_size: invalid int value: 'x'; see `segbeam run "
+     "--help`"),
+    (["run", "--input", "x", "--dry_run"],
+     "segbeam run: error: argument --dry_run: expected one argument (one of Beam's flags)"),
+    (["shard", "--input", "x", "--output", "y", "--runner"],
+     "segbeam shard: error: argument --runner: expected one argument (one of Beam's flags)"),
+    (["train", "--epochs", "x"],
+     "segbeam train: error: argument --epochs: invalid int value: 'x'; see `segbeam train "
+     "--help`"),
+    (["report"],
+     "segbeam report: error: the following arguments are required: run; see `segbeam report "
+     "--help`"),
+    (["models", "--inspect"],
+     "segbeam models: error: argument --inspect: expected one argument; see `segbeam models "
+     "--help`")])
+def test_a_malformed_flag_value_is_one_line(argv, line, capsys):
+    """argparse printed the command's whole usage above the error (forty lines); a malformed
+    value of one of Beam's flags printed Beam's usage, 180 lines, under the name segbeam."""
+    from segbeam.pipeline.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as stopped:  # argparse's own exit
+        code = stopped.code
+    assert (code, capsys.readouterr().err.splitlines()) == (2, [line])
