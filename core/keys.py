@@ -70,15 +70,22 @@ def file_stem(path: str) -> str:
 def glob_base(pattern: str) -> str:
     """The directory prefix of a glob before its first wildcard: ``gs://b/x/*/y*.png`` ->
     ``gs://b/x/``. Keys are paths relative to it, so that files in different sub-folders keep
-    different keys."""
-    cut = len(pattern)
-    for wildcard in "*?[{":
-        index = pattern.find(wildcard)
-        if index != -1:
-            cut = min(cut, index)
-    head = pattern[:cut]
-    slash = head.rfind("/")
-    return head[: slash + 1] if slash != -1 else ""
+    different keys. The prefix is literal: a class of one character (``[[]``, ``[*]``), a
+    glob character escaped, stands for that character, so that a folder named ``set [v2]``,
+    passed as ``set [[]v2]/*``, is the base (its files' keys were ``set [v2]/a``, not ``a``)."""
+    head, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "[" and pattern[i + 2:i + 3] == "]" and pattern[i + 1] != "!":
+            head.append(pattern[i + 1])
+            i += 3
+        elif pattern[i] in "*?[{":
+            break
+        else:
+            head.append(pattern[i])
+            i += 1
+    text = "".join(head)
+    slash = text.rfind("/")
+    return text[: slash + 1] if slash != -1 else ""
 
 
 def key_for_path(path: str, base: str) -> str:

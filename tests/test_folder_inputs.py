@@ -3,6 +3,7 @@
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -260,6 +261,9 @@ def test_a_folder_whose_name_holds_glob_characters_is_named_with_its_escaped_glo
                 tiny_model_path) == 0
     counts = json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
     assert counts["segmented"] == counts["images_with_mask"] == 2
+    # keys below the folder, as for any folder (they held "set [v2]/images/")
+    assert sorted(os.listdir(tmp_path / "out" / "masks")) == \
+        sorted(f"{os.path.splitext(name)[0]}.png" for name in os.listdir(images))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "[[]" compiled with a nested set warned
         assert pattern_regex("a[[]b]").match("a[b]")
