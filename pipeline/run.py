@@ -35,9 +35,9 @@ from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, i
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.model_flags import open_in_launcher, opened_once
 from segbeam.pipeline.flags import check_masks_match, prepare_cloud_storage, \
     quiet_workers_flag_warnings
+from segbeam.pipeline.model_flags import open_in_launcher, opened_once
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
 from segbeam.pipeline.progress import ProgressReporter
@@ -58,8 +58,8 @@ class RunOutcome(NamedTuple):
 
     @property
     def nothing_segmented(self) -> bool:
-        """Every input this run read became a dead letter: a job that produced nothing, which
-        a scheduler must not take for a success (a wrong model, unreadable shards)."""
+        """Every input became a dead letter: a job that produced nothing, which a scheduler
+        must not take for a success (a wrong model, unreadable shards)."""
         counts = (self.summary or {}).get("counts") or {}
         return counts.get("dead_letters", 0) == counts.get("inputs", 0) > 0
 
