@@ -198,7 +198,7 @@ def test_logits_declared_as_probabilities_are_dead_letters_that_count(tmp_path):
     assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--model", str(tmp_path / "logits.keras"), "--num_classes", "2",
                  "--model_output", "probabilities", "--no-crf", "--quiet",
-                 "--output", str(tmp_path / "out")]) == 0
+                 "--output", str(tmp_path / "out")]) == 1  # every input a dead letter
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     counts = summary["counts"]
     assert counts["accounted_for"] and counts["inputs"] == 2 and counts["segmented"] == 0
@@ -258,7 +258,7 @@ def test_probabilities_declared_as_logits_are_refused(tmp_path, capsys):
     _nested_softmax_model(str(tmp_path / "nested.keras"))
     assert main(["run", "--input", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
                  "--model", str(tmp_path / "nested.keras"), "--model_output", "logits",
-                 "--quiet", "--output", str(tmp_path / "out")]) == 0
+                 "--quiet", "--output", str(tmp_path / "out")]) == 1  # every one a dead letter
     counts = json.loads((tmp_path / "out" / "summary.json").read_text())["counts"]
     assert (counts["inputs"], counts["segmented"], counts["dead_letters_by_stage"]) == (
         2, 0, {"inference": 2})
