@@ -166,10 +166,14 @@ def shard_command(argv: Sequence[str]) -> int:
     from segbeam.pipeline.shard import shard
 
     try:
-        account = shard(argv)
+        outcome = shard(argv)
     except ValueError as error:
         return _error("shard", error)
-    print(f"segbeam shard: {account}")
+    print(f"segbeam shard: {outcome.account}")
+    if outcome.nothing_packed:
+        print(f"segbeam shard: error: nothing was packed: every image became a dead letter; "
+              f"the reasons are in {outcome.dead_letters}/", file=sys.stderr)
+        return ExitCode.DEAD_LETTERS
     return ExitCode.OK
 
 

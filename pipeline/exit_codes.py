@@ -6,7 +6,7 @@ import enum
 
 class ExitCode(enum.IntEnum):
     OK = 0
-    DEAD_LETTERS = 1  # every input became a dead letter, or some did under --fail_on_errors
+    DEAD_LETTERS = 1  # every input a dead letter (run, shard), or some under --fail_on_errors
     USAGE = 2  # a mistake in the command line, its flags or its settings
     ACCOUNTING = 3  # inputs != outputs + dead letters: a defect, please report it
     REGRESSION = 4  # `segbeam report --fail_on_regression` found a regression

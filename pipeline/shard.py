@@ -9,7 +9,7 @@ import os
 import posixpath
 import re
 import sys
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -134,9 +134,14 @@ def _counted(name: str):
     return count
 
 
-def shard(argv: Optional[Sequence[str]] = None) -> str:
-    """Runs the shard job; returns its one-line account (images in, examples and dead letters
-    out, masks no image took)."""
+class ShardOutcome(NamedTuple):
+    account: str  # one line: images in, examples and dead letters out, masks no image took
+    nothing_packed: bool  # every image became a dead letter: the shards hold no example
+    dead_letters: str  # their folder
+
+
+def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
+    """Runs the shard job; returns its account."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     beam_flags = beam_parser()  # built once for both checks
@@ -174,7 +179,10 @@ def shard(argv: Optional[Sequence[str]] = None) -> str:
     _ = unclaimed | "CountUnclaimedMasks" >> beam.Map(_counted("masks_without_image"))
     result = pipeline.run()
     result.wait_until_finish()
-    return _account(beam_counters(result), args.output, bool(args.masks))
+    counters = beam_counters(result)
+    return ShardOutcome(_account(counters, args.output, bool(args.masks)),
+                        bool(counters and counters.get("dead_letters")
+                             and not counters.get("examples")), args.output + "_dead_letters")
 
 
 def _account(counters: Optional[dict], output: str, masks_given: bool) -> str:

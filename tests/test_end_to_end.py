@@ -95,8 +95,8 @@ def test_cli_run_on_files_with_bad_inputs(tmp_path, demo_model_path):
 def test_a_run_in_which_every_input_became_a_dead_letter_is_not_a_success(
         tmp_path, tiny_model_path, capsys):
     """Every input a dead letter (here, files that are not images) exited 0 without
-    --fail_on_errors: a nightly job that segmented nothing passed for a success. A run that
-    segments some of its inputs still exits 0."""
+    --fail_on_errors: a nightly job that segmented nothing (or a shard job that packed
+    nothing) passed for a success. A run that segments some of its inputs still exits 0."""
     images = tmp_path / "images"
     images.mkdir()
     for name in ("a", "b"):
@@ -109,9 +109,18 @@ def test_a_run_in_which_every_input_became_a_dead_letter_is_not_a_success(
         "segbeam run: error: nothing was segmented: every input became a dead letter (2 at "
         f"decode); the reasons are in {tmp_path / 'none'}/dead_letters/"])
 
+    # So with `segbeam shard`: shards that hold no example.
+    assert main(["shard", "--input", str(images), "--output", str(tmp_path / "s" / "x")]) == 1
+    captured = capsys.readouterr()
+    assert "2 images -> 0 examples" in captured.out
+    assert captured.err.splitlines() == [
+        "segbeam shard: error: nothing was packed: every image became a dead letter; the "
+        f"reasons are in {tmp_path / 's' / 'x'}_dead_letters/"]
+
     (images / "c.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
     assert main([*argv, "--output", str(tmp_path / "some")]) == 0
     assert "1 segmented, 2 dead letters" in capsys.readouterr().out
+    assert main(["shard", "--input", str(images), "--output", str(tmp_path / "s" / "y")]) == 0
 
 
 def test_the_launcher_reads_a_saved_model_once(tmp_path, tiny_model_path, monkeypatch):
