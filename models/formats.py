@@ -97,13 +97,25 @@ def image_layout(shape: Sequence, data_format: str = "auto", what: str = "the mo
     if len(shape) != 4:
         raise ValueError(f"{what} takes input of shape {tuple(shape)}; segbeam feeds batches "
                          f"of RGB images, (N, H, W, 3) or (N, 3, H, W)")
-    if data_format != "auto":
-        return data_format
-    last, first = shape[3] == 3, shape[1] == 3
-    if last and not first:
-        return "channels_last"
-    if first and not last:
-        return "channels_first"
+    layout = data_format if data_format != "auto" else _channel_axis(shape, what)
+    channels = shape[3] if layout == "channels_last" else shape[1]
+    if isinstance(channels, int) and channels != 3:
+        raise ValueError(f"{what} takes {channels}-channel input (shape {tuple(shape)}, "
+                         f"{layout}); segbeam feeds RGB images, 3 channels: give the model an "
+                         f"RGB input (for a grayscale model, a first layer that averages the "
+                         f"three channels)")
+    return layout
+
+
+def _channel_axis(shape: Sequence, what: str) -> str:
+    """The layout whose channel axis the declared shape shows: the axis of 3 (RGB); else a
+    small count (1, 4: a grayscale or RGBA model) beside an axis left open or larger."""
+    for found in (lambda d: d == 3, lambda d: isinstance(d, int) and d <= 4):
+        last, first = found(shape[3]), found(shape[1])
+        if last and not first:
+            return "channels_last"
+        if first and not last:
+            return "channels_first"
     raise ValueError(f"cannot tell from input shape {tuple(shape)} of {what} whether channels "
                      f"come first or last; pass --data_format channels_last or channels_first")
 

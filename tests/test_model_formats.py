@@ -215,6 +215,16 @@ def test_layout_from_declared_shapes():
         image_layout((1, 3, 3, 3))
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         image_layout((None, 224, 224))
+    # A grayscale or RGBA model: its channel axis named, then refused (every image was a dead
+    # letter reading "ValueError: in user code:").
+    for shape, channels, layout in (((None, None, None, 1), 1, "channels_last"),
+                                    (("batch", 1, "height", "width"), 1, "channels_first"),
+                                    ((1, 256, 256, 4), 4, "channels_last")):
+        with pytest.raises(ValueError, match=rf"^model m takes {channels}-channel input \(shape "
+                                             rf".*, {layout}\); segbeam feeds RGB images"):
+            image_layout(shape, what="model m")
+    with pytest.raises(ValueError, match="takes 1-channel input"):
+        image_layout((None, None, None, 1), "channels_last")
 
 
 def test_savedmodel_signatures_and_a_keras_model_with_two_outputs(model_files, tmp_path):
