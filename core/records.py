@@ -122,6 +122,9 @@ def _shorten(text: str) -> str:
     return text if len(text) <= REASON_LENGTH else text[:REASON_LENGTH - 3] + "..."
 
 
+_RAISED = re.compile(r"^\w+(?:Error|Exception): (.+)$")
+
+
 def one_line_reason(error) -> str:
     """``Type: first line of the message`` (at most ``REASON_LENGTH`` characters of it) for an
     exception, or for Beam's ``(type, repr, traceback lines)`` form of one."""
@@ -136,6 +139,10 @@ def one_line_reason(error) -> str:
         text, name = str(error), type(error).__name__
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Keras colours its messages
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines[:1] == ["in user code:"]:  # a tf.function's: its trace, then the error raised
+        inner = next((i for i, line in enumerate(lines) if _RAISED.match(line)), None)
+        if inner is not None:
+            lines = [_RAISED.match(lines[inner]).group(1)] + lines[inner + 1:]
     first = lines[0] if lines else repr(error)
     if first.startswith("Exception encountered when calling") and len(lines) > 1:
         first = f"{first} {lines[1]}"  # Keras's wrapper line; the cause is on the next one

@@ -39,6 +39,14 @@ def test_a_long_multi_line_error_becomes_a_one_line_reason():
     assert one_line_reason(keras_error) == ("ValueError: Exception encountered when calling "
                                             "Concatenate.call(). Dimension 1 in both shapes "
                                             "must be equal")
+    in_user_code = ValueError(  # a tf.function's error: the trace first, then the error
+        "in user code:\n\n    File \"/m/keras_runtime.py\", line 130, in None  *\n"
+        "        lambda x: model(x, training=False)\n\n    ValueError: Exception encountered "
+        "when calling Functional.call().\n    \n    \x1b[1mInput 0 of layer 'conv2d' is "
+        "incompatible with the layer\x1b[0m\n    \n    Arguments received:\n")
+    assert one_line_reason(in_user_code) == (
+        "ValueError: Exception encountered when calling Functional.call(). Input 0 of layer "
+        "'conv2d' is incompatible with the layer")
     beam_form = (KeyError, "KeyError('x')", ["Traceback ...\n", "  File ...\n",
                                               "KeyError: 'x'\nmore\n"])
     assert one_line_reason(beam_form) == "KeyError: 'x'"
