@@ -24,6 +24,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
+
 FORMATS = ("keras", "h5", "savedmodel", "onnx", "registry")
 FILE_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5", ".onnx": "onnx"}
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -98,13 +100,30 @@ def image_layout(shape: Sequence, data_format: str = "auto", what: str = "the mo
         raise ValueError(f"{what} takes input of shape {tuple(shape)}; segbeam feeds batches "
                          f"of RGB images, (N, H, W, 3) or (N, 3, H, W)")
     layout = data_format if data_format != "auto" else _channel_axis(shape, what)
-    channels = shape[3] if layout == "channels_last" else shape[1]
-    if isinstance(channels, int) and channels != 3:
+    channels = input_channels(shape, layout)
+    if channels not in (1, 3):
         raise ValueError(f"{what} takes {channels}-channel input (shape {tuple(shape)}, "
-                         f"{layout}); segbeam feeds RGB images, 3 channels: give the model an "
-                         f"RGB input (for a grayscale model, a first layer that averages the "
-                         f"three channels)")
+                         f"{layout}); segbeam feeds RGB images (3 channels), or their "
+                         f"luminance to a model of 1: give the model an RGB input")
     return layout
+
+
+def input_channels(shape: Sequence, layout: str) -> int:
+    """The channel count a declared input shape fixes: 1 (a grayscale model, fed the
+    luminance of RGB) or another; 3 where the shape leaves it open."""
+    channels = shape[3] if layout == "channels_last" else shape[1]
+    return channels if isinstance(channels, int) else 3
+
+
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """The luma of (..., 3) RGB as (..., 1) float32 (Pillow's ``convert("L")`` without its
+    rounding): what a one-channel model is fed. A gray image read as RGB (its value in each
+    channel) gives its value back, to float32's rounding."""
+    return (np.asarray(rgb, np.float32) * np.asarray(LUMA_WEIGHTS, np.float32)).sum(
+        -1, keepdims=True)
 
 
 def _channel_axis(shape: Sequence, what: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from segbeam.models.formats import LUMA_WEIGHTS
 from segbeam.models.registry import normalised_twice
 from segbeam.models.runtime import ModelRuntime, choose_output
 
@@ -90,20 +91,23 @@ def load_keras_file(path: str, name: str, model_format: str, unsafe: bool = Fals
                          f"or a SavedModel{hint})") from error
 
 
-def _nhwc_single_output(model, index: int, layout: str):
-    """``model`` as NHWC in, one NHWC output out (the same layers and weights)."""
+def _nhwc_single_output(model, index: int, layout: str, channels: int = 3):
+    """``model`` as NHWC RGB in, one NHWC output out (the same layers and weights); a model
+    of one input channel takes the luminance of the RGB (``formats.luminance``)."""
     import keras
     from keras import ops
 
-    if layout == "channels_last" and len(model.outputs) == 1:
+    if layout == "channels_last" and len(model.outputs) == 1 and channels == 3:
         return model
     if layout == "channels_last":
-        shape = tuple(model.inputs[0].shape[1:])
+        height, width = tuple(model.inputs[0].shape[1:3])
     else:
-        channels, height, width = model.inputs[0].shape[1:]
-        shape = (height, width, channels)
-    inputs = keras.Input(shape=shape, name="image")
-    x = ops.transpose(inputs, (0, 3, 1, 2)) if layout == "channels_first" else inputs
+        height, width = tuple(model.inputs[0].shape[2:4])
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = inputs
+    if channels == 1:
+        x = ops.sum(x * ops.convert_to_tensor(LUMA_WEIGHTS, x.dtype), axis=-1, keepdims=True)
+    x = ops.transpose(x, (0, 3, 1, 2)) if layout == "channels_first" else x
     outputs = model(x)
     if isinstance(outputs, dict):
         outputs = outputs[list(model.output_names)[index]]
@@ -213,7 +217,7 @@ class KerasRuntime(ModelRuntime):
         self.output_name = self.output_names[index] if len(self.output_names) > 1 else ""
         self._set_shapes(model.inputs[0].shape, model.outputs[index].shape, data_format)
         self.batch_limit = None  # Keras models take any batch size
-        self.keras_model = _nhwc_single_output(model, index, self.layout)
+        self.keras_model = _nhwc_single_output(model, index, self.layout, self.input_channels)
         self._predict = compiled_predict(self.keras_model)
         self._layer_types = [type(layer).__name__ for layer in model.layers
                              if type(layer).__name__ != "InputLayer"][:3]

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from segbeam.models.formats import fixed_size, image_layout
+from segbeam.models.formats import fixed_size, image_layout, input_channels, luminance
 
 
 def choose_output(names: Sequence[str], output_key: Optional[str], model: str,
@@ -61,12 +61,14 @@ class ModelRuntime:
     output_names: tuple = ()
     output_name: str = ""
     batch_limit: Optional[int] = None
+    input_channels: int = 3  # 1: a grayscale model, fed the luminance of each RGB batch
     keras_model: Any = None
     producer: str = ""
 
     def _set_shapes(self, input_shape: Sequence, output_shape: Sequence, data_format: str):
         self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
         self.layout = image_layout(self.input_shape, data_format, f"model {self.name}")
+        self.input_channels = input_channels(self.input_shape, self.layout)
         if len(self.output_shape) != 4:
             raise ValueError(f"model {self.name}'s output {self.output_name or ''} has shape "
                              f"{self.output_shape}; segbeam needs per-pixel class scores, "
@@ -92,6 +94,8 @@ class ModelRuntime:
             if len(chunk) < limit:  # a model exported for a fixed batch: fill the last one
                 filler = np.zeros((limit - len(chunk), *chunk.shape[1:]), chunk.dtype)
                 padded = np.concatenate([chunk, filler])
+            if self.input_channels == 1:
+                padded = luminance(padded)
             feed = to_model_layout(padded, self.layout)
             self._check_input(feed.shape)
             result = np.asarray(self._run(feed))
@@ -111,6 +115,15 @@ class ModelRuntime:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def check_channel_preprocess(self, preprocess: str) -> None:
+        """A one-channel model takes the luminance of the preprocessed RGB: a normalisation of
+        each colour channel apart (caffe, torch) has no meaning there; a ValueError."""
+        if self.input_channels == 1 and preprocess in ("caffe", "torch"):
+            raise ValueError(f"--preprocess {preprocess} normalises each colour channel apart, "
+                             f"but model {self.name} takes one channel (the luminance of the "
+                             f"RGB image, in [0, 255]); pass --preprocess none, scale_0_1 or "
+                             f"scale_-1_1")
+
     def preprocessing_hint(self) -> str:
         return ("unknown: use the normalisation the model was trained with (--preprocess; "
                 "README, Bring your own model)")
@@ -126,6 +139,8 @@ class ModelRuntime:
                 "input shape": self.input_shape, "output shape": self.output_shape,
                 "outputs": ", ".join(self.output_names) or "-",
                 "output used": self.output_name or "-",
+                "input channels": "1 (fed the luminance of each RGB image)"
+                if self.input_channels == 1 else 3,
                 "classes": "1 (binary: served as 2 classes, background 0 and foreground 1)"
                 if self.num_classes() == 1 else self.num_classes() or "not declared",
                 "fixed input size": "x".join(map(str, self.fixed_input_size() or ())) or

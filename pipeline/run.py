@@ -213,6 +213,7 @@ def _check_model_opens(settings: Settings) -> list[str]:
         runtime = open_in_launcher(settings.model)
         adapt_outputs(runtime, settings.inference.model_output)
         fixed_size = runtime.fixed_input_size()
+        runtime.check_channel_preprocess(settings.inference.preprocess)
         warning = runtime.preprocess_warning(settings.inference.preprocess)
     settings.inference.check_input_size(settings.model.input_size, fixed_size)
     return [w for w in (settings.model.random_weights_warning(), warning) if w]

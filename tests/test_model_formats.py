@@ -123,6 +123,48 @@ def test_every_format_serves_the_same_masks(model_files, tmp_path):
     assert len(np.unique(np.concatenate([m.ravel() for m in reference.values()]))) == 3
 
 
+def test_a_grayscale_model_is_fed_the_luminance_of_each_image(tmp_path):
+    """A model of one input channel was refused (or every image a dead letter); it is fed the
+    luminance of the RGB, Keras and SavedModel alike, and its masks are those of its own
+    prediction on that luminance."""
+    import keras
+
+    from segbeam.models.formats import luminance
+    from segbeam.pipeline.run import run
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1)(x))
+    paths = {"keras": str(tmp_path / "gray.keras"), "savedmodel": str(tmp_path / "gray_sm")}
+    model.save(paths["keras"])
+    model.export(paths["savedmodel"], verbose=False)
+    rng = np.random.default_rng(2)
+    pattern = _images(str(tmp_path / "images"), rng)
+    expected = {}
+    for path in sorted(glob.glob(pattern)):
+        rgb = np.asarray(Image.open(path))
+        scores = model.predict(luminance(rgb)[None] / 255.0, verbose=0)[0]
+        expected[os.path.basename(path)] = scores.argmax(-1)
+    for name, extra in (("keras", []), ("keras", ["--calibration", "--masks",
+                                                  str(tmp_path / "images")]),
+                        ("savedmodel", [])):
+        output = tmp_path / f"{name}{len(extra)}"
+        outcome = run(["--input", pattern, "--model", paths[name], "--num_classes", "3",
+                       "--preprocess", "scale_0_1", "--resize_mode", "pad", "--no-crf",
+                       "--ignore_index", "-1", "--output", str(output), *extra])
+        assert outcome.summary["counts"]["segmented"] == len(SIZES), (name, extra)
+        for key, labels in expected.items():
+            found = np.asarray(Image.open(output / "masks" / key))
+            assert float((found == labels).mean()) >= 0.999, (name, extra, key)
+    assert len(np.unique(np.concatenate([m.ravel() for m in expected.values()]))) == 3
+
+    # Per-channel normalisations have no meaning for one channel: refused at launch.
+    with pytest.raises(ValueError, match="--preprocess caffe normalises each colour channel"):
+        run(["--input", pattern, "--model", paths["keras"], "--preprocess", "caffe",
+             "--output", str(tmp_path / "caffe")])
+
+
 def test_pytorch_style_onnx_is_read_as_channels_first_with_a_fixed_batch(model_files):
     model, paths = model_files
     runtime = ModelSource(paths["torch_style"], output_key="out").open()
@@ -215,16 +257,13 @@ def test_layout_from_declared_shapes():
         image_layout((1, 3, 3, 3))
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         image_layout((None, 224, 224))
-    # A grayscale or RGBA model: its channel axis named, then refused (every image was a dead
-    # letter reading "ValueError: in user code:").
-    for shape, channels, layout in (((None, None, None, 1), 1, "channels_last"),
-                                    (("batch", 1, "height", "width"), 1, "channels_first"),
-                                    ((1, 256, 256, 4), 4, "channels_last")):
-        with pytest.raises(ValueError, match=rf"^model m takes {channels}-channel input \(shape "
-                                             rf".*, {layout}\); segbeam feeds RGB images"):
-            image_layout(shape, what="model m")
-    with pytest.raises(ValueError, match="takes 1-channel input"):
-        image_layout((None, None, None, 1), "channels_last")
+    # A grayscale model's channel axis is read (fed the luminance: see the test below); an
+    # RGBA model's is refused (every image was a dead letter reading "in user code:").
+    assert image_layout((None, None, None, 1)) == "channels_last"
+    assert image_layout(("batch", 1, "height", "width")) == "channels_first"
+    with pytest.raises(ValueError, match=r"^model m takes 4-channel input \(shape \(1, 256, "
+                                         r"256, 4\), channels_last\); segbeam feeds RGB"):
+        image_layout((1, 256, 256, 4), what="model m")
 
 
 def test_savedmodel_signatures_and_a_keras_model_with_two_outputs(model_files, tmp_path):
