@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "pairs for validation (default: none)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", required=True, help="architecture name (see `segbeam "
-                                                      "models`)")
+                                                      "models`); to start from a saved model "
+                                                      "of one, add --init_weights PATH")
     model.add_argument("--num_classes", type=int, default=None,
                        help="classes to predict (required unless --dataset gives them)")
     model.add_argument("--dataset", default=None, choices=tuple(DATASETS),
@@ -188,6 +189,27 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def _check_architecture(name: str) -> None:
+    """``--model`` names an architecture to build; a saved model's path there was "unknown
+    model ... (or pass the path of a saved .keras model)", the advice of ``segbeam run``."""
+    import difflib
+
+    from segbeam.models.registry import list_models
+    from segbeam.models.source import is_model_path
+
+    known = [spec.name for spec in list_models()]
+    if name in known:
+        return
+    if is_model_path(name):
+        raise ValueError(f"{name!r} is a saved model, but segbeam train --model takes an "
+                         f"architecture to build ({', '.join(known)}); to train on from the "
+                         f"weights of a saved model of one of them, pass that architecture "
+                         f"and --init_weights {name}")
+    close = difflib.get_close_matches(name, known, n=1)
+    raise ValueError(f"unknown model {name!r}" + (f"; did you mean {close[0]}?" if close else
+                                                  f"; known architectures: {', '.join(known)}"))
+
+
 def train_command(argv: Sequence[str]) -> int:
     from segbeam import compat
 
@@ -197,6 +219,7 @@ def train_command(argv: Sequence[str]) -> int:
             if masks:
                 check_masks_match(masks, without=None, flag=flag)
         compat.import_keras_quietly()
+        _check_architecture(config.model)
         from segbeam.models.training import train
 
         logging.getLogger("segbeam").setLevel(logging.INFO)

@@ -636,3 +636,23 @@ def test_pairs_with_no_pixel_to_score_are_refused_not_scored_as_zero(tmp_path, c
         train(TrainingConfig(model="tiny_fcn", num_classes=3, input_size=(32, 32),
                              images=images, masks=masks, ignore_index=255, epochs=1,
                              output=str(tmp_path / "run3"), val_split=0.34, seed=seed))
+
+
+def test_train_model_takes_an_architecture_and_says_how_to_start_from_a_saved_one(
+        tmp_path, tiny_model_path, capsys):
+    """A saved model's path as --model was "unknown model ... (or pass the path of a saved
+    .keras model)": the advice of segbeam run, where a path is what the user had passed."""
+    from segbeam.pipeline.cli import main
+
+    images, masks = _write_pairs(tmp_path, 2, height=32, width=32)
+    argv = ["train", "--num_classes", "3", "--images", images, "--masks", masks,
+            "--input_size", "32x32", "--output", str(tmp_path / "run")]
+    assert main([*argv, "--model", tiny_model_path]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"segbeam train: error: {tiny_model_path!r} is a saved model, but "
+                           f"segbeam train --model takes an architecture to build (")
+    assert line.endswith(f"pass that architecture and --init_weights {tiny_model_path}")
+    assert main([*argv, "--model", "tiny_fnc"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "segbeam train: error: unknown model 'tiny_fnc'; did you mean tiny_fcn?"]
+    assert not (tmp_path / "run").exists()
