@@ -189,6 +189,16 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
+def _check_images_match(images: str, flag: str) -> None:
+    """Images that match nothing, said before their masks are looked at (a mistyped --images
+    was reported as its --masks matching nothing, where those were mistyped too)."""
+    from segbeam.matching import folder_as_glob, literal_name_hint, match_files
+
+    if next(iter(match_files(folder_as_glob(images))), None) is None:
+        raise ValueError(f"{flag} {images!r} matches no file" + (
+            literal_name_hint(images) or "; check the path"))
+
+
 def _check_architecture(name: str) -> None:
     """``--model`` names an architecture to build; a saved model's path there was "unknown
     model ... (or pass the path of a saved .keras model)", the advice of ``segbeam run``."""
@@ -215,9 +225,13 @@ def train_command(argv: Sequence[str]) -> int:
 
     try:
         config = config_from(argv)
-        for flag, masks in (("--masks", config.masks), ("--val_masks", config.val_masks)):
-            if masks:
-                check_masks_match(masks, without=None, flag=flag)
+        for flag, path in (("--images", config.images), ("--masks", config.masks),
+                           ("--val_images", config.val_images),
+                           ("--val_masks", config.val_masks)):
+            if path and flag.endswith("masks"):
+                check_masks_match(path, without=None, flag=flag)
+            elif path:
+                _check_images_match(path, flag)
         compat.import_keras_quietly()
         _check_architecture(config.model)
         from segbeam.models.training import train

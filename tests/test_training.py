@@ -356,7 +356,8 @@ def test_bad_training_flags_are_refused_before_any_work(tmp_path):
 def test_train_refuses_an_output_it_cannot_write_and_masks_that_match_nothing(tmp_path,
                                                                             capsys):
     """An --output that is a file was an internal error (NotADirectoryError) after the data
-    was read; a mistyped --masks was named as images without masks."""
+    was read; a mistyped --masks was named as images without masks; a mistyped --images, with
+    its masks mistyped too, was named as the masks."""
     from segbeam.pipeline.cli import main
 
     images, masks = _write_pairs(tmp_path, 2, height=32, width=32)
@@ -369,8 +370,16 @@ def test_train_refuses_an_output_it_cannot_write_and_masks_that_match_nothing(tm
             (["--masks", str(tmp_path / "typo"), "--output", str(tmp_path / "o")],
              f"--masks '{tmp_path / 'typo'}' matches no file; check the path"),
             (["--masks", masks, "--val_images", images, "--val_masks", f"{masks}/scene000.png",
-              "--output", str(tmp_path / "o")], "--val_masks .* is a file; pass the folder")):
-        assert main(argv + flags) == 2
+              "--output", str(tmp_path / "o")], "--val_masks .* is a file; pass the folder"),
+            # images mistyped too: named first (the --masks typo was reported)
+            (["--images", str(tmp_path / "typo_i"), "--masks", str(tmp_path / "typo"),
+              "--output", str(tmp_path / "o")],
+             f"--images '{tmp_path / 'typo_i'}' matches no file; check the path"),
+            (["--masks", masks, "--val_images", str(tmp_path / "typo_v"), "--val_masks",
+              str(tmp_path / "typo"), "--output", str(tmp_path / "o")],
+             f"--val_images '{tmp_path / 'typo_v'}' matches no file")):
+        own = argv[:1] + argv[3:] if flags[0] == "--images" else argv  # its --images instead
+        assert main(own + flags) == 2
         assert re.search(f"segbeam train: error: {message}", capsys.readouterr().err)
     assert taken.read_text() == "mine" and not (tmp_path / "o").exists()
 
