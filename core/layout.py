@@ -323,8 +323,9 @@ def load_run(root: str) -> RunOutputs:
             raise ValueError(f"{root} is being written by a run that has not ended (it holds "
                              f"{RUNNING_MARKER}, and an earlier run's summary is removed "
                              f"first): report on it once that run ends")
-        raise ValueError(f"{root} holds no {SUMMARY_JSON}: pass the --output folder of a "
-                         f"finished `segbeam run`")
+        what = "does not exist" if "://" not in root and not os.path.exists(root) else \
+            f"holds no {SUMMARY_JSON}"
+        raise ValueError(f"{root} {what}: pass the --output folder of a finished `segbeam run`")
     manifest_path = output_path(root, MANIFEST_JSON)
     manifest = read_json(manifest_path) if exists(manifest_path) else {}
     tables = []

@@ -295,7 +295,11 @@ def test_a_folder_of_dated_runs_names_the_latest_and_one_being_written_says_so(t
                                          r".*date=2026-11-21 \(or, to `segbeam report`, "
                                          r"--standing for all of them as they stand\)$"):
         load_run(str(tmp_path))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no summary.json: pass the --output folder"):
+        load_run(str(tmp_path / "empty"))
+    # a path that does not exist was said to hold no summary.json
+    with pytest.raises(ValueError, match="nothing does not exist: pass the --output folder"):
         load_run(str(tmp_path / "date=2026-11-20" / "nothing"))
     # a folder a run is writing: its summary comes at the end
     (tmp_path / "busy").mkdir()
