@@ -157,7 +157,8 @@ def test_a_grayscale_model_is_fed_the_luminance_of_each_image(tmp_path):
         for key, labels in expected.items():
             found = np.asarray(Image.open(output / "masks" / key))
             assert float((found == labels).mean()) >= 0.999, (name, extra, key)
-    assert len(np.unique(np.concatenate([m.ravel() for m in expected.values()]))) == 3
+    # not trivial: more than one class (how many depends on the backend's random weights)
+    assert len(np.unique(np.concatenate([m.ravel() for m in expected.values()]))) >= 2
 
     # Per-channel normalisations have no meaning for one channel: refused at launch.
     with pytest.raises(ValueError, match="--preprocess caffe normalises each colour channel"):
