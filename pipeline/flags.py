@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
-from segbeam.matching import literal_name_hint, match_files
+from segbeam.matching import folder_as_glob, literal_name_hint, match_files
 
 
 class UsageError(ValueError):
@@ -181,6 +181,15 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
     if mask_suffix is not None and not masks:
         raise UsageError(f"--mask_suffix {mask_suffix} names mask files, but no --masks is "
                          f"given; pass --masks FOLDER (it may be the images' own folder)")
+
+
+def check_images_match(images: str, flag: str = "--input") -> None:
+    """A ``UsageError`` where ``flag`` (a folder or glob of images) matches no file, said
+    before anything else is looked at (``segbeam run`` checks its own, with sub-folders)."""
+    if next(iter(match_files(folder_as_glob(images))), None) is None:
+        raise UsageError(f"{flag} {images!r} matches no file" + (
+            literal_name_hint(images) or "; check the path and quote the glob so that the "
+                                         "shell does not expand it"))
 
 
 def check_masks_match(masks: str, exclude: Optional[str] = None,

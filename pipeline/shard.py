@@ -22,10 +22,10 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
-from segbeam.matching import folder_as_glob, match_files
+from segbeam.matching import folder_as_glob
 from segbeam.pipeline.flags import CommandParser, add_pairing_flags, beam_parser, \
-    check_mask_suffix, check_masks_match, check_output_name, reject_repeated_flags, \
-    reject_unknown_flags
+    check_images_match, check_mask_suffix, check_masks_match, check_output_name, \
+    reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -151,10 +151,8 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
     if args.num_shards < 0:
         raise ValueError(f"--num_shards must be 0 (the runner chooses) or more; received "
                          f"{args.num_shards}")
+    check_images_match(args.input)
     args.input = folder_as_glob(args.input)
-    if next(iter(match_files(args.input)), None) is None:
-        raise ValueError(f"--input {args.input!r} matches no file; check the path and quote "
-                         f"the glob so that the shell does not expand it")
     if args.masks:
         check_masks_match(args.masks, without="the shards would hold images only")
     check_output_name(args.output)

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.pipeline.flags import CommandParser, add_container_flags, add_pairing_flags, \
-    check_container_flags, check_masks_match, reject_repeated_flags
+    check_container_flags, check_images_match, check_masks_match, reject_repeated_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import usage_error
 
@@ -189,16 +189,6 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     return TrainingConfig(**values)
 
 
-def _check_images_match(images: str, flag: str) -> None:
-    """Images that match nothing, said before their masks are looked at (a mistyped --images
-    was reported as its --masks matching nothing, where those were mistyped too)."""
-    from segbeam.matching import folder_as_glob, literal_name_hint, match_files
-
-    if next(iter(match_files(folder_as_glob(images))), None) is None:
-        raise ValueError(f"{flag} {images!r} matches no file" + (
-            literal_name_hint(images) or "; check the path"))
-
-
 def _check_architecture(name: str) -> None:
     """``--model`` names an architecture to build; a saved model's path there was "unknown
     model ... (or pass the path of a saved .keras model)", the advice of ``segbeam run``."""
@@ -231,7 +221,7 @@ def train_command(argv: Sequence[str]) -> int:
             if path and flag.endswith("masks"):
                 check_masks_match(path, without=None, flag=flag)
             elif path:
-                _check_images_match(path, flag)
+                check_images_match(path, flag)
         compat.import_keras_quietly()
         _check_architecture(config.model)
         from segbeam.models.training import train
