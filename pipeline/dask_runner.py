@@ -18,7 +18,9 @@ This runner keeps Beam's Dask options (``--dask_client_address``, ``--dask_npart
 and its transform overrides, and translates the graph itself: a ParDo's outputs are kept as
 (tag, value) pairs and each consumer reads its own tag; ``finish_bundle`` outputs are kept;
 side inputs are materialised once, as dask dependencies; every sink is computed, in one graph so
-that shared stages run once; a DoFn is set up once per worker thread, not per bundle (a model
+that shared stages run once, and unoptimised (dask's bag optimisation makes a partition a lazy
+iterator that one reader uses up, which lost elements that reached two stages through a
+Flatten); a DoFn is set up once per worker thread, not per bundle (a model
 loads once). Transforms it cannot execute faithfully raise instead of passing through.
 
 Select it with ``--runner DaskRunner`` in ``segbeam run``, or this class's dotted path.
@@ -303,7 +305,10 @@ class DaskRunner(PipelineRunner):
             pipeline.replace_all(dask_overrides())
             translator = _Translator(uuid.uuid4().hex, npartitions, bag_kwargs)
             pipeline.visit(translator)
-            futures = client.compute(translator.leaves())
+            # Unoptimised: the bag optimisation turns partitions it sees one reader of into
+            # lazy iterators, and in a graph of several sinks the first reader of a flattened
+            # collection used up what a second one should read (elements lost, run "done").
+            futures = client.compute(translator.leaves(), optimize_graph=False)
         except BaseException:
             client.close()
             raise

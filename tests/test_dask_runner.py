@@ -88,6 +88,34 @@ def test_every_sink_runs_and_no_element_is_lost_or_misrouted(tmp_path, dask_clus
     }
 
 
+def _odd_aside(number):
+    if number % 2:
+        yield beam.pvalue.TaggedOutput("odd", number)
+    else:
+        yield number
+
+
+def test_a_collection_that_several_stages_read_reaches_each_of_them_whole(tmp_path,
+                                                                          dask_cluster):
+    """Dask's bag optimisation makes partitions lazy iterators where it sees one reader; in a
+    graph of several sinks computed together, the first reader of a flattened collection
+    used up what a second one should have read (a count of 0 where 7 went in)."""
+    out = str(tmp_path)
+    with beam.Pipeline(options=_dask_options(dask_cluster)) as p:
+        split = (p | "Numbers" >> beam.Create(list(range(10)))
+                 | "Split" >> beam.FlatMap(_odd_aside).with_outputs("odd", main="even"))
+        extra = p | "Extra" >> beam.Create([100])
+        inner = (split.odd, extra) | "Inner" >> beam.Flatten()
+        outer = (p | "More" >> beam.Create([200]), inner) | "Outer" >> beam.Flatten()
+        _ = ((split.even, outer) | "All" >> beam.Flatten()
+             | "CountAll" >> beam.combiners.Count.Globally()
+             | "SaveAll" >> beam.Map(_save_to(out, "all")))
+        _ = (outer | "CountOuter" >> beam.combiners.Count.Globally()
+             | "SaveOuter" >> beam.Map(_save_to(out, "outer")))
+    saved = {name: json.load(open(os.path.join(out, name))) for name in os.listdir(out)}
+    assert saved == {"all": 12, "outer": 7}
+
+
 def test_unsupported_transforms_fail_loudly(tmp_path, dask_cluster):
     (tmp_path / "a.txt").write_text("line\n")
     pipeline = beam.Pipeline(options=_dask_options(dask_cluster))
