@@ -176,6 +176,21 @@ def _remote_file_stamp(path: str) -> str:
     return next((_remote_stamp(m) for m in listed if m.path == path), "")
 
 
+def file_at(path: str, stamped: bool = False) -> Optional[str]:
+    """Whether a file is at ``path``, read literally (no glob): None where none is (or a
+    folder is), else its stamp ("" unless ``stamped``). A dangling link is a file here: it
+    fails at read, with the reason."""
+    if not _is_remote(path):
+        if not os.path.lexists(path) or os.path.isdir(path):
+            return None
+        return _local_stamp(path) if stamped else ""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        return None
+    return _remote_file_stamp(path) if stamped else ""
+
+
 def _matched(pattern: str, exclude: Optional[str], stamped: bool
              ) -> Iterator[tuple[str, str]]:
     """(path, stamp) of each file ``pattern`` matches; stamps are "" unless ``stamped``."""
@@ -183,15 +198,8 @@ def _matched(pattern: str, exclude: Optional[str], stamped: bool
         pattern += "*"
     local = not _is_remote(pattern)
     if not any(c in pattern for c in _WILDCARDS):
-        from apache_beam.io.filesystems import FileSystems
-
-        if local:
-            found = os.path.lexists(pattern) and not os.path.isdir(pattern)
-            stamp = _local_stamp(pattern) if found and stamped else ""
-        else:
-            found = FileSystems.exists(pattern)
-            stamp = _remote_file_stamp(pattern) if found and stamped else ""
-        if found and not _is_output(pattern, exclude):
+        stamp = file_at(pattern, stamped)
+        if stamp is not None and not _is_output(pattern, exclude):
             yield pattern, stamp
         return
     regex = pattern_regex(pattern)

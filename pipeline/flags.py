@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
+from segbeam.file_lists import is_list
 from segbeam.matching import folder_as_glob, literal_name_hint, match_files
 
 
@@ -139,6 +140,10 @@ def add_container_flags(group, key_column: bool) -> None:
                                 f"a hash of its image).")
 
 
+# The input formats of loose image files, paired with mask files by name: a glob of them,
+# or list files naming them.
+FILE_FORMATS = ("images", "list")
+
 # (flag, its default, the input format it applies to) for the flags that only one input
 # format reads.
 _FORMAT_FLAGS = (("image_column", "image", "parquet"), ("mask_column", None, "parquet"),
@@ -154,7 +159,8 @@ def check_container_flags(input_format: str, values) -> None:
     ``--mask_suffix`` with shards) would be ignored without a word: a ``UsageError`` naming it
     instead. ``values``: the parsed flags."""
     for name, default, applies in _FORMAT_FLAGS:
-        if getattr(values, name, default) == default or input_format == applies:
+        if getattr(values, name, default) == default or input_format == applies or \
+                (applies == "images" and input_format in FILE_FORMATS):
             continue
         if applies == "images":
             raise UsageError(f"--{name} pairs image files with mask files by name; "
@@ -185,7 +191,11 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
 
 def check_images_match(images: str, flag: str = "--input") -> None:
     """A ``UsageError`` where ``flag`` (a folder or glob of images) matches no file, said
-    before anything else is looked at (``segbeam run`` checks its own, with sub-folders)."""
+    before anything else is looked at (``segbeam run`` checks its own, with sub-folders). A
+    list of paths (``.txt``), which only ``segbeam run`` reads, is one too."""
+    if is_list(images):
+        raise UsageError(f"{flag} {images!r} names a list of image paths (.txt), which only "
+                         f"segbeam run reads; pass a folder or glob of the images")
     if next(iter(match_files(folder_as_glob(images))), None) is None:
         raise UsageError(f"{flag} {images!r} matches no file" + (
             literal_name_hint(images) or "; check the path and quote the glob so that the "
@@ -221,7 +231,7 @@ def check_scoring_flags(o, input_format: str) -> None:
     """``--strict_labels`` and ``--calibration`` act on masks: image files read without
     ``--masks`` have none, and either would be ignored."""
     for flag in ("strict_labels", "calibration"):
-        if getattr(o, flag) and input_format == "images" and not o.masks:
+        if getattr(o, flag) and input_format in FILE_FORMATS and not o.masks:
             raise UsageError(f"--{flag} acts on masks, but the images are read without "
                              f"--masks; pass --masks FOLDER or drop --{flag}")
 

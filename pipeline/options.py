@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
@@ -19,6 +20,7 @@ from segbeam.pipeline.model_flags import add_model_flags, classes_of_saved_model
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
+from segbeam.file_lists import as_base, default_base, is_list
 from segbeam.incremental import config_fingerprint, parse_run_date
 from segbeam.inference import InferenceSettings
 from segbeam.labels import MaskLabels
@@ -30,7 +32,7 @@ from segbeam.pipeline.flags import CommandParser, UsageError, absolute_local, \
     check_mask_suffix, check_output_name, check_scoring_flags, reject_repeated_flags, \
     reject_unknown_flags
 
-INPUT_FORMATS = ("auto", "images", "tfrecord", "parquet", "webdataset")
+INPUT_FORMATS = ("auto", "images", "list", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
 STAGE_SPLITS = ("auto", "reshuffle", "fused")
 CHANGE_DETECTIONS = ("content", "stamp")  # how --skip_existing tells an unchanged input
@@ -53,7 +55,11 @@ class SegmentationOptions(PipelineOptions):
         io.add_argument("--input_format", default="auto", choices=INPUT_FORMATS,
                         help="How to read --input; auto: from the glob's suffix: .tfrecord/"
                              ".tfrec TFRecord, .parquet Parquet, .tar/.tar.gz WebDataset, "
-                             "else image files.")
+                             ".txt a list of image paths, one per line, else image files.")
+        io.add_argument("--input_base", default=None,
+                        help="With a list input: the folder that relative lines are read "
+                             "against and that keys are taken relative to (default: the "
+                             "list's folder). Every listed path must lie below it.")
         add_container_flags(io, key_column=True)
         add_pairing_flags(io)
         io.add_argument("--masks", default=None,
@@ -186,6 +192,7 @@ class Settings:
     image_suffix: str = setting(Effect.NONE, "")  # file-name suffixes for pairing (Naming)
     mask_suffix: str = setting(Effect.NONE, "")
     output_ignores_case: bool = setting(Effect.NONE, False)  # set by the launcher (layout)
+    input_base: Optional[str] = setting(Effect.NONE, None)  # a list input's base folder
 
     @property
     def num_classes(self) -> int:
@@ -224,7 +231,24 @@ def stage_split_reshuffles(choice: str, runner: Optional[str]) -> bool:
 def _input_format(choice: str, pattern: str) -> str:
     if choice != "auto":
         return choice
-    return shard_format(pattern) or "images"
+    return shard_format(pattern) or ("list" if is_list(pattern) else "images")
+
+
+def _input_base(input_base: Optional[str], input_format: str, lists: str) -> Optional[str]:
+    """The base folder of a list input (None for any other)."""
+    if input_format != "list":
+        if input_base:
+            raise UsageError(f"--input_base applies to a list input (--input_format list, or "
+                             f"an --input ending in .txt); this input is read as "
+                             f"{input_format}: drop it")
+        return None
+    if not input_base:
+        return default_base(lists)
+    folder = absolute_local(input_base)
+    if "://" not in folder and not os.path.isdir(folder):
+        raise UsageError(f"--input_base {input_base!r} is not a folder; pass the folder that "
+                         f"the list's relative paths lie below")
+    return as_base(folder)
 
 
 def _check_resource_hints(*hints: tuple) -> None:
@@ -286,6 +310,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                           o.write_confidence)
     return Settings(
         input=input_glob, input_format=input_format,
+        input_base=_input_base(o.input_base, input_format, input_glob),
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=crf_params(o),
         ignore_index=labels.ignore_index,

@@ -24,18 +24,19 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_shard_fields, shard_fields
 from segbeam.dataset import apart, mask_glob, named_mask
+from segbeam.file_lists import read_lines
 from segbeam.keys import glob_base
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.registry import check_preprocess
 from segbeam.models.training_record import image_size, read_training_config, \
     training_warnings
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, \
-    literal_name_hint, match_files
+    file_at, literal_name_hint, match_files
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, ignores_case, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.flags import check_masks_match, prepare_cloud_storage, \
+from segbeam.pipeline.flags import FILE_FORMATS, check_masks_match, prepare_cloud_storage, \
     quiet_workers_flag_warnings
 from segbeam.pipeline.model_flags import open_in_launcher, opened_once
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
@@ -89,7 +90,7 @@ def _check_inputs_exist(settings: Settings) -> str:
         raise UsageError(f"--input {settings.input!r} matches no file" + (
             literal_name_hint(settings.input) or "; check the path and quote the glob so "
             "that the shell does not expand it"))
-    if settings.masks and settings.input_format == "images":
+    if settings.masks and settings.input_format in FILE_FORMATS:
         check_masks_match(settings.masks, exclude)
     if deeper:
         LOG.warning("--input %s reads the files in that folder, not the %d in its sub-folders;"
@@ -97,7 +98,33 @@ def _check_inputs_exist(settings: Settings) -> str:
                     settings.input[:-2])
     if settings.input_format in ("parquet", "tfrecord"):
         _check_shard_fields(first, settings.input_format, settings.containers)
+    if settings.input_format == "list":
+        return _first_listed_file(settings.input, settings.input_base)
     return first
+
+
+def _first_listed_file(lists: str, base: str) -> Optional[str]:
+    """The first file the lists name, or None where it does not exist (with a warning: its
+    line is a dead letter, and a wrong base would make every line one). Lists that name no
+    path, that are not UTF-8, or whose first path lies outside the base are usage errors."""
+    unreadable = None
+    for list_path in match_files(lists):
+        with FileSystems.open(list_path) as handle:
+            for line in read_lines(handle, list_path, base):
+                if line.path is None:
+                    unreadable = unreadable or line
+                    continue
+                if line.problem:
+                    raise UsageError(f"--input: {line.problem} ({line.where})")
+                if file_at(line.path) is not None:
+                    return line.path
+                LOG.warning("the first file listed, %s (%s), does not exist: relative lines "
+                            "are read against %s (--input_base)", line.path, line.where, base)
+                return None
+    if unreadable:
+        raise UsageError(f"--input: {unreadable.where}: {unreadable.problem}")
+    raise UsageError(f"--input {lists!r} names no file: each line of the list is blank or a "
+                     f"# comment (a list names one image path per line)")
 
 
 def _check_shard_fields(shard: str, input_format: str, fields: ContainerFields) -> None:
@@ -219,7 +246,7 @@ def _check_model_opens(settings: Settings) -> list[str]:
     return [w for w in (settings.model.random_weights_warning(), warning) if w]
 
 
-def _training_warnings(settings: Settings, first_input: str) -> list[str]:
+def _training_warnings(settings: Settings, first_input: Optional[str]) -> list[str]:
     """Warnings from ``training.json`` beside a model ``segbeam train`` saved: masks scored
     under another label convention than the model learned, images fed at another scale. A
     --preprocess that would normalise its input a second time is an error."""
@@ -228,11 +255,12 @@ def _training_warnings(settings: Settings, first_input: str) -> list[str]:
         return []
     check_preprocess(str(trained.get("model")), settings.inference.preprocess,
                      settings.model.spec)
-    files = settings.input_format == "images"
+    files = settings.input_format in FILE_FORMATS
     return training_warnings(
         settings.model.spec, trained, bool(settings.masks or not files),
         settings.ignore_index, settings.label_map, settings.mask_colours,
-        image_size(first_input) if files and not settings.model.input_size else None)
+        image_size(first_input) if files and first_input and not settings.model.input_size
+        else None)
 
 
 def execute(options: PipelineOptions, argv: Sequence[str],

@@ -21,6 +21,7 @@ from segbeam.keys import file_key, glob_base, printable_path, sanitise_key, stri
 from segbeam.labels import MaskLabels
 from segbeam.matching import match_files, match_stamped_files
 from segbeam.records import DeadLetter
+from segbeam.transforms.file_list import ListedFiles
 from segbeam.transforms.safe_map import SafeMap
 
 DEAD = "dead_letter"
@@ -58,20 +59,31 @@ class MatchImages(beam.PTransform):
     each paired with its mask where ``masks`` (a folder or glob) holds one
     (``segbeam.dataset.pair_by_stem``). Files under ``exclude`` (the output root) are not
     inputs. With ``stamped``, each ImageRef carries its files' stamp from the listing
-    (``--skip_existing``)."""
+    (``--skip_existing``). With ``list_base``, ``images`` names list files instead, whose
+    lines name the images below that base (``transforms.file_list.ListedFiles``)."""
 
     def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None,
-                 naming: Naming = Naming(), stamped: bool = False):
+                 naming: Naming = Naming(), stamped: bool = False,
+                 list_base: Optional[str] = None):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
-        self._naming, self._stamped = naming, stamped
+        self._naming, self._stamped, self._list_base = naming, stamped, list_base
 
     def expand(self, pbegin):
-        images = (pbegin
-                  | "ImageGlob" >> beam.Create([self._images])
-                  | "MatchImageFiles" >> beam.FlatMap(_matched_by_stem, "image", self._exclude,
-                                                      self._naming, self._stamped, self._masks
-                                                      ).with_outputs(DEAD, main="named"))
+        if self._list_base is None:
+            images = (pbegin
+                      | "ImageGlob" >> beam.Create([self._images])
+                      | "MatchImageFiles" >> beam.FlatMap(
+                          _matched_by_stem, "image", self._exclude, self._naming, self._stamped,
+                          self._masks).with_outputs(DEAD, main="named"))
+            image_base, unnamed = glob_base(self._images), images[DEAD]
+        else:
+            listed, unlisted = pbegin | "ListedImages" >> ListedFiles(
+                self._images, self._list_base, self._stamped)
+            images = listed | "ByStem" >> beam.FlatMap(_listed_by_stem, self._naming
+                                                        ).with_outputs(DEAD, main="named")
+            image_base = self._list_base
+            unnamed = (unlisted, images[DEAD]) | "NotListed" >> beam.Flatten()
         masks = (pbegin
                  | "MaskGlob" >> beam.Create([mask_glob(self._masks)] if self._masks else [])
                  | "MatchMaskFiles" >> beam.FlatMap(_matched_by_stem, "mask", self._exclude,
@@ -79,10 +91,9 @@ class MatchImages(beam.PTransform):
         mask_base = glob_base(mask_glob(self._masks)) if self._masks else ""
         paired = ({"images": images.named, "masks": masks}
                   | "JoinOnStem" >> beam.CoGroupByKey()
-                  | "Pair" >> beam.ParDo(_PairByStem(glob_base(self._images), mask_base,
-                                                     self._naming)
+                  | "Pair" >> beam.ParDo(_PairByStem(image_base, mask_base, self._naming)
                                          ).with_outputs(DEAD, UNCLAIMED, main="refs"))
-        unusable = (paired[DEAD], images[DEAD]) | "UnpairedAndUnnamed" >> beam.Flatten()
+        unusable = (paired[DEAD], unnamed) | "UnpairedAndUnnamed" >> beam.Flatten()
         return paired.refs, unusable, paired[UNCLAIMED]
 
 
@@ -97,6 +108,11 @@ def _matched_by_stem(pattern: str, kind: str, exclude: Optional[str], naming: Na
             ((path, "") for path in match_files(pattern, exclude)):
         if not is_mask(path):
             yield from _by_stem(path, stamp, kind, naming)
+
+
+def _listed_by_stem(found: tuple, naming: Naming):
+    path, stamp = found
+    yield from _by_stem(path, stamp, "image", naming)
 
 
 def _by_stem(path: str, stamp: str, kind: str, naming: Naming):
@@ -117,17 +133,19 @@ def _by_stem(path: str, stamp: str, kind: str, naming: Naming):
 
 class FindFiles(beam.PTransform):
     """pipeline -> (ImageRefs, dead letters, number of inputs, masks no image took) for loose
-    image files."""
+    image files (with ``list_base``, those that list files name: ``MatchImages``)."""
 
     def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None,
-                 naming: Naming = Naming(), stamped: bool = False):
+                 naming: Naming = Naming(), stamped: bool = False,
+                 list_base: Optional[str] = None):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
-        self._naming, self._stamped = naming, stamped
+        self._naming, self._stamped, self._list_base = naming, stamped, list_base
 
     def expand(self, pbegin):
         refs, unpaired, unclaimed = pbegin | "MatchImages" >> MatchImages(
-            self._images, self._masks, self._exclude, self._naming, self._stamped)
+            self._images, self._masks, self._exclude, self._naming, self._stamped,
+            self._list_base)
         inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
         return refs, unpaired, inputs, unclaimed

@@ -1,0 +1,127 @@
+"""Inputs that a list file names: one image path per line, as teams export them from a database
+or keep them beside a dataset (``val.txt``), instead of a glob.
+
+A line is a path relative to the list's base folder (``--input_base``; by default the folder
+of the list, or of the glob of lists), or an absolute path or URL. Blank lines and lines that
+start with ``#`` name nothing. Every other line is an input: it ends as an output or as a dead
+letter that names its list and line, never dropped. A path is read literally (no glob). Keys
+are paths below the base, as they are below a glob's base, so a listed path must lie below it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+from segbeam.keys import glob_base, key_for_path, sanitise_key, strip_extension
+
+LIST_SUFFIX = ".txt"
+STAGE = "list"  # the stage of a dead letter for a line that names no usable file
+
+
+class ListedLine(NamedTuple):
+    """A line of a list that names something: ``path``, resolved against the base, or None
+    where the line could not be read; ``problem`` says why the line is no input ("" if it
+    is one)."""
+
+    list_path: str
+    number: int
+    path: Optional[str]
+    problem: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"line {self.number} of {self.list_path}"
+
+
+def is_list(pattern: str) -> bool:
+    """Whether ``--input`` names list files, by their suffix."""
+    return pattern.lower().endswith(LIST_SUFFIX)
+
+
+def default_base(lists: str) -> str:
+    """The folder relative lines are read against: the list's own folder (a glob of lists:
+    the folder the glob starts in)."""
+    return glob_base(lists)
+
+
+def as_base(folder: str) -> str:
+    """A folder as a base: with one trailing slash, as ``glob_base`` gives them."""
+    return folder.rstrip("/") + "/"
+
+
+def _normal(path: str) -> str:
+    """``path`` without ``.`` and ``..`` segments; a URL keeps its scheme and any ``//`` in
+    an object name (Cloud Storage allows one)."""
+    if "://" not in path:
+        return posixpath.normpath(path)
+    scheme, rest = path.split("://", 1)
+    if not {".", ".."} & set(rest.split("/")):
+        return path
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def resolve(entry: str, base: str) -> str:
+    """The path a list's line names: absolute paths and URLs as they are, any other below
+    ``base``."""
+    if "://" in entry or entry.startswith("/"):
+        return _normal(entry)
+    return _normal(base + entry)
+
+
+def read_lines(lines: Iterable[bytes], list_path: str, base: str) -> Iterator[ListedLine]:
+    """The lines of a list (its raw lines, as a binary file gives them) that name something,
+    resolved against ``base``; a line that is not UTF-8, or whose path lies outside the base
+    (its key would be relative to nothing), comes with its problem."""
+    for number, raw in enumerate(lines, 1):
+        try:
+            entry = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            yield ListedLine(list_path, number, None, "the line is not valid UTF-8; save the "
+                             "list as UTF-8")
+            continue
+        if number == 1:
+            entry = entry.lstrip("\ufeff")
+        if "\x00" in entry:
+            yield ListedLine(list_path, number, None, "the line holds a NUL character (a "
+                             "UTF-16 list?); save the list as UTF-8")
+            continue
+        if not entry or entry.startswith("#"):
+            continue
+        path = resolve(entry, base)
+        outside = "" if path.startswith(base) else (
+            f"{path} lies outside {base}, the folder keys are taken relative to; pass "
+            f"--input_base with a folder above every listed path")
+        yield ListedLine(list_path, number, path, outside)
+
+
+def missing_reason(line: ListedLine) -> str:
+    """Why a listed path names no file, with what the line may have meant."""
+    hint = ""
+    if "://" not in line.path and os.path.isdir(line.path):
+        return f"{line.path} is a folder ({line.where}); a list names files"
+    if any(c in line.path for c in "*?["):
+        hint = "; a list is not globbed: name each file"
+    elif "\t" in line.path or "," in line.path:
+        hint = "; a list names one path per line, with no other columns"
+    return f"no file at {line.path} ({line.where}){hint}"
+
+
+def repeated_reason(line: ListedLine, first: ListedLine) -> str:
+    return (f"{line.where} repeats {first.where} ({line.path}); the file is segmented once, "
+            f"for the first")
+
+
+def dead_letter_key(line: ListedLine, base: str) -> str:
+    """The key of a line's dead letter: its path's, or, for a line that could not be read,
+    the list's stem and the line number."""
+    if line.path is not None and line.path.startswith(base):
+        return key_for_path(line.path, base)
+    return sanitise_key(f"{strip_extension(posixpath.basename(line.list_path))}-line-"
+                        f"{line.number}")
+
+
+def first_listed(lines: Iterable[ListedLine]) -> Optional[ListedLine]:
+    """The first line that names a path, problem or not; None for a list that names none."""
+    return next((line for line in lines if line.path is not None), None)

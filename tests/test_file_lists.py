@@ -1,0 +1,151 @@
+"""A list file as ``--input``: one image path per line, each line ending as an output or as a
+dead letter that names its list and line."""
+
+import json
+
+import numpy as np
+
+from segbeam.file_lists import read_lines, resolve
+from segbeam.pipeline.cli import main
+from tests.conftest import assert_dead_letters_counted, png_bytes, put, write_random_pairs
+
+
+def _lines(text: bytes, base: str = "/data/"):
+    return [(line.number, line.path, line.problem)
+            for line in read_lines(text.splitlines(keepends=True), "/data/val.txt", base)]
+
+
+def test_lines_are_read_against_the_base_and_each_problem_is_named():
+    lines = _lines(b"\xef\xbb\xbf# a comment\r\n\n  images/a.png  \r\n/data/sub/./b.png\n"
+                   b"../elsewhere/c.png\n/other/d.png\nimages/\xff.png\nx\x00y\n")
+    assert [(n, path) for n, path, problem in lines if not problem] == [
+        (3, "/data/images/a.png"), (4, "/data/sub/b.png")]
+    problems = {n: problem for n, _, problem in lines if problem}
+    assert set(problems) == {5, 6, 7, 8}
+    assert "/elsewhere/c.png lies outside /data/" in problems[5]
+    assert "--input_base" in problems[6]
+    assert "not valid UTF-8" in problems[7] and "UTF-16" in problems[8]
+    # URLs keep their scheme and an object name's "//"; relative lines join a remote base.
+    assert resolve("gs://b/x//y.png", "/data/") == "gs://b/x//y.png"
+    assert resolve("sub/../y.png", "gs://b/set/") == "gs://b/set/y.png"
+
+
+def _list_run(tmp_path, list_text: str, *flags: str, model: str, output: str = "out"):
+    (tmp_path / "val.txt").write_text(list_text)
+    code = main(["run", "--input", str(tmp_path / "val.txt"), "--masks", str(tmp_path / "masks"),
+                 "--model", model, "--num_classes", "3", "--no-crf",
+                 "--output", str(tmp_path / output), *flags])
+    folder = tmp_path / output
+    summary = json.loads((folder / "summary.json").read_text()) if folder.exists() else None
+    letters = [json.loads(line) for path in sorted((folder / "dead_letters").glob("*"))
+               for line in path.read_text().splitlines()] if folder.exists() else []
+    return code, summary, letters
+
+
+def test_every_line_of_a_list_is_an_output_or_a_dead_letter_that_names_it(tmp_path,
+                                                                         tiny_model_path):
+    write_random_pairs(tmp_path, [np.full((16, 24), k % 3, np.uint8) for k in range(3)])
+    listed = ("# validation images\n"
+              "images/i0.png\n\n"
+              f"{tmp_path}/images/i1.png\n"
+              "images/missing.png\n"
+              "images/i0.png\n"          # the same file again
+              "../outside.png\n"
+              "images/*.png\n"            # a glob: lists name files
+              "images/i2.png\t3\n")       # a second column
+    code, summary, letters = _list_run(tmp_path, listed, model=tiny_model_path)
+    assert code == 0
+    counts = summary["counts"]
+    assert counts["inputs"] == 7 and counts["segmented"] == 2 and counts["accounted_for"]
+    assert counts["dead_letters_by_stage"] == {"list": 5}
+    assert counts["images_with_mask"] == 2  # paired by relative path or stem, as with a glob
+    assert sorted(p.name for p in (tmp_path / "out" / "masks" / "images").iterdir()) == [
+        "i0.png", "i1.png"]
+    reasons = sorted(letter["reason"] for letter in letters)
+    where = f"of {tmp_path}/val.txt"
+    assert any(f"no file at {tmp_path}/images/missing.png (line 5 {where})" in r
+               for r in reasons)
+    assert any(f"line 6 {where} repeats line 2 {where}" in r for r in reasons)
+    assert any("outside.png lies outside" in r and "--input_base" in r for r in reasons)
+    assert any("a list is not globbed" in r for r in reasons)
+    assert any("one path per line, with no other columns" in r for r in reasons)
+
+    # --input_base: keys below it, and the same masks, byte for byte, as a glob's run.
+    code, based, _ = _list_run(tmp_path, "i0.png\ni1.png\ni2.png\n", "--input_base",
+                               str(tmp_path / "images"), model=tiny_model_path, output="based")
+    assert code == 0 and based["counts"]["dead_letters"] == 0
+    assert main(["run", "--input", str(tmp_path / "images"), "--masks",
+                 str(tmp_path / "masks"), "--model", tiny_model_path, "--num_classes", "3",
+                 "--no-crf", "--output", str(tmp_path / "glob")]) == 0
+    for name in ("i0.png", "i1.png", "i2.png"):
+        assert (tmp_path / "based" / "masks" / name).read_bytes() == \
+            (tmp_path / "glob" / "masks" / name).read_bytes()
+    glob = json.loads((tmp_path / "glob" / "summary.json").read_text())
+    assert based["evaluation"] == glob["evaluation"]
+
+
+def test_a_list_reruns_only_what_changed_under_skip_existing(tmp_path, tiny_model_path):
+    write_random_pairs(tmp_path, [np.full((16, 24), k % 3, np.uint8) for k in range(2)])
+    flags = ("--skip_existing", "--change_detection", "stamp", "--input_base",
+             str(tmp_path / "images"))
+    for reused in (0, 2):
+        code, summary, _ = _list_run(tmp_path, "i0.png\ni1.png\nnone.png\n", *flags,
+                                     model=tiny_model_path)
+        assert code == 0
+        assert (summary["counts"]["reused"], summary["counts"]["dead_letters"]) == (reused, 1)
+
+
+def test_a_list_that_cannot_be_read_is_one_line_and_writes_nothing(tmp_path, tiny_model_path,
+                                                                   capsys):
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)])
+    (tmp_path / "utf16.txt").write_text("images/i0.png\n", encoding="utf-16")
+    for listed, flags, message in (
+            ("# nothing yet\n\n", (), "names no file: each line of the list is blank"),
+            (None, ("--input", str(tmp_path / "utf16.txt")), "is not valid UTF-8"),
+            (f"{tmp_path}/images/i0.png\n", ("--input_base", str(tmp_path / "masks")),
+             f"lies outside {tmp_path}/masks/, the folder keys are taken relative to; pass "
+             f"--input_base"),
+            ("i0.png\n", ("--input_base", str(tmp_path / "imagez")),
+             f"--input_base '{tmp_path}/imagez' is not a folder"),
+            (None, ("--input", str(tmp_path / "images")), "--input_base applies to a list "
+                                                          "input")):
+        if listed is None:
+            code = main(["run", "--model", tiny_model_path, "--num_classes", "3", "--no-crf",
+                         "--output", str(tmp_path / "out"), "--input_base", str(tmp_path),
+                         *flags])
+        else:
+            code, _, _ = _list_run(tmp_path, listed, *flags, model=tiny_model_path)
+        error = capsys.readouterr().err
+        assert code == 2 and message in error, error
+        assert "Traceback" not in error and len(error.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_list_on_cloud_storage_names_objects_below_its_folder(gcs_bucket, tiny_model_path):
+    gcs = gcs_bucket()
+    rng = np.random.default_rng(3)
+    for name in ("a", "b"):
+        put(f"{gcs}/set/images/{name}.png",
+            png_bytes(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)))
+    put(f"{gcs}/set/val.txt", b"images/a.png\nimages/b.png\nimages/c.png\n")
+    from segbeam.pipeline.run import run
+
+    outcome = run(["--input", f"{gcs}/set/val.txt", "--model", tiny_model_path,
+                   "--num_classes", "3", "--no-crf", "--output", f"{gcs}/out"])
+    counts = outcome.summary["counts"]
+    assert (counts["inputs"], counts["segmented"], counts["dead_letters"]) == (3, 2, 1)
+    assert_dead_letters_counted(outcome)
+
+
+def test_shard_and_train_say_that_only_run_reads_a_list(tmp_path, capsys):
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)])
+    (tmp_path / "val.txt").write_text("images/i0.png\n")
+    for argv in (["shard", "--input", str(tmp_path / "val.txt"), "--output",
+                  str(tmp_path / "shards" / "s")],
+                 ["train", "--images", str(tmp_path / "val.txt"), "--masks",
+                  str(tmp_path / "masks"), "--model", "tiny_fcn", "--num_classes", "3",
+                  "--input_size", "32x32", "--output", str(tmp_path / "trained")]):
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert "names a list of image paths (.txt), which only segbeam run reads" in error
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "trained").exists()
