@@ -20,6 +20,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Union
 from segbeam.containers import ContainerFields, column_key, shard_format
 from segbeam.decode import DEFAULT_MAX_PIXELS, InvalidInputError, decode_input
 from segbeam.example_proto import FILENAME_FEATURE, MASK_FEATURE, decode_example
+from segbeam.file_lists import is_list
 from segbeam.incremental import content_sha256
 from segbeam.keys import file_stem, glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.labels import MaskLabels
@@ -251,12 +252,10 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
         image, mask, frames, peak, turned_apart = decode_input(
             item.image_bytes, item.mask_bytes, max_pixels, colour)
     except InvalidInputError as error:
-        shard = _shard_format(item.source)
-        if shard is None:
+        hint = _not_an_image_hint(item.source)
+        if hint is None:
             raise
-        raise InvalidInputError(f"{error}; its name says it is a {shard} shard, read here as "
-                                f"an image: end the --input glob in its suffix, or pass "
-                                f"--input_format {shard.lower()}") from error
+        raise InvalidInputError(f"{error}; {hint}") from error
     unexpected: tuple[int, tuple] = (0, ())
     if mask is not None and labels is not None:
         mask, *unexpected = labels.prepare(mask)
@@ -269,11 +268,19 @@ def decode_encoded(item: EncodedImage, max_pixels: int = DEFAULT_MAX_PIXELS,
                               frames=frames, high_depth_peak=peak, turned_apart=turned_apart)
 
 
-def _shard_format(source: str) -> Optional[str]:
-    """The shard format a file's name says it holds (a folder of shards given as --input is
-    read as images), or None."""
-    return {"tfrecord": "TFRecord", "parquet": "Parquet", "webdataset": "WebDataset"}.get(
-        shard_format(posixpath.basename(source)))
+def _not_an_image_hint(source: str) -> Optional[str]:
+    """What to pass where a file that failed to decode is, by its name, a shard or a list of
+    paths (a folder of them given as --input is read as images); None for any other."""
+    name = posixpath.basename(source)
+    if is_list(name):
+        return ("its name says it is a list of image paths, read here as an image: end the "
+                "--input glob in .txt, or pass --input_format list")
+    shard = {"tfrecord": "TFRecord", "parquet": "Parquet", "webdataset": "WebDataset"}.get(
+        shard_format(name))
+    if shard is None:
+        return None
+    return (f"its name says it is a {shard} shard, read here as an image: end the --input "
+            f"glob in its suffix, or pass --input_format {shard.lower()}")
 
 
 class ShardRecord(NamedTuple):

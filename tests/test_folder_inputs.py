@@ -221,8 +221,8 @@ def test_shard_refuses_an_earlier_runs_prefix_unless_told_and_guards_other_shard
 
 
 def test_a_shard_read_as_an_image_is_a_dead_letter_that_says_how_to_read_it():
-    """A folder of shards as --input is read as images (the glob has no shard suffix): each
-    shard was a dead letter saying only that it is not an image."""
+    """A folder of shards (or of lists) as --input is read as images (the glob has no shard
+    suffix): each shard was a dead letter saying only that it is not an image."""
     from segbeam.dataset import decode_encoded
     from segbeam.records import EncodedImage
 
@@ -231,6 +231,9 @@ def test_a_shard_read_as_an_image_is_a_dead_letter_that_says_how_to_read_it():
         with pytest.raises(ValueError, match=f"its name says it is a .* shard, read here as an "
                                              f"image: .* pass --input_format {flag}$"):
             decode_encoded(EncodedImage("k", name, b"not an image", None, None, "h"))
+    with pytest.raises(ValueError, match="its name says it is a list of image paths, read here "
+                                         "as an image: .* pass --input_format list$"):
+        decode_encoded(EncodedImage("k", "lists/val.txt", b"images/a.png\n", None, None, "h"))
     with pytest.raises(ValueError, match="check that the file is a JPEG or PNG$"):
         decode_encoded(EncodedImage("k", "data/k.png", b"not an image", None, None, "h"))
 
