@@ -15,6 +15,7 @@ import posixpath
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 from segbeam.keys import glob_base, key_for_path, sanitise_key, strip_extension
+from segbeam.records import DeadLetter, one_line_reason
 
 LIST_SUFFIX = ".txt"
 STAGE = "list"  # the stage of a dead letter for a line that names no usable file
@@ -122,6 +123,11 @@ def dead_letter_key(line: ListedLine, base: str) -> str:
                         f"{line.number}")
 
 
-def first_listed(lines: Iterable[ListedLine]) -> Optional[ListedLine]:
-    """The first line that names a path, problem or not; None for a list that names none."""
-    return next((line for line in lines if line.path is not None), None)
+def unreadable_list(list_path: str, lines_read: int, error: BaseException) -> DeadLetter:
+    """The dead letter of a list that could not be read (to its end): the list is an input
+    whose lines, past those read, are unknown."""
+    read = f"after line {lines_read}; the lines before went on" if lines_read else \
+        "none of its lines was read"
+    return DeadLetter(sanitise_key(strip_extension(posixpath.basename(list_path))), list_path,
+                      STAGE, f"the list cannot be read ({one_line_reason(error)}): {read}; "
+                      f"check it and run again")

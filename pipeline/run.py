@@ -107,22 +107,26 @@ def _first_listed_file(lists: str, base: str) -> Optional[str]:
     """The first file the lists name, or None where it does not exist (with a warning: its
     line is a dead letter, and a wrong base would make every line one). Lists that name no
     path, that are not UTF-8, or whose first path lies outside the base are usage errors."""
-    unreadable = None
+    unreadable = None  # the first problem met: a line, or a list, that cannot be read
     for list_path in match_files(lists):
-        with FileSystems.open(list_path) as handle:
-            for line in read_lines(handle, list_path, base):
-                if line.path is None:
-                    unreadable = unreadable or line
-                    continue
-                if line.problem:
-                    raise UsageError(f"--input: {line.problem} ({line.where})")
-                if file_at(line.path) is not None:
-                    return line.path
-                LOG.warning("the first file listed, %s (%s), does not exist: relative lines "
-                            "are read against %s (--input_base)", line.path, line.where, base)
-                return None
+        try:
+            with FileSystems.open(list_path) as handle:
+                for line in read_lines(handle, list_path, base):
+                    if line.path is None:
+                        unreadable = unreadable or f"{line.where}: {line.problem}"
+                        continue
+                    if line.problem:
+                        raise UsageError(f"--input: {line.problem} ({line.where})")
+                    if file_at(line.path) is not None:
+                        return line.path
+                    LOG.warning("the first file listed, %s (%s), does not exist: relative "
+                                "lines are read against %s (--input_base)", line.path,
+                                line.where, base)
+                    return None
+        except OSError as error:  # in a glob of lists, the others may be read
+            unreadable = unreadable or f"{list_path} cannot be read: {one_line_reason(error)}"
     if unreadable:
-        raise UsageError(f"--input: {unreadable.where}: {unreadable.problem}")
+        raise UsageError(f"--input: {unreadable}")
     raise UsageError(f"--input {lists!r} names no file: each line of the list is blank or a "
                      f"# comment (a list names one image path per line)")
 

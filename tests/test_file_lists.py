@@ -149,3 +149,28 @@ def test_shard_and_train_say_that_only_run_reads_a_list(tmp_path, capsys):
         error = capsys.readouterr().err
         assert "names a list of image paths (.txt), which only segbeam run reads" in error
     assert not (tmp_path / "shards").exists() and not (tmp_path / "trained").exists()
+
+
+def test_a_list_that_cannot_be_read_is_a_dead_letter_among_the_others(tmp_path,
+                                                                      tiny_model_path, capsys):
+    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)])
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.txt").write_text(f"{tmp_path}/images/i0.png\n")
+    (tmp_path / "lists" / "b.txt").symlink_to(tmp_path / "gone.txt")
+    argv = ["run", "--model", tiny_model_path, "--num_classes", "3", "--no-crf",
+            "--input_base", str(tmp_path)]
+    assert main([*argv, "--input", str(tmp_path / "lists" / "*.txt"),
+                 "--output", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["counts"]["inputs"], summary["counts"]["segmented"]) == (2, 1)
+    letters = [json.loads(line) for path in (tmp_path / "out" / "dead_letters").glob("*")
+               for line in path.read_text().splitlines()]
+    assert [(d["source"], d["stage"]) for d in letters] == [(f"{tmp_path}/lists/b.txt", "list")]
+    assert "the list cannot be read (FileNotFoundError" in letters[0]["reason"]
+    assert "none of its lines was read" in letters[0]["reason"]
+    capsys.readouterr()
+    assert main([*argv, "--input", str(tmp_path / "lists" / "b.txt"),
+                 "--output", str(tmp_path / "out2")]) == 2
+    error = capsys.readouterr().err
+    assert f"--input: {tmp_path}/lists/b.txt cannot be read: FileNotFoundError" in error
+    assert "Traceback" not in error and not (tmp_path / "out2").exists()

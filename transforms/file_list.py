@@ -7,7 +7,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from segbeam.file_lists import STAGE, ListedLine, dead_letter_key, missing_reason, \
-    read_lines, repeated_reason
+    read_lines, repeated_reason, unreadable_list
 from segbeam.matching import file_at, match_files
 from segbeam.records import DeadLetter
 
@@ -16,13 +16,19 @@ DEAD = "dead_letter"
 
 def _lines_of(list_path: str, base: str):
     """The lines of one list that name a path, keyed by it; a line with a problem (not UTF-8,
-    outside the base) is a dead letter."""
-    with FileSystems.open(list_path) as handle:
-        for line in read_lines(handle, list_path, base):
-            if line.problem:
-                yield beam.pvalue.TaggedOutput(DEAD, _dead(line, base, line.problem))
-            else:
-                yield line.path, line
+    outside the base) is a dead letter, and so is a list that cannot be read (a dangling
+    link in a glob of lists, a read that fails), named with the lines read before."""
+    read = 0
+    try:
+        with FileSystems.open(list_path) as handle:
+            for line in read_lines(handle, list_path, base):
+                read = line.number
+                if line.problem:
+                    yield beam.pvalue.TaggedOutput(DEAD, _dead(line, base, line.problem))
+                else:
+                    yield line.path, line
+    except Exception as error:  # noqa: BLE001 - the list is an input: a dead letter
+        yield beam.pvalue.TaggedOutput(DEAD, unreadable_list(list_path, read, error))
 
 
 def _dead(line: ListedLine, base: str, reason: str) -> DeadLetter:
