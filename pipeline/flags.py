@@ -10,13 +10,17 @@ import logging
 import os
 from typing import Iterable, Optional, Sequence
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
-from segbeam.file_lists import is_list
-from segbeam.matching import folder_as_glob, literal_name_hint, match_files
+from segbeam.file_lists import as_base, default_base, is_list, read_lines
+from segbeam.matching import file_at, folder_as_glob, literal_name_hint, match_files
+from segbeam.records import one_line_reason
+
+LOG = logging.getLogger(__name__)
 
 
 class UsageError(ValueError):
@@ -189,17 +193,66 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
                          f"given; pass --masks FOLDER (it may be the images' own folder)")
 
 
-def check_images_match(images: str, flag: str = "--input") -> None:
-    """A ``UsageError`` where ``flag`` (a folder or glob of images) matches no file, said
-    before anything else is looked at (``segbeam run`` checks its own, with sub-folders). A
-    list of paths (``.txt``), which only ``segbeam run`` reads, is one too."""
-    if is_list(images):
-        raise UsageError(f"{flag} {images!r} names a list of image paths (.txt), which only "
-                         f"segbeam run reads; pass a folder or glob of the images")
+def check_images_match(images: str, flag: str = "--input", lists: bool = False) -> None:
+    """A ``UsageError`` where ``flag`` (a folder or glob of images, or with ``lists`` of list
+    files) matches no file, said before anything else is looked at (``segbeam run`` checks
+    its own, with sub-folders). A list of paths (``.txt``) is one too where the command reads
+    no lists."""
+    if is_list(images) and not lists:
+        raise UsageError(f"{flag} {images!r} names a list of image paths (.txt), which "
+                         f"segbeam run and segbeam shard read, not this command; pass a "
+                         f"folder or glob of the images")
     if next(iter(match_files(folder_as_glob(images))), None) is None:
         raise UsageError(f"{flag} {images!r} matches no file" + (
             literal_name_hint(images) or "; check the path and quote the glob so that the "
                                          "shell does not expand it"))
+
+
+def list_base(input_base: Optional[str], input_format: str, lists: str) -> Optional[str]:
+    """The base folder of a list input (``--input_base``, by default the lists' folder); None
+    for any other input, for which ``--input_base`` is an error."""
+    if input_format != "list":
+        if input_base:
+            raise UsageError(f"--input_base applies to a list input (--input_format list, or "
+                             f"an --input ending in .txt); this input is read as "
+                             f"{input_format}: drop it")
+        return None
+    if not input_base:
+        return default_base(lists)
+    folder = absolute_local(input_base)
+    if "://" not in folder and not os.path.isdir(folder):
+        raise UsageError(f"--input_base {input_base!r} is not a folder; pass the folder that "
+                         f"the list's relative paths lie below")
+    return as_base(folder)
+
+
+def check_list_input(lists: str, base: str, flag: str = "--input") -> Optional[str]:
+    """Reads the lists that ``flag`` names up to their first path: the first file they name,
+    or None where it does not exist (with a warning: its line is a dead letter, and a wrong
+    base would make every line one). Lists that name no path, that none can be read, that
+    are not UTF-8, or whose first path lies outside the base are usage errors."""
+    unreadable = None  # the first problem met: a line, or a list, that cannot be read
+    for list_path in match_files(lists):
+        try:
+            with FileSystems.open(list_path) as handle:
+                for line in read_lines(handle, list_path, base):
+                    if line.path is None:
+                        unreadable = unreadable or f"{line.where}: {line.problem}"
+                        continue
+                    if line.problem:
+                        raise UsageError(f"{flag}: {line.problem} ({line.where})")
+                    if file_at(line.path) is not None:
+                        return line.path
+                    LOG.warning("the first file listed, %s (%s), does not exist: relative "
+                                "lines are read against %s (--input_base)", line.path,
+                                line.where, base)
+                    return None
+        except OSError as error:  # in a glob of lists, the others may be read
+            unreadable = unreadable or f"{list_path} cannot be read: {one_line_reason(error)}"
+    if unreadable:
+        raise UsageError(f"{flag}: {unreadable}")
+    raise UsageError(f"{flag} {lists!r} names no file: each line of the list is blank or a "
+                     f"# comment (a list names one image path per line)")
 
 
 def check_masks_match(masks: str, exclude: Optional[str] = None,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
@@ -20,7 +19,7 @@ from segbeam.pipeline.model_flags import add_model_flags, classes_of_saved_model
 from segbeam.dataset import Naming
 from segbeam.dataset_presets import DATASETS, resolve_convention
 from segbeam.decode import DEFAULT_MAX_PIXELS
-from segbeam.file_lists import as_base, default_base, is_list
+from segbeam.file_lists import is_list
 from segbeam.incremental import config_fingerprint, parse_run_date
 from segbeam.inference import InferenceSettings
 from segbeam.labels import MaskLabels
@@ -29,8 +28,8 @@ from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
 from segbeam.pipeline.flags import CommandParser, UsageError, absolute_local, \
     add_container_flags, add_pairing_flags, beam_parser, check_container_flags, \
-    check_mask_suffix, check_output_name, check_scoring_flags, reject_repeated_flags, \
-    reject_unknown_flags
+    check_mask_suffix, check_output_name, check_scoring_flags, list_base, \
+    reject_repeated_flags, reject_unknown_flags
 
 INPUT_FORMATS = ("auto", "images", "list", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
@@ -234,23 +233,6 @@ def _input_format(choice: str, pattern: str) -> str:
     return shard_format(pattern) or ("list" if is_list(pattern) else "images")
 
 
-def _input_base(input_base: Optional[str], input_format: str, lists: str) -> Optional[str]:
-    """The base folder of a list input (None for any other)."""
-    if input_format != "list":
-        if input_base:
-            raise UsageError(f"--input_base applies to a list input (--input_format list, or "
-                             f"an --input ending in .txt); this input is read as "
-                             f"{input_format}: drop it")
-        return None
-    if not input_base:
-        return default_base(lists)
-    folder = absolute_local(input_base)
-    if "://" not in folder and not os.path.isdir(folder):
-        raise UsageError(f"--input_base {input_base!r} is not a folder; pass the folder that "
-                         f"the list's relative paths lie below")
-    return as_base(folder)
-
-
 def _check_resource_hints(*hints: tuple) -> None:
     """Parses each (flag, value, Beam hint name) as Beam will, so that a malformed hint is an
     error naming its flag before any work (also --crf_min_ram under --no-crf)."""
@@ -310,7 +292,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
                           o.write_confidence)
     return Settings(
         input=input_glob, input_format=input_format,
-        input_base=_input_base(o.input_base, input_format, input_glob),
+        input_base=list_base(o.input_base, input_format, input_glob),
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=crf_params(o),
         ignore_index=labels.ignore_index,

@@ -24,20 +24,19 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from segbeam import compat
 from segbeam.containers import ContainerFields, check_shard_fields, shard_fields
 from segbeam.dataset import apart, mask_glob, named_mask
-from segbeam.file_lists import read_lines
 from segbeam.keys import glob_base
 from segbeam.models.output_adapters import adapt_outputs
 from segbeam.models.registry import check_preprocess
 from segbeam.models.training_record import image_size, read_training_config, \
     training_warnings
 from segbeam.matching import could_match_outputs, first_file_and_subfolder_count, \
-    file_at, literal_name_hint, match_files
+    literal_name_hint, match_files
 from segbeam.layout import MANIFEST_JSON, SUMMARY_JSON, begin_run, finish_run, ignores_case, \
     output_path, read_json, write_bytes_atomically
 from segbeam.pipeline.exit_codes import ExitCode, JobFailed
 from segbeam.pipeline.graph import build_pipeline
-from segbeam.pipeline.flags import FILE_FORMATS, check_masks_match, prepare_cloud_storage, \
-    quiet_workers_flag_warnings
+from segbeam.pipeline.flags import FILE_FORMATS, check_list_input, check_masks_match, \
+    prepare_cloud_storage, quiet_workers_flag_warnings
 from segbeam.pipeline.model_flags import open_in_launcher, opened_once
 from segbeam.pipeline.options import LOCAL_RUNNERS, SegmentationOptions, Settings, UsageError, \
     parse_run_argv, settings_from
@@ -99,36 +98,8 @@ def _check_inputs_exist(settings: Settings) -> str:
     if settings.input_format in ("parquet", "tfrecord"):
         _check_shard_fields(first, settings.input_format, settings.containers)
     if settings.input_format == "list":
-        return _first_listed_file(settings.input, settings.input_base)
+        return check_list_input(settings.input, settings.input_base)
     return first
-
-
-def _first_listed_file(lists: str, base: str) -> Optional[str]:
-    """The first file the lists name, or None where it does not exist (with a warning: its
-    line is a dead letter, and a wrong base would make every line one). Lists that name no
-    path, that are not UTF-8, or whose first path lies outside the base are usage errors."""
-    unreadable = None  # the first problem met: a line, or a list, that cannot be read
-    for list_path in match_files(lists):
-        try:
-            with FileSystems.open(list_path) as handle:
-                for line in read_lines(handle, list_path, base):
-                    if line.path is None:
-                        unreadable = unreadable or f"{line.where}: {line.problem}"
-                        continue
-                    if line.problem:
-                        raise UsageError(f"--input: {line.problem} ({line.where})")
-                    if file_at(line.path) is not None:
-                        return line.path
-                    LOG.warning("the first file listed, %s (%s), does not exist: relative "
-                                "lines are read against %s (--input_base)", line.path,
-                                line.where, base)
-                    return None
-        except OSError as error:  # in a glob of lists, the others may be read
-            unreadable = unreadable or f"{list_path} cannot be read: {one_line_reason(error)}"
-    if unreadable:
-        raise UsageError(f"--input: {unreadable}")
-    raise UsageError(f"--input {lists!r} names no file: each line of the list is blank or a "
-                     f"# comment (a list names one image path per line)")
 
 
 def _check_shard_fields(shard: str, input_format: str, fields: ContainerFields) -> None:

@@ -22,10 +22,11 @@ from segbeam.example_proto import FILENAME_FEATURE, FORMAT_FEATURE, HEIGHT_FEATU
     IMAGE_FEATURE, MASK_FEATURE, MASK_FORMAT_FEATURE, WIDTH_FEATURE, encode_example
 from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
+from segbeam.file_lists import is_list
 from segbeam.matching import folder_as_glob
-from segbeam.pipeline.flags import CommandParser, add_pairing_flags, beam_parser, \
-    check_images_match, check_mask_suffix, check_masks_match, check_output_name, \
-    reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import CommandParser, absolute_local, add_pairing_flags, \
+    beam_parser, check_images_match, check_list_input, check_mask_suffix, check_masks_match, \
+    check_output_name, list_base, reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -83,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(image/encoded, image/filename, image/segmentation/class/encoded). "
                     "Beam's own options (--runner, ...) pass through.")
     parser.add_argument("--input", required=True,
-                        help="Glob of image files, or a folder (every file in it).")
+                        help="Glob of image files, or a folder (every file in it), or a list "
+                             "of image paths, one per line (a .txt file, as segbeam run "
+                             "reads it).")
+    parser.add_argument("--input_base", default=None,
+                        help="With a list: the folder that relative lines are read against "
+                             "and that the examples' names are taken relative to (default: "
+                             "the list's folder).")
     parser.add_argument("--masks", default=None, help="Folder or glob of masks (optional).")
     parser.add_argument("--output", required=True,
                         help="Shard path prefix, e.g. out/train (gives out/train-00000-of-00004"
@@ -151,8 +158,12 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
     if args.num_shards < 0:
         raise ValueError(f"--num_shards must be 0 (the runner chooses) or more; received "
                          f"{args.num_shards}")
-    check_images_match(args.input)
-    args.input = folder_as_glob(args.input)
+    listed = is_list(args.input)
+    check_images_match(args.input, lists=listed)
+    args.input = folder_as_glob(absolute_local(args.input) if listed else args.input)
+    base = list_base(args.input_base, "list" if listed else "images", args.input)
+    if listed:
+        check_list_input(args.input, base)
     if args.masks:
         check_masks_match(args.masks, without="the shards would hold images only")
     check_output_name(args.output)
@@ -163,8 +174,8 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
     _clear_earlier(args.output, args.overwrite)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     naming = Naming(args.image_suffix or "", args.mask_suffix or "")
-    refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(args.input, args.masks,
-                                                                        naming=naming)
+    refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(
+        args.input, args.masks, naming=naming, list_base=base)
     _ = (refs | "WithMask" >> beam.Filter(lambda ref: ref.mask_source is not None)
          | "CountWithMask" >> beam.Map(_counted("examples_with_mask")))
     examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)

@@ -137,18 +137,30 @@ def test_a_list_on_cloud_storage_names_objects_below_its_folder(gcs_bucket, tiny
     assert_dead_letters_counted(outcome)
 
 
-def test_shard_and_train_say_that_only_run_reads_a_list(tmp_path, capsys):
-    write_random_pairs(tmp_path, [np.zeros((8, 8), np.uint8)])
-    (tmp_path / "val.txt").write_text("images/i0.png\n")
-    for argv in (["shard", "--input", str(tmp_path / "val.txt"), "--output",
-                  str(tmp_path / "shards" / "s")],
-                 ["train", "--images", str(tmp_path / "val.txt"), "--masks",
-                  str(tmp_path / "masks"), "--model", "tiny_fcn", "--num_classes", "3",
-                  "--input_size", "32x32", "--output", str(tmp_path / "trained")]):
-        assert main(argv) == 2
-        error = capsys.readouterr().err
-        assert "names a list of image paths (.txt), which only segbeam run reads" in error
-    assert not (tmp_path / "shards").exists() and not (tmp_path / "trained").exists()
+def test_shard_packs_the_files_a_list_names_and_train_says_it_reads_none(tmp_path, capsys):
+    write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(3)])
+    (tmp_path / "val.txt").write_text("i0.png\ni2.png\nnone.png\n")
+    assert main(["shard", "--input", str(tmp_path / "val.txt"), "--input_base",
+                 str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--output",
+                 str(tmp_path / "shards" / "s"), "--num_shards", "1"]) == 0
+    account = capsys.readouterr().out
+    assert "3 images -> 2 examples" in account and "1 dead letters" in account
+    from segbeam.example_proto import decode_example
+    from segbeam.tfrecord import read_records
+
+    with open(tmp_path / "shards" / "s-00000-of-00001.tfrecord", "rb") as handle:
+        names = sorted(decode_example(record)["image/filename"][0]
+                       for record in read_records(handle))
+    assert names == [b"i0.png", b"i2.png"]
+    letters = (tmp_path / "shards" / "s_dead_letters").rglob("*.jsonl")
+    assert "no file at" in "".join(path.read_text() for path in letters)
+    assert main(["train", "--images", str(tmp_path / "val.txt"), "--masks",
+                 str(tmp_path / "masks"), "--model", "tiny_fcn", "--num_classes", "3",
+                 "--input_size", "32x32", "--output", str(tmp_path / "trained")]) == 2
+    error = capsys.readouterr().err
+    assert "names a list of image paths (.txt), which segbeam run and segbeam shard read, " \
+           "not this command" in error
+    assert not (tmp_path / "trained").exists()
 
 
 def test_a_list_that_cannot_be_read_is_a_dead_letter_among_the_others(tmp_path,
