@@ -193,14 +193,17 @@ def pair_by_stem(stem: str, images: Iterable[str], masks: Iterable[str], image_b
 
 
 def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None,
-               naming: Naming = Naming()) -> tuple[list[ImageRef], list[DeadLetter], list[str]]:
+               naming: Naming = Naming(), listed: Optional[tuple[list[str], str]] = None
+               ) -> tuple[list[ImageRef], list[DeadLetter], list[str]]:
     """The files of the glob ``images``, paired with ``masks`` (a folder or glob) as the
     pipeline pairs them, in memory: (images, dead letters, masks no image took). Files under
-    ``exclude`` are not read."""
+    ``exclude`` are not read. ``listed``: (the image files, their base) that a list named,
+    instead of the glob's."""
     by_stem: dict[str, dict[str, list[str]]] = collections.defaultdict(
         lambda: {"images": [], "masks": []})
-    is_mask = named_mask(masks, naming)
-    for path in match_files(images, exclude):
+    is_mask = named_mask(masks, naming) if listed is None else (lambda path: False)
+    paths, image_base = listed or (match_files(images, exclude), glob_base(images))
+    for path in paths:
         if not is_mask(path):
             by_stem[naming.pairing_stem(path, "image")]["images"].append(path)
     for path in match_files(mask_glob(masks), exclude) if masks else ():
@@ -209,7 +212,7 @@ def find_pairs(images: str, masks: Optional[str], exclude: Optional[str] = None,
             by_stem[stem]["masks"].append(path)
     refs, dead, unclaimed = [], [], []
     for stem, grouped in sorted(by_stem.items()):
-        pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], glob_base(images),
+        pairing = pair_by_stem(stem, grouped["images"], grouped["masks"], image_base,
                                glob_base(mask_glob(masks)) if masks else "", naming)
         refs += pairing.refs
         dead += pairing.dead

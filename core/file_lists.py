@@ -15,6 +15,8 @@ import posixpath
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 from segbeam.keys import glob_base, key_for_path, sanitise_key, strip_extension
+from segbeam.layout import open_file
+from segbeam.matching import file_at, match_files
 from segbeam.records import DeadLetter, one_line_reason
 
 LIST_SUFFIX = ".txt"
@@ -110,8 +112,8 @@ def missing_reason(line: ListedLine) -> str:
 
 
 def repeated_reason(line: ListedLine, first: ListedLine) -> str:
-    return (f"{line.where} repeats {first.where} ({line.path}); the file is segmented once, "
-            f"for the first")
+    return (f"{line.where} repeats {first.where} ({line.path}); the file is read once, for "
+            f"the first")
 
 
 def dead_letter_key(line: ListedLine, base: str) -> str:
@@ -131,3 +133,31 @@ def unreadable_list(list_path: str, lines_read: int, error: BaseException) -> De
     return DeadLetter(sanitise_key(strip_extension(posixpath.basename(list_path))), list_path,
                       STAGE, f"the list cannot be read ({one_line_reason(error)}): {read}; "
                       f"check it and run again")
+
+
+def listed_files(lists: str, base: str) -> tuple[list[str], list[str]]:
+    """In memory (``segbeam train``): (the files that the lists matching ``lists`` name, each
+    once, in list order; why each other line, or list, names none). A path outside ``base``
+    is kept: no output is named after it, and it pairs with its mask by file stem."""
+    paths: list[str] = []
+    first: dict[str, ListedLine] = {}
+    problems: list[str] = []
+    for list_path in match_files(lists):
+        read = 0
+        try:
+            with open_file(list_path) as handle:
+                for line in read_lines(handle, list_path, base):
+                    read = line.number
+                    if line.path is None:
+                        problems.append(f"{line.where}: {line.problem}")
+                    elif line.path in first:
+                        problems.append(repeated_reason(line, first[line.path]))
+                    elif file_at(line.path) is None:
+                        first[line.path] = line
+                        problems.append(missing_reason(line))
+                    else:
+                        first[line.path] = line
+                        paths.append(line.path)
+        except OSError as error:
+            problems.append(unreadable_list(list_path, read, error).reason)
+    return paths, problems

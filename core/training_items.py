@@ -16,6 +16,7 @@ from segbeam.containers import IMAGE_EXTENSIONS, CheckedTarInfo, ContainerFields
     parse_parquet_row
 from segbeam.dataset import Naming, ShardRecord, find_pairs, parse_shard_record, read_encoded
 from segbeam.decode import DecodedInput, InvalidInputError, decode_input
+from segbeam.file_lists import default_base, is_list, listed_files
 from segbeam.layout import matching_paths, open_file
 from segbeam.matching import folder_as_glob
 from segbeam.records import ImageRef
@@ -174,11 +175,20 @@ def _read_range(shard: str, span: tuple[int, int]) -> bytes:
 def find_training_pairs(images: str, masks: str, naming: Naming = Naming()) -> list[ImageRef]:
     """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
     them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
-    reason; images without a mask are left out with a count, since they cannot be trained on."""
-    refs, dead, _ = find_pairs(folder_as_glob(images), masks, naming=naming)
+    reason; images without a mask are left out with a count, since they cannot be trained on.
+    ``images`` may name lists of image paths (``.txt``, read against their folder), whose
+    lines that name no file are left out with a warning."""
+    listed = None
+    if is_list(images):
+        paths, problems = listed_files(images, default_base(images))
+        for problem in problems:
+            LOG.warning("training image skipped: %s", problem)
+        listed = (paths, default_base(images))
+    refs, dead, _ = find_pairs(folder_as_glob(images), masks, naming=naming, listed=listed)
     if not refs and not dead:
-        raise ValueError(f"no images match {images!r}; pass a folder or a glob such as "
-                         f"'data/train/*.png'")
+        raise ValueError(f"no line of the list {images!r} names a file (the warnings above say "
+                         f"why)" if listed else f"no images match {images!r}; pass a folder "
+                         f"or a glob such as 'data/train/*.png'")
     for letter in dead:
         LOG.warning("training pair skipped: %s: %s", letter.source, letter.reason)
     pairs = [ref for ref in refs if ref.mask_source]

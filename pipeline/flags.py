@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
-from segbeam.file_lists import as_base, default_base, is_list, read_lines
+from segbeam.file_lists import as_base, default_base, read_lines
 from segbeam.matching import file_at, folder_as_glob, literal_name_hint, match_files
 from segbeam.records import one_line_reason
 
@@ -193,15 +193,10 @@ def check_mask_suffix(mask_suffix: Optional[str], masks: Optional[str]) -> None:
                          f"given; pass --masks FOLDER (it may be the images' own folder)")
 
 
-def check_images_match(images: str, flag: str = "--input", lists: bool = False) -> None:
-    """A ``UsageError`` where ``flag`` (a folder or glob of images, or with ``lists`` of list
-    files) matches no file, said before anything else is looked at (``segbeam run`` checks
-    its own, with sub-folders). A list of paths (``.txt``) is one too where the command reads
-    no lists."""
-    if is_list(images) and not lists:
-        raise UsageError(f"{flag} {images!r} names a list of image paths (.txt), which "
-                         f"segbeam run and segbeam shard read, not this command; pass a "
-                         f"folder or glob of the images")
+def check_images_match(images: str, flag: str = "--input") -> None:
+    """A ``UsageError`` where ``flag`` (a folder or glob of images, or of lists of them)
+    matches no file, said before anything else is looked at (``segbeam run`` checks its own,
+    with sub-folders)."""
     if next(iter(match_files(folder_as_glob(images))), None) is None:
         raise UsageError(f"{flag} {images!r} matches no file" + (
             literal_name_hint(images) or "; check the path and quote the glob so that the "

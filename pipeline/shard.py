@@ -159,7 +159,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
         raise ValueError(f"--num_shards must be 0 (the runner chooses) or more; received "
                          f"{args.num_shards}")
     listed = is_list(args.input)
-    check_images_match(args.input, lists=listed)
+    check_images_match(args.input)
     args.input = folder_as_glob(absolute_local(args.input) if listed else args.input)
     base = list_base(args.input_base, "list" if listed else "images", args.input)
     if listed:

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a registered segmentation architecture on image/mask pairs and "
                     "save a .keras model for `segbeam run --model`.")
     data = parser.add_argument_group("data")
-    data.add_argument("--images", help="training images: a folder or a glob")
+    data.add_argument("--images", help="training images: a folder or a glob, or a list of "
+                                       "image paths (.txt, one per line, relative to its "
+                                       "folder)")
     data.add_argument("--masks", help="training masks (class-id PNGs, paired with images by "
                                       "file stem): a folder or a glob")
     data.add_argument("--shards", help="instead of --images/--masks: a glob of TFRecord "
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "WebDataset .tar shards (with --mask_ext)")
     add_container_flags(data, key_column=False)
     add_pairing_flags(data)
-    data.add_argument("--val_images", help="validation images (folder or glob)")
+    data.add_argument("--val_images", help="validation images (folder, glob or .txt list)")
     data.add_argument("--val_masks", help="validation masks (folder or glob)")
     data.add_argument("--val_split", type=float, default=DEFAULTS.val_split,
                       help="without --val_images: hold out this fraction of the training "

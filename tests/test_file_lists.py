@@ -4,6 +4,7 @@ dead letter that names its list and line."""
 import json
 
 import numpy as np
+import pytest
 
 from segbeam.file_lists import read_lines, resolve
 from segbeam.pipeline.cli import main
@@ -137,7 +138,7 @@ def test_a_list_on_cloud_storage_names_objects_below_its_folder(gcs_bucket, tiny
     assert_dead_letters_counted(outcome)
 
 
-def test_shard_packs_the_files_a_list_names_and_train_says_it_reads_none(tmp_path, capsys):
+def test_shard_packs_the_files_a_list_names(tmp_path, capsys):
     write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(3)])
     (tmp_path / "val.txt").write_text("i0.png\ni2.png\nnone.png\n")
     assert main(["shard", "--input", str(tmp_path / "val.txt"), "--input_base",
@@ -154,13 +155,6 @@ def test_shard_packs_the_files_a_list_names_and_train_says_it_reads_none(tmp_pat
     assert names == [b"i0.png", b"i2.png"]
     letters = (tmp_path / "shards" / "s_dead_letters").rglob("*.jsonl")
     assert "no file at" in "".join(path.read_text() for path in letters)
-    assert main(["train", "--images", str(tmp_path / "val.txt"), "--masks",
-                 str(tmp_path / "masks"), "--model", "tiny_fcn", "--num_classes", "3",
-                 "--input_size", "32x32", "--output", str(tmp_path / "trained")]) == 2
-    error = capsys.readouterr().err
-    assert "names a list of image paths (.txt), which segbeam run and segbeam shard read, " \
-           "not this command" in error
-    assert not (tmp_path / "trained").exists()
 
 
 def test_a_list_that_cannot_be_read_is_a_dead_letter_among_the_others(tmp_path,
@@ -186,3 +180,19 @@ def test_a_list_that_cannot_be_read_is_a_dead_letter_among_the_others(tmp_path,
     error = capsys.readouterr().err
     assert f"--input: {tmp_path}/lists/b.txt cannot be read: FileNotFoundError" in error
     assert "Traceback" not in error and not (tmp_path / "out2").exists()
+
+
+def test_train_takes_the_pairs_a_list_names(tmp_path, caplog):
+    from segbeam.training_items import find_training_pairs
+
+    write_random_pairs(tmp_path, [np.full((8, 8), k % 3, np.uint8) for k in range(4)])
+    (tmp_path / "train.txt").write_text("images/i0.png\nimages/i2.png\nimages/i0.png\n"
+                                        f"{tmp_path}/images/i3.png\nimages/gone.png\n")
+    pairs = find_training_pairs(str(tmp_path / "train.txt"), str(tmp_path / "masks"))
+    assert [(p.source, p.mask_source) for p in pairs] == [
+        (f"{tmp_path}/images/i{k}.png", f"{tmp_path}/masks/i{k}.png") for k in (0, 2, 3)]
+    assert "line 3 of" in caplog.text and "repeats line 1" in caplog.text
+    assert f"no file at {tmp_path}/images/gone.png (line 5" in caplog.text
+    (tmp_path / "none.txt").write_text("images/gone.png\n")
+    with pytest.raises(ValueError, match="no line of the list .* names a file"):
+        find_training_pairs(str(tmp_path / "none.txt"), str(tmp_path / "masks"))
