@@ -28,7 +28,7 @@ from segbeam.layout import check_writable_folder
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig, parse_class_weights
 from segbeam.models.training_record import TRAINING_JSON
 from segbeam.models.training_resume import CHECKPOINT, HISTORY, atomic_checkpoint, \
-    epochs_done, load_checkpoint, record_start, resume_point
+    check_same_pairs, epochs_done, load_checkpoint, record_start, resume_point
 from segbeam.run_lock import claim_output, release_output
 
 LOG = logging.getLogger(__name__)
@@ -327,6 +327,7 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
     ignore = config.ignore_index
     done = 0
     if resumed:  # compiled as it was saved: its optimizer state goes on
+        check_same_pairs(config, items, val_items)
         done = epochs_done(model, len(train_data), config)
         train_data.start_at_epoch(done)
     else:
@@ -336,7 +337,7 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
                                                             ignore_class=ignore),
             metrics=[miou_metric(config.num_classes, ignore)])
         os.makedirs(os.path.join(config.output, "checkpoints"), exist_ok=True)
-        record_start(config)
+        record_start(config, items, val_items)
     budget, guard = WallTimeBudget(config.max_minutes), DivergenceGuard()
     best_path = os.path.join(config.output, "best.keras") if val_data else None
     callbacks = [

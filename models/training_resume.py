@@ -7,13 +7,15 @@ A training writes the settings it started with beside its checkpoints
 data) rather than mix two trainings in one model. Only the settings that do not change what is
 learnt may differ: ``--epochs`` (the total to reach), ``--max_minutes``, ``--workers`` and
 ``--quiet``, and ``--output`` (the folder may have been moved). Paths compare as the files they
-name, however spelled.
+name, however spelled. So do the pairs the flags name (``checkpoints/pairs.json``): files added
+to a folder or a list edited since the start are refused too.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -23,6 +25,7 @@ from segbeam.models.training_config import TrainingConfig
 
 CHECKPOINT = os.path.join("checkpoints", "last.keras")
 STARTED_WITH = os.path.join("checkpoints", "config.json")
+STARTED_ON = os.path.join("checkpoints", "pairs.json")
 HISTORY = "history.csv"
 # Settings a resume may change: how long and how fast, not what is learnt; and where the
 # training's folder is (it may have been moved: a resume reads whatever --output names).
@@ -67,10 +70,48 @@ def _as_file(value):
     return value
 
 
-def record_start(config: TrainingConfig) -> None:
-    """Keeps the settings a training starts with beside its checkpoints."""
+def record_start(config: TrainingConfig, items: list, val_items: list) -> None:
+    """Keeps the settings a training starts with beside its checkpoints, and which pairs it
+    trains and validates on (``_pairs``)."""
     with open(os.path.join(config.output, STARTED_WITH), "w") as handle:
         json.dump(_settings(config), handle, indent=2)
+    with open(os.path.join(config.output, STARTED_ON), "w") as handle:
+        json.dump(_pairs(items, val_items), handle, indent=2)
+
+
+def _pairs(items: list, val_items: list) -> dict:
+    """How many training and validation pairs, and a hash of which (each image and mask as
+    the file it names): the same flags can name other pairs by the time a training resumes
+    (files added to a folder, a list edited)."""
+    from segbeam.training_items import describe
+
+    def named(item) -> str:
+        return f"{_as_file(describe(item))} {_as_file(getattr(item, 'mask_source', None))}"
+
+    digest = hashlib.sha256()
+    for role, group in (("train", items), ("val", val_items)):
+        for item in group:
+            digest.update(f"{role} {named(item)}\n".encode())
+    return {"training_pairs": len(items), "validation_pairs": len(val_items),
+            "sha256": digest.hexdigest()}
+
+
+def check_same_pairs(config: TrainingConfig, items: list, val_items: list) -> None:
+    """ValueError where a resumed training would read other pairs than it started with (a
+    training from before this record is not checked)."""
+    path = os.path.join(config.output, STARTED_ON)
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        started = json.load(handle)
+    now = _pairs(items, val_items)
+    if now != started:
+        raise ValueError(f"--resume goes on with the training as it started, but the flags now "
+                         f"name other pairs: {now['training_pairs']} training and "
+                         f"{now['validation_pairs']} validation pairs (it started with "
+                         f"{started['training_pairs']} and {started['validation_pairs']}, or "
+                         f"as many but other files); restore the data it started with, or "
+                         f"start a new training")
 
 
 # Settings whose flag is not their name.

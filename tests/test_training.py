@@ -281,6 +281,21 @@ def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
                                            "checkpoints/config.json")):
         with pytest.raises(ValueError, match=message):
             train(settings)
+    # The same flags naming other pairs (a file added to the folder; a list edited) would
+    # have mixed two data sets in one model: refused, with the counts.
+    _write_pairs(tmp_path, 1, height=32, width=32, seed=5, stem="added")
+    with pytest.raises(ValueError, match="the flags now name other pairs: 5 training and 2 "
+                                         "validation pairs \\(it started with 4 and 2"):
+        train(config("stopped", resume=True, epochs=4))
+    os.remove(os.path.join(images, "added000.png"))
+    os.remove(os.path.join(masks, "added000.png"))
+    for folder in (images, masks):  # as many pairs, one of them another file
+        os.rename(os.path.join(folder, "scene005.png"), os.path.join(folder, "scene099.png"))
+    with pytest.raises(ValueError, match="4 training and 2 validation pairs \\(it started "
+                                         "with 4 and 2, or as many but other files\\)"):
+        train(config("stopped", resume=True, epochs=4))
+    for folder in (images, masks):
+        os.rename(os.path.join(folder, "scene099.png"), os.path.join(folder, "scene005.png"))
     # The checkpoint is replaced by rename: a save that fails part-way leaves the last one.
     from segbeam.models.training_resume import atomic_checkpoint
 
@@ -299,7 +314,8 @@ def test_a_resumed_training_ends_as_an_uninterrupted_one(tmp_path):
     with pytest.raises(OSError, match="the machine stopped"):
         callback.on_epoch_end(3)
     assert last.read_bytes() == before
-    assert sorted(p.name for p in last.parent.iterdir()) == ["config.json", "last.keras"]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["config.json", "last.keras",
+                                                             "pairs.json"]
     last.write_bytes(b"cut short")
     with pytest.raises(ValueError, match="last.keras cannot be loaded .*it may have been cut "
                                          "short while written"):
