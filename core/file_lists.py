@@ -5,7 +5,8 @@ A line is a path relative to the list's base folder (``--input_base``; by defaul
 of the list, or of the glob of lists), or an absolute path or URL. Blank lines and lines that
 start with ``#`` name nothing. Every other line is an input: it ends as an output or as a dead
 letter that names its list and line, never dropped. A path is read literally (no glob). Keys
-are paths below the base, as they are below a glob's base, so a listed path must lie below it.
+are paths below the base, as they are below a glob's base, so a listed path must lie below it
+(``segbeam train``, which names no output after its inputs, takes any: ``listed_files``).
 """
 
 from __future__ import annotations
