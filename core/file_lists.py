@@ -102,9 +102,9 @@ def read_lines(lines: Iterable[bytes], list_path: str, base: str) -> Iterator[Li
 
 def missing_reason(line: ListedLine) -> str:
     """Why a listed path names no file, with what the line may have meant."""
-    hint = ""
     if "://" not in line.path and os.path.isdir(line.path):
         return f"{line.path} is a folder ({line.where}); a list names files"
+    hint = ""
     if any(c in line.path for c in "*?["):
         hint = "; a list is not globbed: name each file"
     elif "\t" in line.path or "," in line.path:

@@ -162,9 +162,9 @@ def check_container_flags(input_format: str, values) -> None:
     """A flag given for input it does not apply to (``--mask_column`` with image files,
     ``--mask_suffix`` with shards) would be ignored without a word: a ``UsageError`` naming it
     instead. ``values``: the parsed flags."""
+    kind = "images" if input_format in FILE_FORMATS else input_format  # a list names images
     for name, default, applies in _FORMAT_FLAGS:
-        if getattr(values, name, default) == default or input_format == applies or \
-                (applies == "images" and input_format in FILE_FORMATS):
+        if getattr(values, name, default) == default or kind == applies:
             continue
         if applies == "images":
             raise UsageError(f"--{name} pairs image files with mask files by name; "

@@ -196,3 +196,18 @@ def test_train_takes_the_pairs_a_list_names(tmp_path, caplog):
     (tmp_path / "none.txt").write_text("images/gone.png\n")
     with pytest.raises(ValueError, match="no line of the list .* names a file"):
         find_training_pairs(str(tmp_path / "none.txt"), str(tmp_path / "masks"))
+
+
+def test_the_pairing_suffixes_apply_to_a_list_as_to_a_glob():
+    import argparse
+
+    from segbeam.pipeline.flags import UsageError, check_container_flags
+
+    suffixes = argparse.Namespace(image_suffix="_leftImg8bit", mask_suffix="_gtFine_labelIds")
+    for input_format in ("images", "list"):
+        check_container_flags(input_format, suffixes)
+    with pytest.raises(UsageError, match="--image_suffix pairs image files with mask files"):
+        check_container_flags("tfrecord", suffixes)
+    with pytest.raises(UsageError, match="--mask_column applies to parquet shards, but the "
+                                         "input is read as list"):
+        check_container_flags("list", argparse.Namespace(mask_column="label"))
