@@ -115,6 +115,16 @@ def assert_close_calibration(a, b) -> None:
                 assert one[figure] == pytest.approx(other[figure], rel=1e-3, abs=1e-6), figure
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The files holding a test marked ``slow`` run first, the rest after, each group in
+    collection order. Two workers take a file at a time (``--dist loadfile``), so a file that
+    starts last keeps one worker busy after the other has finished: the backend checks, last
+    by xdist's own order (fewest tests last), kept one worker alone for two minutes. ``.ci/run``
+    passes ``--no-loadscope-reorder`` so that xdist keeps this order."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -21,6 +21,7 @@ def _run_checks(backend: str) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax")])
 def test_every_architecture_builds_and_runs(backend, module):
     if importlib.util.find_spec(module) is None:
@@ -31,8 +32,7 @@ def test_every_architecture_builds_and_runs(backend, module):
     assert reports[0] == {"check": "backend", "backend": backend}
     assert {"check": "unpooling", "ok": True} in reports
     forward = [r for r in reports if r["check"] == "forward"]
-    expected = {(spec.name, size, classes) for spec in models.list_models()
-                for size, classes in (((128, 128), 2), ((360, 480), 21))}
+    expected = {(spec.name, (360, 480), 21) for spec in models.list_models()}
     assert {(r["model"], tuple(r["size"]), r["classes"]) for r in forward} == expected
     for report in forward:
         assert report["shape"] == [1, *report["size"], report["classes"]], report

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from benchmarks import crf as crf_benchmark
@@ -136,6 +137,7 @@ def test_the_preprocess_benchmark_compares_every_preset_with_its_formula(tmp_pat
     assert all(row["max_abs_difference"] < 1e-5 for row in rows)
 
 
+@pytest.mark.slow
 def test_the_many_images_rerun_removes_exactly_the_deleted_inputs_masks(tmp_path):
     from benchmarks import many_images
 

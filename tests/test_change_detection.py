@@ -93,6 +93,7 @@ def _save_uncompressed(path, array):
     Image.fromarray(array).save(path, compress_level=0)
 
 
+@pytest.mark.slow
 def test_by_stamp_only_files_whose_stamp_changed_are_read(tmp_path, demo_model_path,
                                                           monkeypatch, stamps_of_new_files):
     data, out = tmp_path / "data", tmp_path / "out"
@@ -201,6 +202,7 @@ def _renewal_keys(run_dir):
                   for line in open(path) if line.strip())
 
 
+@pytest.mark.slow
 def test_under_run_date_a_touched_file_is_read_once_then_its_renewed_stamp_stands(
         tmp_path, demo_model_path, stamps_of_new_files):
     """A skipped input writes no row, so its row in an earlier partition kept the stamp it

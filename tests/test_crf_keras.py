@@ -23,6 +23,7 @@ from tests.test_end_to_end import _scenes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, module", [("tensorflow", "tensorflow"), ("jax", "jax"),
                                              ("torch", "torch")])
 def test_keras_backend_gives_pydensecrfs_labels(backend, module):

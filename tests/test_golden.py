@@ -84,6 +84,7 @@ def _assert_same(actual: dict, expected: dict) -> None:
         _assert_within_tolerance(actual, expected)
 
 
+@pytest.mark.slow
 def test_run_without_input_runs_the_demo(demo_run):
     """The README's first command (its run is shared with the golden comparison below)."""
     result, output = demo_run

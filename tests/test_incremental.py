@@ -122,6 +122,7 @@ def _leftovers(root):
             if ".tmp-" in p or "beam-temp" in p]
 
 
+@pytest.mark.slow
 def test_skip_existing_reuses_unchanged_and_processes_changed_and_added(tmp_path,
                                                                         demo_model_path,
                                                                         monkeypatch):
@@ -200,6 +201,7 @@ def test_a_changed_configuration_reprocesses_everything(tmp_path, demo_model_pat
         changed.manifest["config_fingerprint"]}
 
 
+@pytest.mark.slow
 def test_nightly_partitions_accumulate_and_skip_what_earlier_nights_did(tmp_path,
                                                                        demo_model_path):
     data, out = tmp_path / "data", tmp_path / "nightly"

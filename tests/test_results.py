@@ -82,6 +82,7 @@ def test_a_real_nights_rows_read_back(tmp_path, demo_model_path):
         ("s00", "2026-11-20"), ("s01", "2026-11-21"), ("s02", "2026-11-20")]
 
 
+@pytest.mark.slow
 def test_the_standing_evaluation_is_the_one_a_single_run_over_the_same_inputs_gives(
         tmp_path, demo_model_path, capsys):
     """Nights that segment only what changed, summed from each input's latest row, evaluate
