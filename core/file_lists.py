@@ -7,6 +7,8 @@ start with ``#`` name nothing. Every other line is an input: it ends as an outpu
 letter that names its list and line, never dropped. A path is read literally (no glob). Keys
 are paths below the base, as they are below a glob's base, so a listed path must lie below it
 (``segbeam train``, which names no output after its inputs, takes any: ``listed_files``).
+A dataset's split file names images by ID (PASCAL VOC's ``val.txt``: ``2007_000033``): a
+suffix (``--list_suffix .jpg``) is then appended to each line before it is read as a path.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import posixpath
 from typing import Iterable, Iterator, NamedTuple, Optional
 
+from segbeam.containers import IMAGE_EXTENSIONS
 from segbeam.keys import glob_base, key_for_path, sanitise_key, strip_extension
 from segbeam.layout import open_file
 from segbeam.matching import file_at, match_files
@@ -66,18 +69,21 @@ def _normal(path: str) -> str:
     return f"{scheme}://{posixpath.normpath(rest)}"
 
 
-def resolve(entry: str, base: str) -> str:
-    """The path a list's line names: absolute paths and URLs as they are, any other below
-    ``base``."""
+def resolve(entry: str, base: str, suffix: str = "") -> str:
+    """The path a list's line names, ``suffix`` appended: absolute paths and URLs as they
+    are, any other below ``base``."""
+    entry += suffix
     if "://" in entry or entry.startswith("/"):
         return _normal(entry)
     return _normal(base + entry)
 
 
-def read_lines(lines: Iterable[bytes], list_path: str, base: str) -> Iterator[ListedLine]:
+def read_lines(lines: Iterable[bytes], list_path: str, base: str, suffix: str = ""
+               ) -> Iterator[ListedLine]:
     """The lines of a list (its raw lines, as a binary file gives them) that name something,
-    resolved against ``base``; a line that is not UTF-8, or whose path lies outside the base
-    (its key would be relative to nothing), comes with its problem."""
+    with ``suffix`` appended and resolved against ``base``; a line that is not UTF-8, or
+    whose path lies outside the base (its key would be relative to nothing), comes with its
+    problem."""
     for number, raw in enumerate(lines, 1):
         try:
             entry = raw.decode("utf-8").strip()
@@ -93,7 +99,7 @@ def read_lines(lines: Iterable[bytes], list_path: str, base: str) -> Iterator[Li
             continue
         if not entry or entry.startswith("#"):
             continue
-        path = resolve(entry, base)
+        path = resolve(entry, base, suffix)
         outside = "" if path.startswith(base) else (
             f"{path} lies outside {base}, the folder keys are taken relative to; pass "
             f"--input_base with a folder above every listed path")
@@ -109,7 +115,23 @@ def missing_reason(line: ListedLine) -> str:
         hint = "; a list is not globbed: name each file"
     elif "\t" in line.path or "," in line.path:
         hint = "; a list names one path per line, with no other columns"
+    elif "." not in posixpath.basename(line.path):
+        hint = f"; {ID_HINT}"
     return f"no file at {line.path} ({line.where}){hint}"
+
+
+ID_HINT = ("the line names no extension: if the list names images by ID (a dataset's split "
+           "file), pass --list_suffix with their extension (--list_suffix .jpg)")
+
+
+def id_suffix(path: str) -> Optional[str]:
+    """Where ``path`` (a listed path with no file) has no extension and ``path.EXT`` is an
+    image file, ``.EXT``: the list names images by ID. None otherwise."""
+    if "." in posixpath.basename(path):
+        return None
+    extensions = IMAGE_EXTENSIONS + tuple(extension.upper() for extension in IMAGE_EXTENSIONS)
+    return next((f".{extension}" for extension in extensions
+                 if file_at(f"{path}.{extension}") is not None), None)
 
 
 def repeated_reason(line: ListedLine, first: ListedLine) -> str:

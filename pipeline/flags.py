@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from segbeam import storage
 from segbeam.dataset import mask_glob
 from segbeam.example_proto import FILENAME_FEATURE, IMAGE_FEATURE, MASK_FEATURE
-from segbeam.file_lists import as_base, default_base, read_lines
+from segbeam.file_lists import as_base, default_base, id_suffix, read_lines
 from segbeam.matching import file_at, folder_as_glob, literal_name_hint, match_files
 from segbeam.records import one_line_reason
 
@@ -221,16 +221,28 @@ def list_base(input_base: Optional[str], input_format: str, lists: str) -> Optio
     return as_base(folder)
 
 
-def check_list_input(lists: str, base: str, flag: str = "--input") -> Optional[str]:
+def check_list_suffix(suffix: str, input_format: str) -> str:
+    """``--list_suffix``, which applies to a list input only (a usage error elsewhere)."""
+    if suffix and input_format != "list":
+        raise UsageError(f"--list_suffix applies to a list input (--input_format list, or an "
+                         f"--input ending in .txt); this input is read as {input_format}: "
+                         f"drop it")
+    return suffix
+
+
+def check_list_input(lists: str, base: str, flag: str = "--input", suffix: str = ""
+                     ) -> Optional[str]:
     """Reads the lists that ``flag`` names up to their first path: the first file they name,
     or None where it does not exist (with a warning: its line is a dead letter, and a wrong
     base would make every line one). Lists that name no path, that none can be read, that
-    are not UTF-8, or whose first path lies outside the base are usage errors."""
+    are not UTF-8, or whose first path lies outside the base are usage errors, and so is a
+    list of IDs read as paths (``path.jpg`` is a file, ``path`` is not): every line would be
+    a dead letter."""
     unreadable = None  # the first problem met: a line, or a list, that cannot be read
     for list_path in match_files(lists):
         try:
             with FileSystems.open(list_path) as handle:
-                for line in read_lines(handle, list_path, base):
+                for line in read_lines(handle, list_path, base, suffix):
                     if line.path is None:
                         unreadable = unreadable or f"{line.where}: {line.problem}"
                         continue
@@ -238,6 +250,12 @@ def check_list_input(lists: str, base: str, flag: str = "--input") -> Optional[s
                         raise UsageError(f"{flag}: {line.problem} ({line.where})")
                     if file_at(line.path) is not None:
                         return line.path
+                    extension = id_suffix(line.path)
+                    if extension:
+                        raise UsageError(
+                            f"{flag}: {line.where} names {line.path}, which is no file, but "
+                            f"{line.path}{extension} is: the list names images by ID; pass "
+                            f"--list_suffix {extension}")
                     LOG.warning("the first file listed, %s (%s), does not exist: relative "
                                 "lines are read against %s (--input_base)", line.path,
                                 line.where, base)

@@ -80,7 +80,8 @@ class ReadInputs(beam.PTransform):
             # --change_detection stamp (now or in a later run).
             items, unusable, count, unclaimed = pbegin | "FindFiles" >> FindFiles(
                 s.input, s.masks, exclude=s.layout.root, naming=s.naming,
-                stamped=s.skip_existing, list_base=s.input_base)
+                stamped=s.skip_existing, list_base=s.input_base,
+                list_suffix=s.list_suffix)
             _ = unusable | "ProgressUnpaired" >> beam.ParDo(CountProgress("dead"))
         items, shared = items | "UniqueKeys" >> UniqueKeys(s.output_ignores_case)
         _ = shared | "ProgressShared" >> beam.ParDo(CountProgress("dead"))

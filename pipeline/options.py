@@ -28,8 +28,8 @@ from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
 from segbeam.pipeline.flags import CommandParser, UsageError, absolute_local, \
     add_container_flags, add_pairing_flags, beam_parser, check_container_flags, \
-    check_mask_suffix, check_output_name, check_scoring_flags, list_base, \
-    reject_repeated_flags, reject_unknown_flags
+    check_list_suffix, check_mask_suffix, check_output_name, check_scoring_flags, \
+    list_base, reject_repeated_flags, reject_unknown_flags
 
 INPUT_FORMATS = ("auto", "images", "list", "tfrecord", "parquet", "webdataset")
 SHARD_FORMATS = ("tfrecord", "parquet", "webdataset")  # formats that carry their own masks
@@ -59,6 +59,10 @@ class SegmentationOptions(PipelineOptions):
                         help="With a list input: the folder that relative lines are read "
                              "against and that keys are taken relative to (default: the "
                              "list's folder). Every listed path must lie below it.")
+        io.add_argument("--list_suffix", default="",
+                        help="With a list input: appended to each line before it is read as a "
+                             "path, for a list that names images by ID (a dataset's split "
+                             "file): with .jpg, line 2007_000033 names 2007_000033.jpg.")
         add_container_flags(io, key_column=True)
         add_pairing_flags(io)
         io.add_argument("--masks", default=None,
@@ -192,6 +196,7 @@ class Settings:
     mask_suffix: str = setting(Effect.NONE, "")
     output_ignores_case: bool = setting(Effect.NONE, False)  # set by the launcher (layout)
     input_base: Optional[str] = setting(Effect.NONE, None)  # a list input's base folder
+    list_suffix: str = setting(Effect.NONE, "")  # appended to a list's lines (IDs)
 
     @property
     def num_classes(self) -> int:
@@ -293,6 +298,7 @@ def settings_from(options: SegmentationOptions, runner: Optional[str] = None) ->
     return Settings(
         input=input_glob, input_format=input_format,
         input_base=list_base(o.input_base, input_format, input_glob),
+        list_suffix=check_list_suffix(o.list_suffix, input_format),
         masks=absolute_local(o.masks), max_image_pixels=o.max_image_pixels, model=source,
         inference=inference, crf=crf_params(o),
         ignore_index=labels.ignore_index,

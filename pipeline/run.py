@@ -98,7 +98,8 @@ def _check_inputs_exist(settings: Settings) -> str:
     if settings.input_format in ("parquet", "tfrecord"):
         _check_shard_fields(first, settings.input_format, settings.containers)
     if settings.input_format == "list":
-        return check_list_input(settings.input, settings.input_base)
+        return check_list_input(settings.input, settings.input_base,
+                                suffix=settings.list_suffix)
     return first
 
 

@@ -25,8 +25,8 @@ from segbeam.dataset import Naming, no_mask_found
 from segbeam.file_lists import is_list
 from segbeam.matching import folder_as_glob
 from segbeam.pipeline.flags import CommandParser, absolute_local, add_pairing_flags, \
-    beam_parser, check_images_match, check_list_input, check_mask_suffix, check_masks_match, \
-    check_output_name, list_base, reject_repeated_flags, reject_unknown_flags
+    beam_parser, check_images_match, check_list_input, check_list_suffix, check_mask_suffix, \
+    check_masks_match, check_output_name, list_base, reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="With a list: the folder that relative lines are read against "
                              "and that the examples' names are taken relative to (default: "
                              "the list's folder).")
+    parser.add_argument("--list_suffix", default="",
+                        help="With a list: appended to each line before it is read as a path, "
+                             "for a list of image IDs (a dataset's split file), e.g. .jpg.")
     parser.add_argument("--masks", default=None, help="Folder or glob of masks (optional).")
     parser.add_argument("--output", required=True,
                         help="Shard path prefix, e.g. out/train (gives out/train-00000-of-00004"
@@ -162,8 +165,9 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
     check_images_match(args.input)
     args.input = folder_as_glob(absolute_local(args.input) if listed else args.input)
     base = list_base(args.input_base, "list" if listed else "images", args.input)
+    suffix = check_list_suffix(args.list_suffix, "list" if listed else "images")
     if listed:
-        check_list_input(args.input, base)
+        check_list_input(args.input, base, suffix=suffix)
     if args.masks:
         check_masks_match(args.masks, without="the shards would hold images only")
     check_output_name(args.output)
@@ -175,7 +179,7 @@ def shard(argv: Optional[Sequence[str]] = None) -> ShardOutcome:
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
     naming = Naming(args.image_suffix or "", args.mask_suffix or "")
     refs, unpaired, unclaimed = pipeline | "MatchImages" >> MatchImages(
-        args.input, args.masks, naming=naming, list_base=base)
+        args.input, args.masks, naming=naming, list_base=base, list_suffix=suffix)
     _ = (refs | "WithMask" >> beam.Filter(lambda ref: ref.mask_source is not None)
          | "CountWithMask" >> beam.Map(_counted("examples_with_mask")))
     examples, unreadable = refs | "ToExamples" >> SafeMap("shard", example_for)

@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from segbeam.file_lists import read_lines, resolve
+from segbeam.file_lists import ListedLine, id_suffix, missing_reason, read_lines, \
+    resolve
 from segbeam.pipeline.cli import main
-from tests.conftest import assert_dead_letters_counted, png_bytes, put, write_random_pairs
+from tests.conftest import assert_dead_letters_counted, jpeg_bytes, png_bytes, put, \
+    write_random_pairs
 
 
 def _lines(text: bytes, base: str = "/data/"):
@@ -140,10 +142,11 @@ def test_a_list_on_cloud_storage_names_objects_below_its_folder(gcs_bucket, tiny
 
 def test_shard_packs_the_files_a_list_names(tmp_path, capsys):
     write_random_pairs(tmp_path, [np.full((8, 8), k, np.uint8) for k in range(3)])
-    (tmp_path / "val.txt").write_text("i0.png\ni2.png\nnone.png\n")
+    (tmp_path / "val.txt").write_text("i0\ni2\nnone\n")  # IDs, as a split file names them
     assert main(["shard", "--input", str(tmp_path / "val.txt"), "--input_base",
-                 str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--output",
-                 str(tmp_path / "shards" / "s"), "--num_shards", "1"]) == 0
+                 str(tmp_path / "images"), "--list_suffix", ".png", "--masks",
+                 str(tmp_path / "masks"), "--output", str(tmp_path / "shards" / "s"),
+                 "--num_shards", "1"]) == 0
     account = capsys.readouterr().out
     assert "3 images -> 2 examples" in account and "1 dead letters" in account
     from segbeam.example_proto import decode_example
@@ -154,7 +157,67 @@ def test_shard_packs_the_files_a_list_names(tmp_path, capsys):
                        for record in read_records(handle))
     assert names == [b"i0.png", b"i2.png"]
     letters = (tmp_path / "shards" / "s_dead_letters").rglob("*.jsonl")
-    assert "no file at" in "".join(path.read_text() for path in letters)
+    assert f"no file at {tmp_path}/images/none.png" in "".join(path.read_text()
+                                                             for path in letters)
+
+
+def test_a_split_file_of_ids_reads_with_a_suffix(tmp_path, tiny_model_path, capsys):
+    """PASCAL VOC's layout: ImageSets/Segmentation/val.txt names IDs, JPEGImages/ID.jpg the
+    images, SegmentationClass/ID.png the masks. Read as paths, every line would have been a
+    dead letter (no file at .../2007_000001); with --list_suffix .jpg each names its image."""
+    voc, rng = tmp_path / "VOC2012", np.random.default_rng(5)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    ids = ["2007_000001", "2007_000002", "2007_000003"]
+    for name in ids:
+        (voc / "JPEGImages" / f"{name}.jpg").write_bytes(
+            jpeg_bytes(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)))
+        (voc / "SegmentationClass" / f"{name}.png").write_bytes(
+            png_bytes(np.full((16, 24), int(name[-1]) % 3, np.uint8)))
+    split = voc / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_text("\n".join([*ids, "2007_000009"]) + "\n")  # the last has no image
+    flags = ["run", "--input", str(split), "--input_base", str(voc / "JPEGImages"),
+             "--masks", str(voc / "SegmentationClass"), "--model", tiny_model_path,
+             "--num_classes", "3", "--no-crf"]
+    # As paths: one line, naming the flag that reads them, before any work.
+    assert main([*flags, "--output", str(tmp_path / "as_paths")]) == 2
+    error = capsys.readouterr().err
+    assert (f"{voc}/JPEGImages/2007_000001, which is no file, but "
+            f"{voc}/JPEGImages/2007_000001.jpg is: the list names images by ID; pass "
+            f"--list_suffix .jpg") in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "as_paths").exists()
+
+    output = tmp_path / "out"
+    assert main([*flags, "--list_suffix", ".jpg", "--output", str(output)]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["counts"]["inputs"] == 4 and summary["counts"]["segmented"] == 3
+    assert summary["counts"]["images_with_mask"] == 3 and summary["counts"]["accounted_for"]
+    assert sorted(path.name for path in (output / "masks").iterdir()) == [
+        f"{name}.png" for name in ids]
+    letters = [json.loads(line) for path in (output / "dead_letters").glob("*")
+               for line in path.read_text().splitlines()]
+    assert [(d["key"], d["stage"]) for d in letters] == [("2007_000009", "list")]
+    assert f"no file at {voc}/JPEGImages/2007_000009.jpg (line 4 of {split})" in \
+        letters[0]["reason"]
+
+    # A suffix for another input is refused, as --input_base is.
+    assert main(["run", "--input", str(voc / "JPEGImages"), "--list_suffix", ".jpg",
+                 "--model", tiny_model_path, "--num_classes", "3",
+                 "--output", str(tmp_path / "glob")]) == 2
+    assert "--list_suffix applies to a list input" in capsys.readouterr().err
+
+
+def test_a_line_with_no_extension_and_no_file_says_how_to_read_ids(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.JPG").write_bytes(b"")
+    assert id_suffix(f"{tmp_path}/a") == ".png" and id_suffix(f"{tmp_path}/b") == ".JPG"
+    assert id_suffix(f"{tmp_path}/c") is None  # no image by that ID either
+    assert id_suffix(f"{tmp_path}/a.jpg") is None  # a path with an extension is one
+    assert resolve("2007_000001", "/voc/JPEGImages/", ".jpg") == \
+        "/voc/JPEGImages/2007_000001.jpg"
+    hint = "if the list names images by ID (a dataset's split file), pass --list_suffix"
+    assert hint in missing_reason(ListedLine("/l.txt", 3, f"{tmp_path}/c"))
+    assert hint not in missing_reason(ListedLine("/l.txt", 3, f"{tmp_path}/c.png"))
 
 
 def test_a_list_that_cannot_be_read_is_a_dead_letter_among_the_others(tmp_path,

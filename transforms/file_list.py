@@ -14,14 +14,14 @@ from segbeam.records import DeadLetter
 DEAD = "dead_letter"
 
 
-def _lines_of(list_path: str, base: str):
+def _lines_of(list_path: str, base: str, suffix: str):
     """The lines of one list that name a path, keyed by it; a line with a problem (not UTF-8,
     outside the base) is a dead letter, and so is a list that cannot be read (a dangling
     link in a glob of lists, a read that fails), named with the lines read before."""
     read = 0
     try:
         with FileSystems.open(list_path) as handle:
-            for line in read_lines(handle, list_path, base):
+            for line in read_lines(handle, list_path, base, suffix):
                 read = line.number
                 if line.problem:
                     yield beam.pvalue.TaggedOutput(DEAD, _dead(line, base, line.problem))
@@ -56,20 +56,22 @@ def _found(line: ListedLine, base: str, stamped: bool):
 
 class ListedFiles(beam.PTransform):
     """pipeline -> ((path, stamp) of each file the lists matching ``lists`` name, dead letters
-    for their other lines). Paths are resolved against ``base``; stamps are "" unless
-    ``stamped`` (``--skip_existing``). The lists are read one per worker; the existence checks
-    (one listing call each on Cloud Storage) are spread after the shuffle that finds repeats."""
+    for their other lines). Lines, ``suffix`` appended, are resolved against ``base``; stamps
+    are "" unless ``stamped`` (``--skip_existing``). The lists are read one per worker; the
+    existence checks (one listing call each on Cloud Storage) are spread after the shuffle
+    that finds repeats."""
 
-    def __init__(self, lists: str, base: str, stamped: bool = False):
+    def __init__(self, lists: str, base: str, stamped: bool = False, suffix: str = ""):
         super().__init__()
         self._lists, self._base, self._stamped = lists, base, stamped
+        self._suffix = suffix
 
     def expand(self, pbegin):
         lines = (pbegin
                  | "ListGlob" >> beam.Create([self._lists])
                  | "MatchLists" >> beam.FlatMap(match_files)
                  | "SpreadLists" >> beam.Reshuffle()
-                 | "ReadLists" >> beam.FlatMap(_lines_of, self._base
+                 | "ReadLists" >> beam.FlatMap(_lines_of, self._base, self._suffix
                                                ).with_outputs(DEAD, main="named"))
         first = (lines.named
                  | "ByPath" >> beam.GroupByKey()

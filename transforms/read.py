@@ -60,14 +60,16 @@ class MatchImages(beam.PTransform):
     (``segbeam.dataset.pair_by_stem``). Files under ``exclude`` (the output root) are not
     inputs. With ``stamped``, each ImageRef carries its files' stamp from the listing
     (``--skip_existing``). With ``list_base``, ``images`` names list files instead, whose
-    lines name the images below that base (``transforms.file_list.ListedFiles``)."""
+    lines (``list_suffix`` appended) name the images below that base
+    (``transforms.file_list.ListedFiles``)."""
 
     def __init__(self, images: str, masks: Optional[str] = None, exclude: Optional[str] = None,
                  naming: Naming = Naming(), stamped: bool = False,
-                 list_base: Optional[str] = None):
+                 list_base: Optional[str] = None, list_suffix: str = ""):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
         self._naming, self._stamped, self._list_base = naming, stamped, list_base
+        self._list_suffix = list_suffix
 
     def expand(self, pbegin):
         if self._list_base is None:
@@ -79,7 +81,7 @@ class MatchImages(beam.PTransform):
             image_base, unnamed = glob_base(self._images), images[DEAD]
         else:
             listed, unlisted = pbegin | "ListedImages" >> ListedFiles(
-                self._images, self._list_base, self._stamped)
+                self._images, self._list_base, self._stamped, self._list_suffix)
             images = listed | "ByStem" >> beam.FlatMap(_listed_by_stem, self._naming
                                                         ).with_outputs(DEAD, main="named")
             image_base = self._list_base
@@ -137,15 +139,16 @@ class FindFiles(beam.PTransform):
 
     def __init__(self, images: str, masks: Optional[str], exclude: Optional[str] = None,
                  naming: Naming = Naming(), stamped: bool = False,
-                 list_base: Optional[str] = None):
+                 list_base: Optional[str] = None, list_suffix: str = ""):
         super().__init__()
         self._images, self._masks, self._exclude = images, masks, exclude
         self._naming, self._stamped, self._list_base = naming, stamped, list_base
+        self._list_suffix = list_suffix
 
     def expand(self, pbegin):
         refs, unpaired, unclaimed = pbegin | "MatchImages" >> MatchImages(
             self._images, self._masks, self._exclude, self._naming, self._stamped,
-            self._list_base)
+            self._list_base, self._list_suffix)
         inputs = ((refs, unpaired) | "AllMatched" >> beam.Flatten()
                   | "CountInputs" >> beam.combiners.Count.Globally())
         return refs, unpaired, inputs, unclaimed
