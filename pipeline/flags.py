@@ -8,6 +8,7 @@ import argparse
 import difflib
 import logging
 import os
+import posixpath
 from typing import Iterable, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
@@ -257,8 +258,10 @@ def check_list_input(lists: str, base: str, flag: str = "--input", suffix: str =
                             f"{line.path}{extension} is: the list names images by ID; pass "
                             f"--list_suffix {extension}")
                     LOG.warning("the first file listed, %s (%s), does not exist: relative "
-                                "lines are read against %s (--input_base)", line.path,
-                                line.where, base)
+                                "lines are read against %s (--input_base)%s", line.path,
+                                line.where, base, "" if "." in posixpath.basename(line.path)
+                                else "; a line with no extension may be an image's ID "
+                                     "(--list_suffix)")
                     return None
         except OSError as error:  # in a glob of lists, the others may be read
             unreadable = unreadable or f"{list_path} cannot be read: {one_line_reason(error)}"

@@ -2,6 +2,7 @@
 dead letter that names its list and line."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -161,7 +162,8 @@ def test_shard_packs_the_files_a_list_names(tmp_path, capsys):
                                                              for path in letters)
 
 
-def test_a_split_file_of_ids_reads_with_a_suffix(tmp_path, tiny_model_path, capsys):
+def test_a_split_file_of_ids_reads_with_a_suffix(tmp_path, tiny_model_path, capsys,
+                                                  caplog):
     """PASCAL VOC's layout: ImageSets/Segmentation/val.txt names IDs, JPEGImages/ID.jpg the
     images, SegmentationClass/ID.png the masks. Read as paths, every line would have been a
     dead letter (no file at .../2007_000001); with --list_suffix .jpg each names its image."""
@@ -199,6 +201,15 @@ def test_a_split_file_of_ids_reads_with_a_suffix(tmp_path, tiny_model_path, caps
     assert [(d["key"], d["stage"]) for d in letters] == [("2007_000009", "list")]
     assert f"no file at {voc}/JPEGImages/2007_000009.jpg (line 4 of {split})" in \
         letters[0]["reason"]
+
+    # Read against the list's own folder (no --input_base), no image is found by an ID: the
+    # launcher warns, naming the base and the flag, and each line's dead letter says so too.
+    from segbeam.pipeline.flags import check_list_input
+
+    with caplog.at_level(logging.WARNING):
+        assert check_list_input(str(split), f"{split.parent}/") is None
+    assert (f"relative lines are read against {split.parent}/ (--input_base); a line with no "
+            f"extension may be an image's ID (--list_suffix)") in caplog.text
 
     # A suffix for another input is refused, as --input_base is.
     assert main(["run", "--input", str(voc / "JPEGImages"), "--list_suffix", ".jpg",
