@@ -305,6 +305,20 @@ def check_scoring_flags(o, input_format: str) -> None:
                              f"--masks; pass --masks FOLDER or drop --{flag}")
 
 
+def add_list_flags(group, named: str = "keys are") -> None:
+    """How a list input's lines are read (``segbeam.file_lists``): the folder they are read
+    against, which ``named`` (keys, or a shard's example names) are taken relative to, and a
+    suffix for lists of IDs."""
+    group.add_argument("--input_base", default=None,
+                       help=f"With a list input: the folder that relative lines are read "
+                            f"against and that {named} taken relative to (default: the "
+                            f"list's folder). Every listed path must lie below it.")
+    group.add_argument("--list_suffix", default="",
+                       help="With a list input: appended to each line before it is read as a "
+                            "path, for a list that names images by ID (a dataset's split "
+                            "file): with .jpg, line 2007_000033 names 2007_000033.jpg.")
+
+
 def add_pairing_flags(group) -> None:
     """File-name suffixes beside the stem an image and its mask share (``Naming``)."""
     group.add_argument("--image_suffix", default=None,

@@ -27,7 +27,7 @@ from segbeam.layout import OutputLayout
 from segbeam.matching import folder_as_glob
 from segbeam.models.source import ModelSource
 from segbeam.pipeline.flags import CommandParser, UsageError, absolute_local, \
-    add_container_flags, add_pairing_flags, beam_parser, check_container_flags, \
+    add_container_flags, add_list_flags, add_pairing_flags, beam_parser, check_container_flags, \
     check_list_suffix, check_mask_suffix, check_output_name, check_scoring_flags, \
     list_base, reject_repeated_flags, reject_unknown_flags
 
@@ -55,14 +55,7 @@ class SegmentationOptions(PipelineOptions):
                         help="How to read --input; auto: from the glob's suffix: .tfrecord/"
                              ".tfrec TFRecord, .parquet Parquet, .tar/.tar.gz WebDataset, "
                              ".txt a list of image paths, one per line, else image files.")
-        io.add_argument("--input_base", default=None,
-                        help="With a list input: the folder that relative lines are read "
-                             "against and that keys are taken relative to (default: the "
-                             "list's folder). Every listed path must lie below it.")
-        io.add_argument("--list_suffix", default="",
-                        help="With a list input: appended to each line before it is read as a "
-                             "path, for a list that names images by ID (a dataset's split "
-                             "file): with .jpg, line 2007_000033 names 2007_000033.jpg.")
+        add_list_flags(io)
         add_container_flags(io, key_column=True)
         add_pairing_flags(io)
         io.add_argument("--masks", default=None,

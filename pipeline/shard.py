@@ -24,9 +24,10 @@ from segbeam.layout import matching_paths, read_bytes
 from segbeam.dataset import Naming, no_mask_found
 from segbeam.file_lists import is_list
 from segbeam.matching import folder_as_glob
-from segbeam.pipeline.flags import CommandParser, absolute_local, add_pairing_flags, \
-    beam_parser, check_images_match, check_list_input, check_list_suffix, check_mask_suffix, \
-    check_masks_match, check_output_name, list_base, reject_repeated_flags, reject_unknown_flags
+from segbeam.pipeline.flags import CommandParser, absolute_local, add_list_flags, \
+    add_pairing_flags, beam_parser, check_images_match, check_list_input, check_list_suffix, \
+    check_mask_suffix, check_masks_match, check_output_name, list_base, \
+    reject_repeated_flags, reject_unknown_flags
 from segbeam.pipeline.provenance import beam_counters
 from segbeam.transforms.read import MatchImages
 from segbeam.records import ImageRef
@@ -87,13 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Glob of image files, or a folder (every file in it), or a list "
                              "of image paths, one per line (a .txt file, as segbeam run "
                              "reads it).")
-    parser.add_argument("--input_base", default=None,
-                        help="With a list: the folder that relative lines are read against "
-                             "and that the examples' names are taken relative to (default: "
-                             "the list's folder).")
-    parser.add_argument("--list_suffix", default="",
-                        help="With a list: appended to each line before it is read as a path, "
-                             "for a list of image IDs (a dataset's split file), e.g. .jpg.")
+    add_list_flags(parser, "the examples' names are")
     parser.add_argument("--masks", default=None, help="Folder or glob of masks (optional).")
     parser.add_argument("--output", required=True,
                         help="Shard path prefix, e.g. out/train (gives out/train-00000-of-00004"
