@@ -28,6 +28,22 @@ def test_counts_from_several_workers_are_summed(tmp_path):
     assert read_counts(str(tmp_path)) == {"done": 12, "dead": 2}
 
 
+def test_a_process_that_runs_twice_counts_each_run_from_zero(tmp_path, monkeypatch):
+    """The workers' running counts lived for the process: a second run in one process (a
+    notebook, a test session) reported '9/4 images'."""
+    from segbeam.transforms import progress
+
+    monkeypatch.setattr(progress, "WRITE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "_TALLY", progress._Tally())
+    for run_index, done in enumerate((4, 3)):
+        folder = tmp_path / f"run{run_index}"
+        folder.mkdir()
+        monkeypatch.setenv(progress.PROGRESS_ENV, str(folder))
+        for _ in range(done):
+            progress.tally("done")
+        assert read_counts(str(folder)) == {"done": done}
+
+
 def _inputs(folder, count):
     rng = np.random.default_rng(0)
     (folder / "images").mkdir()

@@ -32,10 +32,13 @@ def write_count(path: str, count: int) -> None:
 
 
 class _Tally:
-    """This process's counts, written to ``<folder>/<kind>-<process id>``."""
+    """This process's counts for the run whose folder is named now, written to
+    ``<folder>/<kind>-<process id>``. A process that runs one job after another (a notebook, a
+    test session) starts from zero in each run's folder, not from the last run's count."""
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._folder: str | None = None
         self._counts: dict[str, int] = {}
         self._written = 0.0
         self._name = uuid.uuid4().hex
@@ -43,6 +46,8 @@ class _Tally:
     def add(self, kind: str, count: int = 1) -> None:
         folder = os.environ.get(PROGRESS_ENV)
         with self._lock:
+            if folder != self._folder:
+                self._folder, self._counts, self._written = folder, {}, 0.0
             self._counts[kind] = self._counts.get(kind, 0) + count
             if not folder or time.monotonic() - self._written < WRITE_EVERY_SECONDS:
                 return
