@@ -29,7 +29,7 @@ from benchmarks.common import CAMVID, ROOT, camvid_pairs, print_table, write_rec
 from segbeam.crf import CrfParams, labels_from_probabilities
 from segbeam.metrics import confusion_matrix, summarise_confusion
 from segbeam.records import SegmentationRecord
-from segbeam.transforms.refine import refine_record
+from segbeam.refinement import refine_record
 
 CAMVID_CLASSES, CAMVID_IGNORE = 11, 11
 CACHE = os.path.join(ROOT, "benchmarks", ".cache")

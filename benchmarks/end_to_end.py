@@ -80,7 +80,7 @@ def plain_loop(argv: list[str]) -> int:
     from segbeam.pipeline.options import SegmentationOptions, settings_from
     from segbeam.dataset import decode_encoded, read_encoded
     from segbeam.records import ImageRef
-    from segbeam.transforms.refine import refine_record
+    from segbeam.refinement import refine_record
     from segbeam.transforms.scoring import metrics_row, metrics_schema, score_record
     from segbeam.transforms.write import write_label_png
 

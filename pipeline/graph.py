@@ -12,6 +12,7 @@ from segbeam.classes import class_colours
 from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX, \
     SUMMARY_JSON, SUMMARY_PARQUET, output_path, shard_pattern
 from segbeam.pipeline.options import SHARD_FORMATS, Settings
+from segbeam.refinement import drop_probabilities
 from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
     summary_schema
 from segbeam.transforms.containers import ReadParquetShards, ReadTFRecordShards, \
@@ -20,7 +21,7 @@ from segbeam.transforms.fused_crf import FusedCrf
 from segbeam.transforms.inference import KerasSegmentationHandler, RunSegmentationInference
 from segbeam.transforms.progress import CountProgress
 from segbeam.transforms.read import FindFiles, ReadAndDecode, UniqueKeys
-from segbeam.transforms.refine import RefineWithCRF, drop_probabilities
+from segbeam.transforms.refine import RefineWithCRF
 from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
 from segbeam.transforms.safe_map import SafeMap

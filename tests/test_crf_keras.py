@@ -246,7 +246,7 @@ def test_the_crf_fused_after_the_model_gives_the_stages_records(rng, demo_model_
     from segbeam.records import SegmentationRecord
     from segbeam.transforms.fused_crf import FusedCrf
     from segbeam.transforms.inference import KerasSegmentationHandler
-    from segbeam.transforms.refine import refine_record
+    from segbeam.refinement import refine_record
 
     params = CrfParams(backend="keras", min_side=32)
     fused = FusedCrf(params, 3, 255, keep_confidence=True)

@@ -9,7 +9,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from segbeam.crf import CrfParams
 from segbeam.records import DeadLetter, SegmentationRecord
-from segbeam.transforms.refine import RefineWithCRF, refine_record
+from segbeam.refinement import refine_record
+from segbeam.transforms.refine import RefineWithCRF
 
 
 def _records(rng, count):

@@ -22,7 +22,7 @@ from segbeam.crf import CrfParams
 from segbeam.geometry import Placement
 from segbeam.inference import check_probability_range, is_out_of_memory
 from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
-from segbeam.transforms.refine import with_marginals
+from segbeam.refinement import with_marginals
 
 LOG = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The dense-CRF stage: a thin Beam shell over ``segbeam.crf.dense_crf``.
+"""The dense-CRF stage: a thin Beam shell over ``segbeam.refinement.refine_record``.
 
 pydensecrf holds the GIL for a whole image and uses one core, and the local runner runs a
 stage's elements one at a time in one thread: left alone, the CRF stage used one core of the
@@ -13,80 +13,17 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
-import threading
-import time
 from typing import Optional
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from segbeam.calibration import calibration_sums
-from segbeam.crf import CrfParams, dense_crf, labels_from_probabilities
-from segbeam.records import DeadLetter, SegmentationRecord, one_line_reason
-from segbeam.views import confidence_map
+from segbeam.crf import CrfParams
+from segbeam.records import DeadLetter, one_line_reason
+from segbeam.refinement import exit_with_parent, refine_record
 from segbeam.transforms.safe_map import SafeMap, counted
 
 LOG = logging.getLogger(__name__)
-
-
-def _calibration(record: SegmentationRecord, probabilities, num_classes: Optional[int],
-                 ignore_index: Optional[int]):
-    if record.mask is None or num_classes is None:
-        return None
-    return calibration_sums(probabilities, record.mask, num_classes, ignore_index)
-
-
-def with_marginals(record: SegmentationRecord, probabilities, marginals,
-                   num_classes: Optional[int] = None, ignore_index: Optional[int] = None,
-                   keep_confidence: bool = False) -> SegmentationRecord:
-    """``record`` refined: CRF labels from ``marginals``, the probabilities dropped; with
-    ``num_classes``, the calibration sums before and after the CRF; with ``keep_confidence``,
-    the CRF's top-class probability as an image."""
-    return record.replace(
-        crf_labels=labels_from_probabilities(marginals), probabilities=None, crf_applied=True,
-        calibration_raw=_calibration(record, probabilities, num_classes, ignore_index),
-        calibration_crf=_calibration(record, marginals, num_classes, ignore_index),
-        confidence=confidence_map(marginals) if keep_confidence else None)
-
-
-def refine_record(record: SegmentationRecord, params: CrfParams,
-                  num_classes: Optional[int] = None, ignore_index: Optional[int] = None,
-                  keep_confidence: bool = False) -> SegmentationRecord:
-    """Adds CRF-refined labels and drops the probabilities, which no later stage needs (see
-    ``with_marginals``). A record refined already, on the device right after the model
-    (``segbeam.transforms.fused_crf``), passes unchanged."""
-    if record.crf_applied:
-        return record
-    marginals = dense_crf(record.image, record.probabilities, params)
-    return with_marginals(record, record.probabilities, marginals, num_classes, ignore_index,
-                          keep_confidence)
-
-
-def drop_probabilities(record: SegmentationRecord, num_classes: Optional[int] = None,
-                       ignore_index: Optional[int] = None, keep_confidence: bool = False
-                       ) -> SegmentationRecord:
-    """Drops the probabilities; with ``num_classes`` (``--calibration`` without the CRF), keeps
-    their calibration sums first; with ``keep_confidence``, their top-class probability."""
-    probabilities = record.probabilities
-    return record.replace(
-        probabilities=None,
-        calibration_raw=_calibration(record, probabilities, num_classes, ignore_index)
-        if probabilities is not None else None,
-        confidence=confidence_map(probabilities)
-        if keep_confidence and probabilities is not None else None)
-
-
-def exit_with_parent(parent: int, interval: float = 1.0) -> None:
-    """Ends this pool process once ``parent`` (the worker that started it) is gone. A worker
-    killed outright (SIGKILL, the kernel's out-of-memory killer) ran no teardown, and its
-    pool's processes stayed behind, idle, each holding its memory (still there 25 minutes
-    later, when they were found)."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class RefineInProcesses(beam.DoFn):
