@@ -10,11 +10,10 @@ import apache_beam as beam
 
 from segbeam.classes import class_colours
 from segbeam.layout import DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, METRICS_DIR, METRICS_PREFIX, \
-    SUMMARY_JSON, SUMMARY_PARQUET, output_path, shard_pattern
+    output_path, shard_pattern
 from segbeam.pipeline.options import SHARD_FORMATS, Settings
 from segbeam.refinement import drop_probabilities
-from segbeam.transforms.aggregate import ConfusionSum, build_summary, summary_rows, \
-    summary_schema
+from segbeam.transforms.aggregate import RunTotals, summarise_run
 from segbeam.transforms.containers import ReadParquetShards, ReadTFRecordShards, \
     ReadWebDatasetShards
 from segbeam.transforms.fused_crf import FusedCrf
@@ -26,7 +25,7 @@ from segbeam.transforms.scoring import ScoreImages, metrics_row, metrics_schema
 from segbeam.transforms.skip import SkipUnchanged
 from segbeam.transforms.safe_map import SafeMap
 from segbeam.transforms.write import RemoveStaleShards, RemoveStaleViews, WriteDeadLetters, \
-    WriteJson, WriteLabelMasks, WriteStampRenewals, write_views
+    WriteLabelMasks, WriteStampRenewals, WriteSummary, write_views
 
 
 def handler_for(settings: Settings) -> KerasSegmentationHandler:
@@ -156,6 +155,10 @@ class PipelineOutputs(NamedTuple):
     summary: beam.PCollection
 
 
+def _tagged(value, kind: str) -> tuple:
+    return kind, value
+
+
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
                    fingerprint: str) -> PipelineOutputs:
     """Adds the whole segmentation job to ``pipeline``; everything is written under
@@ -188,31 +191,19 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
                            ("Skipped", skipped)):
         _ = finished | f"Progress{name}" >> beam.ParDo(CountProgress("done"))
 
-    totals = rows | "Aggregate" >> beam.CombineGlobally(ConfusionSum(s.num_classes))
-    segmented = new_rows | "CountSegmented" >> beam.combiners.Count.Globally()
-    reused = reused_rows | "CountReused" >> beam.combiners.Count.Globally()
-    skipped_count = skipped | "CountSkipped" >> beam.combiners.Count.Globally()
-    unclaimed_count = unclaimed | "CountMasksWithoutImage" >> beam.combiners.Count.Globally()
-    unclaimed_first = unclaimed | "FirstMasksWithoutImage" >> beam.combiners.Top.Smallest(20)
-    dead_by_stage = (dead | "Stage" >> beam.Map(lambda d: d.stage)
-                     | "CountByStage" >> beam.combiners.Count.PerElement())
+    stages = dead | "Stage" >> beam.Map(lambda letter: letter.stage)
+    tagged = [finished | f"Tag{kind.capitalize()}" >> beam.Map(_tagged, kind)
+              for kind, finished in (("segmented", new_rows), ("reused", reused_rows),
+                                     ("skipped", skipped), ("unclaimed", unclaimed),
+                                     ("dead", stages))]
+    run_totals = (tagged | "Countable" >> beam.Flatten()
+                  | "RunTotals" >> beam.CombineGlobally(RunTotals(s.num_classes)))
     summary = (pipeline
                | "SummaryTrigger" >> beam.Create([None])
                | "Summarise" >> beam.Map(
-                   build_summary, totals=beam.pvalue.AsSingleton(totals),
-                   inputs=beam.pvalue.AsSingleton(inputs),
-                   segmented=beam.pvalue.AsSingleton(segmented),
-                   reused=beam.pvalue.AsSingleton(reused),
-                   skipped=beam.pvalue.AsSingleton(skipped_count),
-                   dead_by_stage=beam.pvalue.AsList(dead_by_stage),
-                   class_names=s.class_names, ignore_index=s.ignore_index,
-                   config_fingerprint=fingerprint, palette=s.palette,
-                   masks_without_image=beam.pvalue.AsSingleton(unclaimed_count),
-                   masks_without_image_examples=beam.pvalue.AsSingleton(unclaimed_first)))
-    _ = summary | "WriteSummaryJson" >> WriteJson(run_dir, SUMMARY_JSON)
-    _ = (summary
-         | "SummaryRows" >> beam.FlatMap(summary_rows)
-         | "WriteSummaryParquet" >> beam.io.WriteToParquet(
-             output_path(run_dir, SUMMARY_PARQUET), schema=summary_schema(s.class_names),
-             num_shards=1, shard_name_template=""))
+                   summarise_run, run_totals=beam.pvalue.AsSingleton(run_totals),
+                   inputs=beam.pvalue.AsSingleton(inputs), class_names=s.class_names,
+                   ignore_index=s.ignore_index, config_fingerprint=fingerprint,
+                   palette=s.palette))
+    _ = summary | "WriteSummary" >> WriteSummary(run_dir, s.class_names)
     return PipelineOutputs(written, rows, dead, summary)

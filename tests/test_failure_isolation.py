@@ -146,10 +146,10 @@ def test_a_failure_while_the_job_runs_is_one_line_and_exit_5_not_a_usage_error(
     os.makedirs(tmp_path / "images")
     (tmp_path / "images" / "a.png").write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
 
-    def failing(_summary):
+    def failing(*_args, **_settings):
         raise ValueError("not a usage error " + "0f" * 100_000)
 
-    monkeypatch.setattr(graph, "summary_rows", failing)
+    monkeypatch.setattr(graph, "summarise_run", failing)
     code = main(["run", "--input", str(tmp_path / "images"), "--model", "tiny_fcn",
                  "--num_classes", "3", "--input_size", "16", "--no-crf", "--quiet",
                  "--output", str(tmp_path / "out")])

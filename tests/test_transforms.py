@@ -174,6 +174,73 @@ def test_scoring_and_aggregation_sum_confusion_matrices():
         assert_that(dead, equal_to([]), label="dead")
 
 
+def test_run_totals_counts_each_kind_once_however_the_elements_are_split():
+    """One combine counts what the summary used to take from seven: rows (segmented and
+    reused, both summed), skipped inputs, unclaimed masks with the first 20 by path, dead
+    letters by stage. Split over accumulators and merged, it gives what one pass gives."""
+    from segbeam.transforms.aggregate import RunTotals
+
+    row = {"confusion_raw": None, "confusion_crf": None, "height": 2, "width": 2}
+    elements = ([("segmented", row)] * 3 + [("reused", row)] * 2 + [("skipped", "k")] * 4
+                + [("unclaimed", f"m{i:02d}.png") for i in range(25, 0, -1)]
+                + [("dead", "decode")] * 2 + [("dead", "crf")])
+    combine = RunTotals(2)
+
+    def combined(parts):
+        accumulators = []
+        for part in parts:
+            accumulator = combine.create_accumulator()
+            for element in part:
+                accumulator = combine.add_input(accumulator, element)
+            accumulators.append(accumulator)
+        return combine.extract_output(combine.merge_accumulators(accumulators))
+
+    whole = combined([elements])
+    assert (whole["segmented"], whole["reused"], whole["skipped"]) == (3, 2, 4)
+    assert whole["totals"]["images"] == 5
+    assert whole["masks_without_image"] == 25
+    assert whole["masks_without_image_examples"] == [f"m{i:02d}.png" for i in range(1, 21)]
+    assert whole["dead_by_stage"] == [("crf", 1), ("decode", 2)]
+    split = combined([elements[i::3] for i in range(3)])
+    assert {k: v for k, v in split.items() if k != "totals"} == \
+        {k: v for k, v in whole.items() if k != "totals"}
+    assert split["totals"]["images"] == 5
+    with pytest.raises(ValueError, match="received 'rows'"):
+        combine.add_input(combine.create_accumulator(), ("rows", row))
+
+
+@pytest.mark.parametrize("evaluated", [True, False])
+def test_summary_files_are_what_beams_sinks_wrote(tmp_path, evaluated):
+    """The summary's two files are written directly (no shuffle per file); they are byte for
+    byte what WriteToText and WriteToParquet wrote for it, with and without evaluation rows."""
+    from segbeam.transforms.aggregate import build_summary, summary_rows, summary_schema
+    from segbeam.transforms.write import summary_files
+
+    from segbeam.transforms.scoring import score_record
+
+    combine = ConfusionSum(2)
+    totals = combine.create_accumulator()
+    if evaluated:
+        mask = np.array([[0, 1], [1, 1]], np.uint8)
+        record = SegmentationRecord("m", "s", mask=mask, raw_labels=mask[::-1], height=2,
+                                    width=2, has_mask=True)
+        row = metrics_row(score_record(record, 2, None).replace(mask_path="m.png"), "cfg")
+        totals = combine.add_input(totals, row)
+    summary = build_summary(None, totals, 1, 1, [], ["a", "b"], None)
+    assert bool(summary_rows(summary)) == evaluated
+    schema = summary_schema(["a", "b"])
+    with TestPipeline() as p:
+        one = p | beam.Create([summary])
+        _ = one | beam.Map(lambda s: __import__("json").dumps(s, indent=2, sort_keys=True)) \
+            | beam.io.WriteToText(str(tmp_path / "summary.json"), num_shards=1,
+                                  shard_name_template="")
+        _ = one | beam.FlatMap(summary_rows) | beam.io.WriteToParquet(
+            str(tmp_path / "summary.parquet"), schema=schema, num_shards=1,
+            shard_name_template="")
+    files = summary_files(summary, schema)
+    assert files == {name: (tmp_path / name).read_bytes() for name in files}
+
+
 def test_write_masks_refuses_unsanitised_keys(tmp_path):
     labels = np.array([[0, 2]], np.uint8)
     safe = SegmentationRecord("dir/safe", "s", raw_labels=labels, height=1, width=2)

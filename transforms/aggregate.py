@@ -4,6 +4,8 @@ the run summary."""
 
 from __future__ import annotations
 
+import collections
+import heapq
 import json
 from typing import Optional, Sequence
 
@@ -98,6 +100,65 @@ class ConfusionSum(beam.CombineFn):
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+class RunTotals(beam.CombineFn):
+    """Everything a run's summary counts, in one pass over elements tagged by kind: metrics
+    rows of images segmented now (``segmented``) or kept from before (``reused``), both summed
+    by ``ConfusionSum``; inputs ``skipped``; mask files no image took (``unclaimed``, their
+    paths, of which the first ``EXAMPLES`` are kept); dead letters (``dead``, their stages).
+
+    One combine rather than one per count: each global combine is a shuffle and a side input
+    of its own, about a third of a second of every run on the local runner."""
+
+    KINDS = ("segmented", "reused", "skipped", "unclaimed", "dead")
+    EXAMPLES = 20
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self._rows = ConfusionSum(num_classes)
+
+    def create_accumulator(self):
+        return {"rows": self._rows.create_accumulator(), "counts": collections.Counter(),
+                "dead_by_stage": collections.Counter(), "unclaimed_first": []}
+
+    def add_input(self, accumulator, tagged: tuple):
+        kind, value = tagged
+        if kind not in self.KINDS:
+            raise ValueError(f"RunTotals counts {', '.join(self.KINDS)}; received {kind!r}")
+        accumulator["counts"][kind] += 1
+        if kind in ("segmented", "reused"):
+            accumulator["rows"] = self._rows.add_input(accumulator["rows"], value)
+        elif kind == "dead":
+            accumulator["dead_by_stage"][value] += 1
+        elif kind == "unclaimed":
+            accumulator["unclaimed_first"] = heapq.nsmallest(
+                self.EXAMPLES, [*accumulator["unclaimed_first"], value])
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        accumulators = list(accumulators)
+        merged = accumulators[0]
+        merged["rows"] = self._rows.merge_accumulators([a["rows"] for a in accumulators])
+        for other in accumulators[1:]:
+            merged["counts"] += other["counts"]
+            merged["dead_by_stage"] += other["dead_by_stage"]
+            merged["unclaimed_first"] = heapq.nsmallest(
+                self.EXAMPLES, [*merged["unclaimed_first"], *other["unclaimed_first"]])
+        return merged
+
+    def extract_output(self, accumulator):
+        counts = accumulator["counts"]
+        return {"totals": accumulator["rows"], "segmented": counts["segmented"],
+                "reused": counts["reused"], "skipped": counts["skipped"],
+                "masks_without_image": counts["unclaimed"],
+                "masks_without_image_examples": accumulator["unclaimed_first"],
+                "dead_by_stage": sorted(accumulator["dead_by_stage"].items())}
+
+
+def summarise_run(_, run_totals: dict, inputs: int, **settings) -> dict:
+    """``build_summary`` from ``RunTotals``' output and the number of inputs."""
+    return build_summary(None, inputs=inputs, **run_totals, **settings)
 
 
 def _add_calibration(accumulator: dict, row: dict, variant: str) -> None:

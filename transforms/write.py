@@ -1,34 +1,38 @@
 """Sinks: mask PNGs, per-image metrics Parquet, the summary (JSON and Parquet), dead letters.
 
 Every path is built by ``segbeam.layout`` from the output root and a sanitised key, so no input
-can write outside the root. Mask PNGs are written under a temporary name and renamed, and Beam's
-file sinks finalise their shards the same way, so an interrupted run leaves no half-written file
-under a final name. A sink's shards from an earlier run into the same directory that this run did
-not rewrite are deleted once the sink has finalised (``RemoveStaleShards``), so re-running a
-run never leaves duplicate rows behind; per-image files that no row of this run claims are
-deleted once every row is written (``RemoveStaleViews``).
+can write outside the root. Mask PNGs and the summary's two files are written under a temporary
+name and renamed, and Beam's file sinks finalise their shards the same way, so an interrupted run
+leaves no half-written file under a final name. A sink's shards from an earlier run into the
+same directory that this run did not rewrite are deleted once the sink has finalised
+(``RemoveStaleShards``), so re-running a run never leaves duplicate rows behind; per-image files
+that no row of this run claims are deleted once every row is written (``RemoveStaleViews``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 from typing import Iterator, Optional, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from segbeam.layout import CONFIDENCE_DIR, DEAD_LETTERS_DIR, DEAD_LETTERS_PREFIX, \
-    OVERLAYS_DIR, RAW_MASKS_DIR, STAMPS_DIR, STAMPS_PREFIX, mask_png_path, output_path, \
-    shard_pattern, write_bytes_atomically
+    OVERLAYS_DIR, RAW_MASKS_DIR, STAMPS_DIR, STAMPS_PREFIX, SUMMARY_JSON, SUMMARY_PARQUET, \
+    mask_png_path, output_path, shard_pattern, write_bytes_atomically
 from segbeam.keys import file_key
 from segbeam.masks_png import encode_label_png, palette_bytes
 from segbeam.matching import match_files
 from segbeam.records import SegmentationRecord
 from segbeam.views import confidence_png, overlay_jpeg
+from segbeam.transforms.aggregate import summary_rows, summary_schema
 from segbeam.transforms.safe_map import SafeMap
 
 LOG = logging.getLogger(__name__)
@@ -77,18 +81,39 @@ class WriteLabelMasks(beam.PTransform):
                                                self._write_raw, self._colours)
 
 
-class WriteJson(beam.PTransform):
-    """Writes each element of a one-element PCollection as ``<root>/<name>`` (pretty JSON)."""
+def summary_files(summary: dict, schema: pa.Schema) -> dict[str, bytes]:
+    """``summary.json`` (pretty JSON, one line feed at the end) and ``summary.parquet`` (a row
+    per evaluated variant, ``summary_rows``), as bytes: what ``WriteToText`` and
+    ``WriteToParquet`` (uncompressed, Beam's defaults) wrote for the one summary, byte for
+    byte, without a shuffle and a finalising stage each."""
+    table = pa.Table.from_pylist(summary_rows(summary), schema=schema)
+    buffer = io.BytesIO()
+    writer = pq.ParquetWriter(buffer, schema, compression="none",
+                              use_deprecated_int96_timestamps=False,
+                              use_compliant_nested_type=False)
+    if table.num_rows:
+        writer.write_table(table)
+    writer.close()
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    return {SUMMARY_JSON: text.encode("utf-8"), SUMMARY_PARQUET: buffer.getvalue()}
 
-    def __init__(self, root: str, name: str):
+
+class WriteSummary(beam.PTransform):
+    """The run's one summary -> ``<root>/summary.json`` and ``<root>/summary.parquet``, each
+    written under a temporary name and renamed."""
+
+    def __init__(self, root: str, class_names: Sequence[str]):
         super().__init__()
-        self._root, self._name = root, name
+        self._root, self._schema = root, summary_schema(list(class_names))
 
-    def expand(self, pcoll):
-        return (pcoll
-                | "ToJson" >> beam.Map(lambda value: json.dumps(value, indent=2, sort_keys=True))
-                | "Write" >> beam.io.WriteToText(output_path(self._root, self._name),
-                                                 num_shards=1, shard_name_template=""))
+    def expand(self, summaries):
+        return summaries | "Write" >> beam.Map(self._write, self._root, self._schema)
+
+    @staticmethod
+    def _write(summary: dict, root: str, schema: pa.Schema) -> dict:
+        for name, data in summary_files(summary, schema).items():
+            write_bytes_atomically(output_path(root, name), data)
+        return summary
 
 
 def _json_counted(dead) -> str:
