@@ -4,7 +4,7 @@ letters."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -42,15 +42,17 @@ def handler_for(settings: Settings) -> KerasSegmentationHandler:
 class Inputs(NamedTuple):
     """What reading gives: decoded records to segment, dead letters, the number of inputs,
     metrics rows reused from this run's directory, keys skipped, mask files no image took,
-    stamp renewals of inputs skipped (``segbeam.incremental.stamp_renewal``)."""
+    stamp renewals of inputs skipped (``segbeam.incremental.stamp_renewal``). A stream that
+    this run cannot have (reused rows without --skip_existing, say) is None rather than an
+    empty PCollection: each of those was a stage of its own, in every run."""
 
     records: beam.PCollection
     dead: beam.PCollection
     count: beam.PCollection
-    reused: beam.PCollection
-    skipped: beam.PCollection
-    unclaimed_masks: beam.PCollection
-    renewed: beam.PCollection
+    reused: Optional[beam.PCollection]
+    skipped: Optional[beam.PCollection]
+    unclaimed_masks: Optional[beam.PCollection]
+    renewed: Optional[beam.PCollection]
 
 
 class ReadInputs(beam.PTransform):
@@ -74,7 +76,7 @@ class ReadInputs(beam.PTransform):
                       "parquet": lambda: ReadParquetShards(s.input, s.containers, root),
                       "webdataset": lambda: ReadWebDatasetShards(s.input, s.containers, root)}
             items, unusable, count = pbegin | "ReadShards" >> reader[s.input_format]()
-            unclaimed = pbegin | "NoMaskFiles" >> beam.Create([])
+            unclaimed = None
         else:
             # Under --skip_existing the listing's stamps are kept in the rows, for
             # --change_detection stamp (now or in a later run).
@@ -93,9 +95,7 @@ class ReadInputs(beam.PTransform):
                               by_stamp=s.change_detection == "stamp")
             unusable = (unusable, unreadable) | "Unusable" >> beam.Flatten()
         else:
-            reused = pbegin | "NothingReused" >> beam.Create([])
-            skipped = pbegin | "NothingSkipped" >> beam.Create([])
-            renewed = pbegin | "NothingRenewed" >> beam.Create([])
+            reused = skipped = renewed = None
         records, undecodable = items | "ReadAndDecode" >> ReadAndDecode(s.max_image_pixels,
                                                                         s.mask_labels)
         dead = (unusable, undecodable) | "DeadLetters" >> beam.Flatten()
@@ -121,6 +121,7 @@ class SegmentAndScore(beam.PTransform):
         if s.inference_hints:
             infer = infer.with_resource_hints(**dict(s.inference_hints))
         predicted, inference_failed = records | "Infer" >> infer
+        failed = [inference_failed]
         if s.reshuffle:
             predicted = predicted | "ToCpuStage" >> beam.Reshuffle()
         if s.crf is not None:
@@ -129,20 +130,19 @@ class SegmentAndScore(beam.PTransform):
             if s.crf_hints:
                 refine = refine.with_resource_hints(**dict(s.crf_hints))
             refined, crf_failed = predicted | "Refine" >> refine
+            failed.append(crf_failed)
         else:
             calibrate = (s.num_classes, s.ignore_index) if s.calibration else (None, None)
             refined = predicted | "DropProbabilities" >> beam.Map(
                 drop_probabilities, *calibrate, s.layout.write_confidence)
-            crf_failed = predicted.pipeline | "NoCrfFailures" >> beam.Create([])
-        views_failed = refined.pipeline | "NoViewFailures" >> beam.Create([])
         if s.layout.write_overlays or s.layout.write_confidence:
             colours = class_colours(s.class_names, s.palette) if s.layout.write_overlays \
                 else None
             refined, views_failed = refined | "WriteViews" >> SafeMap(
                 "write", write_views, s.run_dir, colours)
+            failed.append(views_failed)
         scored, scoring_failed = refined | "Score" >> ScoreImages(s.num_classes, s.ignore_index)
-        dead = ((inference_failed, crf_failed, views_failed, scoring_failed)
-                | "StageFailures" >> beam.Flatten())
+        dead = (*failed, scoring_failed) | "StageFailures" >> beam.Flatten()
         return scored, dead
 
 
@@ -173,7 +173,8 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
     dead = (read_failed, stage_failed, write_failed) | "AllDeadLetters" >> beam.Flatten()
 
     new_rows = written | "MetricsRows" >> beam.Map(metrics_row, fingerprint, s.ignore_index)
-    rows = (new_rows, reused_rows) | "AllRows" >> beam.Flatten()
+    rows = new_rows if reused_rows is None else \
+        (new_rows, reused_rows) | "AllRows" >> beam.Flatten()
     metrics_files = rows | "WriteMetrics" >> beam.io.WriteToParquet(
         output_path(run_dir, METRICS_DIR, METRICS_PREFIX),
         schema=metrics_schema(s.num_classes, s.class_names), file_name_suffix=".parquet")
@@ -189,21 +190,18 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings,
 
     for name, finished in (("Segmented", written), ("Reused", reused_rows),
                            ("Skipped", skipped)):
-        _ = finished | f"Progress{name}" >> beam.ParDo(CountProgress("done"))
+        if finished is not None:
+            _ = finished | f"Progress{name}" >> beam.ParDo(CountProgress("done"))
 
     stages = dead | "Stage" >> beam.Map(lambda letter: letter.stage)
     tagged = [finished | f"Tag{kind.capitalize()}" >> beam.Map(_tagged, kind)
               for kind, finished in (("segmented", new_rows), ("reused", reused_rows),
                                      ("skipped", skipped), ("unclaimed", unclaimed),
-                                     ("dead", stages))]
+                                     ("dead", stages)) if finished is not None]
     run_totals = (tagged | "Countable" >> beam.Flatten()
                   | "RunTotals" >> beam.CombineGlobally(RunTotals(s.num_classes)))
-    summary = (pipeline
-               | "SummaryTrigger" >> beam.Create([None])
-               | "Summarise" >> beam.Map(
-                   summarise_run, run_totals=beam.pvalue.AsSingleton(run_totals),
-                   inputs=beam.pvalue.AsSingleton(inputs), class_names=s.class_names,
-                   ignore_index=s.ignore_index, config_fingerprint=fingerprint,
-                   palette=s.palette))
+    summary = run_totals | "Summarise" >> beam.Map(
+        summarise_run, inputs=beam.pvalue.AsSingleton(inputs), class_names=s.class_names,
+        ignore_index=s.ignore_index, config_fingerprint=fingerprint, palette=s.palette)
     _ = summary | "WriteSummary" >> WriteSummary(run_dir, s.class_names)
     return PipelineOutputs(written, rows, dead, summary)

@@ -156,8 +156,9 @@ class RunTotals(beam.CombineFn):
                 "dead_by_stage": sorted(accumulator["dead_by_stage"].items())}
 
 
-def summarise_run(_, run_totals: dict, inputs: int, **settings) -> dict:
-    """``build_summary`` from ``RunTotals``' output and the number of inputs."""
+def summarise_run(run_totals: dict, inputs: int, **settings) -> dict:
+    """``build_summary`` from ``RunTotals``' output (one element, even from no input) and the
+    number of inputs."""
     return build_summary(None, inputs=inputs, **run_totals, **settings)
 
 
