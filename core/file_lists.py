@@ -158,10 +158,11 @@ def unreadable_list(list_path: str, lines_read: int, error: BaseException) -> De
                       f"check it and run again")
 
 
-def listed_files(lists: str, base: str) -> tuple[list[str], list[str]]:
+def listed_files(lists: str, base: str, suffix: str = "") -> tuple[list[str], list[str]]:
     """In memory (``segbeam train``): (the files that the lists matching ``lists`` name, each
-    once, in list order; why each other line, or list, names none). A path outside ``base``
-    is kept: no output is named after it, and it pairs with its mask by file stem."""
+    once, in list order, ``suffix`` appended to each line; why each other line, or list,
+    names none). A path outside ``base`` is kept: no output is named after it, and it pairs
+    with its mask by file stem."""
     paths: list[str] = []
     first: dict[str, ListedLine] = {}
     problems: list[str] = []
@@ -169,7 +170,7 @@ def listed_files(lists: str, base: str) -> tuple[list[str], list[str]]:
         read = 0
         try:
             with open_file(list_path) as handle:
-                for line in read_lines(handle, list_path, base):
+                for line in read_lines(handle, list_path, base, suffix):
                     read = line.number
                     if line.path is None:
                         problems.append(f"{line.where}: {line.problem}")

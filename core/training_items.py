@@ -9,7 +9,7 @@ import collections
 import functools
 import logging
 import tarfile
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 from segbeam.containers import IMAGE_EXTENSIONS, CheckedTarInfo, ContainerFields, \
     check_parquet_columns, container_format, member_key, parquet_footer, parquet_rows, \
@@ -172,18 +172,37 @@ def _read_range(shard: str, span: tuple[int, int]) -> bytes:
         return handle.read(span[1])
 
 
-def find_training_pairs(images: str, masks: str, naming: Naming = Naming()) -> list[ImageRef]:
+def find_items(images: Optional[str], masks: Optional[str], shards: Optional[str],
+               containers: ContainerFields, naming: Naming, list_base: Optional[str] = None,
+               list_suffix: str = "") -> list:
+    """The training items that ``segbeam train``'s flags name: shard entries, or image/mask
+    pairs (``find_training_pairs``)."""
+    if shards:
+        if images or masks:
+            raise ValueError("pass --shards or --images/--masks, not both (one of them would "
+                             "be left out)")
+        return find_shard_entries(shards, containers)
+    if not images or not masks:
+        raise ValueError("training needs --images and --masks (folders or globs), or --shards")
+    return find_training_pairs(images, masks, naming, list_base, list_suffix)
+
+
+def find_training_pairs(images: str, masks: str, naming: Naming = Naming(),
+                        list_base: Optional[str] = None, list_suffix: str = ""
+                        ) -> list[ImageRef]:
     """Images (a folder or glob) paired with masks (a folder or glob) as ``segbeam run`` pairs
     them. Pairs the pipeline would dead-letter are left out with a warning naming each and its
     reason; images without a mask are left out with a count, since they cannot be trained on.
-    ``images`` may name lists of image paths (``.txt``, read against their folder), whose
-    lines that name no file are left out with a warning."""
+    ``images`` may name lists of image paths (``.txt``), read against ``list_base`` (by
+    default their folder) with ``list_suffix`` appended to each line, whose lines that name
+    no file are left out with a warning."""
     listed = None
     if is_list(images):
-        paths, problems = listed_files(images, default_base(images))
+        base = list_base or default_base(images)
+        paths, problems = listed_files(images, base, list_suffix)
         for problem in problems:
             LOG.warning("training image skipped: %s", problem)
-        listed = (paths, default_base(images))
+        listed = (paths, base)
     refs, dead, _ = find_pairs(folder_as_glob(images), masks, naming=naming, listed=listed)
     if not refs and not dead:
         raise ValueError(f"no line of the list {images!r} names a file (the warnings above say "

@@ -81,19 +81,6 @@ class DivergenceGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _items(images, masks, shards, containers, naming):
-    from segbeam.training_items import find_shard_entries, find_training_pairs
-
-    if shards:
-        if images or masks:
-            raise ValueError("pass --shards or --images/--masks, not both (one of them would "
-                             "be left out)")
-        return find_shard_entries(shards, containers)
-    if not images or not masks:
-        raise ValueError("training needs --images and --masks (folders or globs), or --shards")
-    return find_training_pairs(images, masks, naming)
-
-
 def _usable(items, labels: MaskLabels, role: str = "training"):
     """Decodes every pair once: drops (with a warning naming each) those that fail, or whose
     mask holds unexpected values under ``labels.strict``; counts unexpected pixels otherwise
@@ -261,7 +248,7 @@ def train(config: TrainingConfig) -> TrainingResult:
 def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingResult:
     from segbeam import models
     from segbeam.dataset import Naming
-    from segbeam.training_items import find_training_pairs
+    from segbeam.training_items import find_items, find_training_pairs
     from segbeam.models.data import SegmentationDataset, median_frequency_weights
 
     explicit_weights = parse_class_weights(config.class_weights, config.num_classes)
@@ -285,12 +272,12 @@ def _train(config: TrainingConfig, cleanup: contextlib.ExitStack) -> TrainingRes
         _prepare_output(config, cleanup)
     labels = MaskLabels(config.num_classes, config.ignore_index, config.strict_labels,
                         config.label_map, config.mask_colours)
-    naming = Naming(config.image_suffix, config.mask_suffix)
-    items, (pixels, present_in), dropped, scored_in = _usable(
-        _items(config.images, config.masks, config.shards, config.containers, naming), labels)
+    naming, lists = Naming(config.image_suffix, config.mask_suffix), config.list_reading()
+    items, (pixels, present_in), dropped, scored_in = _usable(find_items(
+        config.images, config.masks, config.shards, config.containers, naming, *lists), labels)
     if config.val_images:
-        val_items = _usable(find_training_pairs(config.val_images, config.val_masks, naming),
-                            labels, "validation")[0]
+        val_items = _usable(find_training_pairs(config.val_images, config.val_masks, naming,
+                                                *lists), labels, "validation")[0]
         _warn_shared(items, val_items)
     elif config.val_split > 0:
         if not 0 < config.val_split < 1:

@@ -27,6 +27,8 @@ class TrainingConfig:
     containers: ContainerFields = ContainerFields()  # where Parquet / WebDataset shards keep them
     val_images: Optional[str] = None
     val_masks: Optional[str] = None
+    input_base: Optional[str] = None  # the folder list lines are read against (--images lists)
+    list_suffix: str = ""  # appended to each list line: lists of image IDs
     val_split: float = 0.0
     backbone_weights: Optional[str] = None
     init_weights: Optional[str] = None  # a saved model or weights file of this architecture
@@ -52,6 +54,10 @@ class TrainingConfig:
     verbose: int = 2
     overwrite: bool = False  # replace the files of an earlier training under output
     resume: bool = False  # go on with the training under output from its last checkpoint
+
+    def list_reading(self) -> tuple[Optional[str], str]:
+        """How ``--images`` and ``--val_images`` lists are read: (base folder, line suffix)."""
+        return self.input_base, self.list_suffix
 
 
 def parse_class_weights(spec: str, num_classes: int) -> Optional[np.ndarray]:

@@ -32,8 +32,10 @@ HISTORY = "history.csv"
 FREE_TO_CHANGE = ("epochs", "max_minutes", "workers", "verbose", "resume", "overwrite",
                   "output")
 # Settings that name files: compared as the files they name, not as spelled.
+# Every setting at its default: what a training started before a setting existed had.
+_DEFAULTS = TrainingConfig(model="", num_classes=0, output="", input_size=(0, 0))
 _PATHS = ("model", "images", "masks", "shards", "val_images", "val_masks", "backbone_weights",
-          "init_weights")
+          "init_weights", "input_base")
 
 
 class ResumePoint(NamedTuple):
@@ -134,6 +136,9 @@ def resume_point(config: TrainingConfig) -> ResumePoint:
     with open(os.path.join(config.output, STARTED_WITH)) as handle:
         started = _with_files(json.load(handle))  # one written before paths were made so
     now = _settings(config)
+    # A setting added since the training started was at its default then.
+    started = {**{name: value for name, value in _settings(_DEFAULTS).items()
+                  if name not in started}, **started}
     differ = [f"{_flag(name)} {json.dumps(now.get(name))} (it started with "
               f"{json.dumps(started.get(name))})"
               for name in sorted(set(started) | set(now))

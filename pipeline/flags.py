@@ -231,14 +231,15 @@ def check_list_suffix(suffix: str, input_format: str) -> str:
     return suffix
 
 
-def check_list_input(lists: str, base: str, flag: str = "--input", suffix: str = ""
-                     ) -> Optional[str]:
+def check_list_input(lists: str, base: str, flag: str = "--input", suffix: str = "",
+                     outside_allowed: bool = False) -> Optional[str]:
     """Reads the lists that ``flag`` names up to their first path: the first file they name,
     or None where it does not exist (with a warning: its line is a dead letter, and a wrong
     base would make every line one). Lists that name no path, that none can be read, that
     are not UTF-8, or whose first path lies outside the base are usage errors, and so is a
     list of IDs read as paths (``path.jpg`` is a file, ``path`` is not): every line would be
-    a dead letter."""
+    a dead letter. With ``outside_allowed`` (training, which names nothing after the paths),
+    a path outside the base is read as any other."""
     unreadable = None  # the first problem met: a line, or a list, that cannot be read
     for list_path in match_files(lists):
         try:
@@ -247,7 +248,7 @@ def check_list_input(lists: str, base: str, flag: str = "--input", suffix: str =
                     if line.path is None:
                         unreadable = unreadable or f"{line.where}: {line.problem}"
                         continue
-                    if line.problem:
+                    if line.problem and not outside_allowed:
                         raise UsageError(f"{flag}: {line.problem} ({line.where})")
                     if file_at(line.path) is not None:
                         return line.path
@@ -305,14 +306,16 @@ def check_scoring_flags(o, input_format: str) -> None:
                              f"--masks; pass --masks FOLDER or drop --{flag}")
 
 
-def add_list_flags(group, named: str = "keys are") -> None:
+def add_list_flags(group, named: Optional[str] = "keys are") -> None:
     """How a list input's lines are read (``segbeam.file_lists``): the folder they are read
-    against, which ``named`` (keys, or a shard's example names) are taken relative to, and a
-    suffix for lists of IDs."""
+    against, which ``named`` (keys, or a shard's example names; None for training, which
+    names nothing after them) are taken relative to, and a suffix for lists of IDs."""
     group.add_argument("--input_base", default=None,
                        help=f"With a list input: the folder that relative lines are read "
                             f"against and that {named} taken relative to (default: the "
-                            f"list's folder). Every listed path must lie below it.")
+                            f"list's folder). Every listed path must lie below it." if named
+                       else "With a list input: the folder that relative lines are read "
+                            "against (default: the list's folder).")
     group.add_argument("--list_suffix", default="",
                        help="With a list input: appended to each line before it is read as a "
                             "path, for a list that names images by ID (a dataset's split "

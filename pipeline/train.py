@@ -19,8 +19,10 @@ from typing import Optional, Sequence
 
 from segbeam.containers import ContainerFields, container_format
 from segbeam.dataset_presets import DATASETS, resolve_convention
-from segbeam.pipeline.flags import CommandParser, add_container_flags, add_pairing_flags, \
-    check_container_flags, check_images_match, check_masks_match, reject_repeated_flags
+from segbeam.file_lists import default_base, is_list
+from segbeam.pipeline.flags import CommandParser, add_container_flags, add_list_flags, \
+    add_pairing_flags, check_container_flags, check_images_match, check_list_input, \
+    check_masks_match, list_base, reject_repeated_flags
 from segbeam.models.training_config import OPTIMIZERS, TrainingConfig
 from segbeam.pipeline.exit_codes import usage_error
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--images", help="training images: a folder or a glob, or a list of "
                                        "image paths (.txt, one per line, relative to its "
-                                       "folder)")
+                                       "folder or --input_base)")
     data.add_argument("--masks", help="training masks (class-id PNGs, paired with images by "
                                       "file stem): a folder or a glob")
     data.add_argument("--shards", help="instead of --images/--masks: a glob of TFRecord "
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "WebDataset .tar shards (with --mask_ext)")
     add_container_flags(data, key_column=False)
     add_pairing_flags(data)
+    add_list_flags(data, named=None)
     data.add_argument("--val_images", help="validation images (folder, glob or .txt list)")
     data.add_argument("--val_masks", help="validation masks (folder or glob)")
     data.add_argument("--val_split", type=float, default=DEFAULTS.val_split,
@@ -157,6 +160,21 @@ def _check_ignored(args) -> None:
                          "would replace: pass one of them")
 
 
+def _check_list_flags(args) -> None:
+    """--input_base and --list_suffix read the lists (.txt) that --images and --val_images
+    name; with neither a list they would change nothing, which is an error. The base must be
+    a folder."""
+    lists = [path for path in (args.images, args.val_images) if path and is_list(path)]
+    if not lists:
+        given = [flag for flag, value in (("--input_base", args.input_base),
+                                          ("--list_suffix", args.list_suffix)) if value]
+        if given:
+            raise ValueError(f"{given[0]} applies to a list (.txt) given as --images or "
+                             f"--val_images; neither is one: drop it")
+    elif args.input_base:
+        args.input_base = list_base(args.input_base, "list", lists[0])
+
+
 def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
     from segbeam.geometry import parse_size
 
@@ -176,6 +194,7 @@ def config_from(argv: Optional[Sequence[str]]) -> TrainingConfig:
                          f"{args.scale_max}")
     _check_ranges(args)
     _check_ignored(args)
+    _check_list_flags(args)
     check_container_flags(container_format(args.shards) or "tfrecord" if args.shards
                           else "images", args)
     values = vars(args)
@@ -224,6 +243,9 @@ def train_command(argv: Sequence[str]) -> int:
                 check_masks_match(path, without=None, flag=flag)
             elif path:
                 check_images_match(path, flag)
+                if is_list(path):  # a list of IDs read as paths: say which suffix to pass
+                    check_list_input(path, config.input_base or default_base(path), flag,
+                                     config.list_suffix, outside_allowed=True)
         compat.import_keras_quietly()
         _check_architecture(config.model)
         from segbeam.models.training import train

@@ -272,6 +272,69 @@ def test_train_takes_the_pairs_a_list_names(tmp_path, caplog):
         find_training_pairs(str(tmp_path / "none.txt"), str(tmp_path / "masks"))
 
 
+def test_train_reads_a_split_file_of_ids_with_a_base_and_a_suffix(tmp_path, capsys, caplog):
+    """A VOC split file names IDs; segbeam train read each line as a path below the list's
+    folder, so ImageSets/Segmentation/train.txt named no image and could not be trained on.
+    --input_base and --list_suffix read it as segbeam run does, for --val_images too."""
+    import json as json_module
+
+    from segbeam.models.training_resume import CHECKPOINT, STARTED_WITH, _settings, \
+        resume_point
+    from segbeam.pipeline.train import config_from
+
+    voc, rng = tmp_path / "VOC", np.random.default_rng(2)
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets"):
+        (voc / folder).mkdir(parents=True)
+    for index in range(6):
+        (voc / "JPEGImages" / f"2007_{index:06d}.png").write_bytes(
+            png_bytes(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+        (voc / "SegmentationClass" / f"2007_{index:06d}.png").write_bytes(
+            png_bytes(np.full((32, 32), index % 3, np.uint8)))
+    (voc / "ImageSets" / "train.txt").write_text("2007_000000\n2007_000001\n2007_000002\n"
+                                                 "2007_000003\n2007_000042\n")
+    (voc / "ImageSets" / "val.txt").write_text("2007_000004\n2007_000005\n")
+    flags = ["train", "--model", "tiny_fcn", "--num_classes", "3", "--input_size", "32",
+             "--epochs", "1", "--batch_size", "2", "--quiet",
+             "--images", str(voc / "ImageSets" / "train.txt"),
+             "--masks", str(voc / "SegmentationClass"),
+             "--val_images", str(voc / "ImageSets" / "val.txt"),
+             "--val_masks", str(voc / "SegmentationClass"),
+             "--input_base", str(voc / "JPEGImages")]
+    # Read as paths: one line that names the suffix to pass, before any work.
+    assert main([*flags, "--output", str(tmp_path / "as_paths")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "the list names images by ID; pass --list_suffix .png" in \
+        error[0], error
+    assert not (tmp_path / "as_paths").exists()
+
+    assert main([*flags, "--list_suffix", ".png", "--output", str(tmp_path / "model")]) == 0
+    pairs = json_module.loads((tmp_path / "model" / "checkpoints" / "pairs.json").read_text())
+    assert (pairs["training_pairs"], pairs["validation_pairs"]) == (4, 2), pairs
+    recorded = json_module.loads((tmp_path / "model" / "training.json").read_text())["config"]
+    assert (recorded["input_base"], recorded["list_suffix"]) == (f"{voc}/JPEGImages/", ".png")
+    assert f"no file at {voc}/JPEGImages/2007_000042.png (line 5" in caplog.text
+    capsys.readouterr()
+
+    # Given with no list, either flag would change nothing: refused.
+    for flag, value in (("--input_base", str(voc)), ("--list_suffix", ".png")):
+        assert main(["train", "--model", "tiny_fcn", "--num_classes", "3", "--input_size",
+                     "32", "--images", str(voc / "JPEGImages"), "--masks",
+                     str(voc / "SegmentationClass"), flag, value,
+                     "--output", str(tmp_path / "no_list")]) == 2
+        assert f"{flag} applies to a list (.txt) given as --images or --val_images; neither " \
+               f"is one" in capsys.readouterr().err
+
+    # A training started before these settings existed resumes: they were at their defaults.
+    config = config_from([*flags[1:], "--output", str(tmp_path / "old")])
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "old" / CHECKPOINT).write_bytes(b"")
+    before = {k: v for k, v in _settings(config).items() if k not in ("input_base",
+                                                                        "list_suffix")}
+    (tmp_path / "old" / STARTED_WITH).write_text(json_module.dumps(before))
+    config.input_base = None
+    assert resume_point(config).history == {}
+
+
 def test_the_pairing_suffixes_apply_to_a_list_as_to_a_glob():
     import argparse
 
